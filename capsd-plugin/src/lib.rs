@@ -1,0 +1,1 @@
+//! capsd-plugin: the out-of-tree driver ABI (being written, issue 7).

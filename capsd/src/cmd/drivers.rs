@@ -1,0 +1,45 @@
+//! `capsd drivers`: list the drivers and whether each is available on this host.
+
+use std::process::ExitCode;
+
+use anyhow::Result;
+use capsd_core::Availability;
+
+use crate::registry::{DriverOptions, Registry, IN_TREE};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(ctx: &super::Context, args: Args) -> Result<ExitCode> {
+    let reg = super::domcaps::registry(ctx, &DriverOptions::default())?;
+    print!("{}", render(&reg, args.json));
+    Ok(ExitCode::SUCCESS)
+}
+
+fn render(reg: &Registry, json: bool) -> String {
+    let rows: Vec<(String, Availability)> = reg.all().iter().map(|d| (d.name().to_owned(), d.availability())).collect();
+    let missing: Vec<&str> = IN_TREE.iter().copied().filter(|n| !rows.iter().any(|(r, _)| r == n)).collect();
+    if json {
+        let v: Vec<serde_json::Value> = rows
+            .iter()
+            .map(|(n, a)| serde_json::json!({"name": n, "built_in": true, "availability": a}))
+            .chain(missing.iter().map(|n| serde_json::json!({"name": n, "built_in": false})))
+            .collect();
+        return serde_json::to_string_pretty(&v).unwrap_or_default() + "\n";
+    }
+    let mut out = String::new();
+    for (name, a) in &rows {
+        match a {
+            Availability::Available => out.push_str(&format!("{name:<12} available\n")),
+            Availability::Unavailable { reason } => out.push_str(&format!("{name:<12} unavailable: {reason}\n")),
+        }
+    }
+    for name in missing {
+        out.push_str(&format!("{name:<12} not built in\n"));
+    }
+    out
+}

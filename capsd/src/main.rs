@@ -1,0 +1,69 @@
+//! capsd: the command-line tool and host agent. Each subcommand lives in its own module under
+//! `cmd/`; driver selection (cargo features, plugins) lives in `registry`.
+
+mod cmd;
+mod output;
+mod registry;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// capsd answers what this host's hypervisors can do, as libvirt's `<domainCapabilities>`
+/// document, from real probing of the host.
+#[derive(Debug, Parser)]
+#[command(name = "capsd", version, about, long_about = None)]
+struct Cli {
+    /// Directory of out-of-tree driver plugins to load (shared libraries).
+    #[arg(long, global = true, env = "CAPSD_PLUGIN_DIR")]
+    plugin_dir: Option<PathBuf>,
+
+    /// Log verbosity: -v info, -vv debug (or RUST_LOG for fine-grained filters).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Print the domain capabilities for an emulator, arch, machine and virt type.
+    #[command(name = "domcapabilities", alias = "domcaps")]
+    DomCapabilities(cmd::domcaps::Args),
+    /// List the drivers built in or loaded, and whether each is available on this host.
+    Drivers(cmd::drivers::Args),
+    /// Read a domain capabilities document (XML or JSON) and write it in the chosen form.
+    Fmt(cmd::fmt::Args),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(cli.verbose);
+    let ctx = cmd::Context { plugin_dir: cli.plugin_dir };
+    let result = match cli.command {
+        Command::DomCapabilities(a) => cmd::domcaps::run(&ctx, a),
+        Command::Drivers(a) => cmd::drivers::run(&ctx, a),
+        Command::Fmt(a) => cmd::fmt::run(a),
+    };
+    match result {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("capsd: error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Quiet by default on the CLI (warnings only); `-v`/`RUST_LOG` raise it. Logs go to stderr.
+fn init_tracing(verbose: u8) {
+    use tracing_subscriber::EnvFilter;
+    let default = match verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+}

@@ -1,0 +1,73 @@
+//! The set of drivers this process can ask: the ones embedded by cargo features, plus
+//! out-of-tree plugins. Architecture invariant: nothing outside this module names a
+//! concrete driver type.
+
+use std::sync::Arc;
+
+use capsd_core::DomainCapsDriver;
+
+/// Names of every in-tree driver, whether built in or not.
+pub const IN_TREE: [&str; 4] = ["qemu", "xen", "lxc", "test"];
+
+/// Settings that reach driver constructors.
+#[derive(Debug, Clone, Default)]
+pub struct DriverOptions {
+    /// `--fixtures DIR` for driver-test.
+    pub test_fixtures: Option<std::path::PathBuf>,
+}
+
+/// The drivers of this process, in listing order.
+#[derive(Default)]
+pub struct Registry {
+    drivers: Vec<Arc<dyn DomainCapsDriver>>,
+}
+
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.drivers.iter().map(|d| d.name().to_owned())).finish()
+    }
+}
+
+impl Registry {
+    /// The embedded drivers chosen at build time.
+    pub fn embedded(opts: &DriverOptions) -> anyhow::Result<Self> {
+        let mut r = Registry::default();
+        #[cfg(feature = "qemu")]
+        r.add(Arc::new(driver_qemu::QemuDriver::new()));
+        #[cfg(feature = "xen")]
+        r.add(Arc::new(driver_xen::XenDriver::new()));
+        #[cfg(feature = "lxc")]
+        r.add(Arc::new(driver_lxc::LxcDriver::new()));
+        #[cfg(feature = "test")]
+        r.add(match &opts.test_fixtures {
+            Some(dir) => Arc::new(driver_test::TestDriver::from_dir(dir)?),
+            None => Arc::new(driver_test::TestDriver::builtin()),
+        });
+        let _ = opts;
+        Ok(r)
+    }
+
+    pub fn add(&mut self, driver: Arc<dyn DomainCapsDriver>) {
+        self.drivers.push(driver);
+    }
+
+    pub fn all(&self) -> &[Arc<dyn DomainCapsDriver>] {
+        &self.drivers
+    }
+
+    /// The driver called `name`, or an error that says whether it is an in-tree driver left
+    /// out of this build or an unknown name, and lists the drivers there are.
+    pub fn get(&self, name: &str) -> anyhow::Result<Arc<dyn DomainCapsDriver>> {
+        if let Some(d) = self.drivers.iter().find(|d| d.name() == name) {
+            return Ok(d.clone());
+        }
+        let have: Vec<&str> = self.drivers.iter().map(|d| d.name()).collect();
+        if IN_TREE.contains(&name) {
+            anyhow::bail!(
+                "driver '{name}' is not built into this capsd (rebuild with --features {name}); drivers here: {}",
+                have.join(", ")
+            )
+        }
+        anyhow::bail!("unknown driver '{name}'; drivers here: {}", have.join(", "))
+    }
+}

@@ -1,0 +1,1 @@
+//! capsd-tests: the conformance suite every driver runs against itself (issue 5).

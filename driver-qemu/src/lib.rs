@@ -1,5 +1,8 @@
 //! driver-qemu: being written. Placeholder so the workspace builds.
 
+pub mod host;
+pub mod probe_data;
+
 use capsd_core::{Availability, DomainCapabilities, DomainCapsDriver, DriverError, Query};
 
 /// The qemu driver.

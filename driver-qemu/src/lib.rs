@@ -1,6 +1,8 @@
 //! driver-qemu: being written. Placeholder so the workspace builds.
 
+pub mod cache;
 pub mod host;
+pub mod plan;
 pub mod probe_data;
 
 use capsd_core::{Availability, DomainCapabilities, DomainCapsDriver, DriverError, Query};

@@ -1,19 +1,24 @@
 //! xtask: the project's developer commands (`cargo xtask <task>`), one module per task.
 
+mod bench;
+
 use anyhow::{bail, Result};
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    let rest = args.get(1..).unwrap_or_default();
     match args.first().map(String::as_str) {
         None | Some("help") | Some("--help") | Some("-h") => {
             println!("{USAGE}");
             Ok(())
         }
+        Some("bench") => bench::run(rest),
         Some(other) => bail!("unknown task '{other}'\n\n{USAGE}"),
     }
 }
 
-const USAGE: &str = "usage: cargo xtask <task>
+const USAGE: &str = "usage: cargo xtask <task> [args]
 
 tasks:
-  help    this text";
+  bench [core|qemu|agent]...   run benchmarks (all when none named) and print figures
+  help                         this text";

@@ -1,6 +1,7 @@
 //! xtask: the project's developer commands (`cargo xtask <task>`), one module per task.
 
 mod bench;
+mod test;
 
 use anyhow::{bail, Result};
 
@@ -13,6 +14,7 @@ fn main() -> Result<()> {
             Ok(())
         }
         Some("bench") => bench::run(rest),
+        Some("test") => test::run(rest),
         Some(other) => bail!("unknown task '{other}'\n\n{USAGE}"),
     }
 }
@@ -21,4 +23,5 @@ const USAGE: &str = "usage: cargo xtask <task> [args]
 
 tasks:
   bench [core|qemu|agent]...   run benchmarks (all when none named) and print figures
+  test [--quick]               the whole test suite as CI runs it (fmt, clippy, tests, examples)
   help                         this text";

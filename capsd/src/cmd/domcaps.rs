@@ -47,7 +47,8 @@ pub fn run(ctx: &super::Context, args: Args) -> Result<ExitCode> {
     let reg = registry(ctx, &opts)?;
     let driver = reg.get(&args.driver)?;
     let query = Query { emulator: args.emulatorbin, arch: args.arch, machine: args.machine, virt_type: args.virttype };
-    let caps = driver.domain_capabilities(&query).with_context(|| format!("driver '{}', query {query}", args.driver))?;
+    let caps =
+        driver.domain_capabilities(&query).with_context(|| format!("driver '{}', query {query}", args.driver))?;
     std::io::stdout().lock().write_all(args.format.render(&caps).as_bytes()).context("writing to standard output")?;
     Ok(ExitCode::SUCCESS)
 }

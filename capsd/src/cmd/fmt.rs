@@ -22,7 +22,8 @@ pub struct Args {
 
 pub fn run(args: Args) -> Result<ExitCode> {
     let (name, text) = read_input(&args.file)?;
-    let caps = capsd_core::parse_any(&text).with_context(|| format!("{name}: not a valid domain capabilities document"))?;
+    let caps =
+        capsd_core::parse_any(&text).with_context(|| format!("{name}: not a valid domain capabilities document"))?;
     let out = args.format.render(&caps);
     std::io::stdout().lock().write_all(out.as_bytes()).context("writing to standard output")?;
     Ok(ExitCode::SUCCESS)

@@ -1,7 +1,20 @@
 //! libvirt's XML form of the model: a writer that reproduces libvirt's formatting byte for
-//! byte and a strict reader on quick-xml.
+//! byte ([`to_xml`]) and a strict reader on quick-xml ([`from_xml`]).
 //!
-//! PLACEHOLDER: being written (issue 2). Signatures are final.
+//! The writer follows the layout libvirt's domain capabilities formatter produces: two-space
+//! indentation, single-quoted attributes in libvirt's order, `<x/>` for an element without
+//! children, `<cpu>`, `<devices>` and `<features>` always written open/close, the five XML
+//! special characters escaped everywhere and a trailing newline.
+//!
+//! The reader accepts what libvirt writes (and the element order variations the schema's
+//! `interleave` allows) and rejects everything else with a [`ParseError`] naming the line,
+//! the element path and the problem: malformed or truncated XML, unknown elements or
+//! attributes, wrong values, duplicates, DTDs and entity declarations, oversized input.
+
+mod read;
+mod write;
+
+pub use read::MAX_INPUT_BYTES;
 
 use crate::model::DomainCapabilities;
 
@@ -24,12 +37,10 @@ impl ParseError {
 
 /// Format a document exactly as libvirt does (two-space indent, single quotes, trailing newline).
 pub fn to_xml(caps: &DomainCapabilities) -> String {
-    let _ = caps;
-    String::new()
+    write::to_xml(caps)
 }
 
-/// Read a document.
+/// Read a document. Inputs larger than [`MAX_INPUT_BYTES`] are rejected before parsing.
 pub fn from_xml(input: &str) -> Result<DomainCapabilities, ParseError> {
-    let _ = input;
-    Err(ParseError { line: 0, path: String::new(), message: "XML reader not written yet".into() })
+    read::from_xml(input)
 }

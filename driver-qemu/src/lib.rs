@@ -1,9 +1,13 @@
 //! driver-qemu: being written. Placeholder so the workspace builds.
 
 pub mod cache;
+pub mod firmware;
 pub mod host;
 pub mod plan;
+pub mod probe;
 pub mod probe_data;
+pub mod process;
+pub mod qmp;
 
 use capsd_core::{Availability, DomainCapabilities, DomainCapsDriver, DriverError, Query};
 

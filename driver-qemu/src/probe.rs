@@ -1,0 +1,133 @@
+//! The probe: start the binary once per accelerator (KVM when `/dev/kvm` is usable, and
+//! TCG), the runs in parallel, run every stage of [`crate::plan::stages`] in each (a stage's
+//! commands are pipelined: all sent, then all replies read), and return the transcripts with
+//! the host facts as a [`ProbeData`]. [`probe_many`] probes several binaries at once.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use capsd_core::DriverError;
+
+use crate::host::HostFacts;
+use crate::plan::{self, Request};
+use crate::probe_data::{Accel, ProbeData, Transcript, PROBE_FORMAT_VERSION};
+use crate::process::{ProbeProcess, ProcessError, ProcessOptions};
+
+/// Options of a probe.
+#[derive(Debug, Clone, Default)]
+pub struct ProbeOptions {
+    pub process: ProcessOptions,
+    /// Skip the KVM run even when `/dev/kvm` is usable.
+    pub no_kvm: bool,
+}
+
+/// Probe one binary, reading the host facts too.
+#[tracing::instrument(skip_all, fields(driver = "qemu", emulator = %binary.display()))]
+pub fn probe(binary: &Path, opts: &ProbeOptions) -> Result<ProbeData, DriverError> {
+    std::thread::scope(|s| {
+        let host = s.spawn(HostFacts::read);
+        let kvm_usable = crate::host::kvm_usable();
+        let runs = probe_runs(binary, kvm_usable, opts);
+        let host = host
+            .join()
+            .map_err(|_| DriverError::probe_failed(binary.display().to_string(), "reading host facts panicked"))?;
+        Ok(ProbeData { format_version: PROBE_FORMAT_VERSION, binary: binary.display().to_string(), runs: runs?, host })
+    })
+}
+
+/// Probe several binaries at once (all runs in parallel); the host facts are read once.
+/// Results come back in the order of `binaries`.
+pub fn probe_many(binaries: &[PathBuf], opts: &ProbeOptions) -> Vec<Result<ProbeData, DriverError>> {
+    std::thread::scope(|s| {
+        let host = s.spawn(HostFacts::read);
+        let kvm_usable = crate::host::kvm_usable();
+        let handles: Vec<_> = binaries.iter().map(|b| s.spawn(move || probe_runs(b, kvm_usable, opts))).collect();
+        let runs: Vec<_> = handles
+            .into_iter()
+            .zip(binaries)
+            .map(|(h, b)| {
+                h.join().unwrap_or_else(|_| {
+                    Err(DriverError::probe_failed(b.display().to_string(), "probe thread panicked"))
+                })
+            })
+            .collect();
+        let host = host.join().unwrap_or_default();
+        runs.into_iter()
+            .zip(binaries)
+            .map(|(r, b)| {
+                r.map(|runs| ProbeData {
+                    format_version: PROBE_FORMAT_VERSION,
+                    binary: b.display().to_string(),
+                    runs,
+                    host: host.clone(),
+                })
+            })
+            .collect()
+    })
+}
+
+/// The KVM and TCG runs of one binary, in parallel. A KVM run that fails while the TCG run
+/// succeeds means this binary cannot use KVM here (for example a foreign architecture): the
+/// KVM transcript is then left out. A TCG failure fails the probe.
+fn probe_runs(
+    binary: &Path,
+    kvm_usable: bool,
+    opts: &ProbeOptions,
+) -> Result<BTreeMap<Accel, Transcript>, DriverError> {
+    check_binary(binary)?;
+    let want_kvm = kvm_usable && !opts.no_kvm;
+    let (kvm, tcg) = std::thread::scope(|s| {
+        let kvm = want_kvm.then(|| s.spawn(|| run_one(binary, Accel::Kvm, opts)));
+        let tcg = run_one(binary, Accel::Tcg, opts);
+        let kvm = kvm.map(|h| {
+            h.join().unwrap_or_else(|_| Err(ProcessError::TempDir(std::io::Error::other("KVM probe thread panicked"))))
+        });
+        (kvm, tcg)
+    });
+    let tcg = tcg.map_err(|e| DriverError::probe_failed(binary.display().to_string(), e.to_string()))?;
+    let mut runs = BTreeMap::new();
+    runs.insert(Accel::Tcg, tcg);
+    match kvm {
+        Some(Ok(t)) => {
+            runs.insert(Accel::Kvm, t);
+        }
+        Some(Err(e)) => tracing::info!(error = %e, "no KVM run for this binary"),
+        None => {}
+    }
+    Ok(runs)
+}
+
+/// A clear error for a path that cannot be an emulator, before starting anything.
+fn check_binary(binary: &Path) -> Result<(), DriverError> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = std::fs::metadata(binary).map_err(|e| DriverError::io(binary, e))?;
+    if !meta.is_file() {
+        return Err(DriverError::invalid("emulator", binary.display().to_string(), "not a regular file"));
+    }
+    if meta.permissions().mode() & 0o111 == 0 {
+        return Err(DriverError::invalid("emulator", binary.display().to_string(), "not executable"));
+    }
+    Ok(())
+}
+
+/// One QEMU process: start, connect, run every stage, kill.
+pub fn run_one(binary: &Path, accel: Accel, opts: &ProbeOptions) -> Result<Transcript, ProcessError> {
+    let t0 = Instant::now();
+    let mut proc = ProbeProcess::start(binary, accel, &opts.process)?;
+    let mut qmp = proc.connect(&opts.process)?;
+    let started = t0.elapsed();
+    let mut transcript = Transcript { greeting: qmp.greeting().clone(), exchanges: Vec::new() };
+    for stage in plan::stages() {
+        let reqs: Vec<Request> = stage(accel, &transcript)
+            .into_iter()
+            .filter(|r| transcript.exchange(&r.execute, r.arguments.as_ref()).is_none())
+            .collect();
+        let ex = qmp.run_batch(&reqs).map_err(|e| proc.qmp_error(e))?;
+        transcript.exchanges.extend(ex);
+    }
+    drop(qmp);
+    proc.kill();
+    tracing::debug!(?accel, ?started, total = ?t0.elapsed(), commands = transcript.exchanges.len(), "probe run done");
+    Ok(transcript)
+}

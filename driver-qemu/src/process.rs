@@ -1,0 +1,308 @@
+//! Running an emulator binary as a capability probe: the command line libvirt uses for the
+//! same purpose (`-S -no-user-config -nodefaults -nographic -machine none,accel=...`), a QMP
+//! socket in a private 0700 temporary directory, stderr captured to a file there, and a
+//! guarantee that the process is gone when the [`ProbeProcess`] is dropped (SIGKILL to its
+//! whole process group, then reap), on every path including panics.
+//!
+//! Differences from libvirt, on purpose: no `-daemonize`/pidfile (we own the child and poll
+//! for the socket instead), and one accelerator per process (`accel=kvm` or `accel=tcg`)
+//! so that the KVM and TCG probes can run at the same time.
+//!
+//! Privileges: when running as root the probe can be started as an unprivileged user
+//! ([`ProbeUser`], or `CAPSD_PROBE_USER`), with `PR_SET_NO_NEW_PRIVS` and no supplementary
+//! groups. The default is to stay root, because `/dev/kvm` is often root-only (it is on the
+//! development host: `crw------- root root`), and a KVM probe as another user then fails.
+
+use std::fs::File;
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
+
+use crate::probe_data::Accel;
+use crate::qmp::{QmpClient, QmpClientError, Timeouts};
+
+/// Environment variable naming the user to run probes as (when capsd runs as root).
+pub const PROBE_USER_ENV: &str = "CAPSD_PROBE_USER";
+
+/// Why a probe process failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ProcessError {
+    #[error("cannot create a private directory for probing: {0}")]
+    TempDir(#[source] std::io::Error),
+    #[error("cannot start {binary}: {source}")]
+    Spawn {
+        binary: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{binary} exited ({status}) before its QMP socket was ready{}", stderr_suffix(.stderr))]
+    ExitedEarly { binary: PathBuf, status: String, stderr: String },
+    #[error("{binary} did not open its QMP socket within {timeout:?}{}", stderr_suffix(.stderr))]
+    StartTimeout { binary: PathBuf, timeout: Duration, stderr: String },
+    #[error("{binary}: {source}{}", stderr_suffix(.stderr))]
+    Qmp {
+        binary: PathBuf,
+        #[source]
+        source: QmpClientError,
+        stderr: String,
+    },
+    #[error("unknown probe user '{0}'")]
+    UnknownUser(String),
+}
+
+fn stderr_suffix(s: &str) -> String {
+    let s = s.trim();
+    if s.is_empty() {
+        String::new()
+    } else {
+        format!("; stderr: {}", s.lines().take(5).collect::<Vec<_>>().join(" | "))
+    }
+}
+
+/// An unprivileged identity for probe processes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProbeUser {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+impl ProbeUser {
+    /// Look a user up by name (its primary group is used).
+    pub fn from_name(name: &str) -> Result<ProbeUser, ProcessError> {
+        match nix::unistd::User::from_name(name) {
+            Ok(Some(u)) => Ok(ProbeUser { uid: u.uid.as_raw(), gid: u.gid.as_raw() }),
+            _ => Err(ProcessError::UnknownUser(name.to_owned())),
+        }
+    }
+
+    /// The user named by `CAPSD_PROBE_USER`, when set, non-empty and not `root`.
+    pub fn from_env() -> Result<Option<ProbeUser>, ProcessError> {
+        match std::env::var(PROBE_USER_ENV) {
+            Ok(n) if !n.is_empty() && n != "root" => ProbeUser::from_name(&n).map(Some),
+            _ => Ok(None),
+        }
+    }
+}
+
+/// How probe processes are started.
+#[derive(Debug, Clone)]
+pub struct ProcessOptions {
+    /// Longest wait for the QMP socket to accept a connection.
+    pub start_timeout: Duration,
+    /// QMP timeouts once connected.
+    pub qmp: Timeouts,
+    /// Run as this user (only applied when we are root). `None`: the current user.
+    pub user: Option<ProbeUser>,
+    /// Where private directories are created (default: the system temp dir).
+    pub temp_root: Option<PathBuf>,
+}
+
+impl Default for ProcessOptions {
+    fn default() -> Self {
+        ProcessOptions { start_timeout: Duration::from_secs(10), qmp: Timeouts::default(), user: None, temp_root: None }
+    }
+}
+
+/// A running probe process. Dropping it kills the process group and reaps the child.
+#[derive(Debug)]
+pub struct ProbeProcess {
+    binary: PathBuf,
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+}
+
+/// The arguments of a capability probe run.
+pub fn probe_args(accel: Accel, socket: &Path) -> Vec<String> {
+    let accel = match accel {
+        Accel::Kvm => "kvm",
+        Accel::Tcg => "tcg",
+    };
+    vec![
+        "-S".into(),
+        "-no-user-config".into(),
+        "-nodefaults".into(),
+        "-nographic".into(),
+        "-machine".into(),
+        format!("none,accel={accel}"),
+        "-qmp".into(),
+        format!("unix:{},server=on,wait=off", socket.display()),
+    ]
+}
+
+impl ProbeProcess {
+    /// Start `binary` for probing with `accel`.
+    pub fn start(binary: &Path, accel: Accel, opts: &ProcessOptions) -> Result<ProbeProcess, ProcessError> {
+        let mut b = tempfile::Builder::new();
+        b.prefix("capsd-probe-");
+        b.permissions(std::os::unix::fs::PermissionsExt::from_mode(0o700));
+        let dir = match &opts.temp_root {
+            Some(root) => b.tempdir_in(root),
+            None => b.tempdir(),
+        }
+        .map_err(ProcessError::TempDir)?;
+        let socket = dir.path().join("qmp.sock");
+        let stderr_path = dir.path().join("stderr");
+        let stderr = File::create(&stderr_path).map_err(ProcessError::TempDir)?;
+        let as_user = opts.user.filter(|_| nix::unistd::geteuid().is_root());
+        if let Some(u) = as_user {
+            let own = Some(nix::unistd::Uid::from_raw(u.uid));
+            let grp = Some(nix::unistd::Gid::from_raw(u.gid));
+            nix::unistd::chown(dir.path(), own, grp).map_err(|e| ProcessError::TempDir(e.into()))?;
+            nix::unistd::chown(&stderr_path, own, grp).map_err(|e| ProcessError::TempDir(e.into()))?;
+        }
+
+        let mut cmd = Command::new(binary);
+        cmd.args(probe_args(accel, &socket))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_else(|| "/usr/bin:/bin".into()))
+            .env("LC_ALL", "C")
+            .env("HOME", dir.path())
+            .current_dir(dir.path())
+            .process_group(0);
+        if let Some(u) = as_user {
+            cmd.uid(u.uid).gid(u.gid);
+        }
+        let drop_privs = as_user.is_some();
+        // SAFETY: the closure runs in the forked child before exec and only makes
+        // async-signal-safe system calls (prctl); it touches no locks or allocations.
+        unsafe {
+            cmd.pre_exec(move || {
+                nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(std::io::Error::from)?;
+                if drop_privs {
+                    nix::sys::prctl::set_no_new_privs().map_err(std::io::Error::from)?;
+                }
+                Ok(())
+            });
+        }
+        let child = cmd.spawn().map_err(|source| ProcessError::Spawn { binary: binary.to_owned(), source })?;
+        tracing::debug!(binary = %binary.display(), pid = child.id(), ?accel, "probe process started");
+        Ok(ProbeProcess { binary: binary.to_owned(), child: Some(child), dir })
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// The private directory (socket, stderr).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// What the process wrote to stderr so far.
+    pub fn stderr(&self) -> String {
+        std::fs::read(self.dir.path().join("stderr"))
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default()
+    }
+
+    /// Wait for the QMP socket and complete the QMP handshake.
+    pub fn connect(&mut self, opts: &ProcessOptions) -> Result<QmpClient, ProcessError> {
+        let socket = self.dir.path().join("qmp.sock");
+        let start = Instant::now();
+        let mut pause = Duration::from_micros(500);
+        let stream = loop {
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                return Err(ProcessError::ExitedEarly {
+                    binary: self.binary.clone(),
+                    status: status.to_string(),
+                    stderr: self.stderr(),
+                });
+            }
+            match UnixStream::connect(&socket) {
+                Ok(s) => break s,
+                Err(_) if start.elapsed() < opts.start_timeout => {
+                    std::thread::sleep(pause);
+                    pause = (pause * 2).min(Duration::from_millis(10));
+                }
+                Err(_) => {
+                    self.kill();
+                    return Err(ProcessError::StartTimeout {
+                        binary: self.binary.clone(),
+                        timeout: opts.start_timeout,
+                        stderr: self.stderr(),
+                    });
+                }
+            }
+        };
+        QmpClient::handshake(stream, opts.qmp).map_err(|source| self.qmp_error(source))
+    }
+
+    /// Wrap a QMP failure with this process's identity and stderr (killing it first so that
+    /// stderr is complete).
+    pub fn qmp_error(&mut self, source: QmpClientError) -> ProcessError {
+        self.kill();
+        ProcessError::Qmp { binary: self.binary.clone(), source, stderr: self.stderr() }
+    }
+
+    /// Kill the process group and reap the child. Idempotent.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let pid = child.id() as i32;
+            // The child leads its own process group (process_group(0)), so this also
+            // reaches anything it forked.
+            let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for ProbeProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn args_match_libvirt_probe_shape() {
+        let a = probe_args(Accel::Tcg, Path::new("/x/qmp.sock"));
+        assert_eq!(
+            a.join(" "),
+            "-S -no-user-config -nodefaults -nographic -machine none,accel=tcg -qmp unix:/x/qmp.sock,server=on,wait=off"
+        );
+        assert!(probe_args(Accel::Kvm, Path::new("/s")).contains(&"none,accel=kvm".to_owned()));
+    }
+
+    #[test]
+    fn missing_binary_is_spawn_error() {
+        let e =
+            ProbeProcess::start(Path::new("/nonexistent/qemu"), Accel::Tcg, &ProcessOptions::default()).unwrap_err();
+        assert!(e.to_string().contains("/nonexistent/qemu"), "{e}");
+    }
+
+    #[test]
+    fn unknown_user() {
+        assert!(matches!(ProbeUser::from_name("no-such-user-capsd"), Err(ProcessError::UnknownUser(_))));
+        assert_eq!(ProbeUser::from_name("root").unwrap().uid, 0);
+    }
+
+    #[test]
+    fn private_dir_removed_and_mode_0700() {
+        use std::os::unix::fs::PermissionsExt;
+        let mut p = ProbeProcess::start(Path::new("/bin/sleep"), Accel::Tcg, &ProcessOptions::default());
+        // /bin/sleep rejects the QEMU arguments and exits; the directory still exists until drop.
+        let p = p.as_mut().unwrap();
+        let dir = p.dir().to_owned();
+        assert_eq!(std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777, 0o700);
+        let opts = ProcessOptions { start_timeout: Duration::from_secs(5), ..Default::default() };
+        let e = p.connect(&opts).unwrap_err();
+        assert!(matches!(e, ProcessError::ExitedEarly { .. }), "{e}");
+        assert!(e.to_string().contains("sleep"), "{e}");
+        drop(std::mem::replace(p, ProbeProcess::start(Path::new("/bin/true"), Accel::Tcg, &opts).unwrap()));
+        assert!(!dir.exists());
+    }
+}

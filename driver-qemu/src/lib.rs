@@ -1,6 +1,7 @@
 //! driver-qemu: being written. Placeholder so the workspace builds.
 
 pub mod cache;
+pub mod derive;
 pub mod firmware;
 pub mod host;
 pub mod plan;

@@ -1,0 +1,155 @@
+//! `<os>`: the firmware kinds that automatic selection can pick (`<enum name='firmware'>`)
+//! and the `<loader>` images, from the host's firmware descriptors.
+//!
+//! Facts (libvirt 9.0): the descriptors whose targets cover the guest architecture and the
+//! canonical machine name (shell glob) are considered, in descriptor preference order. Their
+//! interface types give the `firmware` enum (`bios`, `efi`, in that order). Their images
+//! (the pflash executable, or the memory/kernel image), unique, are the loader values. When
+//! no descriptor matches, the loader values are libvirt's built-in default list instead
+//! (and the firmware enum stays empty). Either way, only files that exist are listed. The
+//! `secure` enum offers `yes` only when a matching descriptor requires SMM.
+
+use capsd_core::{Enum, Loader, Os, Support};
+
+use super::machine::descriptor_arch_matches;
+use crate::firmware::FirmwareDescriptor;
+use crate::host::HostFacts;
+
+/// Whether descriptor `d` applies to `arch` + `machine`.
+fn applies(d: &FirmwareDescriptor, arch: &str, machine: &str) -> bool {
+    d.targets.iter().any(|t| {
+        descriptor_arch_matches(&t.architecture, arch)
+            && t.machines.iter().any(|g| crate::firmware::glob_match(g, machine))
+    })
+}
+
+/// Whether the image a descriptor boots from exists on the host.
+fn image_exists(d: &FirmwareDescriptor) -> bool {
+    use crate::firmware::FirmwareMapping;
+    match &d.mapping {
+        FirmwareMapping::Flash { executable, .. } => executable.exists,
+        FirmwareMapping::Memory { exists, .. } | FirmwareMapping::Kernel { exists, .. } => *exists,
+    }
+}
+
+/// The `<os>` element for `arch` + canonical `machine`.
+pub fn os_caps(host: &HostFacts, arch: &str, machine: &str) -> Os {
+    let matching: Vec<&FirmwareDescriptor> = host.firmware.iter().filter(|d| applies(d, arch, machine)).collect();
+
+    let has_interface = |i: &str| matching.iter().any(|d| d.interface_types.iter().any(|t| t == i));
+    let mut firmware = Vec::new();
+    if has_interface("bios") {
+        firmware.push("bios");
+    }
+    if has_interface("uefi") {
+        firmware.push("efi");
+    }
+
+    let mut values: Vec<String> = Vec::new();
+    if matching.is_empty() {
+        for path in &host.default_loaders_present {
+            if !values.contains(path) {
+                values.push(path.clone());
+            }
+        }
+    } else {
+        for d in &matching {
+            let path = d.mapping.executable_path();
+            if image_exists(d) && !values.iter().any(|v| v == path) {
+                values.push(path.to_owned());
+            }
+        }
+    }
+
+    let secure_yes = matching.iter().any(|d| d.has_feature("requires-smm"));
+    let mut secure = Vec::new();
+    if secure_yes {
+        secure.push("yes");
+    }
+    secure.push("no");
+
+    Os {
+        supported: Support::Yes,
+        enums: vec![Enum::new("firmware", firmware)],
+        firmware_features: None,
+        loader: Some(Loader {
+            supported: Support::Yes,
+            values,
+            enums: vec![
+                Enum::new("type", ["rom", "pflash"]),
+                Enum::new("readonly", ["yes", "no"]),
+                Enum::new("secure", secure),
+            ],
+        }),
+        varstore: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::firmware::{FirmwareFile, FirmwareMapping, FirmwareTarget};
+    use capsd_core::EnumList;
+
+    fn desc(file: &str, arch: &str, machines: &[&str], features: &[&str], exists: bool) -> FirmwareDescriptor {
+        FirmwareDescriptor {
+            path: format!("/usr/share/qemu/firmware/{file}.json"),
+            description: String::new(),
+            interface_types: vec!["uefi".into()],
+            mapping: FirmwareMapping::Flash {
+                mode: "split".into(),
+                executable: FirmwareFile { filename: format!("/fw/{file}.fd"), format: "raw".into(), exists },
+                nvram_template: None,
+            },
+            targets: vec![FirmwareTarget {
+                architecture: arch.into(),
+                machines: machines.iter().map(|s| s.to_string()).collect(),
+            }],
+            features: features.iter().map(|s| s.to_string()).collect(),
+            tags: vec![],
+        }
+    }
+
+    fn host() -> HostFacts {
+        HostFacts {
+            firmware: vec![
+                desc("secure", "x86_64", &["pc-q35-*"], &["requires-smm", "secure-boot"], true),
+                desc("gone", "x86_64", &["pc-q35-*"], &[], false),
+                desc("plain", "x86_64", &["pc-i440fx-*", "pc-q35-*"], &[], true),
+                desc("arm32", "arm", &["virt-*"], &[], true),
+            ],
+            default_loaders_present: vec!["/usr/share/OVMF/OVMF_CODE.fd".into()],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn descriptor_order_existence_and_smm() {
+        let os = os_caps(&host(), "x86_64", "pc-q35-7.2");
+        let loader = os.loader.unwrap();
+        assert_eq!(loader.values, ["/fw/secure.fd", "/fw/plain.fd"], "missing image left out, order kept");
+        assert_eq!(loader.enums.enum_values("secure").unwrap(), ["yes", "no"]);
+        assert_eq!(os.enums.enum_values("firmware").unwrap(), ["efi"]);
+    }
+
+    #[test]
+    fn secure_no_without_smm_descriptor() {
+        let os = os_caps(&host(), "x86_64", "pc-i440fx-7.2");
+        let loader = os.loader.unwrap();
+        assert_eq!(loader.values, ["/fw/plain.fd"]);
+        assert_eq!(loader.enums.enum_values("secure").unwrap(), ["no"]);
+    }
+
+    #[test]
+    fn no_descriptor_falls_back_to_default_list() {
+        let os = os_caps(&host(), "ppc64", "pseries-7.2");
+        assert_eq!(os.enums.enum_values("firmware").unwrap(), Vec::<String>::new().as_slice());
+        assert_eq!(os.loader.unwrap().values, ["/usr/share/OVMF/OVMF_CODE.fd"]);
+    }
+
+    #[test]
+    fn arm_descriptor_name_maps_to_armv7l() {
+        let os = os_caps(&host(), "armv7l", "virt-7.2");
+        assert_eq!(os.loader.unwrap().values, ["/fw/arm32.fd"]);
+    }
+}

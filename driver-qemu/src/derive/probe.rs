@@ -1,0 +1,121 @@
+//! Typed access to what QEMU answered, for derivation: the set of QOM types, the QMP
+//! schema, the TPM models/backends, the machine table, the GIC/SEV/SGX replies.
+//!
+//! Two transcripts matter, as in libvirt: the *primary* run (the KVM run when there is
+//! one, else the TCG run) answers everything that does not depend on the accelerator
+//! (device types, schema, TPM, GIC, SEV, SGX), while the run of the queried accelerator
+//! answers what does (the machine table).
+
+use std::collections::HashSet;
+
+use serde_json::Value;
+
+use super::schema::Schema;
+use crate::probe_data::{Accel, ProbeData, Transcript};
+
+/// One `query-machines` entry, reduced to what derivation reads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MachineInfo {
+    pub name: String,
+    pub alias: Option<String>,
+    pub cpu_max: u32,
+}
+
+/// One `query-gic-capabilities` entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GicCap {
+    pub version: u32,
+    /// QEMU can emulate it (usable with TCG).
+    pub emulated: bool,
+    /// The host kernel provides it (usable with KVM).
+    pub kernel: bool,
+}
+
+/// The answers derivation reads, borrowed from the probe data.
+#[derive(Debug)]
+pub struct Answers<'a> {
+    pub primary: &'a Transcript,
+    pub accel_run: &'a Transcript,
+    types: HashSet<&'a str>,
+    pub schema: Schema<'a>,
+}
+
+impl<'a> Answers<'a> {
+    /// Select the transcripts for `accel`. `None` when the probe has no run for it.
+    pub fn new(data: &'a ProbeData, accel: Accel) -> Option<Answers<'a>> {
+        let accel_run = data.run(accel)?;
+        let primary = data.run(Accel::Kvm).unwrap_or(accel_run);
+        let types = primary
+            .get("qom-list-types")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(|t| t.get("name")?.as_str())
+            .collect();
+        let schema = Schema::new(primary.get("query-qmp-schema"));
+        Some(Answers { primary, accel_run, types, schema })
+    }
+
+    /// Whether `qom-list-types` listed `name`.
+    pub fn has_type(&self, name: &str) -> bool {
+        self.types.contains(name)
+    }
+
+    /// Whether any of `names` is a QOM type.
+    pub fn has_any_type(&self, names: &[&str]) -> bool {
+        names.iter().any(|n| self.has_type(n))
+    }
+
+    /// The string list a command returned (`query-tpm-models`, `query-tpm-types`); empty
+    /// when it was not asked or failed.
+    pub fn string_list(&self, command: &str) -> Vec<&'a str> {
+        self.primary.get(command).and_then(Value::as_array).into_iter().flatten().filter_map(Value::as_str).collect()
+    }
+
+    /// The machine table of the queried accelerator's run.
+    pub fn machines(&self) -> Vec<MachineInfo> {
+        self.accel_run
+            .get("query-machines")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(|m| {
+                Some(MachineInfo {
+                    name: m.get("name")?.as_str()?.to_owned(),
+                    alias: m.get("alias").and_then(Value::as_str).map(str::to_owned),
+                    cpu_max: m.get("cpu-max").and_then(Value::as_u64).and_then(|n| u32::try_from(n).ok())?,
+                })
+            })
+            .collect()
+    }
+
+    /// The machine called `name` (by name or alias).
+    pub fn machine(&self, name: &str) -> Option<MachineInfo> {
+        let all = self.machines();
+        let by_name = all.iter().find(|m| m.name == name).cloned();
+        by_name.or_else(|| all.into_iter().find(|m| m.alias.as_deref() == Some(name)))
+    }
+
+    /// The GIC versions QEMU reported (`query-gic-capabilities`); empty when not asked or
+    /// not an ARM binary.
+    pub fn gic_capabilities(&self) -> Vec<GicCap> {
+        self.primary
+            .get("query-gic-capabilities")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(|g| {
+                Some(GicCap {
+                    version: u32::try_from(g.get("version")?.as_u64()?).ok()?,
+                    emulated: g.get("emulated").and_then(Value::as_bool).unwrap_or(false),
+                    kernel: g.get("kernel").and_then(Value::as_bool).unwrap_or(false),
+                })
+            })
+            .collect()
+    }
+
+    /// The successful reply of a command in the primary run.
+    pub fn reply(&self, command: &str) -> Option<&'a Value> {
+        self.primary.get(command)
+    }
+}

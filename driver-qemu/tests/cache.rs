@@ -1,0 +1,409 @@
+//! The probe cache against a fake probe: every invalidation cause, damage, single flight.
+//! The host inputs of the key point at files in a temporary directory, so each cause can be
+//! changed for real.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Barrier;
+use std::time::{Duration, Instant, SystemTime};
+
+use capsd_core::{DriverError, ErrorKind};
+use driver_qemu::cache::{CacheOptions, CacheOutcome, KeySources, ProbeCache, Runs};
+use driver_qemu::host::HostFacts;
+use driver_qemu::probe_data::{Accel, Exchange, ProbeData, Transcript, PROBE_FORMAT_VERSION};
+use serde_json::json;
+
+struct World {
+    _tmp: tempfile::TempDir,
+    root: PathBuf,
+    binary: PathBuf,
+    cache_dir: PathBuf,
+    sources: KeySources,
+}
+
+impl World {
+    fn new() -> Self {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().to_owned();
+        for d in ["bin", "modules", "firmware", "cache", "sys"] {
+            fs::create_dir_all(root.join(d)).unwrap();
+        }
+        let binary = root.join("bin/qemu-system-x86_64");
+        fs::write(&binary, b"\x7fELF fake emulator").unwrap();
+        fs::write(root.join("modules/accel-tcg-x86_64.so"), b"module").unwrap();
+        fs::write(root.join("firmware/60-edk2-x86_64.json"), br#"{"description":"OVMF"}"#).unwrap();
+        fs::write(root.join("sys/cpuinfo"), cpuinfo("0xf0")).unwrap();
+        fs::write(root.join("sys/osrelease"), "6.1.0-test\n").unwrap();
+        fs::write(root.join("sys/kvm"), "").unwrap();
+        fs::write(root.join("sys/nested"), "Y\n").unwrap();
+        let sources = KeySources {
+            module_dirs: vec![root.join("modules")],
+            firmware_dirs: vec![root.join("firmware"), root.join("no-such-firmware-dir")],
+            cpuinfo: root.join("sys/cpuinfo"),
+            kernel_files: vec![root.join("sys/osrelease")],
+            kvm_device: root.join("sys/kvm"),
+            nested_params: vec![root.join("sys/nested")],
+            other_files: vec![root.join("sys/swtpm")],
+        };
+        World { cache_dir: root.join("cache"), root, binary, sources, _tmp: tmp }
+    }
+
+    fn cache(&self) -> ProbeCache {
+        self.cache_version("1.0.0")
+    }
+
+    fn cache_version(&self, v: &str) -> ProbeCache {
+        ProbeCache::with_options(
+            self.cache_dir.clone(),
+            CacheOptions { sources: self.sources.clone(), app_version: v.to_owned() },
+        )
+    }
+}
+
+fn cpuinfo(microcode: &str) -> String {
+    format!(
+        "processor\t: 0\nvendor_id\t: GenuineIntel\ncpu family\t: 6\nmodel\t\t: 85\nstepping\t: 7\nmicrocode\t: {microcode}\nflags\t\t: fpu vmx\n\nprocessor\t: 1\n"
+    )
+}
+
+fn fake_probe(binary: &Path, tag: &str) -> ProbeData {
+    let t = |accel: &str| Transcript {
+        greeting: json!({"version": {"qemu": {"major": 7, "minor": 2, "micro": 0}}}),
+        exchanges: vec![
+            Exchange {
+                execute: "query-version".into(),
+                arguments: None,
+                reply: Ok(json!({"tag": tag, "accel": accel})),
+            },
+            Exchange {
+                execute: "device-list-properties".into(),
+                arguments: Some(json!({"typename": "virtio-blk-pci"})),
+                reply: Err(driver_qemu::probe_data::QmpError { class: "GenericError".into(), desc: "nope".into() }),
+            },
+        ],
+    };
+    let mut runs = BTreeMap::new();
+    runs.insert(Accel::Kvm, t("kvm"));
+    runs.insert(Accel::Tcg, t("tcg"));
+    ProbeData {
+        format_version: PROBE_FORMAT_VERSION,
+        binary: binary.display().to_string(),
+        runs,
+        host: HostFacts { host_arch: "x86_64".into(), kvm_usable: true, ..Default::default() },
+    }
+}
+
+/// Look `w.binary` up through `cache`, counting probes in `n`.
+fn get(cache: &ProbeCache, w: &World, n: &AtomicUsize, tag: &str) -> (ProbeData, CacheOutcome) {
+    cache
+        .get_or_probe(&w.binary, || {
+            n.fetch_add(1, Ordering::SeqCst);
+            Ok(fake_probe(&w.binary, tag))
+        })
+        .unwrap()
+}
+
+fn tag_of(d: &ProbeData) -> String {
+    d.run(Accel::Tcg).unwrap().get("query-version").unwrap()["tag"].as_str().unwrap().to_owned()
+}
+
+/// Fill the cache, check a fresh cache (no memory) hits, apply `change`, check that the
+/// next lookup probes again and that the one after that hits.
+fn assert_invalidated_by(change: impl FnOnce(&World)) {
+    let w = World::new();
+    let n = AtomicUsize::new(0);
+    let (d, o) = get(&w.cache(), &w, &n, "first");
+    assert_eq!((o, n.load(Ordering::SeqCst)), (CacheOutcome::Miss, 1));
+    assert_eq!(d, fake_probe(&w.binary, "first"));
+    let (d, o) = get(&w.cache(), &w, &n, "unused");
+    assert_eq!((o, n.load(Ordering::SeqCst), tag_of(&d)), (CacheOutcome::Hit, 1, "first".into()));
+    change(&w);
+    let cache = w.cache();
+    let (d, o) = get(&cache, &w, &n, "second");
+    assert_eq!((o, n.load(Ordering::SeqCst), tag_of(&d)), (CacheOutcome::Miss, 2, "second".into()));
+    let (d, o) = get(&w.cache(), &w, &n, "unused");
+    assert_eq!((o, n.load(Ordering::SeqCst), tag_of(&d)), (CacheOutcome::Hit, 2, "second".into()));
+}
+
+fn set_mtime(p: &Path, secs_ago: u64) {
+    let f = fs::File::options().write(true).open(p).unwrap();
+    f.set_modified(SystemTime::now() - Duration::from_secs(secs_ago)).unwrap();
+}
+
+#[test]
+fn hit_after_miss_returns_what_was_probed() {
+    let w = World::new();
+    let n = AtomicUsize::new(0);
+    let cache = w.cache();
+    assert_eq!(get(&cache, &w, &n, "a").1, CacheOutcome::Miss);
+    // Same instance (memory) and a new one (file) both hit.
+    assert_eq!(get(&cache, &w, &n, "b"), (fake_probe(&w.binary, "a"), CacheOutcome::Hit));
+    assert_eq!(get(&w.cache(), &w, &n, "b"), (fake_probe(&w.binary, "a"), CacheOutcome::Hit));
+    assert_eq!(n.load(Ordering::SeqCst), 1);
+    assert!(cache.file_for(&w.binary).exists());
+}
+
+#[test]
+fn touching_the_binary_invalidates() {
+    assert_invalidated_by(|w| set_mtime(&w.binary, 3600));
+}
+
+#[test]
+fn rewriting_the_binary_with_another_size_invalidates() {
+    assert_invalidated_by(|w| fs::write(&w.binary, b"\x7fELF a newer fake emulator").unwrap());
+}
+
+#[test]
+fn replacing_the_binary_invalidates() {
+    // Same size and mtime, new inode (a package upgrade renames a new file in).
+    assert_invalidated_by(|w| {
+        let m = fs::metadata(&w.binary).unwrap();
+        let tmp = w.root.join("bin/.new");
+        fs::write(&tmp, fs::read(&w.binary).unwrap()).unwrap();
+        fs::File::options().write(true).open(&tmp).unwrap().set_modified(m.modified().unwrap()).unwrap();
+        fs::rename(&tmp, &w.binary).unwrap();
+    });
+}
+
+#[test]
+fn changing_a_firmware_descriptor_invalidates() {
+    assert_invalidated_by(|w| {
+        fs::write(w.root.join("firmware/60-edk2-x86_64.json"), br#"{"description":"OVMF 2"}"#).unwrap()
+    });
+}
+
+#[test]
+fn adding_a_firmware_directory_invalidates() {
+    assert_invalidated_by(|w| {
+        fs::create_dir(w.root.join("no-such-firmware-dir")).unwrap();
+    });
+}
+
+#[test]
+fn a_new_qemu_module_invalidates() {
+    assert_invalidated_by(|w| fs::write(w.root.join("modules/hw-display-qxl.so"), b"qxl").unwrap());
+}
+
+#[test]
+fn new_microcode_invalidates() {
+    assert_invalidated_by(|w| fs::write(w.root.join("sys/cpuinfo"), cpuinfo("0xf1")).unwrap());
+}
+
+#[test]
+fn a_new_kernel_invalidates() {
+    assert_invalidated_by(|w| fs::write(w.root.join("sys/osrelease"), "6.2.0-test\n").unwrap());
+}
+
+#[test]
+fn kvm_going_away_invalidates() {
+    assert_invalidated_by(|w| fs::remove_file(w.root.join("sys/kvm")).unwrap());
+}
+
+#[test]
+fn changing_kvm_nested_invalidates() {
+    assert_invalidated_by(|w| fs::write(w.root.join("sys/nested"), "N\n").unwrap());
+}
+
+#[test]
+fn installing_swtpm_invalidates() {
+    assert_invalidated_by(|w| fs::write(w.root.join("sys/swtpm"), "#!/bin/sh\n").unwrap());
+}
+
+#[test]
+fn a_new_capsd_version_invalidates() {
+    let w = World::new();
+    let n = AtomicUsize::new(0);
+    get(&w.cache_version("1.0.0"), &w, &n, "a");
+    assert_eq!(get(&w.cache_version("1.0.0"), &w, &n, "x").1, CacheOutcome::Hit);
+    assert_eq!(get(&w.cache_version("1.0.1"), &w, &n, "b").1, CacheOutcome::Miss);
+    assert_eq!(n.load(Ordering::SeqCst), 2);
+}
+
+#[test]
+fn another_file_or_probe_format_version_is_reprobed() {
+    let w = World::new();
+    let n = AtomicUsize::new(0);
+    let cache = w.cache();
+    get(&cache, &w, &n, "a");
+    let file = cache.file_for(&w.binary);
+    let text = fs::read(&file).unwrap();
+    // File layout version on the first line.
+    let bumped = String::from_utf8(text.clone()).unwrap().replacen("capsd-probe-cache 1 ", "capsd-probe-cache 2 ", 1);
+    fs::write(&file, bumped).unwrap();
+    assert_eq!(get(&w.cache(), &w, &n, "b"), (fake_probe(&w.binary, "b"), CacheOutcome::Miss));
+    assert_eq!(n.load(Ordering::SeqCst), 2);
+}
+
+/// Damage `file` with `f` and check a fresh cache re-probes and answers right.
+fn assert_damage_detected(f: impl FnOnce(&mut Vec<u8>)) {
+    let w = World::new();
+    let n = AtomicUsize::new(0);
+    let cache = w.cache();
+    get(&cache, &w, &n, "a");
+    let file = cache.file_for(&w.binary);
+    let mut bytes = fs::read(&file).unwrap();
+    f(&mut bytes);
+    fs::write(&file, &bytes).unwrap();
+    let (d, o) = get(&w.cache(), &w, &n, "b");
+    assert_eq!((o, tag_of(&d), n.load(Ordering::SeqCst)), (CacheOutcome::Miss, "b".into(), 2));
+    // And the damaged file was replaced by a good one.
+    assert_eq!(get(&w.cache(), &w, &n, "c").1, CacheOutcome::Hit);
+}
+
+#[test]
+fn a_flipped_byte_in_the_data_is_detected() {
+    // `"first"`-style tags are in the run segments, at the end of the file: flip one there,
+    // keeping the JSON valid (a letter for another), so only the checksum can tell.
+    assert_damage_detected(|b| {
+        let i = b.windows(5).rposition(|w| w == b"\"tag\"").unwrap() + 1;
+        b[i] = b'T';
+    });
+}
+
+#[test]
+fn a_flipped_byte_in_the_header_is_detected() {
+    assert_damage_detected(|b| {
+        let i = b.iter().position(|c| *c == b'\n').unwrap() + 10;
+        b[i] ^= 0x20;
+    });
+}
+
+#[test]
+fn a_truncated_file_is_detected() {
+    assert_damage_detected(|b| b.truncate(b.len() - 7));
+}
+
+#[test]
+fn garbage_and_empty_files_are_detected() {
+    assert_damage_detected(|b| *b = b"{\"not\": \"a cache\"}".to_vec());
+    assert_damage_detected(Vec::clear);
+}
+
+#[test]
+fn reading_one_run_parses_only_that_run() {
+    let w = World::new();
+    let n = AtomicUsize::new(0);
+    get(&w.cache(), &w, &n, "a");
+    let cache = w.cache();
+    let (d, o) = cache
+        .get_or_probe_runs(&w.binary, Runs::Only(&[Accel::Kvm]), || {
+            Err(DriverError::probe_failed("x", "must not probe"))
+        })
+        .unwrap();
+    assert_eq!(o, CacheOutcome::Hit);
+    assert_eq!(d.runs.keys().copied().collect::<Vec<_>>(), vec![Accel::Kvm]);
+    // Asking for everything afterwards reads the rest; still no probe.
+    let (d, o) = cache
+        .get_or_probe_runs(&w.binary, Runs::All, || Err(DriverError::probe_failed("x", "must not probe")))
+        .unwrap();
+    assert_eq!((o, d.runs.len()), (CacheOutcome::Hit, 2));
+}
+
+#[test]
+fn concurrent_lookups_of_one_binary_probe_once() {
+    let w = World::new();
+    let cache = w.cache();
+    let n = AtomicUsize::new(0);
+    let barrier = Barrier::new(8);
+    let outcomes: Vec<CacheOutcome> = std::thread::scope(|s| {
+        let hs: Vec<_> = (0..8)
+            .map(|_| {
+                s.spawn(|| {
+                    barrier.wait();
+                    let r = cache.get_or_probe(&w.binary, || {
+                        n.fetch_add(1, Ordering::SeqCst);
+                        std::thread::sleep(Duration::from_millis(300));
+                        Ok(fake_probe(&w.binary, "once"))
+                    });
+                    let (d, o) = r.unwrap();
+                    assert_eq!(tag_of(&d), "once");
+                    o
+                })
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert_eq!(n.load(Ordering::SeqCst), 1);
+    assert_eq!(outcomes.iter().filter(|o| **o == CacheOutcome::Miss).count(), 1);
+}
+
+#[test]
+fn different_binaries_probe_in_parallel() {
+    let w = World::new();
+    let other = w.root.join("bin/qemu-system-aarch64");
+    fs::write(&other, b"\x7fELF other").unwrap();
+    let cache = w.cache();
+    let t = Instant::now();
+    std::thread::scope(|s| {
+        for b in [&w.binary, &other] {
+            let cache = cache.clone();
+            s.spawn(move || {
+                cache
+                    .get_or_probe(b, || {
+                        std::thread::sleep(Duration::from_millis(500));
+                        Ok(fake_probe(b, "p"))
+                    })
+                    .unwrap()
+            });
+        }
+    });
+    let took = t.elapsed();
+    assert!(took < Duration::from_millis(950), "two 500 ms probes took {took:?}: serialized");
+}
+
+#[test]
+fn a_failed_probe_is_not_cached_and_waiters_share_it() {
+    let w = World::new();
+    let cache = w.cache();
+    let n = AtomicUsize::new(0);
+    let barrier = Barrier::new(4);
+    let errors: Vec<String> = std::thread::scope(|s| {
+        let hs: Vec<_> = (0..4)
+            .map(|_| {
+                s.spawn(|| {
+                    barrier.wait();
+                    let r = cache.get_or_probe(&w.binary, || {
+                        n.fetch_add(1, Ordering::SeqCst);
+                        std::thread::sleep(Duration::from_millis(300));
+                        Err(DriverError::probe_failed("qemu-system-x86_64", "QEMU exited with status 1"))
+                    });
+                    r.unwrap_err().to_string()
+                })
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert_eq!(n.load(Ordering::SeqCst), 1, "{errors:?}");
+    assert!(errors.iter().all(|e| e.contains("QEMU exited with status 1")), "{errors:?}");
+    // Not cached: the next lookup probes again.
+    assert_eq!(get(&cache, &w, &n, "ok").1, CacheOutcome::Miss);
+    assert_eq!(n.load(Ordering::SeqCst), 2);
+}
+
+#[test]
+fn a_missing_binary_is_invalid_input() {
+    let w = World::new();
+    let e = w.cache().get_or_probe(&w.root.join("bin/nope"), || Ok(fake_probe(&w.binary, "x"))).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidInput, "{e}");
+    assert!(e.to_string().contains("bin/nope"), "{e}");
+    let e = w.cache().get_or_probe(&w.root.join("bin"), || Ok(fake_probe(&w.binary, "x"))).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidInput, "{e}");
+}
+
+#[test]
+fn writes_leave_no_temporary_files_and_unwritable_dirs_still_answer() {
+    let w = World::new();
+    let n = AtomicUsize::new(0);
+    get(&w.cache(), &w, &n, "a");
+    let names: Vec<String> =
+        fs::read_dir(&w.cache_dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    assert!(names.iter().all(|n| n.ends_with(".probe") || n.ends_with(".lock")), "{names:?}");
+    assert_eq!(names.iter().filter(|n| n.ends_with(".probe")).count(), 1);
+    // A cache dir that cannot be created (a file is in the way): answers, uncached.
+    let blocked = w.root.join("bin/qemu-system-x86_64").join("cache");
+    let c = ProbeCache::with_options(blocked, CacheOptions { sources: w.sources.clone(), app_version: "1".into() });
+    let (d, o) = c.get_or_probe(&w.binary, || Ok(fake_probe(&w.binary, "u"))).unwrap();
+    assert_eq!((o, tag_of(&d)), (CacheOutcome::Miss, "u".into()));
+}

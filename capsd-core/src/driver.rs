@@ -61,7 +61,9 @@ impl fmt::Display for Query {
 pub enum Availability {
     Available,
     /// The driver cannot answer here; `reason` says why (no binary, no `/dev/xen`, ...).
-    Unavailable { reason: String },
+    Unavailable {
+        reason: String,
+    },
 }
 
 impl Availability {

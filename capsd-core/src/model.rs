@@ -45,6 +45,7 @@ impl Support {
 
 /// `<enum name='...'><value>...</value>...</enum>`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Enum {
     pub name: String,
     #[serde(default)]
@@ -82,6 +83,7 @@ impl EnumList for Vec<Enum> {
 /// An element made of `supported` and a list of enums: `memoryBacking`, every device
 /// element, `gic`, `launchSecurity`, `firmwareFeatures`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct EnumElement {
     pub supported: Support,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -106,6 +108,7 @@ impl EnumElement {
 /// An element that only carries `supported`: `iothreads`, `varstore`, `vmcoreinfo`,
 /// `genid`, `backingStoreInput`, `backup`, `async-teardown`, `s390-pv`, `ps2`, `tdx`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Flag {
     pub supported: Support,
 }
@@ -124,6 +127,7 @@ impl Flag {
 
 /// The whole `<domainCapabilities>` document.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 #[serde(rename_all = "camelCase")]
 pub struct DomainCapabilities {
     /// `<path>`: the emulator binary.
@@ -154,12 +158,14 @@ pub struct DomainCapabilities {
 
 /// `<vcpu max='N'/>`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Vcpu {
     pub max: u32,
 }
 
 /// `<os>`: firmware selection (`enum name='firmware'`), firmware features, loader, varstore.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 #[serde(rename_all = "camelCase")]
 pub struct Os {
     pub supported: Support,
@@ -176,6 +182,7 @@ pub struct Os {
 
 /// `<loader>`: firmware image paths (`<value>`) and enums `type`, `readonly`, `secure`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Loader {
     pub supported: Support,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -186,6 +193,7 @@ pub struct Loader {
 
 /// `<cpu>`: the four CPU modes, in libvirt's order.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 #[serde(rename_all = "camelCase")]
 pub struct Cpu {
     /// `<mode name='host-passthrough'>` with enum `hostPassthroughMigratable`.
@@ -202,6 +210,7 @@ pub struct Cpu {
 
 /// A CPU mode described by `supported` and enums (host-passthrough, maximum).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct CpuModeEnums {
     pub supported: Support,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -210,6 +219,7 @@ pub struct CpuModeEnums {
 
 /// `<mode name='host-model'>`: the CPU model a guest gets for `host-model`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 #[serde(rename_all = "camelCase")]
 pub struct HostModel {
     pub supported: Support,
@@ -225,6 +235,7 @@ pub struct HostModel {
 
 /// `<model fallback='allow|forbid' vendor_id='...'>NAME</model>`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 #[serde(rename_all = "camelCase")]
 pub struct CpuModelName {
     pub name: String,
@@ -252,6 +263,7 @@ impl Fallback {
 
 /// `<maxphysaddr mode='emulate|passthrough' bits='N' limit='N'/>`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct MaxPhysAddr {
     pub mode: MaxPhysAddrMode,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -278,6 +290,7 @@ impl MaxPhysAddrMode {
 
 /// `<feature policy='...' name='...'/>` inside host-model.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct CpuFeature {
     pub policy: FeaturePolicy,
     pub name: String,
@@ -307,6 +320,7 @@ impl FeaturePolicy {
 
 /// `<mode name='custom'>`: the named CPU models.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct CustomModels {
     pub supported: Support,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -316,6 +330,7 @@ pub struct CustomModels {
 /// One `<model usable=... deprecated=... vendor=... canonical=...>NAME</model>`, with the
 /// `<blockers>` element that follows it in the document, if any.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct CustomModel {
     pub name: String,
     pub usable: Usable,
@@ -350,6 +365,7 @@ impl Usable {
 /// `<blockers model='NAME'><feature name='...'/>...</blockers>`: the features that keep a
 /// model from being usable.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Blockers {
     pub model: String,
     pub features: Vec<String>,
@@ -357,6 +373,7 @@ pub struct Blockers {
 
 /// `<devices>`: one optional [`EnumElement`] per device kind, in libvirt's order.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Devices {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub disk: Option<EnumElement>,
@@ -390,8 +407,19 @@ impl Devices {
     /// The device element names, in document order, with accessors. Used by generic code
     /// (writer, reader, diff, baseline) so the list exists once.
     pub const NAMES: [&'static str; 13] = [
-        "disk", "graphics", "video", "hostdev", "rng", "filesystem", "tpm", "redirdev", "channel", "crypto",
-        "interface", "panic", "console",
+        "disk",
+        "graphics",
+        "video",
+        "hostdev",
+        "rng",
+        "filesystem",
+        "tpm",
+        "redirdev",
+        "channel",
+        "crypto",
+        "interface",
+        "panic",
+        "console",
     ];
 
     /// The device element with this XML name.
@@ -447,6 +475,7 @@ impl Devices {
 
 /// `<features>`, in libvirt's order.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 #[serde(rename_all = "camelCase")]
 pub struct Features {
     /// `<gic>` with enum `version`.
@@ -486,6 +515,7 @@ pub struct Features {
 
 /// `<sev>`: AMD Secure Encrypted Virtualization.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 #[serde(rename_all = "camelCase")]
 pub struct Sev {
     pub supported: Support,
@@ -497,6 +527,7 @@ pub struct Sev {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 #[serde(rename_all = "camelCase")]
 pub struct SevParams {
     pub cbitpos: u32,
@@ -508,6 +539,7 @@ pub struct SevParams {
 
 /// `<sgx>`: Intel Software Guard Extensions.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Sgx {
     pub supported: Support,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -515,6 +547,7 @@ pub struct Sgx {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 #[serde(rename_all = "camelCase")]
 pub struct SgxInfo {
     pub flc: bool,
@@ -529,6 +562,7 @@ pub struct SgxInfo {
 
 /// `<section node='N' size='N' unit='KiB'/>`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 #[serde(rename_all = "camelCase")]
 pub struct SgxSection {
     pub node: u32,
@@ -537,6 +571,7 @@ pub struct SgxSection {
 
 /// `<cca>`: Arm Confidential Compute Architecture.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 #[serde(rename_all = "camelCase")]
 pub struct Cca {
     pub supported: Support,
@@ -553,6 +588,7 @@ pub struct Cca {
 
 /// `<hyperv>`: Hyper-V enlightenments (enum `features`) and their defaults.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Hyperv {
     pub supported: Support,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -563,6 +599,7 @@ pub struct Hyperv {
 
 /// `<defaults>` inside `<hyperv>`; each child is optional.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct HypervDefaults {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub spinlocks: Option<u32>,

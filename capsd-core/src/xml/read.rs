@@ -193,7 +193,11 @@ fn build_tree(input: &str) -> Result<Node, ParseError> {
                 match stack.last_mut() {
                     Some(top) => top.text.push_str(&text),
                     None if is_xml_space(&text) => {}
-                    None => return Err(tree_err(line, &stack, "text outside the root element")),
+                    None => {
+                        let lead = t.iter().take_while(|b| b.is_ascii_whitespace()).count();
+                        let line = lines.at(start + lead);
+                        return Err(tree_err(line, &stack, "text outside the root element"));
+                    }
                 }
                 None
             }
@@ -363,7 +367,7 @@ fn missing<T>(node: &Node, p: &P<'_>, what: &str) -> R<T> {
 }
 
 fn bad_value<T>(line: usize, p: &P<'_>, what: &str, value: &str, expected: &str) -> R<T> {
-    err(line, p, format!("invalid value {:?} for {what} (expected {expected})", shorten(value)))
+    err(line, p, format!("invalid value '{}' for {what} (expected {expected})", shorten(value)))
 }
 
 fn support(node: &Node, p: &P<'_>, v: Option<&str>) -> R<Support> {

@@ -6,6 +6,8 @@
 
 #![allow(dead_code)]
 
+pub mod gen;
+
 use std::path::{Path, PathBuf};
 
 /// `<repo>/../shared/fixtures`.

@@ -16,6 +16,8 @@ pub mod schema;
 
 #[cfg(test)]
 mod compare_tests;
+#[cfg(test)]
+mod rules_tests;
 
 use capsd_core::{DomainCapabilities, DriverError, EnumElement, Features, Flag, Support, Vcpu};
 

@@ -1,0 +1,238 @@
+//! Rule tests: small hand-built transcripts, one derivation rule each.
+
+use capsd_core::{DomainCapabilities, EnumList, ErrorKind, Support};
+use serde_json::{json, Value};
+
+use super::{domain_capabilities, ResolvedQuery};
+use crate::host::{HostFacts, S390PvFacts};
+use crate::probe_data::{Accel, Exchange, ProbeData, Transcript, PROBE_FORMAT_VERSION};
+
+/// A transcript answering `query-machines` with `machines` (name, cpu-max), `qom-list-types`
+/// with `types`, plus any extra `(command, reply)` pairs.
+fn transcript(machines: &[(&str, u32)], types: &[&str], extra: &[(&str, Value)]) -> Transcript {
+    let mut exchanges = vec![
+        Exchange {
+            execute: "query-machines".into(),
+            arguments: None,
+            reply: Ok(Value::Array(machines.iter().map(|(n, max)| json!({"name": n, "cpu-max": max})).collect())),
+        },
+        Exchange {
+            execute: "qom-list-types".into(),
+            arguments: None,
+            reply: Ok(Value::Array(types.iter().map(|t| json!({"name": t})).collect())),
+        },
+    ];
+    for (cmd, reply) in extra {
+        exchanges.push(Exchange { execute: (*cmd).into(), arguments: None, reply: Ok(reply.clone()) });
+    }
+    Transcript { greeting: json!({}), exchanges }
+}
+
+fn data(runs: Vec<(Accel, Transcript)>, host: HostFacts) -> ProbeData {
+    ProbeData {
+        format_version: PROBE_FORMAT_VERSION,
+        binary: "/usr/bin/qemu-test".into(),
+        runs: runs.into_iter().collect(),
+        host,
+    }
+}
+
+fn query(arch: &str, machine: &str, accel: Accel) -> ResolvedQuery {
+    ResolvedQuery { emulator: "/usr/bin/qemu-test".into(), arch: arch.into(), machine: machine.into(), accel }
+}
+
+fn derive_one(arch: &str, machine: &str, t: Transcript) -> DomainCapabilities {
+    domain_capabilities(&data(vec![(Accel::Tcg, t)], HostFacts::default()), &query(arch, machine, Accel::Tcg)).unwrap()
+}
+
+fn device_enum(caps: &DomainCapabilities, device: &str, name: &str) -> Vec<String> {
+    caps.devices.as_ref().unwrap().get(device).unwrap().enums.enum_values(name).unwrap().to_vec()
+}
+
+#[test]
+fn pseries_has_no_floppy_and_no_fdc_bus() {
+    let caps = derive_one("ppc64", "pseries-7.2", transcript(&[("pseries-7.2", 1024)], &[], &[]));
+    assert_eq!(device_enum(&caps, "disk", "diskDevice"), ["disk", "cdrom", "lun"]);
+    assert_eq!(device_enum(&caps, "disk", "bus"), ["scsi", "virtio"]);
+}
+
+#[test]
+fn fdc_bus_does_not_need_a_floppy_controller_type() {
+    // libvirt 9.0 offers fdc on every non-pSeries machine, aarch64 virt included.
+    let caps = derive_one("aarch64", "virt-7.2", transcript(&[("virt-7.2", 512)], &["usb-storage"], &[]));
+    assert_eq!(device_enum(&caps, "disk", "bus"), ["fdc", "scsi", "virtio", "usb"]);
+}
+
+#[test]
+fn ide_only_on_boards_with_builtin_ide_and_bus_order_is_libvirts() {
+    let types = ["ich9-ahci", "usb-storage"];
+    let pc = derive_one("x86_64", "pc-i440fx-7.2", transcript(&[("pc-i440fx-7.2", 255)], &types, &[]));
+    assert_eq!(device_enum(&pc, "disk", "bus"), ["ide", "fdc", "scsi", "virtio", "usb", "sata"]);
+    let q35 = derive_one("x86_64", "pc-q35-7.2", transcript(&[("pc-q35-7.2", 288)], &types, &[]));
+    assert_eq!(device_enum(&q35, "disk", "bus"), ["fdc", "scsi", "virtio", "usb", "sata"]);
+}
+
+#[test]
+fn transitional_models_need_the_transitional_types() {
+    let without = derive_one("m68k", "virt", transcript(&[("virt", 1)], &["virtio-rng-device"], &[]));
+    assert_eq!(device_enum(&without, "disk", "model"), ["virtio"]);
+    assert_eq!(device_enum(&without, "rng", "model"), ["virtio"]);
+    let with = derive_one(
+        "x86_64",
+        "pc-q35-7.2",
+        transcript(&[("pc-q35-7.2", 288)], &["virtio-rng-pci", "virtio-blk-pci-transitional"], &[]),
+    );
+    assert_eq!(device_enum(&with, "rng", "model"), ["virtio", "virtio-transitional", "virtio-non-transitional"]);
+}
+
+#[test]
+fn no_virtio_rng_type_means_rng_unsupported() {
+    let caps = derive_one("s390x", "s390-ccw-virtio-7.2", transcript(&[("s390-ccw-virtio-7.2", 248)], &[], &[]));
+    let rng = caps.devices.as_ref().unwrap().rng.as_ref().unwrap();
+    assert_eq!(rng.supported, Support::No);
+    assert!(rng.enums.is_empty());
+}
+
+#[test]
+fn tpm_needs_a_backend_and_takes_models_from_qemu() {
+    let none = derive_one("s390x", "s390-ccw-virtio-7.2", transcript(&[("s390-ccw-virtio-7.2", 248)], &[], &[]));
+    assert_eq!(none.devices.as_ref().unwrap().tpm.as_ref().unwrap().supported, Support::No);
+
+    let t = transcript(
+        &[("pseries-7.2", 1024)],
+        &["spapr-tpm-proxy"],
+        &[("query-tpm-models", json!(["tpm-spapr"])), ("query-tpm-types", json!(["emulator"]))],
+    );
+    let host = HostFacts {
+        swtpm: Some(crate::host::SwtpmFacts { swtpm_setup_features: vec!["tpm-2.0".into()], ..Default::default() }),
+        ..Default::default()
+    };
+    let caps =
+        domain_capabilities(&data(vec![(Accel::Tcg, t)], host), &query("ppc64", "pseries-7.2", Accel::Tcg)).unwrap();
+    assert_eq!(device_enum(&caps, "tpm", "model"), ["tpm-spapr", "spapr-tpm-proxy"]);
+    assert_eq!(device_enum(&caps, "tpm", "backendModel"), ["emulator", "external"]);
+    assert_eq!(device_enum(&caps, "tpm", "backendVersion"), ["2.0"]);
+}
+
+#[test]
+fn kvm_bounds_vcpu_max_by_the_host_limit() {
+    let runs = || vec![(Accel::Kvm, transcript(&[("pc-q35-7.2", 288)], &[], &[]))];
+    let host = |limit| HostFacts { kvm_max_vcpus: Some(limit), ..Default::default() };
+    let q = query("x86_64", "pc-q35-7.2", Accel::Kvm);
+    assert_eq!(domain_capabilities(&data(runs(), host(240)), &q).unwrap().vcpu.unwrap().max, 240);
+    assert_eq!(domain_capabilities(&data(runs(), host(1024)), &q).unwrap().vcpu.unwrap().max, 288);
+}
+
+#[test]
+fn tcg_is_not_bounded_by_kvm_and_uses_its_own_machine_table() {
+    let kvm = transcript(&[("pc-q35-7.2", 288)], &["vmgenid"], &[]);
+    let tcg = transcript(&[("pc-q35-7.2", 100)], &[], &[]);
+    let host = HostFacts { kvm_max_vcpus: Some(8), ..Default::default() };
+    let caps = domain_capabilities(
+        &data(vec![(Accel::Kvm, kvm), (Accel::Tcg, tcg)], host),
+        &query("x86_64", "pc-q35-7.2", Accel::Tcg),
+    )
+    .unwrap();
+    assert_eq!(caps.vcpu.unwrap().max, 100, "machine table of the TCG run, no KVM bound");
+    assert_eq!(caps.domain, "qemu");
+    // Device facts come from the primary (KVM) run.
+    assert_eq!(caps.features.unwrap().genid.unwrap().supported, Support::Yes);
+}
+
+#[test]
+fn machine_alias_resolves_to_its_canonical_entry() {
+    let t = Transcript {
+        greeting: json!({}),
+        exchanges: vec![Exchange {
+            execute: "query-machines".into(),
+            arguments: None,
+            reply: Ok(json!([{"name": "pc-q35-7.2", "alias": "q35", "cpu-max": 288}])),
+        }],
+    };
+    let caps = derive_one("x86_64", "q35", t);
+    assert_eq!(caps.machine.as_deref(), Some("pc-q35-7.2"));
+}
+
+#[test]
+fn unknown_machine_and_unprobed_accel_are_errors_not_panics() {
+    let d = data(vec![(Accel::Tcg, transcript(&[("virt-7.2", 512)], &[], &[]))], HostFacts::default());
+    let e = domain_capabilities(&d, &query("aarch64", "nosuch", Accel::Tcg)).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidInput);
+    assert!(e.to_string().contains("nosuch"), "{e}");
+    let e = domain_capabilities(&d, &query("aarch64", "virt-7.2", Accel::Kvm)).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::CannotAnswer);
+}
+
+#[test]
+fn gic_versions_follow_the_accelerator() {
+    let gic = json!([
+        {"version": 3, "emulated": true, "kernel": true},
+        {"version": 2, "emulated": true, "kernel": false}
+    ]);
+    let t = || transcript(&[("virt-7.2", 512)], &[], &[("query-gic-capabilities", gic.clone())]);
+    let tcg = derive_one("aarch64", "virt-7.2", t());
+    let g = tcg.features.unwrap().gic.unwrap();
+    assert_eq!(g.supported, Support::Yes);
+    assert_eq!(g.enums.enum_values("version").unwrap(), ["2", "3"]);
+
+    let kvm = domain_capabilities(
+        &data(vec![(Accel::Kvm, t())], HostFacts::default()),
+        &query("aarch64", "virt-7.2", Accel::Kvm),
+    )
+    .unwrap();
+    assert_eq!(kvm.features.unwrap().gic.unwrap().enums.enum_values("version").unwrap(), ["3"]);
+
+    let other_board = derive_one(
+        "aarch64",
+        "sbsa-ref",
+        transcript(&[("sbsa-ref", 512)], &[], &[("query-gic-capabilities", gic.clone())]),
+    );
+    let g = other_board.features.unwrap().gic.unwrap();
+    assert_eq!(g.supported, Support::No);
+    assert!(g.enums.is_empty());
+}
+
+#[test]
+fn s390_pv_only_on_s390_and_only_with_kvm_qemu_and_host() {
+    let x86 = derive_one("x86_64", "pc-q35-7.2", transcript(&[("pc-q35-7.2", 288)], &[], &[]));
+    assert!(x86.features.unwrap().s390_pv.is_none());
+
+    let t = || transcript(&[("s390-ccw-virtio-7.2", 248)], &["s390-pv-guest"], &[]);
+    let pv_host = HostFacts {
+        s390_pv: S390PvFacts { prot_virt_host: Some(true), kvm_prot_virt: Some(true) },
+        ..Default::default()
+    };
+    let q = |accel| query("s390x", "s390-ccw-virtio-7.2", accel);
+    let kvm = domain_capabilities(&data(vec![(Accel::Kvm, t())], pv_host.clone()), &q(Accel::Kvm)).unwrap();
+    assert_eq!(kvm.features.unwrap().s390_pv.unwrap().supported, Support::Yes);
+    let tcg = domain_capabilities(&data(vec![(Accel::Tcg, t())], pv_host), &q(Accel::Tcg)).unwrap();
+    assert_eq!(tcg.features.unwrap().s390_pv.unwrap().supported, Support::No);
+    let no_host = domain_capabilities(&data(vec![(Accel::Kvm, t())], HostFacts::default()), &q(Accel::Kvm)).unwrap();
+    assert_eq!(no_host.features.unwrap().s390_pv.unwrap().supported, Support::No);
+}
+
+#[test]
+fn sgx_sections_are_reported_in_kib() {
+    let sgx = json!({"sgx": true, "sgx1": true, "sgx2": false, "flc": true,
+                     "sections": [{"node": 0, "size": 67108864}, {"node": 1, "size": 33554432}]});
+    let caps =
+        derive_one("x86_64", "pc-q35-7.2", transcript(&[("pc-q35-7.2", 288)], &[], &[("query-sgx-capabilities", sgx)]));
+    let s = caps.features.unwrap().sgx.unwrap();
+    assert_eq!(s.supported, Support::Yes);
+    let info = s.info.unwrap();
+    assert!(info.flc && info.sgx1 && !info.sgx2);
+    assert_eq!(info.section_size_kib, 98304);
+    let sections = info.sections.unwrap();
+    assert_eq!((sections[1].node, sections[1].size_kib), (1, 32768));
+}
+
+#[test]
+fn without_schema_answers_nothing_is_claimed() {
+    let caps = derive_one("x86_64", "pc-q35-7.2", transcript(&[("pc-q35-7.2", 288)], &[], &[]));
+    let f = caps.features.as_ref().unwrap();
+    assert_eq!(f.backing_store_input.unwrap().supported, Support::No);
+    assert_eq!(f.backup.unwrap().supported, Support::No);
+    assert!(device_enum(&caps, "graphics", "type").is_empty());
+    assert_eq!(device_enum(&caps, "channel", "type"), ["pty", "unix"]);
+    assert_eq!(device_enum(&caps, "video", "modelType"), ["none"]);
+}

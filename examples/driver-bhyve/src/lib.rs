@@ -1,0 +1,220 @@
+//! capsd-driver-bhyve: an out-of-tree capsd driver for FreeBSD's bhyve, built as a plugin
+//! (`cdylib`) against `capsd-plugin`'s C ABI. It is also an `rlib` so its tests can call it
+//! directly.
+//!
+//! The document is derived from bhyve's probe output ([`probe`]) and the firmware directory:
+//! - UEFI boot (`-l bootrom`) gives `<loader supported='yes'>` with every file of the
+//!   firmware directory as a value, type `pflash` and readonly `yes`; without it the loader is
+//!   `supported='no'`;
+//! - the `fbuf` device gives VNC graphics and GOP video; without it both are `'no'`;
+//! - disks (disk/cdrom on virtio/sata) are always offered; CPU modes, hostdev, iothreads,
+//!   gic, vmcoreinfo, genid, sev and sgx are always `'no'`.
+//!
+//! # Inputs
+//! - `CAPSD_BHYVE_FACTS=DIR`: replay a recording (`DIR/transcript.txt`, optional
+//!   `DIR/bhyve.conf`; see [`transcript`]) instead of probing the host. This is how the driver
+//!   runs on hosts without bhyve, and in tests.
+//! - Otherwise it runs `bhyve` from `PATH` and reads `firmware_dir` from
+//!   `CAPSD_BHYVE_CONF` or `/usr/local/etc/libvirt/bhyve.conf` (default firmware directory
+//!   `/usr/local/share/uefi-firmware`).
+
+pub mod probe;
+pub mod transcript;
+
+use std::path::{Path, PathBuf};
+
+use capsd_core::{
+    Availability, Cpu, CpuModeEnums, CustomModels, Devices, DomainCapabilities, DomainCapsDriver, DriverError,
+    EnumElement, Features, Flag, HostModel, Loader, Os, Query, Sev, Sgx, Support,
+};
+
+use probe::{BhyveCaps, Host, LiveHost, ReplayHost};
+
+/// The driver's name (`--driver bhyve`).
+pub const DRIVER: &str = "bhyve";
+/// Environment variable naming a recorded-facts directory.
+pub const FACTS_ENV: &str = "CAPSD_BHYVE_FACTS";
+/// Environment variable naming the driver configuration file.
+pub const CONF_ENV: &str = "CAPSD_BHYVE_CONF";
+/// Where libvirt keeps bhyve's configuration on FreeBSD.
+pub const DEFAULT_CONF: &str = "/usr/local/etc/libvirt/bhyve.conf";
+/// The emulator reported when the query names none.
+pub const DEFAULT_EMULATOR: &str = "/usr/sbin/bhyve";
+
+/// Where this driver instance takes its facts from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    /// Probe the host: `bhyve` in `PATH`, this configuration file.
+    Live { config: PathBuf },
+    /// Replay a recorded-facts directory.
+    Replay { dir: PathBuf },
+}
+
+/// The bhyve driver.
+#[derive(Debug, Clone)]
+pub struct BhyveDriver {
+    source: Source,
+}
+
+impl BhyveDriver {
+    /// Choose the source from the environment (see the crate docs).
+    pub fn from_env() -> Self {
+        let source = match std::env::var_os(FACTS_ENV).filter(|v| !v.is_empty()) {
+            Some(dir) => Source::Replay { dir: dir.into() },
+            None => Source::Live {
+                config: std::env::var_os(CONF_ENV).filter(|v| !v.is_empty()).map_or(DEFAULT_CONF.into(), PathBuf::from),
+            },
+        };
+        BhyveDriver { source }
+    }
+
+    pub fn new(source: Source) -> Self {
+        BhyveDriver { source }
+    }
+
+    pub fn source(&self) -> &Source {
+        &self.source
+    }
+
+    fn host(&self) -> Result<Box<dyn Host>, DriverError> {
+        match &self.source {
+            Source::Replay { dir } => Ok(Box::new(ReplayHost::open(dir)?)),
+            Source::Live { config } => match LiveHost::find_bhyve() {
+                Some(bhyve) => Ok(Box::new(LiveHost { bhyve, config: config.clone() })),
+                None => Err(DriverError::Unavailable { driver: DRIVER.into(), reason: no_bhyve_reason() }),
+            },
+        }
+    }
+}
+
+fn no_bhyve_reason() -> String {
+    format!("no bhyve in PATH (bhyve is FreeBSD's hypervisor; set {FACTS_ENV} to replay a recording)")
+}
+
+/// The guest architecture for a query: the given one or the host's, which must be x86.
+fn guest_arch(query: &Query) -> Result<String, DriverError> {
+    let arch = match &query.arch {
+        Some(a) => a.clone(),
+        None => match std::env::consts::ARCH {
+            "x86" => "i686".to_owned(),
+            other => other.to_owned(),
+        },
+    };
+    match arch.as_str() {
+        "x86_64" | "i686" => Ok(arch),
+        _ => Err(DriverError::not_supported(DRIVER, format!("arch '{arch}' (bhyve runs x86_64 and i686 guests)"))),
+    }
+}
+
+/// Check the query and build the document from probed facts. Pure: no host access.
+pub fn build(query: &Query, caps: &BhyveCaps, firmwares: &[String]) -> Result<DomainCapabilities, DriverError> {
+    if let Some(v) = &query.virt_type {
+        if v != "bhyve" {
+            return Err(DriverError::invalid("virttype", v, "the bhyve driver only offers virt type 'bhyve'"));
+        }
+    }
+    let arch = guest_arch(query)?;
+    let path = query.emulator.as_deref().unwrap_or(Path::new(DEFAULT_EMULATOR)).display().to_string();
+
+    let loader = if caps.lpc_bootrom {
+        Loader {
+            supported: Support::Yes,
+            values: firmwares.to_vec(),
+            enums: vec![capsd_core::Enum::new("type", ["pflash"]), capsd_core::Enum::new("readonly", ["yes"])],
+        }
+    } else {
+        Loader { supported: Support::No, values: Vec::new(), enums: Vec::new() }
+    };
+    let (graphics, video) = if caps.fbuf {
+        (
+            EnumElement::new(Support::Yes).with_enum("type", ["vnc"]),
+            EnumElement::new(Support::Yes).with_enum("modelType", ["gop"]),
+        )
+    } else {
+        (EnumElement::unsupported(), EnumElement::unsupported())
+    };
+    let no_mode = || Some(CpuModeEnums { supported: Support::No, enums: Vec::new() });
+    Ok(DomainCapabilities {
+        path: Some(path),
+        domain: "bhyve".into(),
+        machine: query.machine.clone(),
+        arch,
+        vcpu: None,
+        iothreads: Some(Flag::no()),
+        os: Some(Os {
+            supported: Support::Yes,
+            enums: Vec::new(),
+            firmware_features: None,
+            loader: Some(loader),
+            varstore: None,
+        }),
+        cpu: Some(Cpu {
+            host_passthrough: no_mode(),
+            maximum: no_mode(),
+            host_model: Some(HostModel {
+                supported: Support::No,
+                model: None,
+                vendor: None,
+                maxphysaddr: None,
+                features: Vec::new(),
+            }),
+            custom: Some(CustomModels { supported: Support::No, models: Vec::new() }),
+        }),
+        memory_backing: None,
+        devices: Some(Devices {
+            disk: Some(
+                EnumElement::new(Support::Yes)
+                    .with_enum("diskDevice", ["disk", "cdrom"])
+                    .with_enum("bus", ["virtio", "sata"])
+                    .with_enum("model", Vec::<String>::new()),
+            ),
+            graphics: Some(graphics),
+            video: Some(video),
+            hostdev: Some(EnumElement::unsupported()),
+            ..Devices::default()
+        }),
+        features: Some(Features {
+            gic: Some(EnumElement::unsupported()),
+            vmcoreinfo: Some(Flag::no()),
+            genid: Some(Flag::no()),
+            sev: Some(Sev { supported: Support::No, params: None, cpu0_id: None }),
+            sgx: Some(Sgx { supported: Support::No, info: None }),
+            ..Features::default()
+        }),
+    })
+}
+
+impl DomainCapsDriver for BhyveDriver {
+    fn name(&self) -> &str {
+        DRIVER
+    }
+
+    fn availability(&self) -> Availability {
+        match &self.source {
+            Source::Replay { dir } => match ReplayHost::open(dir) {
+                Ok(_) => Availability::Available,
+                Err(e) => Availability::Unavailable { reason: format!("recorded facts ({FACTS_ENV}): {e}") },
+            },
+            Source::Live { .. } => match LiveHost::find_bhyve() {
+                Some(_) => Availability::Available,
+                None => Availability::Unavailable { reason: no_bhyve_reason() },
+            },
+        }
+    }
+
+    fn domain_capabilities(&self, query: &Query) -> Result<DomainCapabilities, DriverError> {
+        // Reject bad queries before touching the host.
+        build(query, &BhyveCaps::default(), &[])?;
+        let host = self.host()?;
+        let caps = probe::probe_caps(host.as_ref())?;
+        let origin = match &self.source {
+            Source::Replay { dir } => dir.join("bhyve.conf"),
+            Source::Live { config } => config.clone(),
+        };
+        let dir = probe::firmware_dir(host.config()?.as_deref(), &origin)?;
+        let firmwares = probe::firmwares(host.as_ref(), &dir)?;
+        build(query, &caps, &firmwares)
+    }
+}
+
+capsd_plugin::export_driver!(BhyveDriver::from_env);

@@ -1,4 +1,15 @@
-//! driver-qemu: being written. Placeholder so the workspace builds.
+//! driver-qemu: libvirt's QEMU domain capabilities from real probing.
+//!
+//! Flow of one query ([`QemuDriver`]): [`resolve::pre_probe`] validates the query and picks
+//! the emulator; [`probe::probe`] starts it once per accelerator (KVM and TCG in parallel)
+//! and records the QMP answers of every [`plan`] stage plus the [`host::HostFacts`] into a
+//! [`probe_data::ProbeData`] (through [`cache::ProbeCache`] when configured);
+//! [`resolve::resolve`] applies libvirt's defaults (arch, virt type, default machine,
+//! aliases); [`derive::domain_capabilities`] turns the data into the document. Derivation
+//! never touches QEMU or the host, so recorded probes replay exactly (`tests/replay.rs`).
+//!
+//! Architecture invariant: only `probe`, `process`, `qmp`, `host` and `firmware` touch the
+//! system; everything downstream of [`probe_data::ProbeData`] is pure.
 
 pub mod cache;
 pub mod derive;
@@ -9,27 +20,144 @@ pub mod probe;
 pub mod probe_data;
 pub mod process;
 pub mod qmp;
+pub mod resolve;
+
+use std::path::{Path, PathBuf};
 
 use capsd_core::{Availability, DomainCapabilities, DomainCapsDriver, DriverError, Query};
 
+use crate::cache::ProbeCache;
+use crate::probe::ProbeOptions;
+use crate::probe_data::ProbeData;
+use crate::process::ProbeUser;
+
+const DRIVER: &str = "qemu";
+
 /// The qemu driver.
 #[derive(Debug, Default)]
-pub struct QemuDriver {}
+pub struct QemuDriver {
+    cache: Option<ProbeCache>,
+    options: ProbeOptions,
+    /// Overrides `PATH` for finding `qemu-system-*` (tests).
+    search_path: Option<Vec<PathBuf>>,
+}
 
 impl QemuDriver {
+    /// A driver that probes on every query, as the current user unless `CAPSD_PROBE_USER`
+    /// names another (an unknown name there is reported at query time).
     pub fn new() -> Self {
-        QemuDriver {}
+        QemuDriver::default()
     }
+
+    /// Keep probe results in `dir` (the agent's cache).
+    pub fn with_cache_dir(mut self, dir: PathBuf) -> Self {
+        self.cache = Some(ProbeCache::new(dir));
+        self
+    }
+
+    /// Use an already configured cache.
+    pub fn with_cache(mut self, cache: ProbeCache) -> Self {
+        self.cache = Some(cache);
+        self
+    }
+
+    /// Probe options (timeouts, probe user, no-KVM).
+    pub fn with_probe_options(mut self, options: ProbeOptions) -> Self {
+        self.options = options;
+        self
+    }
+
+    /// Run probe processes as this user (when running as root).
+    pub fn with_probe_user(mut self, user: ProbeUser) -> Self {
+        self.options.process.user = Some(user);
+        self
+    }
+
+    /// Look emulators up in these directories instead of `PATH`.
+    pub fn with_search_path(mut self, dirs: Vec<PathBuf>) -> Self {
+        self.search_path = Some(dirs);
+        self
+    }
+
+    fn find(&self, name: &str) -> Option<PathBuf> {
+        match &self.search_path {
+            Some(dirs) => dirs.iter().map(|d| d.join(name)).find(|p| is_executable(p)),
+            None => host::find_in_path(name),
+        }
+    }
+
+    fn emulators(&self) -> Vec<PathBuf> {
+        let dirs: Vec<PathBuf> = match &self.search_path {
+            Some(d) => d.clone(),
+            None => std::env::var_os("PATH").map(|p| std::env::split_paths(&p).collect()).unwrap_or_default(),
+        };
+        let mut out: Vec<PathBuf> = Vec::new();
+        for d in dirs {
+            let Ok(entries) = std::fs::read_dir(&d) else { continue };
+            let mut here: Vec<PathBuf> = entries
+                .filter_map(Result::ok)
+                .map(|e| e.path())
+                .filter(|p| {
+                    p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("qemu-system-"))
+                        && is_executable(p)
+                })
+                .collect();
+            here.sort();
+            out.extend(here);
+        }
+        out
+    }
+
+    /// Every `qemu-system-*` binary found (in search order).
+    pub fn installed_emulators(&self) -> Vec<PathBuf> {
+        self.emulators()
+    }
+
+    fn options(&self) -> Result<ProbeOptions, DriverError> {
+        let mut o = self.options.clone();
+        if o.process.user.is_none() {
+            o.process.user = ProbeUser::from_env().map_err(|e| {
+                DriverError::invalid(
+                    process::PROBE_USER_ENV,
+                    std::env::var(process::PROBE_USER_ENV).unwrap_or_default(),
+                    e.to_string(),
+                )
+            })?;
+        }
+        Ok(o)
+    }
+
+    /// The probe data of `binary`: from the cache when configured and valid, else probed.
+    pub fn probe_data(&self, binary: &Path) -> Result<ProbeData, DriverError> {
+        let opts = self.options()?;
+        match &self.cache {
+            Some(c) => c.get_or_probe(binary, || probe::probe(binary, &opts)).map(|(d, _)| d),
+            None => probe::probe(binary, &opts),
+        }
+    }
+}
+
+fn is_executable(p: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(p).map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0).unwrap_or(false)
 }
 
 impl DomainCapsDriver for QemuDriver {
     fn name(&self) -> &str {
-        "qemu"
+        DRIVER
     }
+
     fn availability(&self) -> Availability {
-        Availability::Unavailable { reason: "driver not written yet".into() }
+        if self.emulators().is_empty() {
+            Availability::Unavailable { reason: "no qemu-system-* binary found in PATH".into() }
+        } else {
+            Availability::Available
+        }
     }
-    fn domain_capabilities(&self, _query: &Query) -> Result<DomainCapabilities, DriverError> {
-        Err(DriverError::Unavailable { driver: "qemu".into(), reason: "driver not written yet".into() })
+
+    #[tracing::instrument(skip_all, fields(driver = DRIVER, query = %query))]
+    fn domain_capabilities(&self, query: &Query) -> Result<DomainCapabilities, DriverError> {
+        let (r, data) = resolve::resolve_query(query, &host::host_arch(), |n| self.find(n), |b| self.probe_data(b))?;
+        derive::domain_capabilities(&data, &r)
     }
 }

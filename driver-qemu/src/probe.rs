@@ -101,7 +101,9 @@ fn probe_runs(
 /// A clear error for a path that cannot be an emulator, before starting anything.
 fn check_binary(binary: &Path) -> Result<(), DriverError> {
     use std::os::unix::fs::PermissionsExt;
-    let meta = std::fs::metadata(binary).map_err(|e| DriverError::io(binary, e))?;
+    let meta = std::fs::metadata(binary).map_err(|e| {
+        DriverError::invalid("emulator", binary.display().to_string(), format!("cannot check QEMU binary: {e}"))
+    })?;
     if !meta.is_file() {
         return Err(DriverError::invalid("emulator", binary.display().to_string(), "not a regular file"));
     }

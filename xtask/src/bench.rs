@@ -1,6 +1,8 @@
 //! `cargo xtask bench [core|qemu|agent]...`: benchmarks with printed figures. Speed targets
 //! live here, never in timed tests. Each group is its own module.
 
+mod core;
+
 use anyhow::{bail, Result};
 
 /// Run the named groups, or all of them.
@@ -9,7 +11,8 @@ pub fn run(args: &[String]) -> Result<()> {
     let groups: Vec<&str> = if args.is_empty() { all.to_vec() } else { args.iter().map(String::as_str).collect() };
     for g in groups {
         match g {
-            "core" | "qemu" | "agent" => println!("bench {g}: not written yet"),
+            "core" => core::run()?,
+            "qemu" | "agent" => println!("bench {g}: not written yet"),
             other => bail!("unknown bench group '{other}' (have: {})", all.join(", ")),
         }
     }

@@ -43,6 +43,12 @@ pub struct HostFacts {
     /// backendVersion). `None` when `swtpm` is not in `PATH`.
     #[serde(default)]
     pub swtpm: Option<SwtpmFacts>,
+    /// libvirt's CPU model definitions (`/usr/share/libvirt/cpu_map`, or
+    /// `$CAPSD_CPU_MAP_DIR`), parsed: host-model decoding and the custom model list/vendors
+    /// use them when present (see `crate::cpu`). `None` when absent: QEMU alone then decides.
+    /// LGPL data of the host: recordings committed to the repository must not carry it.
+    #[serde(default)]
+    pub cpu_map: Option<crate::cpu::cpumap::CpuMap>,
     /// The images of [`DEFAULT_LOADERS`] that exist on the host, in that order: libvirt 9.0
     /// lists them as `<loader>` values when no firmware descriptor matches the arch and
     /// machine (its built-in loader list, used when `qemu.conf` sets no `nvram`).
@@ -174,6 +180,7 @@ impl HostFacts {
                 dev_sgx_provision: Path::new("/dev/sgx_provision").exists(),
             },
             swtpm: swtpm(),
+            cpu_map: crate::cpu::host::read_cpu_map(),
             default_loaders_present: DEFAULT_LOADERS.iter().filter(|p| Path::new(p).exists()).map(|p| p.to_string()).collect(),
         }
     }

@@ -12,6 +12,7 @@
 //! system; everything downstream of [`probe_data::ProbeData`] is pure.
 
 pub mod cache;
+pub mod cpu;
 pub mod derive;
 pub mod firmware;
 pub mod host;

@@ -1,0 +1,339 @@
+//! The `<cpu>` element and the `<hyperv>` feature of the document, as libvirt 9.0 prints
+//! them, derived from the probe transcript (QMP answers) and the host facts. Pure: no I/O.
+//!
+//! # Modes (libvirt `virQEMUCapsFillDomainCPUCaps`)
+//! * `host-passthrough`: KVM and a guest architecture native to the host (same arch,
+//!   i686 on x86_64, armv7l on aarch64, ppc64 on ppc64/ppc64le). Enum
+//!   `hostPassthroughMigratable`: `on` when QEMU's `max-x86_64-cpu` has a `migratable`
+//!   property, then always `off`.
+//! * `maximum`: QEMU lists a CPU model named `max`; enum `maximumMigratable` `on`, `off`.
+//! * `host-model`: only for a native guest; x86 decodes QEMU's expansion of `host` (KVM) or
+//!   `max` (TCG) into a named model plus `require`/`disable` features (see [`x86`]); s390x
+//!   takes QEMU's expansion as it is; other arches have none (libvirt asks the host's CPU
+//!   directly there, which a QEMU probe cannot tell).
+//! * `custom`: QEMU's `query-cpu-definitions` in QEMU's order, without `host`; for x86 and
+//!   ppc64 only the models libvirt's cpu_map knows (ppc64 names matched case-insensitively
+//!   and spelled as in the map). `usable` from `unavailable-features` (`unknown` when QEMU
+//!   does not say), `vendor` from the cpu_map model (`unknown` otherwise), `deprecated='yes'`
+//!   when QEMU marks the model deprecated. libvirt 9.0 prints no `<blockers>`, so neither
+//!   does this module.
+//!
+//! # Without libvirt's cpu_map
+//! libvirt itself cannot run without its cpu_map; capsd answers from QEMU alone then:
+//! * host-model: decoded against QEMU's own definitions of its named models
+//!   ([`qemu_only`]); feature names are QEMU's spellings, sorted by name, and include
+//!   features libvirt does not know (paravirtual `kvm-*` ones, for example); the chosen
+//!   model can differ where libvirt's copy of a model differs from QEMU's.
+//! * custom (x86): QEMU's named models (unversioned names, no `max`/`base`) instead of the
+//!   map's subset; `vendor` is the vendor QEMU's definition of the model uses (so generic
+//!   models such as `qemu64` say `AMD` where libvirt says `unknown`).
+//! * custom (ppc64): QEMU's names as QEMU spells them (lower case), all of them, vendor
+//!   `unknown`.
+//!
+//! # Hyper-V (libvirt `virQEMUCapsProbeHypervCapabilities`)
+//! From the KVM run's full expansion of `host`: every `hv-*` property that is a true
+//! boolean, a positive number or a string, named as libvirt names its Hyper-V features,
+//! in libvirt's order. Stated for both virt types of an x86 binary when KVM was probed;
+//! absent otherwise.
+
+pub mod cpumap;
+pub mod host;
+pub mod plan;
+pub mod qemu_only;
+pub mod x86;
+
+use serde_json::Value;
+
+use crate::probe_data::{Accel, ProbeData, Transcript};
+use capsd_core::{
+    Cpu, CpuModeEnums, CpuModelName, CustomModel, CustomModels, Enum, Fallback, HostModel, Hyperv, Support, Usable,
+};
+
+/// libvirt's arch name for QEMU's `query-target` arch.
+pub fn libvirt_arch(qemu_arch: &str) -> &str {
+    match qemu_arch {
+        "i386" => "i686",
+        other => other,
+    }
+}
+
+fn is_ppc64(arch: &str) -> bool {
+    matches!(arch, "ppc64" | "ppc64le")
+}
+
+/// libvirt's notion of a guest architecture running natively on the host.
+pub fn guest_is_native(host: &str, guest: &str) -> bool {
+    host == guest
+        || (host == "x86_64" && guest == "i686")
+        || (host == "aarch64" && guest == "armv7l")
+        || (is_ppc64(host) && is_ppc64(guest))
+}
+
+/// The binary's architecture in libvirt's names (`query-target`, else the queried arch).
+fn binary_arch<'a>(t: &'a Transcript, arch: &'a str) -> &'a str {
+    plan::target_arch(t).map(libvirt_arch).unwrap_or(arch)
+}
+
+fn definitions(t: &Transcript) -> Option<&Vec<Value>> {
+    t.get("query-cpu-definitions").and_then(Value::as_array)
+}
+
+fn def_name(d: &Value) -> Option<&str> {
+    d.get("name").and_then(Value::as_str)
+}
+
+/// QEMU's `unavailable-features` of a definition (`None` when QEMU does not say).
+fn blockers(d: &Value) -> Option<Vec<String>> {
+    d.get("unavailable-features")
+        .and_then(Value::as_array)
+        .map(|a| a.iter().filter_map(|x| x.as_str().map(str::to_owned)).collect())
+}
+
+/// The models of this accelerator with their blockers, for host-model decoding.
+fn hv_models(defs: &[Value]) -> Vec<x86::HvModel> {
+    defs.iter()
+        .filter_map(|d| Some(x86::HvModel { name: def_name(d)?.to_owned(), blockers: blockers(d).unwrap_or_default() }))
+        .collect()
+}
+
+/// The `<cpu>` element for `arch` (libvirt's name), `machine` and `accel`, or `None` when
+/// this accelerator was not probed.
+pub fn cpu_capabilities(data: &ProbeData, arch: &str, machine: &str, accel: Accel) -> Option<Cpu> {
+    let t = data.run(accel)?;
+    let barch = binary_arch(t, arch);
+    let native = guest_is_native(&data.host.host_arch, barch);
+    let defs = definitions(t);
+
+    // s390x KVM with machine types older than CPU models: only host-passthrough.
+    let s390_old_machine = barch == "s390x"
+        && accel == Accel::Kvm
+        && matches!(
+            machine,
+            "s390-ccw-virtio-2.4" | "s390-ccw-virtio-2.5" | "s390-ccw-virtio-2.6" | "s390-ccw-virtio-2.7"
+        );
+
+    let host_passthrough = if accel == Accel::Kvm && native {
+        let mut values = Vec::new();
+        if qom_has_property(t, plan::MAX_X86_64_CPU_TYPE, "migratable") {
+            values.push("on");
+        }
+        values.push("off");
+        CpuModeEnums { supported: Support::Yes, enums: vec![Enum::new("hostPassthroughMigratable", values)] }
+    } else {
+        CpuModeEnums { supported: Support::No, enums: Vec::new() }
+    };
+
+    let has_max = defs.is_some_and(|d| d.iter().any(|x| def_name(x) == Some("max")));
+    let maximum = if has_max && !s390_old_machine {
+        CpuModeEnums { supported: Support::Yes, enums: vec![Enum::new("maximumMigratable", ["on", "off"])] }
+    } else {
+        CpuModeEnums { supported: Support::No, enums: Vec::new() }
+    };
+
+    let host_model = if native && !s390_old_machine { host_model(data, t, barch, accel) } else { None };
+    let host_model = host_model.unwrap_or(HostModel {
+        supported: Support::No,
+        model: None,
+        vendor: None,
+        maxphysaddr: None,
+        features: Vec::new(),
+    });
+
+    let custom = match defs {
+        Some(d) if !d.is_empty() && !s390_old_machine => custom_models(data, t, arch, d),
+        _ => CustomModels { supported: Support::No, models: Vec::new() },
+    };
+
+    Some(Cpu {
+        host_passthrough: Some(host_passthrough),
+        maximum: Some(maximum),
+        host_model: Some(host_model),
+        custom: Some(custom),
+    })
+}
+
+fn qom_has_property(t: &Transcript, typename: &str, prop: &str) -> bool {
+    let args = plan::qom_list_properties_args(typename);
+    t.reply("qom-list-properties", Some(&args))
+        .and_then(Value::as_array)
+        .is_some_and(|a| a.iter().any(|p| p.get("name").and_then(Value::as_str) == Some(prop)))
+}
+
+/// host-model for a native guest, `None` when it cannot be derived.
+fn host_model(data: &ProbeData, t: &Transcript, barch: &str, accel: Accel) -> Option<HostModel> {
+    let source = plan::host_model_source(accel);
+    let mig = t.reply("query-cpu-model-expansion", Some(&plan::static_expansion_args(source, None)));
+    let nonmig = t.reply("query-cpu-model-expansion", Some(&plan::static_expansion_args(source, Some(false))));
+    if barch == "s390x" {
+        return s390_host_model(mig.or(nonmig)?);
+    }
+    if !plan::is_x86(barch) {
+        return None;
+    }
+    let cpu = x86::ExpandedCpu::from_replies(mig, nonmig)?;
+    let defs = definitions(t)?;
+    let hv = hv_models(defs);
+    let decoded = match data.host.cpu_map.as_ref().and_then(|m| m.x86.as_ref()) {
+        Some(map) => x86::decode(map, &cpu, &hv),
+        None => {
+            let names = plan::named_models(defs);
+            qemu_only::decode(&cpu, &qemu_only::qemu_models(t, &names), &hv)
+        }
+    };
+    let decoded = decoded?;
+    Some(HostModel {
+        supported: Support::Yes,
+        model: Some(CpuModelName { name: decoded.model, fallback: Some(Fallback::Forbid), vendor_id: None }),
+        vendor: decoded.vendor,
+        maxphysaddr: None,
+        features: decoded.features,
+    })
+}
+
+/// s390x: QEMU's expansion as it is: the model, each boolean property required when on
+/// and disabled when off.
+fn s390_host_model(reply: &Value) -> Option<HostModel> {
+    let model = reply.get("model")?;
+    let name = model.get("name")?.as_str()?.to_owned();
+    let features = model
+        .get("props")
+        .and_then(Value::as_object)
+        .map(|p| {
+            p.iter()
+                .filter_map(|(k, v)| {
+                    let policy = if v.as_bool()? {
+                        capsd_core::FeaturePolicy::Require
+                    } else {
+                        capsd_core::FeaturePolicy::Disable
+                    };
+                    Some(capsd_core::CpuFeature { policy, name: k.clone() })
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    Some(HostModel {
+        supported: Support::Yes,
+        model: Some(CpuModelName { name, fallback: Some(Fallback::Forbid), vendor_id: None }),
+        vendor: None,
+        maxphysaddr: None,
+        features,
+    })
+}
+
+/// The custom mode's model list.
+fn custom_models(data: &ProbeData, t: &Transcript, arch: &str, defs: &[Value]) -> CustomModels {
+    let map = data.host.cpu_map.as_ref();
+    let x86_map = map.and_then(|m| m.x86.as_ref());
+    let ppc_map = map.and_then(|m| m.ppc64.as_ref());
+    let x86 = plan::is_x86(arch);
+    let ppc = is_ppc64(arch);
+    let qemu_named: Vec<&str> = if x86 && x86_map.is_none() { plan::named_models(defs) } else { Vec::new() };
+
+    let mut models = Vec::new();
+    for d in defs {
+        let Some(qname) = def_name(d) else { continue };
+        // ppc64: QEMU spells models in lower case; libvirt uses its map's spelling.
+        let name = match (ppc, ppc_map) {
+            (true, Some(pm)) => {
+                pm.models.iter().find(|m| m.name.eq_ignore_ascii_case(qname)).map(|m| m.name.as_str()).unwrap_or(qname)
+            }
+            _ => qname,
+        };
+        if name == "host" {
+            continue;
+        }
+        let vendor = if x86 {
+            match x86_map {
+                Some(xm) => match xm.model(name) {
+                    Some(m) => m.vendor.clone(),
+                    None => continue,
+                },
+                None => {
+                    if !qemu_named.contains(&name) {
+                        continue;
+                    }
+                    qemu_only::model_vendor(t, name)
+                }
+            }
+        } else if ppc {
+            match ppc_map {
+                Some(pm) => match pm.models.iter().find(|m| m.name == name) {
+                    Some(m) => m.vendor.clone(),
+                    None => continue,
+                },
+                None => None,
+            }
+        } else {
+            None
+        };
+        let usable = match blockers(d) {
+            None => Usable::Unknown,
+            Some(b) if b.is_empty() => Usable::Yes,
+            Some(_) => Usable::No,
+        };
+        let deprecated = d.get("deprecated").and_then(Value::as_bool).filter(|&x| x);
+        models.push(CustomModel {
+            name: name.to_owned(),
+            usable,
+            deprecated,
+            canonical: None,
+            vendor: vendor.unwrap_or_else(|| "unknown".to_owned()),
+            blockers: None,
+        });
+    }
+    CustomModels { supported: Support::Yes, models }
+}
+
+/// libvirt 9.0's Hyper-V feature names, in its order.
+pub const HYPERV_FEATURES: [&str; 15] = [
+    "relaxed",
+    "vapic",
+    "spinlocks",
+    "vpindex",
+    "runtime",
+    "synic",
+    "stimer",
+    "reset",
+    "vendor_id",
+    "frequencies",
+    "reenlightenment",
+    "tlbflush",
+    "ipi",
+    "evmcs",
+    "avic",
+];
+
+/// The `<hyperv>` feature: `None` when it is not stated (no KVM probe of an x86 binary, or
+/// QEMU expanded no Hyper-V property).
+pub fn hyperv(data: &ProbeData, arch: &str, accel: Accel) -> Option<Hyperv> {
+    // libvirt probes it once per binary, from the KVM run, and states it for every virt type.
+    let _ = accel;
+    let t = data.run(Accel::Kvm)?;
+    let barch = binary_arch(t, arch);
+    if !(plan::is_x86(barch) || barch == "aarch64" || barch.starts_with("arm")) {
+        return None;
+    }
+    let reply = t.reply("query-cpu-model-expansion", Some(&plan::full_expansion_args("host")))?;
+    let props = reply.get("model")?.get("props")?.as_object()?;
+    let mut present = [false; HYPERV_FEATURES.len()];
+    for (name, value) in props {
+        let Some(hv) = name.strip_prefix("hv-") else { continue };
+        let idx = HYPERV_FEATURES
+            .iter()
+            .position(|f| *f == hv)
+            .or_else(|| HYPERV_FEATURES.iter().position(|f| *f == hv.replace('-', "_")));
+        let Some(idx) = idx else { continue };
+        let on = match value {
+            Value::Bool(b) => *b,
+            Value::Number(n) => n.as_f64().is_some_and(|x| x > 0.0),
+            Value::String(_) => true,
+            _ => false,
+        };
+        present[idx] |= on;
+    }
+    let values: Vec<&str> = HYPERV_FEATURES.iter().zip(present).filter(|(_, p)| *p).map(|(f, _)| *f).collect();
+    if values.is_empty() {
+        return None;
+    }
+    Some(Hyperv { supported: Support::Yes, enums: vec![Enum::new("features", values)], defaults: None })
+}

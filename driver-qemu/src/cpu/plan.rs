@@ -1,0 +1,154 @@
+//! The QMP commands the CPU derivation needs, as probe stages (see `crate::plan`).
+//!
+//! * [`stage_host`]: `query-cpu-definitions` (custom models, usability, `max`), and on x86
+//!   targets the static expansion of the CPU that host-model is computed from (`host` under
+//!   KVM, `max` under TCG) once migratable and once with `migratable=false` (libvirt merges
+//!   the two: a feature on only in the second is present but not migratable), the full
+//!   expansion of `host` under KVM (its `hv-*` properties are the Hyper-V enlightenments),
+//!   and `qom-list-properties` of `max-x86_64-cpu` (a `migratable` property there is what
+//!   makes libvirt offer `hostPassthroughMigratable=on`).
+//! * [`stage_models`]: on x86 targets, the static expansion of every named CPU model
+//!   (unversioned names only when QEMU versions its models). Only the answer without
+//!   libvirt's cpu_map uses them: they are QEMU's own definition of each model.
+
+use serde_json::{json, Value};
+
+use crate::plan::Request;
+use crate::probe_data::{Accel, Transcript};
+
+/// The QOM type whose `migratable` property libvirt looks for.
+pub const MAX_X86_64_CPU_TYPE: &str = "max-x86_64-cpu";
+
+/// The target architecture as QEMU names it (`query-target`), when known.
+pub fn target_arch(t: &Transcript) -> Option<&str> {
+    t.get("query-target")?.get("arch")?.as_str()
+}
+
+/// Whether `arch` (QEMU's or libvirt's name) is an x86 target.
+pub fn is_x86(arch: &str) -> bool {
+    matches!(arch, "x86_64" | "i386" | "i686")
+}
+
+/// The CPU model host-model is computed from: `host` with KVM, `max` with TCG.
+pub fn host_model_source(accel: Accel) -> &'static str {
+    match accel {
+        Accel::Kvm => "host",
+        Accel::Tcg => "max",
+    }
+}
+
+/// Arguments of a static expansion of `model`; `migratable: Some(false)` adds the
+/// `migratable=false` property as libvirt does for its second query.
+pub fn static_expansion_args(model: &str, migratable: Option<bool>) -> Value {
+    match migratable {
+        None => json!({"type": "static", "model": {"name": model}}),
+        Some(m) => json!({"type": "static", "model": {"name": model, "props": {"migratable": m}}}),
+    }
+}
+
+/// Arguments of a full expansion of `model`.
+pub fn full_expansion_args(model: &str) -> Value {
+    json!({"type": "full", "model": {"name": model}})
+}
+
+/// Arguments of `qom-list-properties` for `typename`.
+pub fn qom_list_properties_args(typename: &str) -> Value {
+    json!({ "typename": typename })
+}
+
+/// First CPU stage: definitions, host/max expansions, Hyper-V, `migratable` support.
+pub fn stage_host(accel: Accel, t: &Transcript) -> Vec<Request> {
+    let mut out = vec![Request::new("query-cpu-definitions")];
+    let Some(arch) = target_arch(t) else { return out };
+    if !is_x86(arch) {
+        return out;
+    }
+    let source = host_model_source(accel);
+    out.push(Request::with_args("query-cpu-model-expansion", static_expansion_args(source, None)));
+    out.push(Request::with_args("query-cpu-model-expansion", static_expansion_args(source, Some(false))));
+    if accel == Accel::Kvm {
+        out.push(Request::with_args("query-cpu-model-expansion", full_expansion_args("host")));
+    }
+    out.push(Request::with_args("qom-list-properties", qom_list_properties_args(MAX_X86_64_CPU_TYPE)));
+    out
+}
+
+/// Second CPU stage: QEMU's definition of every named model (x86 only).
+pub fn stage_models(_accel: Accel, t: &Transcript) -> Vec<Request> {
+    let Some(arch) = target_arch(t) else { return Vec::new() };
+    if !is_x86(arch) {
+        return Vec::new();
+    }
+    let Some(defs) = t.get("query-cpu-definitions").and_then(Value::as_array) else { return Vec::new() };
+    named_models(defs)
+        .into_iter()
+        .map(|name| Request::with_args("query-cpu-model-expansion", static_expansion_args(name, None)))
+        .collect()
+}
+
+/// The models whose QEMU definition the QEMU-only decoding compares with: every model of
+/// `query-cpu-definitions` except `host`, `max` and `base`, and, when QEMU versions its
+/// models (some entry has `alias-of`), only the unversioned names.
+pub fn named_models(defs: &[Value]) -> Vec<&str> {
+    let versioned = defs.iter().any(|d| d.get("alias-of").is_some());
+    defs.iter()
+        .filter(|d| !versioned || d.get("alias-of").is_some())
+        .filter_map(|d| d.get("name").and_then(Value::as_str))
+        .filter(|n| !matches!(*n, "host" | "max" | "base"))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::probe_data::Exchange;
+
+    fn transcript(arch: &str, defs: Value) -> Transcript {
+        Transcript {
+            greeting: Value::Null,
+            exchanges: vec![
+                Exchange { execute: "query-target".into(), arguments: None, reply: Ok(json!({"arch": arch})) },
+                Exchange { execute: "query-cpu-definitions".into(), arguments: None, reply: Ok(defs) },
+            ],
+        }
+    }
+
+    #[test]
+    fn x86_kvm_asks_host_expansions_and_hyperv() {
+        let t = transcript("x86_64", json!([]));
+        let r = stage_host(Accel::Kvm, &t);
+        let names: Vec<_> = r.iter().map(|r| (r.execute.as_str(), r.arguments.clone())).collect();
+        assert!(names.contains(&("query-cpu-model-expansion", Some(static_expansion_args("host", Some(false))))));
+        assert!(names.contains(&("query-cpu-model-expansion", Some(full_expansion_args("host")))));
+        let tcg = stage_host(Accel::Tcg, &t);
+        assert!(tcg.iter().any(|r| r.arguments == Some(static_expansion_args("max", None))));
+        assert!(!tcg.iter().any(|r| r.arguments == Some(full_expansion_args("host"))));
+    }
+
+    #[test]
+    fn other_arches_ask_only_definitions() {
+        let t = transcript("s390x", json!([{"name": "z13"}]));
+        assert_eq!(stage_host(Accel::Tcg, &t), vec![Request::new("query-cpu-definitions")]);
+        assert!(stage_models(Accel::Tcg, &t).is_empty());
+    }
+
+    #[test]
+    fn models_stage_keeps_unversioned_names() {
+        let defs = json!([
+            {"name": "max"}, {"name": "host"}, {"name": "base"},
+            {"name": "qemu64-v1"}, {"name": "qemu64", "alias-of": "qemu64-v1"},
+            {"name": "EPYC-v2"}, {"name": "EPYC", "alias-of": "EPYC-v2"}
+        ]);
+        let t = transcript("i386", defs);
+        let r = stage_models(Accel::Tcg, &t);
+        let models: Vec<_> = r.iter().map(|r| r.arguments.as_ref().unwrap()["model"]["name"].clone()).collect();
+        assert_eq!(models, vec![json!("qemu64"), json!("EPYC")]);
+    }
+
+    #[test]
+    fn unversioned_qemu_expands_all_named_models() {
+        let defs = json!([{"name": "max"}, {"name": "qemu64"}, {"name": "Nehalem"}]);
+        let names = named_models(defs.as_array().unwrap());
+        assert_eq!(names, vec!["qemu64", "Nehalem"]);
+    }
+}

@@ -28,7 +28,7 @@ use self::probe::Answers;
 /// A query after defaults and aliases were applied: the emulator binary, the guest arch
 /// (libvirt's name), the canonical machine type and the accelerator.
 ///
-/// Defined here until `resolve.rs` provides it; same fields.
+/// Built by `crate::resolve::resolve`, which re-exports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ResolvedQuery {
     pub emulator: String,
@@ -69,10 +69,9 @@ pub fn domain_capabilities(data: &ProbeData, q: &ResolvedQuery) -> Result<Domain
             .map(|(v, _)| v),
     );
 
-    // CPU-side parts, owned by crate::cpu. Call site: wire `crate::cpu::cpu_capabilities` and
-    // `crate::cpu::hyperv` here once cpu.rs exists.
-    let cpu = None;
-    let hyperv = None;
+    // The CPU-side parts are derived by crate::cpu.
+    let cpu = crate::cpu::cpu_capabilities(data, arch, &info.name, q.accel);
+    let hyperv = crate::cpu::hyperv(data, arch, q.accel);
 
     let features = Features {
         gic: Some(features::gic(&a, arch, machine, q.accel)),
@@ -81,7 +80,7 @@ pub fn domain_capabilities(data: &ProbeData, q: &ResolvedQuery) -> Result<Domain
         backing_store_input: Some(features::backing_store_input(&a)),
         backup: Some(features::backup(&a)),
         s390_pv: features::s390_pv(&a, host, arch, q.accel),
-        sev: Some(features::sev(&a)),
+        sev: Some(features::sev(&a, host)),
         sgx: Some(features::sgx(&a)),
         hyperv,
         ..Features::default()

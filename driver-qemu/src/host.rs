@@ -94,6 +94,27 @@ pub struct SevFacts {
     pub kvm_amd_sev: Option<bool>,
     /// `/dev/sev` exists.
     pub dev_sev: bool,
+    /// CPUID leaf 0x8000001F: ECX (highest SEV ASID) and EDX (lowest ASID for plain SEV
+    /// guests). libvirt 9.0 prints `<maxGuests>` = ECX - EDX + 1 and `<maxESGuests>` =
+    /// EDX - 1 from them (0 and 0 when either is 0). `None` off x86 or when the leaf is absent.
+    #[serde(default)]
+    pub cpuid_asids: Option<(u32, u32)>,
+}
+
+/// CPUID 0x8000001F (ECX, EDX), when the processor has that leaf.
+#[cfg(target_arch = "x86_64")]
+fn sev_cpuid_asids() -> Option<(u32, u32)> {
+    use std::arch::x86_64::__cpuid;
+    #[allow(unused_unsafe)]
+    // SAFETY: CPUID is available on every x86_64 processor and only reads identification
+    // registers; leaves above the maximum extended leaf are not queried.
+    let leaf = unsafe { (__cpuid(0x8000_0000).eax >= 0x8000_001F).then(|| __cpuid(0x8000_001F)) };
+    leaf.map(|r| (r.ecx, r.edx))
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn sev_cpuid_asids() -> Option<(u32, u32)> {
+    None
 }
 
 impl SevFacts {
@@ -170,6 +191,7 @@ impl HostFacts {
             sev: SevFacts {
                 kvm_amd_sev: read_flag("/sys/module/kvm_amd/parameters/sev"),
                 dev_sev: Path::new("/dev/sev").exists(),
+                cpuid_asids: sev_cpuid_asids(),
             },
             s390_pv: S390PvFacts {
                 prot_virt_host: read_flag("/sys/firmware/uv/prot_virt_host"),
@@ -181,7 +203,11 @@ impl HostFacts {
             },
             swtpm: swtpm(),
             cpu_map: crate::cpu::host::read_cpu_map(),
-            default_loaders_present: DEFAULT_LOADERS.iter().filter(|p| Path::new(p).exists()).map(|p| p.to_string()).collect(),
+            default_loaders_present: DEFAULT_LOADERS
+                .iter()
+                .filter(|p| Path::new(p).exists())
+                .map(|p| p.to_string())
+                .collect(),
         }
     }
 }

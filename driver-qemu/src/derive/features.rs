@@ -1,7 +1,7 @@
 //! `<features>` other than `<hyperv>` (which `crate::cpu` derives): GIC versions, the
 //! device-backed features, the block-layer features, and the confidential-computing ones.
 
-use capsd_core::{EnumElement, Flag, Sev, Sgx, SgxInfo, SgxSection, Support};
+use capsd_core::{EnumElement, Flag, Sev, SevParams, Sgx, SgxInfo, SgxSection, Support};
 use serde_json::Value;
 
 use super::machine;
@@ -68,14 +68,31 @@ pub fn s390_pv(a: &Answers<'_>, host: &HostFacts, arch: &str, accel: Accel) -> O
     Some(Flag::new(Support::from_bool(qemu && accel == Accel::Kvm && host.s390_pv.enabled())))
 }
 
-/// `<sev>`: yes when QEMU answered `query-sev-capabilities`.
-///
-/// libvirt 9.0 also prints `cbitpos`, `reducedPhysBits`, `maxGuests` and `maxESGuests`;
-/// the two guest counts come from host CPUID, which the host facts do not carry yet, so
-/// the parameters are left out (a known gap; this host has no SEV to compare with).
-pub fn sev(a: &Answers<'_>) -> Sev {
-    let supported = a.reply("query-sev-capabilities").is_some_and(Value::is_object);
-    Sev { supported: Support::from_bool(supported), params: None, cpu0_id: None }
+/// `<sev>`: yes when QEMU answered `query-sev-capabilities`, with its C-bit position and
+/// physical address reduction, and the guest counts from the host's SEV ASID range (CPUID
+/// 0x8000001F: ECX is the highest ASID, EDX the lowest ASID for plain SEV guests; ASIDs
+/// below EDX are for SEV-ES guests). Counts are 0 when the host does not tell.
+pub fn sev(a: &Answers<'_>, host: &HostFacts) -> Sev {
+    let Some(reply) = a.reply("query-sev-capabilities").filter(|v| v.is_object()) else {
+        return Sev { supported: Support::No, params: None, cpu0_id: None };
+    };
+    let num = |k: &str| reply.get(k).and_then(Value::as_u64).and_then(|n| u32::try_from(n).ok()).unwrap_or(0);
+    let (max_guests, max_es_guests) = match host.sev.cpuid_asids {
+        Some((max_asid, min_asid)) if max_asid != 0 && min_asid != 0 && max_asid >= min_asid => {
+            (max_asid - min_asid + 1, min_asid - 1)
+        }
+        _ => (0, 0),
+    };
+    Sev {
+        supported: Support::Yes,
+        params: Some(SevParams {
+            cbitpos: num("cbitpos"),
+            reduced_phys_bits: num("reduced-phys-bits"),
+            max_guests,
+            max_es_guests,
+        }),
+        cpu0_id: None,
+    }
 }
 
 /// `<sgx>`: from `query-sgx-capabilities` (sections in bytes become KiB).

@@ -236,3 +236,22 @@ fn without_schema_answers_nothing_is_claimed() {
     assert_eq!(device_enum(&caps, "channel", "type"), ["pty", "unix"]);
     assert_eq!(device_enum(&caps, "video", "modelType"), ["none"]);
 }
+
+#[test]
+fn sev_parameters_from_qemu_and_host_asids() {
+    let sev = json!({"pdh": "x", "cert-chain": "y", "cbitpos": 47, "reduced-phys-bits": 1});
+    let t = transcript(&[("pc-q35-7.2", 288)], &[], &[("query-sev-capabilities", sev)]);
+    let mut host = HostFacts::default();
+    host.sev.cpuid_asids = Some((509, 100));
+    let caps =
+        domain_capabilities(&data(vec![(Accel::Kvm, t)], host), &query("x86_64", "pc-q35-7.2", Accel::Kvm)).unwrap();
+    let s = caps.features.unwrap().sev.unwrap();
+    assert_eq!(s.supported, Support::Yes);
+    let p = s.params.unwrap();
+    assert_eq!((p.cbitpos, p.reduced_phys_bits, p.max_guests, p.max_es_guests), (47, 1, 410, 99));
+
+    let none = derive_one("x86_64", "pc-q35-7.2", transcript(&[("pc-q35-7.2", 288)], &[], &[]));
+    let s = none.features.unwrap().sev.unwrap();
+    assert_eq!(s.supported, Support::No);
+    assert!(s.params.is_none());
+}

@@ -1,0 +1,74 @@
+//! Validation against libvirt's RelaxNG schema with `xmllint --noout --relaxng`.
+//!
+//! The schema directory (holding `domaincaps.rng`, `basictypes.rng`, `cputypes.rng`) is
+//! `$CAPSD_SCHEMA_DIR` when set, else `../shared/fixtures/libvirt-upstream/schemas` relative to
+//! the workspace root. A missing `xmllint` or schema is a failure with a message saying what
+//! to install or set, never a silent pass.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+
+/// Environment variable naming the schema directory.
+pub const SCHEMA_DIR_ENV: &str = "CAPSD_SCHEMA_DIR";
+
+/// The workspace root (the directory above this crate).
+pub fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// The shared reference data directory: `$CAPSD_SHARED_DIR`, else `../shared` beside the
+/// workspace root.
+pub fn shared_dir() -> PathBuf {
+    match std::env::var_os("CAPSD_SHARED_DIR") {
+        Some(d) => PathBuf::from(d),
+        None => workspace_root().join("../shared"),
+    }
+}
+
+/// The schema directory, by the rule in the module docs.
+pub fn schema_dir() -> PathBuf {
+    match std::env::var_os(SCHEMA_DIR_ENV) {
+        Some(d) => PathBuf::from(d),
+        None => shared_dir().join("fixtures/libvirt-upstream/schemas"),
+    }
+}
+
+/// Validate `xml` against `domaincaps.rng` in `dir`. `Err` carries xmllint's complaint, or
+/// why xmllint could not be run.
+pub fn validate(xml: &str, dir: &std::path::Path) -> Result<(), String> {
+    let rng = dir.join("domaincaps.rng");
+    if !rng.is_file() {
+        return Err(format!(
+            "schema {} not found: set {SCHEMA_DIR_ENV} to the directory holding libvirt's domaincaps.rng",
+            rng.display()
+        ));
+    }
+    let mut child = Command::new("xmllint")
+        .args(["--noout", "--relaxng"])
+        .arg(&rng)
+        .arg("-")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                "xmllint is not installed (it is in Debian's libxml2-utils): schema validation cannot run".to_owned()
+            } else {
+                format!("cannot run xmllint: {e}")
+            }
+        })?;
+    let write_result = child.stdin.take().map(|mut stdin| stdin.write_all(xml.as_bytes()));
+    let out = child.wait_with_output().map_err(|e| format!("waiting for xmllint: {e}"))?;
+    if let Some(Err(e)) = write_result {
+        return Err(format!("writing the document to xmllint: {e}"));
+    }
+    if out.status.success() {
+        Ok(())
+    } else {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).take(8).collect();
+        Err(format!("xmllint ({}): {}", out.status, lines.join(" | ")))
+    }
+}

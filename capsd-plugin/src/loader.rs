@@ -7,8 +7,8 @@
 //! - the directory (and, for symlinked plugins, the target's directory) must belong to root or
 //!   to the running user and must not be writable by group or others;
 //! - the file must be a regular file with the same owner rule and no group/other write bit.
-//!   The checks use `fstat` on the opened file and, on Linux, the library is loaded through
-//!   `/proc/self/fd/N` of that same open file, so it cannot be swapped between check and load.
+//!   The checks use `fstat` on the opened file; right before `dlopen` the path must still
+//!   name that same file (device and inode).
 //!
 //! After loading: the `capsd_plugin_v1` symbol must exist, return a non-null table whose
 //! `abi_version` is [`ABI_VERSION`], whose size covers the version-1 table, and whose name is
@@ -227,15 +227,25 @@ pub fn load_file(path: &Path) -> Result<PluginDriver, PluginError> {
     }
     check_trust(path, &st)?;
 
-    // Load the very file that was checked: through its open descriptor where the OS allows.
-    let proc_fd = PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()));
-    let load_path = if cfg!(target_os = "linux") && proc_fd.exists() { proc_fd } else { real };
+    // Load the file that was checked. Loading through `/proc/self/fd/N` would close the gap
+    // between check and load, but the dynamic linker treats that name as the library's
+    // identity, so a later plugin opened on a reused descriptor number would get the earlier
+    // library back. The gap is harmless anyway: the directories were checked to be writable
+    // only by root or by us, so nobody else can swap the file. What is checked is that the
+    // path still names the same file right before loading.
+    let again = stat(real.as_path()).map_err(stat_err(path))?;
+    if (again.st_dev, again.st_ino) != (st.st_dev, st.st_ino) {
+        return Err(PluginError::Stat {
+            path: path.to_owned(),
+            source: std::io::Error::other("the file was replaced while it was being checked"),
+        });
+    }
+    drop(file);
     // SAFETY: loading a library runs its initialisers; that is what a plugin is. The file was
     // checked above to be a regular file owned by root or the running user and not writable by
-    // anyone else, so its code is as trusted as capsd's own.
-    let lib =
-        unsafe { Library::new(&load_path) }.map_err(|source| PluginError::Load { path: path.to_owned(), source })?;
-    drop(file);
+    // anyone else, in a directory with the same properties, so its code is as trusted as
+    // capsd's own.
+    let lib = unsafe { Library::new(&real) }.map_err(|source| PluginError::Load { path: path.to_owned(), source })?;
     PluginDriver::from_library(path, lib)
 }
 

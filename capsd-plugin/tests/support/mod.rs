@@ -1,0 +1,71 @@
+//! Builds the plugin libraries the tests load: the bhyve example
+//! (`examples/driver-bhyve`) and the misbehaving test plugins (`capsd-plugin/tests/plugins`).
+//! Both are separate cargo workspaces built with the cargo running the tests into
+//! `target/plugins` (a separate target directory, so the outer `cargo test` lock is not
+//! contended). Shared by capsd-plugin's and capsd's plugin tests (`#[path]` include).
+
+#![allow(dead_code)]
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+/// The repository root (both test crates sit directly under it).
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("crate dir has a parent").to_owned()
+}
+
+/// Directory holding the freshly built plugin libraries.
+pub fn built_dir() -> &'static Path {
+    static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    match BUILT.get_or_init(build) {
+        Ok(p) => p,
+        Err(e) => panic!("building the test plugins failed:\n{e}"),
+    }
+}
+
+fn build() -> Result<PathBuf, String> {
+    let root = repo_root();
+    let target = root.join("target/plugins");
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    for manifest in ["examples/driver-bhyve/Cargo.toml", "capsd-plugin/tests/plugins/Cargo.toml"] {
+        let out = Command::new(&cargo)
+            .current_dir(&root)
+            .env("CARGO_TARGET_DIR", &target)
+            .args(["build", "--quiet", "--manifest-path", manifest])
+            .output()
+            .map_err(|e| format!("cannot run cargo: {e}"))?;
+        if !out.status.success() {
+            return Err(format!("cargo build --manifest-path {manifest}: {}", String::from_utf8_lossy(&out.stderr)));
+        }
+    }
+    Ok(target.join("debug"))
+}
+
+/// The library file of a built plugin (`capsd_driver_bhyve`, `tp_panic`, ...).
+pub fn lib(name: &str) -> PathBuf {
+    built_dir().join(format!("lib{name}.so"))
+}
+
+/// A fresh plugin directory (mode 0700, ours) holding copies of the named libraries.
+pub fn plugin_dir(names: &[&str]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for n in names {
+        let dst = dir.path().join(format!("lib{n}.so"));
+        std::fs::copy(lib(n), &dst).expect("copy plugin");
+        std::fs::set_permissions(&dst, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    }
+    dir
+}
+
+/// The recorded bhyve facts of one scenario (`basic`, `uefi`, `fbuf`).
+pub fn bhyve_facts(scenario: &str) -> PathBuf {
+    repo_root().join("examples/driver-bhyve/tests/data").join(scenario)
+}
+
+/// libvirt's reference document for a bhyve scenario, read from /work/shared.
+pub fn bhyve_reference(scenario: &str) -> String {
+    let p = repo_root().join(format!("../shared/fixtures/libvirt-upstream/domaincaps/bhyve_{scenario}.x86_64.xml"));
+    std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+}

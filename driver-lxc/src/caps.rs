@@ -9,6 +9,23 @@ use crate::host::{CgroupLayout, LxcHost};
 
 pub(crate) const DRIVER: &str = "lxc";
 
+/// The enums this driver defines beyond the ones libvirt documents for each element, as
+/// `(element, enum name, values)`; the element is named as in the conformance suite (`os`,
+/// `devices/filesystem`, ...) and `None` means the values are an open list. A checker of
+/// enum names (capsd-tests) can accept these for `<domain>lxc</domain>` documents. Enums
+/// the document uses with libvirt's own names (hostdev `mode`, `subsysType`, `capsType`;
+/// filesystem `driverType`; console `type`) are not repeated here.
+pub const LXC_ENUMS: &[(&str, &str, Option<&[&str]>)] = &[
+    ("os", "type", Some(&["exe"])),
+    ("os", "namespaces", Some(&crate::host::NAMESPACES)),
+    ("os", "userns", Some(&["idmap", "unprivileged"])),
+    ("os", "cgroup", Some(&["v1", "v2"])),
+    ("os", "cgroupControllers", None),
+    ("devices/filesystem", "type", Some(&["mount", "block", "file", "ram"])),
+    ("devices/filesystem", "procViews", Some(&["meminfo"])),
+    ("devices/interface", "type", Some(&["network", "bridge", "ethernet", "direct"])),
+];
+
 /// Namespaces without which no container can start.
 pub const REQUIRED_NAMESPACES: [&str; 4] = ["mnt", "uts", "ipc", "pid"];
 

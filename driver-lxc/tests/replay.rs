@@ -186,3 +186,39 @@ fn malformed_host_file_is_a_probe_failure_naming_it() {
     assert!(matches!(err, DriverError::ProbeFailed { .. }), "{err}");
     assert!(err.to_string().contains("cpu/online"), "{err}");
 }
+
+/// Every enum of every recorded document is either one libvirt documents with that name on
+/// that element, or declared in `LXC_ENUMS` with its values.
+#[test]
+fn enums_used_are_declared() {
+    let libvirt: &[(&str, &str)] = &[
+        ("devices/hostdev", "mode"),
+        ("devices/hostdev", "subsysType"),
+        ("devices/hostdev", "capsType"),
+        ("devices/filesystem", "driverType"),
+        ("devices/console", "type"),
+    ];
+    for root in ["debian12-cgroup2", "snapshot-cgroup1"] {
+        let caps = caps_of(&data_root(root));
+        let mut lists: Vec<(String, Vec<capsd_core::Enum>)> = vec![("os".into(), caps.os.clone().unwrap().enums)];
+        for (name, el) in caps.devices.as_ref().unwrap().iter() {
+            lists.push((format!("devices/{name}"), el.enums.clone()));
+        }
+        for (element, enums) in lists {
+            for e in enums {
+                if libvirt.contains(&(element.as_str(), e.name.as_str())) {
+                    continue;
+                }
+                let decl = driver_lxc::caps::LXC_ENUMS
+                    .iter()
+                    .find(|(el, n, _)| *el == element && *n == e.name)
+                    .unwrap_or_else(|| panic!("{root}: <{element}> enum '{}' is not declared", e.name));
+                if let Some(allowed) = decl.2 {
+                    for v in &e.values {
+                        assert!(allowed.contains(&v.as_str()), "{root}: <{element}> enum '{}' value '{v}'", e.name);
+                    }
+                }
+            }
+        }
+    }
+}

@@ -7,10 +7,12 @@
 //!   `hostPassthroughMigratable`: `on` when QEMU's `max-x86_64-cpu` has a `migratable`
 //!   property, then always `off`.
 //! * `maximum`: QEMU lists a CPU model named `max`; enum `maximumMigratable` `on`, `off`.
-//! * `host-model`: only for a native guest; x86 decodes QEMU's expansion of `host` (KVM) or
-//!   `max` (TCG) into a named model plus `require`/`disable` features (see [`x86`]); s390x
-//!   takes QEMU's expansion as it is; other arches have none (libvirt asks the host's CPU
-//!   directly there, which a QEMU probe cannot tell).
+//! * `host-model`: only for a native guest. x86 decodes QEMU's expansion of `host` (KVM) or
+//!   `max` (TCG) into a named model plus `require`/`disable` features (see [`x86`]); when
+//!   QEMU's `max-x86_64-cpu` type lacks an `unavailable-features` property (the i386 binary
+//!   has no such type) libvirt leaves out the features that are MSR bits (`rdctl-no`, ...).
+//!   s390x takes QEMU's expansion as it is. Other arches have none (libvirt asks the host's
+//!   CPU directly there, which a QEMU probe cannot tell).
 //! * `custom`: QEMU's `query-cpu-definitions` in QEMU's order, without `host`; for x86 and
 //!   ppc64 only the models libvirt's cpu_map knows (ppc64 names matched case-insensitively
 //!   and spelled as in the map). `usable` from `unavailable-features` (`unknown` when QEMU
@@ -25,8 +27,8 @@
 //!   features libvirt does not know (paravirtual `kvm-*` ones, for example); the chosen
 //!   model can differ where libvirt's copy of a model differs from QEMU's.
 //! * custom (x86): QEMU's named models (unversioned names, no `max`/`base`) instead of the
-//!   map's subset; `vendor` is the vendor QEMU's definition of the model uses (so generic
-//!   models such as `qemu64` say `AMD` where libvirt says `unknown`).
+//!   map's subset; `vendor` is the vendor of QEMU's (TCG) definition of the model (so
+//!   generic models such as `qemu64` say `AMD` where libvirt says `unknown`).
 //! * custom (ppc64): QEMU's names as QEMU spells them (lower case), all of them, vendor
 //!   `unknown`.
 //!
@@ -174,7 +176,14 @@ fn host_model(data: &ProbeData, t: &Transcript, barch: &str, accel: Accel) -> Op
     let defs = definitions(t)?;
     let hv = hv_models(defs);
     let decoded = match data.host.cpu_map.as_ref().and_then(|m| m.x86.as_ref()) {
-        Some(map) => x86::decode(map, &cpu, &hv),
+        Some(map) => x86::decode(map, &cpu, &hv).map(|mut d| {
+            // Without `unavailable-features` on QEMU's max-x86_64-cpu type (e.g. the i386
+            // binary, which has no such type) libvirt drops the MSR-based features.
+            if !qom_has_property(t, plan::MAX_X86_64_CPU_TYPE, "unavailable-features") {
+                d.features.retain(|f| !map.feature(&f.name).is_some_and(|x| x.is_msr()));
+            }
+            d
+        }),
         None => {
             let names = plan::named_models(defs);
             qemu_only::decode(&cpu, &qemu_only::qemu_models(t, &names), &hv)
@@ -252,7 +261,11 @@ fn custom_models(data: &ProbeData, t: &Transcript, arch: &str, defs: &[Value]) -
                     if !qemu_named.contains(&name) {
                         continue;
                     }
-                    qemu_only::model_vendor(t, name)
+                    // Under KVM QEMU gives every model the host's vendor; its TCG
+                    // definition says which vendor the model itself has.
+                    data.run(Accel::Tcg)
+                        .and_then(|tcg| qemu_only::model_vendor(tcg, name))
+                        .or_else(|| qemu_only::model_vendor(t, name))
                 }
             }
         } else if ppc {

@@ -109,6 +109,13 @@ pub struct X86Feature {
     pub data: X86Data,
 }
 
+impl X86Feature {
+    /// Whether the feature is (partly) an MSR bit rather than CPUID only.
+    pub fn is_msr(&self) -> bool {
+        self.data.0.keys().any(|k| matches!(k, DataKey::Msr { .. }))
+    }
+}
+
 /// A model's CPU signature (family, model, optional set of steppings).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct X86Signature {

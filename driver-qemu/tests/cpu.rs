@@ -1,0 +1,164 @@
+//! Replay tests of the `<cpu>` element and `<hyperv>` feature (issue 8).
+//!
+//! `tests/data/cpu/<arch>.json` are real probes of Debian's QEMU 7.2 on an AMD EPYC host
+//! with KVM (only the CPU-relevant QMP exchanges kept; no cpu_map inside: that is libvirt's
+//! LGPL data and is read from the host at test time). `tests/data/cpu/libvirt/<case>.xml`
+//! are the `<cpu>`/`<hyperv>` parts of libvirt 9.0's `virsh domcapabilities` on that same
+//! host. With libvirt's cpu_map installed (`/usr/share/libvirt/cpu_map`, the version of the
+//! recording host) the derived elements must equal libvirt's byte for byte; the answer
+//! from QEMU alone is checked against `tests/data/cpu/qemu-only/<case>.xml`
+//! (`UPDATE_EXPECT=1` rewrites those).
+
+use std::path::{Path, PathBuf};
+
+use capsd_core::{DomainCapabilities, Features};
+use driver_qemu::cpu::{cpu_capabilities, host::read_cpu_map_from, hyperv};
+use driver_qemu::probe_data::{Accel, ProbeData};
+
+const CPU_MAP: &str = "/usr/share/libvirt/cpu_map";
+
+struct Case {
+    name: &'static str,
+    recording: &'static str,
+    arch: &'static str,
+    machine: &'static str,
+    accel: Accel,
+}
+
+const CASES: &[Case] = &[
+    Case {
+        name: "x86_64-kvm-default",
+        recording: "x86_64",
+        arch: "x86_64",
+        machine: "pc-i440fx-7.2",
+        accel: Accel::Kvm,
+    },
+    Case { name: "x86_64-kvm-q35", recording: "x86_64", arch: "x86_64", machine: "pc-q35-7.2", accel: Accel::Kvm },
+    Case {
+        name: "x86_64-tcg-default",
+        recording: "x86_64",
+        arch: "x86_64",
+        machine: "pc-i440fx-7.2",
+        accel: Accel::Tcg,
+    },
+    Case { name: "x86_64-tcg-q35", recording: "x86_64", arch: "x86_64", machine: "pc-q35-7.2", accel: Accel::Tcg },
+    Case { name: "i686-kvm-default", recording: "i686", arch: "i686", machine: "pc-i440fx-7.2", accel: Accel::Kvm },
+    Case { name: "i686-tcg-default", recording: "i686", arch: "i686", machine: "pc-i440fx-7.2", accel: Accel::Tcg },
+    Case { name: "aarch64-tcg-virt", recording: "aarch64", arch: "aarch64", machine: "virt-7.2", accel: Accel::Tcg },
+    Case {
+        name: "s390x-tcg-default",
+        recording: "s390x",
+        arch: "s390x",
+        machine: "s390-ccw-virtio-7.2",
+        accel: Accel::Tcg,
+    },
+    Case { name: "ppc64-tcg-pseries", recording: "ppc64", arch: "ppc64", machine: "pseries-7.2", accel: Accel::Tcg },
+];
+
+fn data_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/cpu")
+}
+
+fn recording(name: &str) -> ProbeData {
+    let path = data_dir().join(format!("{name}.json"));
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// The `<cpu>` element and `<hyperv>` line block as capsd-core formats them.
+fn render(data: &ProbeData, case: &Case) -> String {
+    let cpu = cpu_capabilities(data, case.arch, case.machine, case.accel);
+    let hv = hyperv(data, case.arch, case.accel);
+    let caps = DomainCapabilities {
+        domain: case.accel.virt_type().into(),
+        arch: case.arch.into(),
+        cpu,
+        features: Some(Features { hyperv: hv, ..Default::default() }),
+        ..Default::default()
+    };
+    let xml = capsd_core::xml::to_xml(&caps);
+    let mut out = String::new();
+    if let (Some(a), Some(b)) = (xml.find("  <cpu>\n"), xml.find("  </cpu>\n")) {
+        out.push_str(&xml[a..b + "  </cpu>\n".len()]);
+    }
+    if let Some(a) = xml.find("    <hyperv") {
+        let rest = &xml[a..];
+        let end = if rest.starts_with("    <hyperv supported='yes'>") {
+            rest.find("    </hyperv>\n").map(|e| e + "    </hyperv>\n".len())
+        } else {
+            rest.find('\n').map(|e| e + 1)
+        };
+        out.push_str(&rest[..end.unwrap_or(rest.len())]);
+    }
+    out
+}
+
+fn libvirt_expected(case: &Case) -> String {
+    let path = data_dir().join(format!("libvirt/{}.xml", case.name));
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    // First line is a comment naming the source.
+    text.split_once('\n').map(|(_, rest)| rest.to_owned()).unwrap_or_default()
+}
+
+#[test]
+fn equals_libvirt_with_its_cpu_map() {
+    if !Path::new(CPU_MAP).join("index.xml").exists() {
+        eprintln!("libvirt's cpu_map is not installed: comparison with libvirt skipped");
+        return;
+    }
+    let map = read_cpu_map_from(Path::new(CPU_MAP)).unwrap();
+    let mut failures = Vec::new();
+    for case in CASES {
+        let mut data = recording(case.recording);
+        data.host.cpu_map = Some(map.clone());
+        let ours = render(&data, case);
+        let theirs = libvirt_expected(case);
+        if ours != theirs {
+            failures.push(format!("== {}\n--- libvirt\n{theirs}--- capsd\n{ours}", case.name));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn qemu_only_answer() {
+    for case in CASES {
+        let data = recording(case.recording);
+        assert!(data.host.cpu_map.is_none(), "recordings must not carry libvirt's cpu_map");
+        let ours = render(&data, case);
+        expect_test::expect_file![data_dir().join(format!("qemu-only/{}.xml", case.name))].assert_eq(&ours);
+    }
+}
+
+#[test]
+fn non_x86_and_tcg_rules() {
+    let map = Path::new(CPU_MAP).join("index.xml").exists().then(|| read_cpu_map_from(Path::new(CPU_MAP)).unwrap());
+    for rec in ["aarch64", "s390x", "ppc64"] {
+        let mut data = recording(rec);
+        data.host.cpu_map = map.clone();
+        let cpu = cpu_capabilities(&data, rec, "", Accel::Tcg).unwrap();
+        // Not native on this x86_64 host: no host-passthrough, no host-model.
+        assert!(!cpu.host_passthrough.unwrap().supported.is_yes(), "{rec}");
+        assert!(!cpu.host_model.unwrap().supported.is_yes(), "{rec}");
+        assert!(cpu.custom.unwrap().models.iter().all(|m| m.name != "host"));
+        // No KVM probe of these binaries: no Hyper-V statement.
+        assert!(hyperv(&data, rec, Accel::Tcg).is_none());
+        // No KVM run recorded: no KVM answer at all.
+        assert!(cpu_capabilities(&data, rec, "", Accel::Kvm).is_none());
+    }
+}
+
+#[test]
+fn s390_old_machines_have_no_models_under_kvm() {
+    // Same transcript replayed as a KVM run on an s390x host.
+    let mut data = recording("s390x");
+    let tcg = data.runs.get(&Accel::Tcg).unwrap().clone();
+    data.runs.insert(Accel::Kvm, tcg);
+    data.host.host_arch = "s390x".into();
+    let old = cpu_capabilities(&data, "s390x", "s390-ccw-virtio-2.4", Accel::Kvm).unwrap();
+    assert!(old.host_passthrough.unwrap().supported.is_yes());
+    assert!(!old.custom.unwrap().supported.is_yes());
+    assert!(!old.maximum.unwrap().supported.is_yes());
+    let new = cpu_capabilities(&data, "s390x", "s390-ccw-virtio-7.2", Accel::Kvm).unwrap();
+    assert!(new.custom.unwrap().supported.is_yes());
+}

@@ -20,6 +20,8 @@ pub struct DriverOptions {
 #[derive(Default)]
 pub struct Registry {
     drivers: Vec<Arc<dyn DomainCapsDriver>>,
+    /// Plugin files that were not loaded: the file and the reason (shown by `capsd drivers`).
+    refused: Vec<(std::path::PathBuf, String)>,
 }
 
 impl std::fmt::Debug for Registry {
@@ -53,6 +55,16 @@ impl Registry {
 
     pub fn all(&self) -> &[Arc<dyn DomainCapsDriver>] {
         &self.drivers
+    }
+
+    /// Record a plugin file that was refused, with the reason.
+    pub fn refuse(&mut self, file: std::path::PathBuf, reason: String) {
+        self.refused.push((file, reason));
+    }
+
+    /// The refused plugin files, in the order they were met.
+    pub fn refused(&self) -> &[(std::path::PathBuf, String)] {
+        &self.refused
     }
 
     /// The driver called `name`, or an error that says whether it is an in-tree driver left

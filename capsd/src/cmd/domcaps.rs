@@ -35,10 +35,28 @@ pub struct Args {
     fixtures: Option<PathBuf>,
 }
 
-/// The embedded drivers plus the plugins of `--plugin-dir`.
+/// The embedded drivers plus the plugins of `--plugin-dir` / `CAPSD_PLUGIN_DIR`, or of
+/// [`capsd_plugin::DEFAULT_PLUGIN_DIR`] when that exists. Refused plugin files are logged
+/// and recorded in the registry; they never stop capsd.
 pub fn registry(ctx: &super::Context, opts: &DriverOptions) -> Result<Registry> {
-    let reg = Registry::embedded(opts)?;
-    let _ = &ctx.plugin_dir;
+    let mut reg = Registry::embedded(opts)?;
+    let dir = match &ctx.plugin_dir {
+        Some(d) => Some(d.clone()),
+        None => Some(PathBuf::from(capsd_plugin::DEFAULT_PLUGIN_DIR)).filter(|d| d.exists()),
+    };
+    if let Some(dir) = dir {
+        // In-tree names stay reserved even when that driver is not built in.
+        let mut taken: Vec<String> = crate::registry::IN_TREE.iter().map(|n| n.to_string()).collect();
+        taken.extend(reg.all().iter().map(|d| d.name().to_owned()));
+        let taken: Vec<&str> = taken.iter().map(String::as_str).collect();
+        let report = capsd_plugin::load_dir(&dir, &taken);
+        for plugin in report.loaded {
+            reg.add(std::sync::Arc::new(plugin));
+        }
+        for err in report.refused {
+            reg.refuse(err.path().to_owned(), err.to_string());
+        }
+    }
     Ok(reg)
 }
 

@@ -26,8 +26,9 @@ fn render(reg: &Registry, json: bool) -> String {
     if json {
         let v: Vec<serde_json::Value> = rows
             .iter()
-            .map(|(n, a)| serde_json::json!({"name": n, "built_in": true, "availability": a}))
+            .map(|(n, a)| serde_json::json!({"name": n, "built_in": IN_TREE.contains(&n.as_str()), "availability": a}))
             .chain(missing.iter().map(|n| serde_json::json!({"name": n, "built_in": false})))
+            .chain(reg.refused().iter().map(|(f, why)| serde_json::json!({"refused_plugin": f, "reason": why})))
             .collect();
         return serde_json::to_string_pretty(&v).unwrap_or_default() + "\n";
     }
@@ -40,6 +41,9 @@ fn render(reg: &Registry, json: bool) -> String {
     }
     for name in missing {
         out.push_str(&format!("{name:<12} not built in\n"));
+    }
+    for (_, why) in reg.refused() {
+        out.push_str(&format!("refused plugin: {why}\n"));
     }
     out
 }

@@ -116,6 +116,10 @@ pub struct Options {
     pub bogus_arch: String,
     /// A machine type no driver can offer.
     pub bogus_machine: String,
+    /// Enums a driver documents beyond libvirt's (element key as in [`enums::table`], enum
+    /// name, allowed values). Use sparingly: every entry is a divergence from libvirt's
+    /// vocabulary that the driver must document.
+    pub extra_enums: Vec<(String, String, Values)>,
 }
 
 impl Default for Options {
@@ -125,6 +129,7 @@ impl Default for Options {
             negative: true,
             bogus_arch: "capsd-bogus-arch".to_owned(),
             bogus_machine: "capsd-bogus-machine".to_owned(),
+            extra_enums: Vec::new(),
         }
     }
 }
@@ -184,7 +189,13 @@ pub fn run(driver: &dyn DomainCapsDriver, queries: &[Query]) -> Report {
 /// Panic with the report unless the driver is available and passes every rule.
 #[track_caller]
 pub fn assert_conforms(driver: &dyn DomainCapsDriver, queries: &[Query]) -> Report {
-    let report = run(driver, queries);
+    assert_conforms_with(driver, queries, &Options::default())
+}
+
+/// [`assert_conforms`] with explicit [`Options`].
+#[track_caller]
+pub fn assert_conforms_with(driver: &dyn DomainCapsDriver, queries: &[Query], opts: &Options) -> Report {
+    let report = run_with(driver, queries, opts);
     if !report.availability.is_available() {
         panic!("driver '{}' was expected to be available and conform, but:\n{report}", report.driver);
     }
@@ -310,7 +321,7 @@ fn check_query(driver: &dyn DomainCapsDriver, q: &Query, opts: &Options, r: &mut
     let json_text = json::to_json(&caps);
     push(r, q, Rule::JsonRoundTrip, json_round_trip(&caps, &text, &json_text));
     push(r, q, Rule::Omission, omission(&caps, &text, &json_text));
-    let (names, values) = enum_checks(&caps);
+    let (names, values) = enum_checks(&caps, &opts.extra_enums);
     push(r, q, Rule::EnumNames, join(names));
     push(r, q, Rule::EnumValues, join(values));
     push(r, q, Rule::QueryHonoured, join(honoured(q, &caps)));
@@ -447,8 +458,14 @@ pub fn enum_lists(caps: &DomainCapabilities) -> Vec<(String, Vec<Enum>)> {
     out
 }
 
-fn enum_checks(caps: &DomainCapabilities) -> (Vec<String>, Vec<String>) {
-    let table = enums::table();
+fn enum_checks(caps: &DomainCapabilities, extra: &[(String, String, Values)]) -> (Vec<String>, Vec<String>) {
+    let mut table: std::collections::BTreeMap<String, Vec<(String, Values)>> = enums::table()
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.into_iter().map(|(n, vals)| (n.to_owned(), vals)).collect()))
+        .collect();
+    for (key, name, vals) in extra {
+        table.entry(key.clone()).or_default().push((name.clone(), *vals));
+    }
     let mut names = Vec::new();
     let mut values = Vec::new();
     for (key, list) in enum_lists(caps) {
@@ -459,7 +476,7 @@ fn enum_checks(caps: &DomainCapabilities) -> (Vec<String>, Vec<String>) {
                 names.push(format!("<{key}> repeats enum '{}'", e.name));
             }
             let Some((_, vals)) = allowed.iter().find(|(n, _)| *n == e.name) else {
-                let known: Vec<&str> = allowed.iter().map(|(n, _)| *n).collect();
+                let known: Vec<&str> = allowed.iter().map(|(n, _)| n.as_str()).collect();
                 names
                     .push(format!("<{key}> has enum '{}', not one libvirt documents there (known: {known:?})", e.name));
                 continue;

@@ -1,0 +1,35 @@
+//! The conformance suite run against driver-qemu with the live QEMU of this host (Debian's
+//! QEMU 7.2: x86_64 KVM and TCG with the default machine and q35, aarch64 virt under TCG).
+//! Mandatory where `qemu-system-x86_64` exists; CI installs it.
+
+use capsd_core::Query;
+use capsd_tests::conformance;
+use driver_qemu::QemuDriver;
+
+fn q(arch: &str, virt: &str, machine: Option<&str>) -> Query {
+    Query { emulator: None, arch: Some(arch.into()), machine: machine.map(Into::into), virt_type: Some(virt.into()) }
+}
+
+fn have(bin: &str) -> bool {
+    std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()).any(|d| d.join(bin).is_file())
+}
+
+#[test]
+fn qemu_live() {
+    assert!(have("qemu-system-x86_64"), "qemu-system-x86_64 is not installed: the live QEMU conformance test needs it");
+    let mut queries = Vec::new();
+    if std::path::Path::new("/dev/kvm").exists() {
+        queries.push(q("x86_64", "kvm", None));
+        queries.push(q("x86_64", "kvm", Some("q35")));
+    }
+    queries.extend([q("x86_64", "qemu", None), q("x86_64", "qemu", Some("q35"))]);
+    if have("qemu-system-aarch64") {
+        queries.push(q("aarch64", "qemu", Some("virt")));
+    }
+    // A private cache: the first call of each query probes QEMU, the repeat (rule
+    // `deterministic`) is answered from the cache, so the rule also checks the cache.
+    let cache = tempfile::tempdir().unwrap();
+    let d = QemuDriver::new().with_cache_dir(cache.path().to_owned());
+    let report = conformance::assert_conforms(&d, &queries);
+    eprintln!("{report}");
+}

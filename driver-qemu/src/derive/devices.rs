@@ -76,27 +76,26 @@ pub fn video(a: &Answers<'_>) -> EnumElement {
     )
 }
 
-/// `<hostdev>`: subsystem assignment; the `vfio` PCI backend only where the host can do
-/// VFIO passthrough and QEMU has `vfio-pci`.
+/// `<hostdev>`: subsystem assignment (`pci` and `scsi` always, as libvirt 9.0 states them
+/// even for binaries without either bus; `usb` with `usb-host`); the `vfio` PCI backend only
+/// where the host can do VFIO passthrough and QEMU has `vfio-pci`.
 pub fn hostdev(a: &Answers<'_>, host: &HostFacts) -> EnumElement {
     let vfio = host.vfio.passthrough_supported() && a.has_type("vfio-pci");
     EnumElement::new(Support::Yes)
         .with_enum("mode", ["subsystem"])
         .with_enum("startupPolicy", ["default", "mandatory", "requisite", "optional"])
-        .with_enum(
-            "subsysType",
-            pick(&[("usb", a.has_type("usb-host")), ("pci", true), ("scsi", a.has_type("scsi-generic"))]),
-        )
+        .with_enum("subsysType", pick(&[("usb", a.has_type("usb-host")), ("pci", true), ("scsi", true)]))
         .with_enum("capsType", Vec::<String>::new())
         .with_enum("pciBackend", pick(&[("default", vfio), ("vfio", vfio)]))
 }
 
-/// `<rng>`: virtio RNG with the `rng-*` backends.
+/// `<rng>`: always supported (libvirt states the element even where no RNG device exists:
+/// the `model` enum is then empty); `virtio` models with a virtio RNG type; backends from
+/// the `rng-*` object types.
 pub fn rng(a: &Answers<'_>) -> EnumElement {
-    if !a.has_any_type(&["virtio-rng-pci", "virtio-rng-ccw", "virtio-rng-device"]) {
-        return EnumElement::unsupported();
-    }
-    EnumElement::new(Support::Yes).with_enum("model", virtio_models(a)).with_enum(
+    let virtio = a.has_any_type(&["virtio-rng-pci", "virtio-rng-ccw", "virtio-rng-device"]);
+    let models = if virtio { virtio_models(a) } else { Vec::new() };
+    EnumElement::new(Support::Yes).with_enum("model", models).with_enum(
         "backendModel",
         pick(&[
             ("random", a.has_type("rng-random")),

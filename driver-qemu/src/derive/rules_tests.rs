@@ -86,11 +86,12 @@ fn transitional_models_need_the_transitional_types() {
 }
 
 #[test]
-fn no_virtio_rng_type_means_rng_unsupported() {
-    let caps = derive_one("s390x", "s390-ccw-virtio-7.2", transcript(&[("s390-ccw-virtio-7.2", 248)], &[], &[]));
+fn rng_is_stated_even_without_a_virtio_rng_type() {
+    let caps = derive_one("cris", "axis-dev88", transcript(&[("axis-dev88", 1)], &["rng-random"], &[]));
     let rng = caps.devices.as_ref().unwrap().rng.as_ref().unwrap();
-    assert_eq!(rng.supported, Support::No);
-    assert!(rng.enums.is_empty());
+    assert_eq!(rng.supported, Support::Yes);
+    assert!(rng.enums.enum_values("model").unwrap().is_empty(), "no model without virtio-rng");
+    assert_eq!(device_enum(&caps, "rng", "backendModel"), ["random"]);
 }
 
 #[test]
@@ -254,4 +255,20 @@ fn sev_parameters_from_qemu_and_host_asids() {
     let s = none.features.unwrap().sev.unwrap();
     assert_eq!(s.supported, Support::No);
     assert!(s.params.is_none());
+}
+
+#[test]
+fn hostdev_usb_needs_usb_host_and_vfio_needs_the_host() {
+    let bare = derive_one("cris", "axis-dev88", transcript(&[("axis-dev88", 1)], &[], &[]));
+    assert_eq!(device_enum(&bare, "hostdev", "subsysType"), ["pci", "scsi"]);
+    assert!(device_enum(&bare, "hostdev", "pciBackend").is_empty());
+
+    let t = transcript(&[("pc-q35-7.2", 288)], &["usb-host", "vfio-pci"], &[]);
+    let mut host = HostFacts::default();
+    host.vfio.iommu_groups = true;
+    host.vfio.dev_vfio = true;
+    let caps =
+        domain_capabilities(&data(vec![(Accel::Tcg, t)], host), &query("x86_64", "pc-q35-7.2", Accel::Tcg)).unwrap();
+    assert_eq!(device_enum(&caps, "hostdev", "subsysType"), ["usb", "pci", "scsi"]);
+    assert_eq!(device_enum(&caps, "hostdev", "pciBackend"), ["default", "vfio"]);
 }

@@ -67,9 +67,10 @@ pub fn probe_many(binaries: &[PathBuf], opts: &ProbeOptions) -> Vec<Result<Probe
     })
 }
 
-/// The KVM and TCG runs of one binary, in parallel. A KVM run that fails while the TCG run
-/// succeeds means this binary cannot use KVM here (for example a foreign architecture): the
-/// KVM transcript is then left out. A TCG failure fails the probe.
+/// The KVM and TCG runs of one binary, in parallel. A run that fails while the other
+/// succeeds means this binary cannot use that accelerator here (KVM: a foreign architecture;
+/// TCG: a KVM-only build such as Debian's `qemu-system-x86_64-microvm`): its transcript is
+/// left out. When both fail, the probe fails with the TCG run's error.
 fn probe_runs(
     binary: &Path,
     kvm_usable: bool,
@@ -85,15 +86,30 @@ fn probe_runs(
         });
         (kvm, tcg)
     });
-    let tcg = tcg.map_err(|e| DriverError::probe_failed(binary.display().to_string(), e.to_string()))?;
     let mut runs = BTreeMap::new();
-    runs.insert(Accel::Tcg, tcg);
-    match kvm {
+    let tcg_err = match tcg {
+        Ok(t) => {
+            runs.insert(Accel::Tcg, t);
+            None
+        }
+        Err(e) => Some(e),
+    };
+    let kvm_err = match kvm {
         Some(Ok(t)) => {
             runs.insert(Accel::Kvm, t);
+            None
         }
-        Some(Err(e)) => tracing::info!(error = %e, "no KVM run for this binary"),
-        None => {}
+        Some(Err(e)) => Some(e),
+        None => None,
+    };
+    match (tcg_err, kvm_err) {
+        // Neither accelerator works: the binary is broken (or not QEMU).
+        (Some(e), _) if runs.is_empty() => {
+            return Err(DriverError::probe_failed(binary.display().to_string(), e.to_string()));
+        }
+        (Some(e), None) => tracing::info!(error = %e, "no TCG run for this binary (built without TCG?)"),
+        (None, Some(e)) => tracing::info!(error = %e, "no KVM run for this binary"),
+        _ => {}
     }
     Ok(runs)
 }

@@ -302,7 +302,7 @@ pub fn resolve(pre: &PreProbe, machine: Option<&str>, data: &ProbeData) -> Resul
     }
     let accel = match &pre.virt_type {
         VirtTypeArg::Default => {
-            if kvm_enabled(data) {
+            if kvm_enabled(data) || data.run(Accel::Tcg).is_none() {
                 Accel::Kvm
             } else {
                 Accel::Tcg
@@ -318,7 +318,16 @@ pub fn resolve(pre: &PreProbe, machine: Option<&str>, data: &ProbeData) -> Resul
             }
             Accel::Kvm
         }
-        VirtTypeArg::Accel(Accel::Tcg) => Accel::Tcg,
+        VirtTypeArg::Accel(Accel::Tcg) => {
+            if data.run(Accel::Tcg).is_none() {
+                return Err(DriverError::invalid(
+                    "virttype",
+                    "qemu",
+                    format!("Emulator '{emu}' does not support virt type 'qemu'"),
+                ));
+            }
+            Accel::Tcg
+        }
         VirtTypeArg::Other(o) => {
             return Err(DriverError::invalid(
                 "virttype",

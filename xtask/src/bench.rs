@@ -2,6 +2,7 @@
 //! live here, never in timed tests. Each group is its own module.
 
 mod core;
+mod qemu;
 
 use anyhow::{bail, Result};
 
@@ -12,7 +13,8 @@ pub fn run(args: &[String]) -> Result<()> {
     for g in groups {
         match g {
             "core" => core::run()?,
-            "qemu" | "agent" => println!("bench {g}: not written yet"),
+            "qemu" => qemu::run()?,
+            "agent" => println!("bench {g}: not written yet"),
             other => bail!("unknown bench group '{other}' (have: {})", all.join(", ")),
         }
     }

@@ -1,6 +1,8 @@
 //! xtask: the project's developer commands (`cargo xtask <task>`), one module per task.
 
 mod bench;
+mod conformance;
+mod record_qemu;
 mod test;
 
 use anyhow::{bail, Result};
@@ -15,6 +17,8 @@ fn main() -> Result<()> {
         }
         Some("bench") => bench::run(rest),
         Some("test") => test::run(rest),
+        Some("record-qemu") => record_qemu::run(rest),
+        Some("conformance") => conformance::run(rest),
         Some(other) => bail!("unknown task '{other}'\n\n{USAGE}"),
     }
 }
@@ -24,4 +28,7 @@ const USAGE: &str = "usage: cargo xtask <task> [args]
 tasks:
   bench [core|qemu|agent]...   run benchmarks (all when none named) and print figures
   test [--quick]               the whole test suite as CI runs it (fmt, clippy, tests, examples)
+  record-qemu [--oracle DIR] BINARY...|all
+                               record QEMU probes (and libvirt's answers) as replay fixtures
+  conformance [--keep DIR]     compare capsd with libvirt on this host, case by case
   help                         this text";

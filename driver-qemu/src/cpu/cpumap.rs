@@ -47,8 +47,23 @@ pub enum DataKey {
 pub type Regs = [u32; 4];
 
 /// A set of CPUID/MSR bits.
+///
+/// Serialized as a list of `[key, regs]` pairs: JSON map keys must be strings.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(from = "Vec<(DataKey, Regs)>", into = "Vec<(DataKey, Regs)>")]
 pub struct X86Data(pub BTreeMap<DataKey, Regs>);
+
+impl From<Vec<(DataKey, Regs)>> for X86Data {
+    fn from(v: Vec<(DataKey, Regs)>) -> Self {
+        X86Data(v.into_iter().collect())
+    }
+}
+
+impl From<X86Data> for Vec<(DataKey, Regs)> {
+    fn from(d: X86Data) -> Self {
+        d.0.into_iter().collect()
+    }
+}
 
 impl X86Data {
     /// OR the bits of `item` into this data.

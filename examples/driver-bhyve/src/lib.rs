@@ -8,7 +8,9 @@
 //!   `supported='no'`;
 //! - the `fbuf` device gives VNC graphics and GOP video; without it both are `'no'`;
 //! - disks (disk/cdrom on virtio/sata) are always offered; CPU modes, hostdev, iothreads,
-//!   gic, vmcoreinfo, genid, sev and sgx are always `'no'`.
+//!   gic, vmcoreinfo, genid, sev and sgx are always `'no'`;
+//! - bhyve has no machine types: a query naming a machine is refused (`NotSupported`) where
+//!   libvirt would echo it.
 //!
 //! # Inputs
 //! - `CAPSD_BHYVE_FACTS=DIR`: replay a recording (`DIR/transcript.txt`, optional
@@ -113,6 +115,11 @@ pub fn build(query: &Query, caps: &BhyveCaps, firmwares: &[String]) -> Result<Do
             return Err(DriverError::invalid("virttype", v, "the bhyve driver only offers virt type 'bhyve'"));
         }
     }
+    if let Some(m) = &query.machine {
+        // libvirt's bhyve driver echoes any machine string; bhyve has no machine types, so a
+        // machine cannot be offered and is refused instead (as a machine that does not exist).
+        return Err(DriverError::not_supported(DRIVER, format!("machine '{m}' (bhyve has no machine types)")));
+    }
     let arch = guest_arch(query)?;
     let path = query.emulator.as_deref().unwrap_or(Path::new(DEFAULT_EMULATOR)).display().to_string();
 
@@ -137,7 +144,7 @@ pub fn build(query: &Query, caps: &BhyveCaps, firmwares: &[String]) -> Result<Do
     Ok(DomainCapabilities {
         path: Some(path),
         domain: "bhyve".into(),
-        machine: query.machine.clone(),
+        machine: None,
         arch,
         vcpu: None,
         iothreads: Some(Flag::no()),

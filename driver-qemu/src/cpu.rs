@@ -13,7 +13,8 @@
 //!   has no such type) libvirt leaves out the features that are MSR bits (`rdctl-no`, ...).
 //!   s390x takes QEMU's expansion as it is. Other arches have none (libvirt asks the host's
 //!   CPU directly there, which a QEMU probe cannot tell).
-//! * `custom`: QEMU's `query-cpu-definitions` in QEMU's order, without `host`; for x86 and
+//! * `custom`: only for arches libvirt has a CPU driver for (x86, ppc64, s390, ARM; so not
+//!   32-bit ppc, riscv, ...). QEMU's `query-cpu-definitions` in QEMU's order, without `host`; for x86 and
 //!   ppc64 only the models libvirt's cpu_map knows (ppc64 names matched case-insensitively
 //!   and spelled as in the map). `usable` from `unavailable-features` (`unknown` when QEMU
 //!   does not say), `vendor` from the cpu_map model (`unknown` otherwise), `deprecated='yes'`
@@ -69,6 +70,15 @@ pub fn guest_is_native(host: &str, guest: &str) -> bool {
         || (host == "x86_64" && guest == "i686")
         || (host == "aarch64" && guest == "armv7l")
         || (is_ppc64(host) && is_ppc64(guest))
+}
+
+/// Whether libvirt 9.0 has a CPU driver for `arch` (x86, ppc64, s390, ARM). Without one
+/// it cannot list CPU models, so the custom mode is unsupported whatever QEMU offers.
+pub fn has_cpu_driver(arch: &str) -> bool {
+    matches!(
+        arch,
+        "i686" | "x86_64" | "ppc64" | "ppc64le" | "s390" | "s390x" | "armv6l" | "armv7l" | "armv7b" | "aarch64"
+    )
 }
 
 /// The binary's architecture in libvirt's names (`query-target`, else the queried arch).
@@ -142,7 +152,7 @@ pub fn cpu_capabilities(data: &ProbeData, arch: &str, machine: &str, accel: Acce
     });
 
     let custom = match defs {
-        Some(d) if !d.is_empty() && !s390_old_machine => custom_models(data, t, arch, d),
+        Some(d) if !d.is_empty() && !s390_old_machine && has_cpu_driver(arch) => custom_models(data, t, arch, d),
         _ => CustomModels { supported: Support::No, models: Vec::new() },
     };
 
@@ -349,4 +359,97 @@ pub fn hyperv(data: &ProbeData, arch: &str, accel: Accel) -> Option<Hyperv> {
         return None;
     }
     Some(Hyperv { supported: Support::Yes, enums: vec![Enum::new("features", values)], defaults: None })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::host::HostFacts;
+    use crate::probe_data::Exchange;
+    use serde_json::json;
+    use std::collections::BTreeMap;
+
+    fn data(arch: &str, kvm_exchanges: Vec<Exchange>) -> ProbeData {
+        let mut exchanges =
+            vec![Exchange { execute: "query-target".into(), arguments: None, reply: Ok(json!({"arch": arch})) }];
+        exchanges.extend(kvm_exchanges);
+        let mut runs = BTreeMap::new();
+        runs.insert(Accel::Kvm, Transcript { greeting: Value::Null, exchanges });
+        ProbeData {
+            format_version: crate::probe_data::PROBE_FORMAT_VERSION,
+            binary: "/usr/bin/qemu-system-x86_64".into(),
+            runs,
+            host: HostFacts { host_arch: "x86_64".into(), kvm_usable: true, ..Default::default() },
+        }
+    }
+
+    fn full_host(props: Value) -> Exchange {
+        Exchange {
+            execute: "query-cpu-model-expansion".into(),
+            arguments: Some(plan::full_expansion_args("host")),
+            reply: Ok(json!({"model": {"name": "host", "props": props}})),
+        }
+    }
+
+    #[test]
+    fn hyperv_names_and_order_follow_libvirt() {
+        let d = data(
+            "x86_64",
+            vec![full_host(json!({
+                "hv-vendor-id": "", "hv-relaxed": true, "hv-spinlocks": 0, "hv-tlbflush": true,
+                "hv-stimer-direct": true, "hv-time": true, "hv-passthrough": false, "sse2": true
+            }))],
+        );
+        let hv = hyperv(&d, "x86_64", Accel::Tcg).unwrap();
+        assert_eq!(hv.supported, Support::Yes);
+        assert_eq!(hv.enums, vec![Enum::new("features", ["relaxed", "vendor_id", "tlbflush"])]);
+    }
+
+    #[test]
+    fn hyperv_absent_without_properties_or_kvm() {
+        let d = data("x86_64", vec![full_host(json!({"sse2": true, "hv-relaxed": false}))]);
+        assert!(hyperv(&d, "x86_64", Accel::Kvm).is_none());
+        let d = data("x86_64", vec![]);
+        assert!(hyperv(&d, "x86_64", Accel::Kvm).is_none());
+        let d = data("s390x", vec![full_host(json!({"hv-relaxed": true}))]);
+        assert!(hyperv(&d, "s390x", Accel::Kvm).is_none());
+    }
+
+    #[test]
+    fn native_guests() {
+        assert!(guest_is_native("x86_64", "i686"));
+        assert!(!guest_is_native("i686", "x86_64"));
+        assert!(guest_is_native("ppc64le", "ppc64"));
+        assert!(guest_is_native("aarch64", "armv7l"));
+        assert!(!guest_is_native("x86_64", "aarch64"));
+    }
+
+    #[test]
+    fn modes_without_answers() {
+        // KVM run that answered nothing CPU related: passthrough only, without `on`.
+        let d = data("x86_64", vec![]);
+        let cpu = cpu_capabilities(&d, "x86_64", "pc", Accel::Kvm).unwrap();
+        let hp = cpu.host_passthrough.unwrap();
+        assert_eq!(hp.enums, vec![Enum::new("hostPassthroughMigratable", ["off"])]);
+        assert_eq!(cpu.maximum.unwrap().supported, Support::No);
+        assert_eq!(cpu.host_model.unwrap().supported, Support::No);
+        assert_eq!(cpu.custom.unwrap().supported, Support::No);
+        assert!(cpu_capabilities(&d, "x86_64", "pc", Accel::Tcg).is_none());
+    }
+
+    #[test]
+    fn no_custom_mode_without_a_libvirt_cpu_driver() {
+        let defs = Exchange {
+            execute: "query-cpu-definitions".into(),
+            arguments: None,
+            reply: Ok(json!([{"name": "7450", "typename": "7450-powerpc-cpu"}])),
+        };
+        let d = data("ppc", vec![defs]);
+        let cpu = cpu_capabilities(&d, "ppc", "g3beige", Accel::Kvm).unwrap();
+        assert_eq!(cpu.custom.unwrap().supported, Support::No);
+        let cpu = cpu_capabilities(&d, "ppc64", "pseries", Accel::Kvm).unwrap();
+        let custom = cpu.custom.unwrap();
+        assert_eq!(custom.supported, Support::Yes);
+        assert_eq!(custom.models[0].usable, Usable::Unknown);
+    }
 }

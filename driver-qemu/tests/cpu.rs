@@ -44,6 +44,21 @@ const CASES: &[Case] = &[
     Case { name: "x86_64-tcg-q35", recording: "x86_64", arch: "x86_64", machine: "pc-q35-7.2", accel: Accel::Tcg },
     Case { name: "i686-kvm-default", recording: "i686", arch: "i686", machine: "pc-i440fx-7.2", accel: Accel::Kvm },
     Case { name: "i686-tcg-default", recording: "i686", arch: "i686", machine: "pc-i440fx-7.2", accel: Accel::Tcg },
+    // qemu-system-x86_64 asked for an i686 guest.
+    Case {
+        name: "x86_64-bin-i686-kvm-default",
+        recording: "x86_64",
+        arch: "i686",
+        machine: "pc-i440fx-7.2",
+        accel: Accel::Kvm,
+    },
+    Case {
+        name: "x86_64-bin-i686-tcg-default",
+        recording: "x86_64",
+        arch: "i686",
+        machine: "pc-i440fx-7.2",
+        accel: Accel::Tcg,
+    },
     Case { name: "aarch64-tcg-virt", recording: "aarch64", arch: "aarch64", machine: "virt-7.2", accel: Accel::Tcg },
     Case {
         name: "s390x-tcg-default",

@@ -113,12 +113,15 @@ impl TestDriver {
                 Err(b) => (Vec::new(), vec![b]),
             }
         };
+        if let [one] = bad.as_slice() {
+            return Err(DriverError::invalid("fixture", one.source.display().to_string(), one.reason.clone()));
+        }
         if !bad.is_empty() {
             let list: Vec<String> = bad.iter().map(ToString::to_string).collect();
             return Err(DriverError::invalid(
-                "fixture",
-                bad[0].source.display().to_string(),
-                format!("{} bad fixture(s): {}", bad.len(), list.join("; ")),
+                "fixtures",
+                path.display().to_string(),
+                format!("{} bad fixtures: {}", bad.len(), list.join("; ")),
             ));
         }
         if fixtures.is_empty() {

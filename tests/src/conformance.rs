@@ -110,6 +110,8 @@ pub struct Check {
 pub struct Options {
     /// Directory holding `domaincaps.rng`; default [`schema::schema_dir`].
     pub schema_dir: PathBuf,
+    /// The xmllint program; default `xmllint` from `PATH`.
+    pub xmllint: String,
     /// Run the bogus arch/machine queries.
     pub negative: bool,
     /// An arch no driver can offer.
@@ -126,6 +128,7 @@ impl Default for Options {
     fn default() -> Self {
         Options {
             schema_dir: schema::schema_dir(),
+            xmllint: "xmllint".to_owned(),
             negative: true,
             bogus_arch: "capsd-bogus-arch".to_owned(),
             bogus_machine: "capsd-bogus-machine".to_owned(),
@@ -316,7 +319,7 @@ fn check_query(driver: &dyn DomainCapsDriver, q: &Query, opts: &Options, r: &mut
     push(r, q, Rule::Answers, None);
     let text = xml::to_xml(&caps);
 
-    push(r, q, Rule::Schema, schema::validate(&text, &opts.schema_dir).err());
+    push(r, q, Rule::Schema, schema::validate_with(&opts.xmllint, &text, &opts.schema_dir).err());
     push(r, q, Rule::XmlRoundTrip, xml_round_trip(&caps, &text));
     let json_text = json::to_json(&caps);
     push(r, q, Rule::JsonRoundTrip, json_round_trip(&caps, &text, &json_text));

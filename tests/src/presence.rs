@@ -222,3 +222,50 @@ fn segment(e: &BytesStart<'_>) -> Result<String, String> {
     }
     Ok(name)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use capsd_core::{Devices, EnumElement, Support};
+
+    fn caps() -> DomainCapabilities {
+        DomainCapabilities {
+            domain: "kvm".into(),
+            arch: "x86_64".into(),
+            devices: Some(Devices {
+                disk: Some(EnumElement::new(Support::Yes).with_enum("bus", ["virtio"])),
+                hostdev: Some(EnumElement::unsupported()),
+                ..Devices::default()
+            }),
+            ..DomainCapabilities::default()
+        }
+    }
+
+    #[test]
+    fn model_and_xml_agree_on_a_faithful_document() {
+        let xml = "<domainCapabilities>\n  <domain>kvm</domain>\n  <arch>x86_64</arch>\n  <devices>\n    \
+                   <disk supported='yes'>\n      <enum name='bus'>\n        <value>virtio</value>\n      </enum>\n    \
+                   </disk>\n    <hostdev supported='no'/>\n  </devices>\n</domainCapabilities>\n";
+        assert_eq!(from_xml(xml).unwrap(), from_model(&caps()));
+    }
+
+    #[test]
+    fn invented_and_dropped_elements_show() {
+        // <video> invented, <hostdev> dropped.
+        let xml = "<domainCapabilities><domain>kvm</domain><arch>x86_64</arch><devices>\
+                   <disk supported='yes'><enum name='bus'><value>virtio</value></enum></disk>\
+                   <video supported='no'/></devices></domainCapabilities>";
+        let got = from_xml(xml).unwrap();
+        let want = from_model(&caps());
+        let invented: Vec<&String> = got.difference(&want).collect();
+        let dropped: Vec<&String> = want.difference(&got).collect();
+        assert_eq!(invented, ["/domainCapabilities/devices/video"]);
+        assert_eq!(dropped, ["/domainCapabilities/devices/hostdev"]);
+    }
+
+    #[test]
+    fn malformed_xml_is_an_error() {
+        assert!(from_xml("<domainCapabilities><domain>").is_err());
+        assert!(from_xml("<domainCapabilities><enum/></domainCapabilities>").unwrap_err().contains("without a name"));
+    }
+}

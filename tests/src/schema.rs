@@ -37,6 +37,11 @@ pub fn schema_dir() -> PathBuf {
 /// Validate `xml` against `domaincaps.rng` in `dir`. `Err` carries xmllint's complaint, or
 /// why xmllint could not be run.
 pub fn validate(xml: &str, dir: &std::path::Path) -> Result<(), String> {
+    validate_with("xmllint", xml, dir)
+}
+
+/// [`validate`] with a given xmllint program (a name looked up on `PATH`, or a path).
+pub fn validate_with(xmllint: &str, xml: &str, dir: &std::path::Path) -> Result<(), String> {
     let rng = dir.join("domaincaps.rng");
     if !rng.is_file() {
         return Err(format!(
@@ -44,7 +49,7 @@ pub fn validate(xml: &str, dir: &std::path::Path) -> Result<(), String> {
             rng.display()
         ));
     }
-    let mut child = Command::new("xmllint")
+    let mut child = Command::new(xmllint)
         .args(["--noout", "--relaxng"])
         .arg(&rng)
         .arg("-")
@@ -54,7 +59,7 @@ pub fn validate(xml: &str, dir: &std::path::Path) -> Result<(), String> {
         .spawn()
         .map_err(|e| {
             if e.kind() == std::io::ErrorKind::NotFound {
-                "xmllint is not installed (it is in Debian's libxml2-utils): schema validation cannot run".to_owned()
+                format!("{xmllint} is not installed (it is in Debian's libxml2-utils): schema validation cannot run")
             } else {
                 format!("cannot run xmllint: {e}")
             }
@@ -70,5 +75,34 @@ pub fn validate(xml: &str, dir: &std::path::Path) -> Result<(), String> {
         let stderr = String::from_utf8_lossy(&out.stderr);
         let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).take(8).collect();
         Err(format!("xmllint ({}): {}", out.status, lines.join(" | ")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DOC: &str = "<domainCapabilities>\n  <domain>kvm</domain>\n  <arch>x86_64</arch>\n</domainCapabilities>\n";
+
+    #[test]
+    fn valid_and_invalid_documents() {
+        let dir = schema_dir();
+        assert_eq!(validate(DOC, &dir), Ok(()));
+        let bad = DOC.replace("<domain>kvm</domain>", "<domian>kvm</domian>");
+        let e = validate(&bad, &dir).unwrap_err();
+        assert!(e.starts_with("xmllint"), "{e}");
+        assert!(e.contains("domian"), "{e}");
+    }
+
+    #[test]
+    fn missing_xmllint_fails_with_a_clear_message() {
+        let e = validate_with("/nonexistent/xmllint", DOC, &schema_dir()).unwrap_err();
+        assert!(e.contains("is not installed") && e.contains("libxml2-utils"), "{e}");
+    }
+
+    #[test]
+    fn missing_schema_fails_with_a_clear_message() {
+        let e = validate(DOC, std::path::Path::new("/nonexistent")).unwrap_err();
+        assert!(e.contains("/nonexistent/domaincaps.rng") && e.contains(SCHEMA_DIR_ENV), "{e}");
     }
 }

@@ -1,67 +1,61 @@
-//! The conformance suite run against driver-lxc on this host.
+//! The conformance suite run against driver-lxc, on this host and on driver-lxc's recorded
+//! hosts (`driver-lxc/tests/data/*/root`, read with `LxcDriver::with_root`).
 //!
 //! libvirt defines no domain capabilities for LXC, so driver-lxc states some enums libvirt
-//! does not document (container namespaces, cgroups, filesystem and interface types); they are passed to
-//! the suite explicitly as extensions below, so any other unknown enum still fails.
+//! does not document (container namespaces, cgroups, filesystem and interface types). It
+//! declares them in `driver_lxc::caps::LXC_ENUMS`; exactly those are passed to the suite as
+//! extensions, so any other unknown enum name or value still fails.
+
+use std::path::PathBuf;
 
 use capsd_core::Query;
-use capsd_tests::conformance::{self, Options};
+use capsd_tests::conformance::{self, host_arch, Options};
 use capsd_tests::enums::Values;
 use driver_lxc::LxcDriver;
 
-fn extensions() -> Vec<(String, String, Values)> {
-    let open = |k: &str, n: &str| (k.to_owned(), n.to_owned(), Values::Open);
+fn options() -> Options {
+    let extra_enums = driver_lxc::caps::LXC_ENUMS
+        .iter()
+        .map(|(element, name, values)| {
+            let values = match values {
+                Some(v) => Values::Closed(v),
+                None => Values::Open,
+            };
+            ((*element).to_owned(), (*name).to_owned(), values)
+        })
+        .collect();
+    Options { extra_enums, ..Options::default() }
+}
+
+fn queries(arch: &str) -> Vec<Query> {
     vec![
-        ("os".to_owned(), "type".to_owned(), Values::Closed(&["exe"])),
-        (
-            "os".to_owned(),
-            "namespaces".to_owned(),
-            Values::Closed(&["mnt", "uts", "ipc", "pid", "net", "user", "cgroup", "time"]),
-        ),
-        ("os".to_owned(), "userns".to_owned(), Values::Closed(&["idmap", "unprivileged"])),
-        ("os".to_owned(), "cgroup".to_owned(), Values::Closed(&["v1", "v2"])),
-        open("os", "cgroupControllers"),
-        (
-            "devices/filesystem".to_owned(),
-            "type".to_owned(),
-            Values::Closed(&["mount", "block", "file", "template", "ram", "bind", "volume"]),
-        ),
-        ("devices/filesystem".to_owned(), "procViews".to_owned(), Values::Closed(&["meminfo"])),
-        // <interface type=...> words of the domain XML.
-        (
-            "devices/interface".to_owned(),
-            "type".to_owned(),
-            Values::Closed(&[
-                "user",
-                "ethernet",
-                "vhostuser",
-                "server",
-                "client",
-                "mcast",
-                "network",
-                "bridge",
-                "internal",
-                "direct",
-                "hostdev",
-                "udp",
-                "vdpa",
-                "null",
-                "vds",
-            ]),
-        ),
+        Query::default(),
+        Query { virt_type: Some("lxc".into()), ..Query::default() },
+        Query { arch: Some(arch.into()), virt_type: Some("lxc".into()), ..Query::default() },
     ]
 }
 
 #[test]
 fn lxc_on_this_host() {
-    let d = LxcDriver::new();
-    let arch = capsd_tests::conformance::host_arch();
-    let queries = [
-        Query::default(),
-        Query { virt_type: Some("lxc".into()), ..Query::default() },
-        Query { arch: Some(arch.into()), virt_type: Some("lxc".into()), ..Query::default() },
-    ];
-    let opts = Options { extra_enums: extensions(), ..Options::default() };
-    let report = conformance::assert_conforms_with(&d, &queries, &opts);
+    let report = conformance::assert_conforms_with(&LxcDriver::new(), &queries(host_arch()), &options());
     eprintln!("{report}");
+}
+
+#[test]
+fn lxc_recorded_hosts() {
+    for host in ["debian12-cgroup2", "snapshot-cgroup1"] {
+        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../driver-lxc/tests/data").join(host).join("root");
+        let d = LxcDriver::with_root(&root);
+        // A recorded host states its own arch; the query without an arch must give it, and
+        // the suite's "host arch" expectation only holds when it matches this machine.
+        let caps = capsd_core::DomainCapsDriver::domain_capabilities(&d, &Query::default())
+            .unwrap_or_else(|e| panic!("{host}: {e}"));
+        let mut qs = queries(&caps.arch);
+        if caps.arch != host_arch() {
+            qs.remove(0);
+            qs.remove(0);
+        }
+        let report = conformance::assert_conforms_with(&d, &qs, &options());
+        eprintln!("{host}: {report}");
+    }
 }

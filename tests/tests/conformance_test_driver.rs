@@ -141,3 +141,13 @@ fn unavailable_driver_is_checked_for_clean_failures() {
     assert_eq!(failed, ["arch=x86_64 unavailable-fails-cleanly"], "{report}");
     conformance::assert_unavailable(&Gone, &[Query::default()]);
 }
+
+#[test]
+fn missing_xmllint_fails_the_schema_rule() {
+    let opts = conformance::Options { xmllint: "/nonexistent/xmllint".into(), ..conformance::Options::default() };
+    let report = conformance::run_with(&TestDriver::builtin(), &[q(Some("x86_64"), None, None)], &opts);
+    let failed: Vec<String> =
+        report.failures().map(|c| format!("{}: {}", c.rule, c.failure.as_deref().unwrap())).collect();
+    assert_eq!(failed.len(), 1, "{report}");
+    assert!(failed[0].starts_with("schema: ") && failed[0].contains("is not installed"), "{report}");
+}

@@ -127,3 +127,28 @@ fn upstream_selection() {
     // The directory's path differs between machines; keep the table portable.
     check("select/upstream.txt", &table.replace(&dir.display().to_string(), "<upstream>"));
 }
+
+/// Bad fixtures (`testdata/bad/*.xml|json`): loading each alone gives the error in
+/// `testdata/bad/<file>.err` (naming the file, never panicking); loading the directory
+/// names every bad file.
+#[test]
+fn bad_fixtures_are_reported_by_name() {
+    let dir = testdata().join("bad");
+    let mut names: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.ends_with(".xml") || n.ends_with(".json"))
+        .collect();
+    names.sort();
+    assert!(names.len() >= 8);
+    let portable = |s: String| s.replace(&dir.display().to_string(), "<bad>");
+    for name in &names {
+        let err = TestDriver::from_dir(&dir.join(name)).expect_err(name).to_string();
+        assert!(err.contains(name.as_str()), "{err}");
+        check(&format!("bad/{name}.err"), &(portable(err) + "\n"));
+    }
+    let all = TestDriver::from_dir(&dir).expect_err("a directory of bad fixtures").to_string();
+    for name in &names {
+        assert!(all.contains(name.as_str()), "{name} not named in: {all}");
+    }
+}

@@ -79,7 +79,7 @@ pub fn domain_capabilities(data: &ProbeData, q: &ResolvedQuery) -> Result<Domain
         genid: Some(features::genid(&a)),
         backing_store_input: Some(features::backing_store_input(&a)),
         backup: Some(features::backup(&a)),
-        s390_pv: features::s390_pv(&a, host, arch, q.accel),
+        s390_pv: features::s390_pv(&a, host, arch),
         sev: Some(features::sev(&a, host)),
         sgx: Some(features::sgx(&a)),
         hyperv,

@@ -58,14 +58,15 @@ pub fn backup(a: &Answers<'_>) -> Flag {
     Flag::new(Support::from_bool(a.schema.has_command("blockdev-reopen")))
 }
 
-/// `<s390-pv>` (s390 only): QEMU has confidential guest support and the `s390-pv-guest`
-/// object, the domain uses KVM, and the host enables protected virtualization.
-pub fn s390_pv(a: &Answers<'_>, host: &HostFacts, arch: &str, accel: Accel) -> Option<Flag> {
+/// `<s390-pv>` (s390 only): QEMU has the `s390-pv-guest` object, the binary can use KVM
+/// here and the host enables protected virtualization. Like libvirt, the answer is a
+/// property of the binary on this host, the same for both virt types.
+pub fn s390_pv(a: &Answers<'_>, host: &HostFacts, arch: &str) -> Option<Flag> {
     if !machine::is_s390(arch) {
         return None;
     }
     let qemu = a.has_type("s390-pv-guest");
-    Some(Flag::new(Support::from_bool(qemu && accel == Accel::Kvm && host.s390_pv.enabled())))
+    Some(Flag::new(Support::from_bool(qemu && a.kvm_probed && host.s390_pv.enabled())))
 }
 
 /// `<sev>`: yes when QEMU answered `query-sev-capabilities`, with its C-bit position and

@@ -36,6 +36,8 @@ pub struct GicCap {
 pub struct Answers<'a> {
     pub primary: &'a Transcript,
     pub accel_run: &'a Transcript,
+    /// The binary was probed with KVM (KVM is usable for it on this host).
+    pub kvm_probed: bool,
     types: HashSet<&'a str>,
     pub schema: Schema<'a>,
 }
@@ -53,7 +55,7 @@ impl<'a> Answers<'a> {
             .filter_map(|t| t.get("name")?.as_str())
             .collect();
         let schema = Schema::new(primary.get("query-qmp-schema"));
-        Some(Answers { primary, accel_run, types, schema })
+        Some(Answers { primary, accel_run, kvm_probed: data.run(Accel::Kvm).is_some(), types, schema })
     }
 
     /// Whether `qom-list-types` listed `name`.

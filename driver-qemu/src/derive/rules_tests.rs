@@ -194,7 +194,7 @@ fn gic_versions_follow_the_accelerator() {
 }
 
 #[test]
-fn s390_pv_only_on_s390_and_only_with_kvm_qemu_and_host() {
+fn s390_pv_only_on_s390_and_only_with_qemu_kvm_and_host() {
     let x86 = derive_one("x86_64", "pc-q35-7.2", transcript(&[("pc-q35-7.2", 288)], &[], &[]));
     assert!(x86.features.unwrap().s390_pv.is_none());
 
@@ -204,12 +204,18 @@ fn s390_pv_only_on_s390_and_only_with_kvm_qemu_and_host() {
         ..Default::default()
     };
     let q = |accel| query("s390x", "s390-ccw-virtio-7.2", accel);
-    let kvm = domain_capabilities(&data(vec![(Accel::Kvm, t())], pv_host.clone()), &q(Accel::Kvm)).unwrap();
-    assert_eq!(kvm.features.unwrap().s390_pv.unwrap().supported, Support::Yes);
-    let tcg = domain_capabilities(&data(vec![(Accel::Tcg, t())], pv_host), &q(Accel::Tcg)).unwrap();
-    assert_eq!(tcg.features.unwrap().s390_pv.unwrap().supported, Support::No);
-    let no_host = domain_capabilities(&data(vec![(Accel::Kvm, t())], HostFacts::default()), &q(Accel::Kvm)).unwrap();
-    assert_eq!(no_host.features.unwrap().s390_pv.unwrap().supported, Support::No);
+    let pv = |caps: DomainCapabilities| caps.features.unwrap().s390_pv.unwrap().supported;
+    let both = || vec![(Accel::Kvm, t()), (Accel::Tcg, t())];
+    let kvm = domain_capabilities(&data(both(), pv_host.clone()), &q(Accel::Kvm)).unwrap();
+    assert_eq!(pv(kvm), Support::Yes);
+    // The same binary's TCG document states the same (a property of binary and host).
+    let tcg = domain_capabilities(&data(both(), pv_host.clone()), &q(Accel::Tcg)).unwrap();
+    assert_eq!(pv(tcg), Support::Yes);
+    // Without KVM for the binary, or without host support: no.
+    let tcg_only = domain_capabilities(&data(vec![(Accel::Tcg, t())], pv_host), &q(Accel::Tcg)).unwrap();
+    assert_eq!(pv(tcg_only), Support::No);
+    let no_host = domain_capabilities(&data(both(), HostFacts::default()), &q(Accel::Kvm)).unwrap();
+    assert_eq!(pv(no_host), Support::No);
 }
 
 #[test]

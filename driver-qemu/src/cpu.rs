@@ -18,8 +18,8 @@
 //!   ppc64 only the models libvirt's cpu_map knows (ppc64 names matched case-insensitively
 //!   and spelled as in the map). `usable` from `unavailable-features` (`unknown` when QEMU
 //!   does not say), `vendor` from the cpu_map model (`unknown` otherwise), `deprecated='yes'`
-//!   when QEMU marks the model deprecated. libvirt 9.0 prints no `<blockers>`, so neither
-//!   does this module.
+//!   when QEMU marks the model deprecated. libvirt 9.0 prints no `<blockers>`; newer libvirt's
+//!   blockers are available with [`CpuOptions::blockers`].
 //!
 //! # Without libvirt's cpu_map
 //! libvirt itself cannot run without its cpu_map; capsd answers from QEMU alone then:
@@ -49,7 +49,8 @@ use serde_json::Value;
 
 use crate::probe_data::{Accel, ProbeData, Transcript};
 use capsd_core::{
-    Cpu, CpuModeEnums, CpuModelName, CustomModel, CustomModels, Enum, Fallback, HostModel, Hyperv, Support, Usable,
+    Blockers, Cpu, CpuModeEnums, CpuModelName, CustomModel, CustomModels, Enum, Fallback, HostModel, Hyperv, Support,
+    Usable,
 };
 
 /// libvirt's arch name for QEMU's `query-target` arch.
@@ -108,9 +109,29 @@ fn hv_models(defs: &[Value]) -> Vec<x86::HvModel> {
         .collect()
 }
 
+/// Output choices beyond libvirt 9.0's document.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CpuOptions {
+    /// Follow each unusable custom model with `<blockers model=...>` listing the features
+    /// QEMU cannot provide for it (libvirt's spelling where its cpu_map knows the feature),
+    /// as newer libvirt does. libvirt 9.0 does not print them.
+    pub blockers: bool,
+}
+
 /// The `<cpu>` element for `arch` (libvirt's name), `machine` and `accel`, or `None` when
-/// this accelerator was not probed.
+/// this accelerator was not probed. Exactly libvirt 9.0's element.
 pub fn cpu_capabilities(data: &ProbeData, arch: &str, machine: &str, accel: Accel) -> Option<Cpu> {
+    cpu_capabilities_with(data, arch, machine, accel, CpuOptions::default())
+}
+
+/// [`cpu_capabilities`] with output choices.
+pub fn cpu_capabilities_with(
+    data: &ProbeData,
+    arch: &str,
+    machine: &str,
+    accel: Accel,
+    options: CpuOptions,
+) -> Option<Cpu> {
     let t = data.run(accel)?;
     let barch = binary_arch(t, arch);
     let native = guest_is_native(&data.host.host_arch, barch);
@@ -152,7 +173,9 @@ pub fn cpu_capabilities(data: &ProbeData, arch: &str, machine: &str, accel: Acce
     });
 
     let custom = match defs {
-        Some(d) if !d.is_empty() && !s390_old_machine && has_cpu_driver(arch) => custom_models(data, t, arch, d),
+        Some(d) if !d.is_empty() && !s390_old_machine && has_cpu_driver(arch) => {
+            custom_models(data, t, arch, d, options)
+        }
         _ => CustomModels { supported: Support::No, models: Vec::new() },
     };
 
@@ -240,7 +263,7 @@ fn s390_host_model(reply: &Value) -> Option<HostModel> {
 }
 
 /// The custom mode's model list.
-fn custom_models(data: &ProbeData, t: &Transcript, arch: &str, defs: &[Value]) -> CustomModels {
+fn custom_models(data: &ProbeData, t: &Transcript, arch: &str, defs: &[Value], options: CpuOptions) -> CustomModels {
     let map = data.host.cpu_map.as_ref();
     let x86_map = map.and_then(|m| m.x86.as_ref());
     let ppc_map = map.and_then(|m| m.ppc64.as_ref());
@@ -289,10 +312,23 @@ fn custom_models(data: &ProbeData, t: &Transcript, arch: &str, defs: &[Value]) -
         } else {
             None
         };
-        let usable = match blockers(d) {
+        let unavailable = blockers(d);
+        let usable = match &unavailable {
             None => Usable::Unknown,
             Some(b) if b.is_empty() => Usable::Yes,
             Some(_) => Usable::No,
+        };
+        let model_blockers = match unavailable {
+            Some(b) if options.blockers && !b.is_empty() => Some(Blockers {
+                model: name.to_owned(),
+                features: b
+                    .iter()
+                    .map(|f| {
+                        x86_map.and_then(|m| m.feature_from_qemu(f)).map_or(f.as_str(), |x| x.name.as_str()).to_owned()
+                    })
+                    .collect(),
+            }),
+            _ => None,
         };
         let deprecated = d.get("deprecated").and_then(Value::as_bool).filter(|&x| x);
         models.push(CustomModel {
@@ -301,7 +337,7 @@ fn custom_models(data: &ProbeData, t: &Transcript, arch: &str, defs: &[Value]) -
             deprecated,
             canonical: None,
             vendor: vendor.unwrap_or_else(|| "unknown".to_owned()),
-            blockers: None,
+            blockers: model_blockers,
         });
     }
     CustomModels { supported: Support::Yes, models }

@@ -177,3 +177,30 @@ fn s390_old_machines_have_no_models_under_kvm() {
     let new = cpu_capabilities(&data, "s390x", "s390-ccw-virtio-7.2", Accel::Kvm).unwrap();
     assert!(new.custom.unwrap().supported.is_yes());
 }
+
+#[test]
+fn blockers_on_request() {
+    use driver_qemu::cpu::{cpu_capabilities_with, CpuOptions};
+    let mut data = recording("x86_64");
+    if Path::new(CPU_MAP).join("index.xml").exists() {
+        data.host.cpu_map = Some(read_cpu_map_from(Path::new(CPU_MAP)).unwrap());
+    }
+    let opts = CpuOptions { blockers: true };
+    let cpu = cpu_capabilities_with(&data, "x86_64", "pc-i440fx-7.2", Accel::Kvm, opts).unwrap();
+    let models = cpu.custom.unwrap().models;
+    let qemu64 = models.iter().find(|m| m.name == "qemu64").unwrap();
+    let b = qemu64.blockers.as_ref().unwrap();
+    assert_eq!((b.model.as_str(), b.features.as_slice()), ("qemu64", &["pni".to_owned()][..]));
+    // Usable models carry none.
+    assert!(models.iter().filter(|m| m.usable == capsd_core::Usable::Yes).all(|m| m.blockers.is_none()));
+    // The default (libvirt 9.0) prints none.
+    let plain = cpu_capabilities(&data, "x86_64", "pc-i440fx-7.2", Accel::Kvm).unwrap();
+    assert!(plain.custom.unwrap().models.iter().all(|m| m.blockers.is_none()));
+    let xml = capsd_core::xml::to_xml(&DomainCapabilities {
+        domain: "kvm".into(),
+        arch: "x86_64".into(),
+        cpu: cpu_capabilities_with(&data, "x86_64", "pc-i440fx-7.2", Accel::Kvm, opts),
+        ..Default::default()
+    });
+    assert!(xml.contains("<blockers model='qemu64'>\n        <feature name='pni'/>\n      </blockers>"), "{xml}");
+}

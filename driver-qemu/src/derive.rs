@@ -4,7 +4,19 @@
 //! so recordings replay exactly.
 //!
 //! The `<cpu>` element and the `<hyperv>` feature come from [`crate::cpu`]; everything else
-//! is derived here, one submodule per part of the document.
+//! is derived here, one submodule per part of the document:
+//! - [`probe`]: which transcript answers what. Accelerator-independent facts (QOM types,
+//!   QMP schema, TPM, GIC, SEV, SGX) come from the *primary* run (KVM when the binary was
+//!   probed with KVM, else TCG), as libvirt probes them once per binary; the machine table
+//!   (`<vcpu max>`) comes from the run of the queried accelerator.
+//! - [`schema`]: lookups in `query-qmp-schema` (commands, union branches).
+//! - [`machine`]: machine-type and architecture facts QEMU does not report.
+//! - [`os`]: `<os>` from the host's firmware descriptors.
+//! - [`devices`], [`features`]: the rest of the document.
+//! - [`plan`]: the QMP commands all this needs, as probe stages.
+//!
+//! `<vcpu max>` is the machine's `cpu-max`; for `kvm` it is further bounded by the host's
+//! KVM vCPU limit (`KVM_CAP_MAX_VCPUS`, read into [`crate::host::HostFacts::kvm_max_vcpus`]).
 
 pub mod devices;
 pub mod features;
@@ -74,7 +86,7 @@ pub fn domain_capabilities(data: &ProbeData, q: &ResolvedQuery) -> Result<Domain
     let hyperv = crate::cpu::hyperv(data, arch, q.accel);
 
     let features = Features {
-        gic: Some(features::gic(&a, arch, machine, q.accel)),
+        gic: Some(features::gic(&a, arch, &info.name, q.accel)),
         vmcoreinfo: Some(features::vmcoreinfo(&a)),
         genid: Some(features::genid(&a)),
         backing_store_input: Some(features::backing_store_input(&a)),

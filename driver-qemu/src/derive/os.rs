@@ -153,3 +153,40 @@ mod tests {
         assert_eq!(os.loader.unwrap().values, ["/fw/arm32.fd"]);
     }
 }
+
+#[cfg(test)]
+mod more_tests {
+    use super::*;
+    use crate::firmware::{FirmwareMapping, FirmwareTarget};
+    use capsd_core::EnumList;
+
+    fn rom(file: &str, interface: &str) -> FirmwareDescriptor {
+        FirmwareDescriptor {
+            path: String::new(),
+            description: String::new(),
+            interface_types: vec![interface.into()],
+            mapping: FirmwareMapping::Memory { filename: file.into(), exists: true },
+            targets: vec![FirmwareTarget { architecture: "x86_64".into(), machines: vec!["pc-*".into()] }],
+            features: vec![],
+            tags: vec![],
+        }
+    }
+
+    #[test]
+    fn bios_listed_before_efi_and_images_unique() {
+        let host = HostFacts {
+            firmware: vec![rom("/fw/ovmf.bin", "uefi"), rom("/fw/bios.bin", "bios"), rom("/fw/ovmf.bin", "uefi")],
+            ..Default::default()
+        };
+        let os = os_caps(&host, "x86_64", "pc-i440fx-7.2");
+        assert_eq!(os.enums.enum_values("firmware").unwrap(), ["bios", "efi"]);
+        assert_eq!(os.loader.unwrap().values, ["/fw/ovmf.bin", "/fw/bios.bin"]);
+    }
+
+    #[test]
+    fn glob_is_matched_against_the_canonical_name() {
+        let host = HostFacts { firmware: vec![rom("/fw/bios.bin", "bios")], ..Default::default() };
+        assert!(os_caps(&host, "x86_64", "isapc").enums.enum_values("firmware").unwrap().is_empty());
+        assert_eq!(os_caps(&host, "x86_64", "pc-q35-7.2").enums.enum_values("firmware").unwrap(), ["bios"]);
+    }
+}

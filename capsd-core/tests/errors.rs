@@ -194,7 +194,12 @@ fn predefined_entities_and_char_refs_are_expanded() {
     let disk = caps.devices.unwrap().disk.unwrap();
     assert_eq!(disk.enums[0].values, ["virt&<>'\""]);
     fails(&edit(">virtio<", ">&#1;<"), 9, "/domainCapabilities/devices/disk/enum/value", "U+0001");
-    fails(&edit("virtio", "vir\u{7}tio"), 9, "", "control character U+0007");
+    fails(&edit("virtio", "vir\u{7}tio"), 9, "", "character U+0007");
+    fails(&edit("virtio", "vir\u{FFFE}tio"), 9, "", "character U+FFFE");
+    fails(&edit("name='bus'", "name='b&#xFFFF;us'"), 8, "/domainCapabilities/devices/disk", "U+FFFF");
+    // Characters that merely share the UTF-8 lead byte of U+FFFE are fine.
+    let caps = from_xml(&edit("virtio", "\u{F900}\u{FF21}")).unwrap();
+    assert_eq!(caps.devices.unwrap().disk.unwrap().enums[0].values, ["\u{F900}\u{FF21}"]);
 }
 
 #[test]

@@ -10,6 +10,7 @@
 
 use std::borrow::Cow;
 
+use quick_xml::events::attributes::Attributes;
 use quick_xml::events::{BytesStart, Event};
 use quick_xml::Reader;
 
@@ -35,12 +36,13 @@ pub(super) fn from_xml(input: &str) -> Result<DomainCapabilities, ParseError> {
             ),
         });
     }
-    if let Some(pos) = input.bytes().position(is_forbidden_control) {
+    if let Some(pos) = find_forbidden_char(input.as_bytes()) {
         let line = 1 + memchr_count(&input.as_bytes()[..pos]);
+        let c = input[pos..].chars().next().map_or(0, u32::from);
         return Err(ParseError {
             line,
             path: String::new(),
-            message: format!("control character U+{:04X} is not allowed in XML", input.as_bytes()[pos]),
+            message: format!("character U+{c:04X} is not allowed in XML"),
         });
     }
     let root = build_tree(input)?;
@@ -52,6 +54,31 @@ fn is_forbidden_control(b: u8) -> bool {
     b < 0x20 && !matches!(b, b'\t' | b'\n' | b'\r')
 }
 
+/// Position of the first character XML cannot carry: a control character other than tab,
+/// newline and carriage return, or U+FFFE / U+FFFF (UTF-8 `EF BF BE` / `EF BF BF`). Scans in
+/// blocks without early exit inside a block so the compiler can vectorise the common case
+/// (this runs over the whole input).
+fn find_forbidden_char(bytes: &[u8]) -> Option<usize> {
+    const BLOCK: usize = 64;
+    for (i, block) in bytes.chunks(BLOCK).enumerate() {
+        let suspect = block.iter().fold(0u8, |acc, &b| {
+            acc | (u8::from(b < 0x20) & u8::from(b != b'\t') & u8::from(b != b'\n') & u8::from(b != b'\r'))
+                | u8::from(b == 0xEF)
+        });
+        if suspect == 0 {
+            continue;
+        }
+        for (j, &b) in block.iter().enumerate() {
+            let at = i * BLOCK + j;
+            let noncharacter = b == 0xEF && matches!(bytes.get(at + 1..at + 3), Some([0xBF, 0xBE | 0xBF]));
+            if is_forbidden_control(b) || noncharacter {
+                return Some(at);
+            }
+        }
+    }
+    None
+}
+
 fn memchr_count(bytes: &[u8]) -> usize {
     bytes.iter().filter(|&&b| b == b'\n').count()
 }
@@ -61,12 +88,13 @@ fn is_xml_space(s: &str) -> bool {
 }
 
 /// One element of the document: name, attributes in order, children, concatenated text.
+/// Names, attribute values and text borrow from the input unless unescaping changed them.
 #[derive(Debug)]
-struct Node {
-    name: String,
-    attrs: Vec<(String, String)>,
-    children: Vec<Node>,
-    text: String,
+struct Node<'a> {
+    name: &'a str,
+    attrs: Vec<(&'a str, Cow<'a, str>)>,
+    children: Vec<Node<'a>>,
+    text: Cow<'a, str>,
     line: usize,
 }
 
@@ -114,16 +142,22 @@ fn check_chars(s: &str) -> Result<(), String> {
     }
 }
 
-fn start_node(e: &BytesStart<'_>, line: usize, stack: &[Node]) -> Result<Node, ParseError> {
-    let name = std::str::from_utf8(e.name().as_ref())
-        .map_err(|_| tree_err(line, stack, "element name is not UTF-8"))?
-        .to_owned();
+fn start_node<'a>(input: &'a str, e: &BytesStart<'a>, line: usize, stack: &[Node<'_>]) -> Result<Node<'a>, ParseError> {
+    // The reader works on `input` directly, so the tag's bytes are a slice of it: find that
+    // slice again to borrow the name and attributes for the input's lifetime.
+    let raw: &[u8] = e;
+    let offset = (raw.as_ptr() as usize).wrapping_sub(input.as_ptr() as usize);
+    let content = match input.get(offset..offset.wrapping_add(raw.len())) {
+        Some(c) if c.as_ptr() == raw.as_ptr() => c,
+        _ => return Err(tree_err(line, stack, "internal error: tag is not a slice of the input")),
+    };
+    let name_len = e.name().as_ref().len();
+    let name = &content[..name_len];
     let mut attrs = Vec::new();
-    for a in e.attributes() {
+    for a in Attributes::new(content, name_len) {
         let a = a.map_err(|err| tree_err(line, stack, format!("malformed attribute in <{name}>: {err}")))?;
-        let key = std::str::from_utf8(a.key.as_ref())
-            .map_err(|_| tree_err(line, stack, format!("attribute name in <{name}> is not UTF-8")))?
-            .to_owned();
+        let key = std::str::from_utf8(a.key.into_inner())
+            .map_err(|_| tree_err(line, stack, format!("attribute name in <{name}> is not UTF-8")))?;
         if a.value.contains(&b'<') {
             return Err(tree_err(
                 line,
@@ -134,14 +168,17 @@ fn start_node(e: &BytesStart<'_>, line: usize, stack: &[Node]) -> Result<Node, P
         let value = a
             .unescape_value()
             .map_err(|err| tree_err(line, stack, format!("bad escape in attribute '{key}' of <{name}>: {err}")))?;
-        check_chars(&value).map_err(|m| tree_err(line, stack, format!("attribute '{key}' of <{name}>: {m}")))?;
-        attrs.push((key, value.into_owned()));
+        if let Cow::Owned(v) = &value {
+            // Character references may produce what the raw input scan could not see.
+            check_chars(v).map_err(|m| tree_err(line, stack, format!("attribute '{key}' of <{name}>: {m}")))?;
+        }
+        attrs.push((key, value));
     }
-    Ok(Node { name, attrs, children: Vec::new(), text: String::new(), line })
+    Ok(Node { name, attrs, children: Vec::new(), text: Cow::Borrowed(""), line })
 }
 
 /// First pass: well-formedness and the element tree.
-fn build_tree(input: &str) -> Result<Node, ParseError> {
+fn build_tree(input: &str) -> Result<Node<'_>, ParseError> {
     let mut reader = Reader::from_str(input);
     {
         let cfg = reader.config_mut();
@@ -169,7 +206,7 @@ fn build_tree(input: &str) -> Result<Node, ParseError> {
                 if stack.len() >= MAX_DEPTH {
                     return Err(tree_err(line, &stack, format!("elements nested deeper than {MAX_DEPTH} levels")));
                 }
-                let node = start_node(&e, line, &stack)?;
+                let node = start_node(input, &e, line, &stack)?;
                 if root.is_some() {
                     return Err(tree_err(line, &stack, format!("content after the root element: <{}>", node.name)));
                 }
@@ -180,7 +217,7 @@ fn build_tree(input: &str) -> Result<Node, ParseError> {
                 if root.is_some() {
                     return Err(tree_err(line, &stack, "content after the root element"));
                 }
-                Some(start_node(&e, line, &stack)?)
+                Some(start_node(input, &e, line, &stack)?)
             }
             Event::End(_) => match stack.pop() {
                 Some(n) => Some(n),
@@ -189,9 +226,14 @@ fn build_tree(input: &str) -> Result<Node, ParseError> {
             Event::Text(t) => {
                 let text: Cow<'_, str> =
                     t.unescape().map_err(|e| tree_err(line, &stack, format!("bad text or entity reference: {e}")))?;
-                check_chars(&text).map_err(|m| tree_err(line, &stack, m))?;
+                if let Cow::Owned(t) = &text {
+                    check_chars(t).map_err(|m| tree_err(line, &stack, m))?;
+                }
                 match stack.last_mut() {
-                    Some(top) => top.text.push_str(&text),
+                    // Indentation between child elements carries nothing: not stored.
+                    Some(top) if !top.children.is_empty() && is_xml_space(&text) => {}
+                    Some(top) if top.text.is_empty() => top.text = text,
+                    Some(top) => top.text.to_mut().push_str(&text),
                     None if is_xml_space(&text) => {}
                     None => {
                         let lead = t.iter().take_while(|b| b.is_ascii_whitespace()).count();
@@ -204,7 +246,7 @@ fn build_tree(input: &str) -> Result<Node, ParseError> {
             Event::CData(t) => {
                 let text = std::str::from_utf8(&t).map_err(|_| tree_err(line, &stack, "CDATA is not UTF-8"))?;
                 match stack.last_mut() {
-                    Some(top) => top.text.push_str(text),
+                    Some(top) => top.text.to_mut().push_str(text),
                     None => return Err(tree_err(line, &stack, "CDATA outside the root element")),
                 }
                 None
@@ -276,13 +318,13 @@ fn err<T>(line: usize, p: &P<'_>, message: impl Into<String>) -> R<T> {
     Err(ParseError { line, path: p.render(), message: message.into() })
 }
 
-impl Node {
+impl Node<'_> {
     /// The attributes named in `names`, in that order; any other attribute is an error.
     fn attrs<const N: usize>(&self, p: &P<'_>, names: [&str; N]) -> R<[Option<&str>; N]> {
         let mut out = [None; N];
         for (k, v) in &self.attrs {
             match names.iter().position(|n| n == k) {
-                Some(i) => out[i] = Some(v.as_str()),
+                Some(i) => out[i] = Some(v.as_ref()),
                 None => {
                     let allowed = if N == 0 {
                         "none".to_owned()
@@ -475,7 +517,7 @@ fn document(root: &Node) -> R<DomainCapabilities> {
     let mut caps = DomainCapabilities::default();
     for c in &root.children {
         let cp = p.child(&c.name);
-        match c.name.as_str() {
+        match c.name {
             "path" => set_once(&mut path, c.plain_text(&cp)?, c, &cp)?,
             "domain" => set_once(&mut domain, c.plain_text(&cp)?, c, &cp)?,
             "machine" => set_once(&mut machine, c.plain_text(&cp)?, c, &cp)?,
@@ -516,7 +558,7 @@ fn os(node: &Node, p: &P<'_>) -> R<Os> {
     let mut os = Os { supported, enums: Vec::new(), firmware_features: None, loader: None, varstore: None };
     for c in &node.children {
         let cp = p.child(&c.name);
-        match c.name.as_str() {
+        match c.name {
             "enum" => push_enum(&mut os.enums, c, p)?,
             "firmwareFeatures" => set_once(&mut os.firmware_features, enum_element(c, &cp)?, c, &cp)?,
             "loader" => set_once(&mut os.loader, loader(c, &cp)?, c, &cp)?,
@@ -533,7 +575,7 @@ fn loader(node: &Node, p: &P<'_>) -> R<Loader> {
     node.no_text(p)?;
     let mut l = Loader { supported, values: Vec::new(), enums: Vec::new() };
     for c in &node.children {
-        match c.name.as_str() {
+        match c.name {
             "value" => l.values.push(c.plain_text(&p.child("value"))?),
             "enum" => push_enum(&mut l.enums, c, p)?,
             _ => return unknown_child(c, p, "loader"),
@@ -551,7 +593,7 @@ fn cpu(node: &Node, p: &P<'_>) -> R<Cpu> {
         if c.name != "mode" {
             return unknown_child(c, p, "cpu");
         }
-        let name = c.attrs.iter().find(|(k, _)| k == "name").map(|(_, v)| v.as_str());
+        let name = c.attrs.iter().find(|(k, _)| *k == "name").map(|(_, v)| v.as_ref());
         match c.required(&cp, "name", name)? {
             "host-passthrough" => set_once(&mut cpu.host_passthrough, mode_enums(c, &cp)?, c, &cp)?,
             "maximum" => set_once(&mut cpu.maximum, mode_enums(c, &cp)?, c, &cp)?,
@@ -592,7 +634,7 @@ fn host_model(node: &Node, p: &P<'_>) -> R<HostModel> {
     let mut hm = HostModel { supported, model: None, vendor: None, maxphysaddr: None, features: Vec::new() };
     for c in &node.children {
         let cp = p.child(&c.name);
-        match c.name.as_str() {
+        match c.name {
             "model" => {
                 let [fallback, vendor_id] = c.attrs(&cp, ["fallback", "vendor_id"])?;
                 let fallback = match fallback {
@@ -653,7 +695,7 @@ fn custom(node: &Node, p: &P<'_>) -> R<CustomModels> {
     let mut models: Vec<CustomModel> = Vec::with_capacity(node.children.len());
     for c in &node.children {
         let cp = p.child(&c.name);
-        match c.name.as_str() {
+        match c.name {
             "model" => {
                 let [usable, deprecated, vendor, canonical] =
                     c.attrs(&cp, ["usable", "deprecated", "vendor", "canonical"])?;
@@ -736,7 +778,7 @@ fn features(node: &Node, p: &P<'_>) -> R<Features> {
     let mut f = Features::default();
     for c in &node.children {
         let cp = p.child(&c.name);
-        match c.name.as_str() {
+        match c.name {
             "gic" => set_once(&mut f.gic, enum_element(c, &cp)?, c, &cp)?,
             "vmcoreinfo" => set_once(&mut f.vmcoreinfo, flag(c, &cp)?, c, &cp)?,
             "genid" => set_once(&mut f.genid, flag(c, &cp)?, c, &cp)?,
@@ -764,7 +806,7 @@ fn sev(node: &Node, p: &P<'_>) -> R<Sev> {
     let (mut cbitpos, mut reduced, mut max_guests, mut max_es, mut cpu0_id) = (None, None, None, None, None);
     for c in &node.children {
         let cp = p.child(&c.name);
-        match c.name.as_str() {
+        match c.name {
             "cbitpos" => set_once(&mut cbitpos, u32_elem(c, &cp)?, c, &cp)?,
             "reducedPhysBits" => set_once(&mut reduced, u32_elem(c, &cp)?, c, &cp)?,
             "maxGuests" => set_once(&mut max_guests, u32_elem(c, &cp)?, c, &cp)?,
@@ -805,11 +847,11 @@ fn sgx(node: &Node, p: &P<'_>) -> R<Sgx> {
     let (mut flc, mut sgx1, mut sgx2, mut size, mut sections) = (None, None, None, None, None);
     for c in &node.children {
         let cp = p.child(&c.name);
-        match c.name.as_str() {
+        match c.name {
             "flc" | "sgx1" | "sgx2" => {
                 let t = c.plain_text(&cp)?;
                 let b = yes_no(c.line, &cp, "the element text", &t)?;
-                let slot = match c.name.as_str() {
+                let slot = match c.name {
                     "flc" => &mut flc,
                     "sgx1" => &mut sgx1,
                     _ => &mut sgx2,
@@ -881,7 +923,7 @@ fn cca(node: &Node, p: &P<'_>) -> R<Cca> {
     let mut cca = Cca { supported, measurement_log, measurement_algo: None, personalization_value: None };
     for c in &node.children {
         let cp = p.child(&c.name);
-        match c.name.as_str() {
+        match c.name {
             "enum" => {
                 let e = enum_(c, &cp)?;
                 if e.name != "measurement-algo" {
@@ -903,7 +945,7 @@ fn hyperv(node: &Node, p: &P<'_>) -> R<Hyperv> {
     let mut h = Hyperv { supported, enums: Vec::new(), defaults: None };
     for c in &node.children {
         let cp = p.child(&c.name);
-        match c.name.as_str() {
+        match c.name {
             "enum" => push_enum(&mut h.enums, c, p)?,
             "defaults" => set_once(&mut h.defaults, hyperv_defaults(c, &cp)?, c, &cp)?,
             _ => return unknown_child(c, p, "hyperv"),
@@ -918,12 +960,12 @@ fn hyperv_defaults(node: &Node, p: &P<'_>) -> R<HypervDefaults> {
     let mut d = HypervDefaults::default();
     for c in &node.children {
         let cp = p.child(&c.name);
-        match c.name.as_str() {
+        match c.name {
             "spinlocks" => set_once(&mut d.spinlocks, u32_elem(c, &cp)?, c, &cp)?,
             "stimer_direct" | "tlbflush_direct" | "tlbflush_extended" => {
                 let t = c.plain_text(&cp)?;
                 let b = on_off(c.line, &cp, "the element text", &t)?;
-                let slot = match c.name.as_str() {
+                let slot = match c.name {
                     "stimer_direct" => &mut d.stimer_direct,
                     "tlbflush_direct" => &mut d.tlbflush_direct,
                     _ => &mut d.tlbflush_extended,

@@ -33,9 +33,12 @@
 //!   `virt` -> `virt-7.2`); with neither arch nor emulator given, `<arch>` is the host's.
 //! - [`Rule::Deterministic`]: asking again gives byte-identical XML.
 //!
-//! Once per driver, derived from the first query: [`Rule::RejectsBogusArch`] and
-//! [`Rule::RejectsBogusMachine`]: a query for an arch or machine that cannot exist fails with
-//! `NotSupported` or `InvalidInput` rather than answering.
+//! Once per driver, derived from the first query: [`Rule::RejectsBogusArch`],
+//! [`Rule::RejectsBogusMachine`], [`Rule::RejectsBogusVirtType`] and
+//! [`Rule::RejectsBogusEmulator`]: a query for an arch, machine or virt type that cannot
+//! exist, or naming an emulator binary that does not exist, fails with `NotSupported` or
+//! `InvalidInput` rather than answering (an `Unavailable`, `ProbeFailed` or `Io` error is a
+//! failure too: the driver works here, the input is what is wrong).
 //!
 //! For a driver that reports itself unavailable, every query must fail with
 //! [`DriverError::Unavailable`] ([`Rule::UnavailableFailsCleanly`]); [`assert_conforms`]
@@ -67,6 +70,8 @@ pub enum Rule {
     Deterministic,
     RejectsBogusArch,
     RejectsBogusMachine,
+    RejectsBogusVirtType,
+    RejectsBogusEmulator,
     UnavailableFailsCleanly,
 }
 
@@ -85,6 +90,8 @@ impl Rule {
             Rule::Deterministic => "deterministic",
             Rule::RejectsBogusArch => "rejects-bogus-arch",
             Rule::RejectsBogusMachine => "rejects-bogus-machine",
+            Rule::RejectsBogusVirtType => "rejects-bogus-virttype",
+            Rule::RejectsBogusEmulator => "rejects-bogus-emulator",
             Rule::UnavailableFailsCleanly => "unavailable-fails-cleanly",
         }
     }
@@ -118,6 +125,10 @@ pub struct Options {
     pub bogus_arch: String,
     /// A machine type no driver can offer.
     pub bogus_machine: String,
+    /// A virt type no driver can offer.
+    pub bogus_virt_type: String,
+    /// An emulator path that does not exist.
+    pub bogus_emulator: PathBuf,
     /// Enums a driver documents beyond libvirt's (element key as in [`enums::table`], enum
     /// name, allowed values). Use sparingly: every entry is a divergence from libvirt's
     /// vocabulary that the driver must document.
@@ -132,6 +143,8 @@ impl Default for Options {
             negative: true,
             bogus_arch: "capsd-bogus-arch".to_owned(),
             bogus_machine: "capsd-bogus-machine".to_owned(),
+            bogus_virt_type: "capsd-bogus-virttype".to_owned(),
+            bogus_emulator: PathBuf::from("/nonexistent/capsd-bogus-emulator"),
             extra_enums: Vec::new(),
         }
     }
@@ -263,8 +276,12 @@ pub fn run_with(driver: &dyn DomainCapsDriver, queries: &[Query], opts: &Options
         let base = queries.first().cloned().unwrap_or_default();
         let bogus_arch = Query { arch: Some(opts.bogus_arch.clone()), emulator: None, ..base.clone() };
         rejects(driver, &bogus_arch, Rule::RejectsBogusArch, &mut r);
-        let bogus_machine = Query { machine: Some(opts.bogus_machine.clone()), ..base };
+        let bogus_machine = Query { machine: Some(opts.bogus_machine.clone()), ..base.clone() };
         rejects(driver, &bogus_machine, Rule::RejectsBogusMachine, &mut r);
+        let bogus_virt = Query { virt_type: Some(opts.bogus_virt_type.clone()), ..base.clone() };
+        rejects(driver, &bogus_virt, Rule::RejectsBogusVirtType, &mut r);
+        let bogus_emulator = Query { emulator: Some(opts.bogus_emulator.clone()), ..base };
+        rejects(driver, &bogus_emulator, Rule::RejectsBogusEmulator, &mut r);
     }
     r
 }

@@ -17,7 +17,8 @@ fn have(bin: &str) -> bool {
 #[test]
 fn qemu_live() {
     assert!(have("qemu-system-x86_64"), "qemu-system-x86_64 is not installed: the live QEMU conformance test needs it");
-    let mut queries = Vec::new();
+    // No arch, no virt type: the host's arch and the best virt type here.
+    let mut queries = vec![Query::default()];
     if std::path::Path::new("/dev/kvm").exists() {
         queries.push(q("x86_64", "kvm", None));
         queries.push(q("x86_64", "kvm", Some("q35")));

@@ -73,7 +73,17 @@ fn suite_catches_a_driver_that_answers_everything() {
     let liar = Liar(TestDriver::builtin());
     let report = conformance::run(&liar, &[q(Some("x86_64"), Some("qemu"), Some("pc"))]);
     let failed: Vec<&str> = report.failures().map(|c| c.rule.name()).collect();
-    assert_eq!(failed, ["query-honoured", "rejects-bogus-arch", "rejects-bogus-machine"], "{report}");
+    assert_eq!(
+        failed,
+        [
+            "query-honoured",
+            "rejects-bogus-arch",
+            "rejects-bogus-machine",
+            "rejects-bogus-virttype",
+            "rejects-bogus-emulator"
+        ],
+        "{report}"
+    );
     let text = report.to_string();
     assert!(
         text.contains("driver 'liar'") && text.contains("machine=pc") && text.contains("rule query-honoured"),

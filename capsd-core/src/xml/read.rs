@@ -122,7 +122,7 @@ fn stack_path(stack: &[Node]) -> String {
     let mut s = String::new();
     for n in stack {
         s.push('/');
-        s.push_str(&n.name);
+        s.push_str(n.name);
     }
     s
 }
@@ -359,7 +359,7 @@ impl Node<'_> {
         self.no_text(p)?;
         match self.children.first() {
             Some(c) => {
-                err(c.line, &p.child(&c.name), format!("unknown element <{}>: <{}> has no children", c.name, self.name))
+                err(c.line, &p.child(c.name), format!("unknown element <{}>: <{}> has no children", c.name, self.name))
             }
             None => Ok(()),
         }
@@ -369,7 +369,7 @@ impl Node<'_> {
     fn leaf_text(&self, p: &P<'_>) -> R<&str> {
         match self.children.first() {
             Some(c) => {
-                err(c.line, &p.child(&c.name), format!("unknown element <{}>: <{}> holds only text", c.name, self.name))
+                err(c.line, &p.child(c.name), format!("unknown element <{}>: <{}> holds only text", c.name, self.name))
             }
             None => Ok(&self.text),
         }
@@ -393,7 +393,7 @@ fn shorten(s: &str) -> String {
 }
 
 fn unknown_child<T>(c: &Node, p: &P<'_>, parent: &str) -> R<T> {
-    err(c.line, &p.child(&c.name), format!("unknown element <{}> in <{parent}>", c.name))
+    err(c.line, &p.child(c.name), format!("unknown element <{}> in <{parent}>", c.name))
 }
 
 fn set_once<T>(slot: &mut Option<T>, value: T, c: &Node, p: &P<'_>) -> R<()> {
@@ -462,7 +462,7 @@ fn enum_(node: &Node, p: &P<'_>) -> R<Enum> {
     node.no_text(p)?;
     let mut values = Vec::with_capacity(node.children.len());
     for c in &node.children {
-        let cp = p.child(&c.name);
+        let cp = p.child(c.name);
         if c.name != "value" {
             return unknown_child(c, p, "enum");
         }
@@ -489,7 +489,7 @@ fn enum_element(node: &Node, p: &P<'_>) -> R<EnumElement> {
     let mut enums = Vec::new();
     for c in &node.children {
         if c.name != "enum" {
-            return unknown_child(c, p, &node.name);
+            return unknown_child(c, p, node.name);
         }
         push_enum(&mut enums, c, p)?;
     }
@@ -504,7 +504,7 @@ fn flag(node: &Node, p: &P<'_>) -> R<Flag> {
 }
 
 fn document(root: &Node) -> R<DomainCapabilities> {
-    let p = P { parent: None, name: &root.name };
+    let p = P { parent: None, name: root.name };
     if root.name != "domainCapabilities" {
         return err(root.line, &p, format!("root element is <{}>, expected <domainCapabilities>", root.name));
     }
@@ -516,7 +516,7 @@ fn document(root: &Node) -> R<DomainCapabilities> {
     let mut arch = None;
     let mut caps = DomainCapabilities::default();
     for c in &root.children {
-        let cp = p.child(&c.name);
+        let cp = p.child(c.name);
         match c.name {
             "path" => set_once(&mut path, c.plain_text(&cp)?, c, &cp)?,
             "domain" => set_once(&mut domain, c.plain_text(&cp)?, c, &cp)?,
@@ -557,7 +557,7 @@ fn os(node: &Node, p: &P<'_>) -> R<Os> {
     node.no_text(p)?;
     let mut os = Os { supported, enums: Vec::new(), firmware_features: None, loader: None, varstore: None };
     for c in &node.children {
-        let cp = p.child(&c.name);
+        let cp = p.child(c.name);
         match c.name {
             "enum" => push_enum(&mut os.enums, c, p)?,
             "firmwareFeatures" => set_once(&mut os.firmware_features, enum_element(c, &cp)?, c, &cp)?,
@@ -589,7 +589,7 @@ fn cpu(node: &Node, p: &P<'_>) -> R<Cpu> {
     node.no_text(p)?;
     let mut cpu = Cpu::default();
     for c in &node.children {
-        let cp = p.child(&c.name);
+        let cp = p.child(c.name);
         if c.name != "mode" {
             return unknown_child(c, p, "cpu");
         }
@@ -633,7 +633,7 @@ fn host_model(node: &Node, p: &P<'_>) -> R<HostModel> {
     node.no_text(p)?;
     let mut hm = HostModel { supported, model: None, vendor: None, maxphysaddr: None, features: Vec::new() };
     for c in &node.children {
-        let cp = p.child(&c.name);
+        let cp = p.child(c.name);
         match c.name {
             "model" => {
                 let [fallback, vendor_id] = c.attrs(&cp, ["fallback", "vendor_id"])?;
@@ -694,7 +694,7 @@ fn custom(node: &Node, p: &P<'_>) -> R<CustomModels> {
     node.no_text(p)?;
     let mut models: Vec<CustomModel> = Vec::with_capacity(node.children.len());
     for c in &node.children {
-        let cp = p.child(&c.name);
+        let cp = p.child(c.name);
         match c.name {
             "model" => {
                 let [usable, deprecated, vendor, canonical] =
@@ -723,7 +723,7 @@ fn custom(node: &Node, p: &P<'_>) -> R<CustomModels> {
                 c.no_text(&cp)?;
                 let mut features = Vec::with_capacity(c.children.len());
                 for f in &c.children {
-                    let fp = cp.child(&f.name);
+                    let fp = cp.child(f.name);
                     if f.name != "feature" {
                         return unknown_child(f, &cp, "blockers");
                     }
@@ -760,12 +760,12 @@ fn devices(node: &Node, p: &P<'_>) -> R<Devices> {
     node.no_text(p)?;
     let mut d = Devices::default();
     for c in &node.children {
-        let cp = p.child(&c.name);
-        let e = match d.slot_mut(&c.name) {
+        let cp = p.child(c.name);
+        let e = match d.slot_mut(c.name) {
             Some(_) => enum_element(c, &cp)?,
             None => return unknown_child(c, p, "devices"),
         };
-        if let Some(slot) = d.slot_mut(&c.name) {
+        if let Some(slot) = d.slot_mut(c.name) {
             set_once(slot, e, c, &cp)?;
         }
     }
@@ -777,7 +777,7 @@ fn features(node: &Node, p: &P<'_>) -> R<Features> {
     node.no_text(p)?;
     let mut f = Features::default();
     for c in &node.children {
-        let cp = p.child(&c.name);
+        let cp = p.child(c.name);
         match c.name {
             "gic" => set_once(&mut f.gic, enum_element(c, &cp)?, c, &cp)?,
             "vmcoreinfo" => set_once(&mut f.vmcoreinfo, flag(c, &cp)?, c, &cp)?,
@@ -805,7 +805,7 @@ fn sev(node: &Node, p: &P<'_>) -> R<Sev> {
     node.no_text(p)?;
     let (mut cbitpos, mut reduced, mut max_guests, mut max_es, mut cpu0_id) = (None, None, None, None, None);
     for c in &node.children {
-        let cp = p.child(&c.name);
+        let cp = p.child(c.name);
         match c.name {
             "cbitpos" => set_once(&mut cbitpos, u32_elem(c, &cp)?, c, &cp)?,
             "reducedPhysBits" => set_once(&mut reduced, u32_elem(c, &cp)?, c, &cp)?,
@@ -846,7 +846,7 @@ fn sgx(node: &Node, p: &P<'_>) -> R<Sgx> {
     node.no_text(p)?;
     let (mut flc, mut sgx1, mut sgx2, mut size, mut sections) = (None, None, None, None, None);
     for c in &node.children {
-        let cp = p.child(&c.name);
+        let cp = p.child(c.name);
         match c.name {
             "flc" | "sgx1" | "sgx2" => {
                 let t = c.plain_text(&cp)?;
@@ -870,7 +870,7 @@ fn sgx(node: &Node, p: &P<'_>) -> R<Sgx> {
                 c.no_text(&cp)?;
                 let mut list = Vec::with_capacity(c.children.len());
                 for s in &c.children {
-                    let sp = cp.child(&s.name);
+                    let sp = cp.child(s.name);
                     if s.name != "section" {
                         return unknown_child(s, &cp, "sections");
                     }
@@ -922,7 +922,7 @@ fn cca(node: &Node, p: &P<'_>) -> R<Cca> {
     node.no_text(p)?;
     let mut cca = Cca { supported, measurement_log, measurement_algo: None, personalization_value: None };
     for c in &node.children {
-        let cp = p.child(&c.name);
+        let cp = p.child(c.name);
         match c.name {
             "enum" => {
                 let e = enum_(c, &cp)?;
@@ -944,7 +944,7 @@ fn hyperv(node: &Node, p: &P<'_>) -> R<Hyperv> {
     node.no_text(p)?;
     let mut h = Hyperv { supported, enums: Vec::new(), defaults: None };
     for c in &node.children {
-        let cp = p.child(&c.name);
+        let cp = p.child(c.name);
         match c.name {
             "enum" => push_enum(&mut h.enums, c, p)?,
             "defaults" => set_once(&mut h.defaults, hyperv_defaults(c, &cp)?, c, &cp)?,
@@ -959,7 +959,7 @@ fn hyperv_defaults(node: &Node, p: &P<'_>) -> R<HypervDefaults> {
     node.no_text(p)?;
     let mut d = HypervDefaults::default();
     for c in &node.children {
-        let cp = p.child(&c.name);
+        let cp = p.child(c.name);
         match c.name {
             "spinlocks" => set_once(&mut d.spinlocks, u32_elem(c, &cp)?, c, &cp)?,
             "stimer_direct" | "tlbflush_direct" | "tlbflush_extended" => {

@@ -59,6 +59,8 @@ pub enum Origin {
     Builtin,
     /// A directory, or a single file, given by the user.
     Path(PathBuf),
+    /// Documents handed over in memory ([`TestDriver::from_documents`]).
+    Memory,
 }
 
 /// The test driver: serves the fixture that matches each query.
@@ -151,7 +153,7 @@ impl TestDriver {
         if fixtures.is_empty() {
             return Err(DriverError::invalid("fixtures", "(none)", "no document given"));
         }
-        Ok(TestDriver { origin: Origin::Builtin, fixtures, broken: Vec::new() })
+        Ok(TestDriver { origin: Origin::Memory, fixtures, broken: Vec::new() })
     }
 
     pub fn origin(&self) -> &Origin {
@@ -290,6 +292,7 @@ impl TestDriver {
         let from = match &self.origin {
             Origin::Builtin => "the built-in fixtures".to_owned(),
             Origin::Path(p) => p.display().to_string(),
+            Origin::Memory => "the given documents".to_owned(),
         };
         let mut list: Vec<String> = offered.iter().map(|f| format!("{} ({})", f.key(), f.name)).collect();
         list.dedup();

@@ -1,6 +1,7 @@
 //! The conformance suite run against driver-qemu with the live QEMU of this host (Debian's
 //! QEMU 7.2: x86_64 KVM and TCG with the default machine and q35, aarch64 virt under TCG).
-//! Mandatory where `qemu-system-x86_64` exists; CI installs it.
+//! Runs wherever `qemu-system-x86_64` exists; without it the test says it skipped, unless
+//! `CAPSD_REQUIRE_LIVE=1` (set by CI, which installs QEMU), where a missing QEMU fails.
 
 use capsd_core::Query;
 use capsd_tests::conformance;
@@ -16,7 +17,13 @@ fn have(bin: &str) -> bool {
 
 #[test]
 fn qemu_live() {
-    assert!(have("qemu-system-x86_64"), "qemu-system-x86_64 is not installed: the live QEMU conformance test needs it");
+    if !have("qemu-system-x86_64") {
+        if std::env::var("CAPSD_REQUIRE_LIVE").as_deref() == Ok("1") {
+            panic!("qemu-system-x86_64 is not installed and CAPSD_REQUIRE_LIVE=1");
+        }
+        eprintln!("skipping live QEMU conformance: qemu-system-x86_64 is not installed");
+        return;
+    }
     // No arch, no virt type: the host's arch and the best virt type here.
     let mut queries = vec![Query::default()];
     if std::path::Path::new("/dev/kvm").exists() {

@@ -125,7 +125,14 @@ pub fn tpm(a: &Answers<'_>, host: &HostFacts) -> EnumElement {
     if !passthrough && !emulator {
         return EnumElement::unsupported();
     }
-    let setup_features: &[String] = host.swtpm.as_ref().map(|s| s.swtpm_setup_features.as_slice()).unwrap_or(&[]);
+    // Versions are offered only with the whole swtpm tool set (swtpm, swtpm_setup,
+    // swtpm_ioctl), from what swtpm_setup says it can create.
+    let setup_features: &[String] = host
+        .swtpm
+        .as_ref()
+        .filter(|s| s.swtpm_setup.is_some() && s.swtpm_ioctl.is_some())
+        .map(|s| s.swtpm_setup_features.as_slice())
+        .unwrap_or(&[]);
     let has_feature = |f: &str| setup_features.iter().any(|x| x == f);
     EnumElement::new(Support::Yes)
         .with_enum(

@@ -105,7 +105,13 @@ fn tpm_needs_a_backend_and_takes_models_from_qemu() {
         &[("query-tpm-models", json!(["tpm-spapr"])), ("query-tpm-types", json!(["emulator"]))],
     );
     let host = HostFacts {
-        swtpm: Some(crate::host::SwtpmFacts { swtpm_setup_features: vec!["tpm-2.0".into()], ..Default::default() }),
+        swtpm: Some(crate::host::SwtpmFacts {
+            swtpm: "/usr/bin/swtpm".into(),
+            swtpm_setup: Some("/usr/bin/swtpm_setup".into()),
+            swtpm_ioctl: Some("/usr/bin/swtpm_ioctl".into()),
+            swtpm_features: vec![],
+            swtpm_setup_features: vec!["tpm-2.0".into()],
+        }),
         ..Default::default()
     };
     let caps =
@@ -277,4 +283,26 @@ fn hostdev_usb_needs_usb_host_and_vfio_needs_the_host() {
         domain_capabilities(&data(vec![(Accel::Tcg, t)], host), &query("x86_64", "pc-q35-7.2", Accel::Tcg)).unwrap();
     assert_eq!(device_enum(&caps, "hostdev", "subsysType"), ["usb", "pci", "scsi"]);
     assert_eq!(device_enum(&caps, "hostdev", "pciBackend"), ["default", "vfio"]);
+}
+
+#[test]
+fn tpm_versions_need_every_swtpm_tool() {
+    let t = transcript(
+        &[("pc-q35-7.2", 288)],
+        &[],
+        &[("query-tpm-models", json!(["tpm-tis"])), ("query-tpm-types", json!(["emulator"]))],
+    );
+    let host = HostFacts {
+        swtpm: Some(crate::host::SwtpmFacts {
+            swtpm: "/usr/bin/swtpm".into(),
+            swtpm_setup: Some("/usr/bin/swtpm_setup".into()),
+            swtpm_ioctl: None,
+            swtpm_features: vec![],
+            swtpm_setup_features: vec!["tpm-1.2".into(), "tpm-2.0".into()],
+        }),
+        ..Default::default()
+    };
+    let caps =
+        domain_capabilities(&data(vec![(Accel::Tcg, t)], host), &query("x86_64", "pc-q35-7.2", Accel::Tcg)).unwrap();
+    assert!(device_enum(&caps, "tpm", "backendVersion").is_empty(), "enum stated, empty");
 }

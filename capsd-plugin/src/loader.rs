@@ -5,7 +5,8 @@
 //! Loading a library runs its code inside capsd (often root), so a file anyone else could
 //! have written is refused before `dlopen`:
 //! - the directory (and, for symlinked plugins, the target's directory) must belong to root or
-//!   to the running user and must not be writable by group or others;
+//!   to the running user and must not be writable by group or others; the same holds for
+//!   every directory above it, except that a sticky one (`/tmp`) may be writable;
 //! - the file must be a regular file with the same owner rule and no group/other write bit.
 //!   The checks use `fstat` on the opened file; right before `dlopen` the path must still
 //!   name that same file (device and inode).
@@ -24,7 +25,7 @@ use std::sync::Arc;
 
 use capsd_core::{Availability, DomainCapabilities, DomainCapsDriver, DriverError, Query};
 use libloading::Library;
-use nix::sys::stat::{fstat, lstat, stat, FileStat, SFlag};
+use nix::sys::stat::{fstat, lstat, stat, FileStat, Mode, SFlag};
 
 use crate::abi::{
     CapsdPluginV1, CapsdReply, EntryPointV1, ABI_VERSION, ENTRY_SYMBOL, REPLY_AVAILABLE, REPLY_ERROR, REPLY_JSON,
@@ -195,7 +196,10 @@ fn is_kind(st: &FileStat, kind: SFlag) -> bool {
     SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == kind
 }
 
-/// The plugin directory itself must be trusted (it decides which files exist).
+/// The plugin directory must be trusted (it decides which files exist), and so must every
+/// directory above it (each could rename it): owned by root or us, and not writable by group
+/// or others. Ancestors may be writable when their sticky bit is set (like `/tmp`), since
+/// then nobody else can rename or remove what we own in them.
 fn check_dir(dir: &Path) -> Result<(), PluginError> {
     let st = stat(dir).map_err(|e| match e {
         nix::errno::Errno::ENOENT => PluginError::ReadDir { path: dir.to_owned(), source: std::io::Error::from(e) },
@@ -204,22 +208,32 @@ fn check_dir(dir: &Path) -> Result<(), PluginError> {
     if !is_kind(&st, SFlag::S_IFDIR) {
         return Err(PluginError::NotADirectory { path: dir.to_owned() });
     }
-    check_trust(dir, &st)
+    let real = std::fs::canonicalize(dir).map_err(|source| PluginError::Stat { path: dir.to_owned(), source })?;
+    check_trust(&real, &st)?;
+    for ancestor in real.ancestors().skip(1) {
+        let st = stat(ancestor).map_err(stat_err(ancestor))?;
+        let sticky = Mode::from_bits_truncate(st.st_mode).contains(Mode::S_ISVTX);
+        match check_trust(ancestor, &st) {
+            Err(PluginError::Writable { .. }) if sticky => {}
+            other => other?,
+        }
+    }
+    Ok(())
 }
 
-/// Load one plugin library after the ownership and permission checks.
+/// Load one plugin library after the ownership and permission checks of the file and of the
+/// directories holding it (for a symlink: holding its target).
 pub fn load_file(path: &Path) -> Result<PluginDriver, PluginError> {
     // A symlink may point into another directory: that one must be trusted too.
     let lst = lstat(path).map_err(stat_err(path))?;
     let real = if is_kind(&lst, SFlag::S_IFLNK) {
-        let real = std::fs::canonicalize(path).map_err(|source| PluginError::Stat { path: path.to_owned(), source })?;
-        if let Some(parent) = real.parent() {
-            check_dir(parent)?;
-        }
-        real
+        std::fs::canonicalize(path).map_err(|source| PluginError::Stat { path: path.to_owned(), source })?
     } else {
         path.to_owned()
     };
+    if let Some(parent) = real.parent().filter(|p| !p.as_os_str().is_empty()) {
+        check_dir(parent)?;
+    }
     let file = std::fs::File::open(&real).map_err(|source| PluginError::Stat { path: path.to_owned(), source })?;
     let st = fstat(file.as_raw_fd()).map_err(stat_err(path))?;
     if !is_kind(&st, SFlag::S_IFREG) {
@@ -478,6 +492,21 @@ mod tests {
         let r = load_dir(dir.path(), &[]);
         assert_eq!(r.refused.len(), 1, "{:?}", r.refused);
         assert!(matches!(r.refused[0], PluginError::Writable { mode: 0o777, .. }), "{}", r.refused[0]);
+    }
+
+    #[test]
+    fn a_group_writable_parent_directory_is_refused_unless_sticky() {
+        let top = tempfile::tempdir().unwrap();
+        let dir = top.path().join("plugins");
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::set_permissions(top.path(), std::fs::Permissions::from_mode(0o775)).unwrap();
+        let r = load_dir(&dir, &[]);
+        assert_eq!(r.refused.len(), 1, "{:?}", r.refused);
+        assert!(matches!(&r.refused[0], PluginError::Writable { path, mode: 0o775, .. } if path == top.path()));
+        std::fs::set_permissions(top.path(), std::fs::Permissions::from_mode(0o1777)).unwrap();
+        let r = load_dir(&dir, &[]);
+        assert!(r.refused.is_empty(), "{:?}", r.refused);
     }
 
     #[test]

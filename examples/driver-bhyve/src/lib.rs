@@ -16,7 +16,8 @@
 //! - `CAPSD_BHYVE_FACTS=DIR`: replay a recording (`DIR/transcript.txt`, optional
 //!   `DIR/bhyve.conf`; see [`transcript`]) instead of probing the host. This is how the driver
 //!   runs on hosts without bhyve, and in tests.
-//! - Otherwise it runs `bhyve` from `PATH` and reads `firmware_dir` from
+//! - Otherwise it runs the query's `--emulatorbin` (which must exist), else `bhyve` from
+//!   `PATH` or `/usr/sbin/bhyve`, and reports that binary as `<path>`; it reads `firmware_dir` from
 //!   `CAPSD_BHYVE_CONF` or `/usr/local/etc/libvirt/bhyve.conf` (default firmware directory
 //!   `/usr/local/share/uefi-firmware`).
 
@@ -40,7 +41,7 @@ pub const FACTS_ENV: &str = "CAPSD_BHYVE_FACTS";
 pub const CONF_ENV: &str = "CAPSD_BHYVE_CONF";
 /// Where libvirt keeps bhyve's configuration on FreeBSD.
 pub const DEFAULT_CONF: &str = "/usr/local/etc/libvirt/bhyve.conf";
-/// The emulator reported when the query names none.
+/// Where FreeBSD installs bhyve; used when `PATH` has none.
 pub const DEFAULT_EMULATOR: &str = "/usr/sbin/bhyve";
 
 /// Where this driver instance takes its facts from.
@@ -78,18 +79,22 @@ impl BhyveDriver {
         &self.source
     }
 
-    fn host(&self) -> Result<Box<dyn Host>, DriverError> {
+    /// The facts source for a query, checking the query's emulator against it.
+    fn host(&self, emulator: Option<&Path>) -> Result<Box<dyn Host>, DriverError> {
         match &self.source {
-            Source::Replay { dir } => Ok(Box::new(ReplayHost::open(dir)?)),
-            Source::Live { config } => match LiveHost::find_bhyve() {
-                Some(bhyve) => Ok(Box::new(LiveHost { bhyve, config: config.clone() })),
-                None => Err(DriverError::Unavailable { driver: DRIVER.into(), reason: no_bhyve_reason() }),
-            },
+            Source::Replay { dir } => {
+                let host = ReplayHost::open(dir)?;
+                if let Some(e) = emulator {
+                    host.check_emulator(e)?;
+                }
+                Ok(Box::new(host))
+            }
+            Source::Live { config } => Ok(Box::new(LiveHost::for_query(emulator, config)?)),
         }
     }
 }
 
-fn no_bhyve_reason() -> String {
+pub(crate) fn no_bhyve_reason() -> String {
     format!("no bhyve in PATH (bhyve is FreeBSD's hypervisor; set {FACTS_ENV} to replay a recording)")
 }
 
@@ -108,8 +113,14 @@ fn guest_arch(query: &Query) -> Result<String, DriverError> {
     }
 }
 
-/// Check the query and build the document from probed facts. Pure: no host access.
-pub fn build(query: &Query, caps: &BhyveCaps, firmwares: &[String]) -> Result<DomainCapabilities, DriverError> {
+/// Check the query and build the document from probed facts: `bhyve` is the binary probed
+/// (reported as `<path>`). Pure: no host access.
+pub fn build(
+    query: &Query,
+    bhyve: &Path,
+    caps: &BhyveCaps,
+    firmwares: &[String],
+) -> Result<DomainCapabilities, DriverError> {
     if let Some(v) = &query.virt_type {
         if v != "bhyve" {
             return Err(DriverError::invalid("virttype", v, "the bhyve driver only offers virt type 'bhyve'"));
@@ -121,7 +132,7 @@ pub fn build(query: &Query, caps: &BhyveCaps, firmwares: &[String]) -> Result<Do
         return Err(DriverError::not_supported(DRIVER, format!("machine '{m}' (bhyve has no machine types)")));
     }
     let arch = guest_arch(query)?;
-    let path = query.emulator.as_deref().unwrap_or(Path::new(DEFAULT_EMULATOR)).display().to_string();
+    let path = bhyve.display().to_string();
 
     let loader = if caps.lpc_bootrom {
         Loader {
@@ -211,8 +222,8 @@ impl DomainCapsDriver for BhyveDriver {
 
     fn domain_capabilities(&self, query: &Query) -> Result<DomainCapabilities, DriverError> {
         // Reject bad queries before touching the host.
-        build(query, &BhyveCaps::default(), &[])?;
-        let host = self.host()?;
+        build(query, Path::new(DEFAULT_EMULATOR), &BhyveCaps::default(), &[])?;
+        let host = self.host(query.emulator.as_deref())?;
         let caps = probe::probe_caps(host.as_ref())?;
         let origin = match &self.source {
             Source::Replay { dir } => dir.join("bhyve.conf"),
@@ -220,7 +231,7 @@ impl DomainCapsDriver for BhyveDriver {
         };
         let dir = probe::firmware_dir(host.config()?.as_deref(), &origin)?;
         let firmwares = probe::firmwares(host.as_ref(), &dir)?;
-        build(query, &caps, &firmwares)
+        build(query, &host.bhyve_path(), &caps, &firmwares)
     }
 }
 

@@ -27,6 +27,8 @@ pub trait Host: Send + Sync {
     fn list_dir(&self, dir: &Path) -> Result<Option<Vec<String>>, DriverError>;
     /// The text of the driver configuration (libvirt's `bhyve.conf`), `None` when absent.
     fn config(&self) -> Result<Option<String>, DriverError>;
+    /// The bhyve binary the probes run.
+    fn bhyve_path(&self) -> PathBuf;
 }
 
 /// Longest a probe run of bhyve may take.
@@ -40,10 +42,29 @@ pub struct LiveHost {
 }
 
 impl LiveHost {
-    /// `bhyve` as found in `PATH`, or `None` when there is none.
+    /// `bhyve` as found in `PATH`, else `/usr/sbin/bhyve` if it exists, else `None`.
     pub fn find_bhyve() -> Option<PathBuf> {
-        let path = std::env::var_os("PATH")?;
-        std::env::split_paths(&path).map(|d| d.join("bhyve")).find(|p| p.is_file())
+        let path = std::env::var_os("PATH").unwrap_or_default();
+        std::env::split_paths(&path)
+            .map(|d| d.join("bhyve"))
+            .chain(std::iter::once(PathBuf::from(crate::DEFAULT_EMULATOR)))
+            .find(|p| p.is_file())
+    }
+
+    /// Probe `emulator` when the query names one (it must be an existing file), else the
+    /// bhyve of [`LiveHost::find_bhyve`].
+    pub fn for_query(emulator: Option<&Path>, config: &Path) -> Result<Self, DriverError> {
+        let found = Self::find_bhyve()
+            .ok_or_else(|| DriverError::Unavailable { driver: DRIVER.into(), reason: crate::no_bhyve_reason() })?;
+        let bhyve = match emulator {
+            None => found,
+            Some(e) => match std::fs::metadata(e) {
+                Ok(m) if m.is_file() => e.to_owned(),
+                Ok(_) => return Err(DriverError::invalid("emulatorbin", e.display().to_string(), "not a file")),
+                Err(err) => return Err(DriverError::invalid("emulatorbin", e.display().to_string(), err.to_string())),
+            },
+        };
+        Ok(LiveHost { bhyve, config: config.to_owned() })
     }
 }
 
@@ -100,6 +121,10 @@ impl Host for LiveHost {
         Ok(Some(names))
     }
 
+    fn bhyve_path(&self) -> PathBuf {
+        self.bhyve.clone()
+    }
+
     fn config(&self) -> Result<Option<String>, DriverError> {
         match std::fs::read_to_string(&self.config) {
             Ok(t) => Ok(Some(t)),
@@ -110,11 +135,13 @@ impl Host for LiveHost {
 }
 
 /// A recorded host: `DIR/transcript.txt` (see [`crate::transcript`]) and an optional
-/// `DIR/bhyve.conf`.
+/// `DIR/bhyve.conf`. The recording names its bhyve binary (`$ command -v bhyve`); that is the
+/// only emulator a query may name.
 #[derive(Debug, Clone)]
 pub struct ReplayHost {
     pub dir: PathBuf,
     transcript: Transcript,
+    bhyve: PathBuf,
 }
 
 impl ReplayHost {
@@ -123,7 +150,28 @@ impl ReplayHost {
         let text = std::fs::read_to_string(&path).map_err(|e| DriverError::io(&path, e))?;
         let transcript = Transcript::parse(&path, &text)
             .map_err(|e| DriverError::probe_failed(path.display().to_string(), e.to_string()))?;
-        Ok(ReplayHost { dir: dir.to_owned(), transcript })
+        let mut host = ReplayHost { dir: dir.to_owned(), transcript, bhyve: PathBuf::new() };
+        let found = host.recorded(&["command", "-v", "bhyve"])?.trim();
+        if !found.starts_with('/') || found.contains('\n') {
+            return Err(DriverError::probe_failed(
+                path.display().to_string(),
+                format!("`command -v bhyve` must record one absolute path, found {found:?}"),
+            ));
+        }
+        host.bhyve = PathBuf::from(found);
+        Ok(host)
+    }
+
+    /// A query may only name the recorded bhyve binary.
+    pub fn check_emulator(&self, emulator: &Path) -> Result<(), DriverError> {
+        if emulator == self.bhyve {
+            return Ok(());
+        }
+        Err(DriverError::invalid(
+            "emulatorbin",
+            emulator.display().to_string(),
+            format!("not the bhyve binary of this recording ({})", self.bhyve.display()),
+        ))
     }
 
     fn recorded(&self, argv: &[&str]) -> Result<&str, DriverError> {
@@ -150,6 +198,10 @@ impl Host for ReplayHost {
             return Ok(None);
         }
         Ok(Some(out.lines().filter(|l| !matches!(*l, "." | ".." | "")).map(str::to_owned).collect()))
+    }
+
+    fn bhyve_path(&self) -> PathBuf {
+        self.bhyve.clone()
     }
 
     fn config(&self) -> Result<Option<String>, DriverError> {

@@ -4,6 +4,8 @@
 //! # Format (`transcript.txt`)
 //! ```text
 //! # free text before the first command is a comment
+//! $ command -v bhyve
+//! /usr/sbin/bhyve             <- the bhyve binary the probes ran
 //! $ bhyve -h
 //! Usage: bhyve ...            <- what `bhyve -h` wrote to standard error
 //! $ bhyve -l bootrom

@@ -106,6 +106,9 @@ impl QemuDriver {
             here.sort();
             out.extend(here);
         }
+        // The same file is often reachable twice (`/bin` -> `/usr/bin`): keep the first.
+        let mut seen = std::collections::HashSet::new();
+        out.retain(|p| seen.insert(std::fs::canonicalize(p).unwrap_or_else(|_| p.clone())));
         out
     }
 

@@ -36,35 +36,57 @@ pub fn probe(binary: &Path, opts: &ProbeOptions) -> Result<ProbeData, DriverErro
     })
 }
 
-/// Probe several binaries at once (all runs in parallel); the host facts are read once.
+/// Probe several binaries at once (a pool of worker threads, each probing one binary's KVM
+/// and TCG runs in parallel); the host facts are read once.
 /// Results come back in the order of `binaries`.
 pub fn probe_many(binaries: &[PathBuf], opts: &ProbeOptions) -> Vec<Result<ProbeData, DriverError>> {
-    std::thread::scope(|s| {
+    type Slot = std::sync::Mutex<Option<Result<BTreeMap<Accel, Transcript>, DriverError>>>;
+    let kvm_usable = crate::host::kvm_usable();
+    // A bounded pool: each binary runs up to two QEMU processes at once.
+    let workers = std::thread::available_parallelism().map_or(2, |n| n.get()).max(2) * 2;
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let slots: Vec<Slot> = binaries.iter().map(|_| std::sync::Mutex::new(None)).collect();
+    let (next, slots_ref) = (&next, &slots);
+    let host = std::thread::scope(|s| {
         let host = s.spawn(HostFacts::read);
-        let kvm_usable = crate::host::kvm_usable();
-        let handles: Vec<_> = binaries.iter().map(|b| s.spawn(move || probe_runs(b, kvm_usable, opts))).collect();
-        let runs: Vec<_> = handles
-            .into_iter()
-            .zip(binaries)
-            .map(|(h, b)| {
-                h.join().unwrap_or_else(|_| {
-                    Err(DriverError::probe_failed(b.display().to_string(), "probe thread panicked"))
+        let pool: Vec<_> = (0..workers.min(binaries.len()))
+            .map(|_| {
+                s.spawn(move || loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let Some(b) = binaries.get(i) else { break };
+                    let r = probe_runs(b, kvm_usable, opts);
+                    if let Ok(mut slot) = slots_ref[i].lock() {
+                        *slot = Some(r);
+                    }
                 })
             })
             .collect();
-        let host = host.join().unwrap_or_default();
-        runs.into_iter()
-            .zip(binaries)
-            .map(|(r, b)| {
-                r.map(|runs| ProbeData {
-                    format_version: PROBE_FORMAT_VERSION,
-                    binary: b.display().to_string(),
-                    runs,
-                    host: host.clone(),
-                })
+        for h in pool {
+            let _ = h.join();
+        }
+        host.join().unwrap_or_default()
+    });
+    let runs: Vec<_> = slots
+        .into_iter()
+        .zip(binaries)
+        .map(|(slot, b)| {
+            slot.into_inner()
+                .ok()
+                .flatten()
+                .unwrap_or_else(|| Err(DriverError::probe_failed(b.display().to_string(), "probe thread panicked")))
+        })
+        .collect();
+    runs.into_iter()
+        .zip(binaries)
+        .map(|(r, b)| {
+            r.map(|runs| ProbeData {
+                format_version: PROBE_FORMAT_VERSION,
+                binary: b.display().to_string(),
+                runs,
+                host: host.clone(),
             })
-            .collect()
-    })
+        })
+        .collect()
 }
 
 /// The KVM and TCG runs of one binary, in parallel. A run that fails while the other

@@ -335,3 +335,16 @@ fn garbage_never_panics() {
         assert!(from_xml(input).is_err(), "{input:?} accepted");
     }
 }
+
+#[test]
+fn display_leaves_out_unknown_parts() {
+    let e = from_xml("").unwrap_err();
+    assert_eq!(e.to_string(), "line 1: empty document: no root element");
+    let e = from_xml(&" ".repeat(MAX_INPUT_BYTES + 1)).unwrap_err();
+    assert!(e.to_string().starts_with("input is 16777217 bytes"), "{e}");
+    let e = from_xml(&edit("max='4'", "max='x'")).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "line 5: /domainCapabilities/vcpu: invalid value 'x' for attribute 'max' (expected an unsigned decimal integer)"
+    );
+}

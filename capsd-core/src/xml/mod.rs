@@ -19,14 +19,30 @@ pub use read::MAX_INPUT_BYTES;
 use crate::model::DomainCapabilities;
 
 /// Why a document could not be read: the line, the element path and what was wrong.
+///
+/// Shown as `line 7: /domainCapabilities/devices/disk: invalid value ...`; the line or the
+/// path is left out when unknown (line 0, empty path).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("line {line}: {path}: {message}")]
+#[error("{}{message}", location(*.line, .path))]
 pub struct ParseError {
     /// 1-based line number (0 when unknown).
     pub line: usize,
     /// Element path such as `/domainCapabilities/devices/disk` (empty for JSON).
     pub path: String,
     pub message: String,
+}
+
+/// `line N: PATH: ` with the unknown parts left out.
+fn location(line: usize, path: &str) -> String {
+    let mut s = String::new();
+    if line > 0 {
+        s.push_str(&format!("line {line}: "));
+    }
+    if !path.is_empty() {
+        s.push_str(path);
+        s.push_str(": ");
+    }
+    s
 }
 
 impl ParseError {

@@ -306,3 +306,42 @@ fn tpm_versions_need_every_swtpm_tool() {
         domain_capabilities(&data(vec![(Accel::Tcg, t)], host), &query("x86_64", "pc-q35-7.2", Accel::Tcg)).unwrap();
     assert!(device_enum(&caps, "tpm", "backendVersion").is_empty(), "enum stated, empty");
 }
+
+#[test]
+fn malformed_replies_are_ignored_not_trusted() {
+    let t = Transcript {
+        greeting: json!({}),
+        exchanges: vec![
+            Exchange {
+                execute: "query-machines".into(),
+                arguments: None,
+                reply: Ok(json!([{"name": "virt-7.2", "cpu-max": 512}, {"name": 7}, "junk", {"cpu-max": -1}])),
+            },
+            Exchange { execute: "qom-list-types".into(), arguments: None, reply: Ok(json!({"not": "a list"})) },
+            Exchange { execute: "query-qmp-schema".into(), arguments: None, reply: Ok(json!([1, null, {"name": 3}])) },
+            Exchange { execute: "query-tpm-types".into(), arguments: None, reply: Ok(json!([42, "emulator"])) },
+            Exchange {
+                execute: "query-gic-capabilities".into(),
+                arguments: None,
+                reply: Ok(json!([{"version": "two"}, {"version": 3, "emulated": true}])),
+            },
+            Exchange { execute: "query-sgx-capabilities".into(), arguments: None, reply: Ok(json!("yes")) },
+            Exchange {
+                execute: "query-sev-capabilities".into(),
+                arguments: None,
+                reply: Err(crate::probe_data::QmpError {
+                    class: "GenericError".into(),
+                    desc: "SEV not available".into(),
+                }),
+            },
+        ],
+    };
+    let caps = derive_one("aarch64", "virt-7.2", t);
+    assert_eq!(caps.vcpu.unwrap().max, 512);
+    let f = caps.features.as_ref().unwrap();
+    assert_eq!(f.gic.as_ref().unwrap().enums.enum_values("version").unwrap(), ["3"]);
+    assert_eq!(f.sgx.as_ref().unwrap().supported, Support::No);
+    assert_eq!(f.sev.as_ref().unwrap().supported, Support::No);
+    assert_eq!(device_enum(&caps, "tpm", "backendModel"), ["emulator", "external"]);
+    assert_eq!(caps.iothreads.unwrap().supported, Support::No);
+}

@@ -161,3 +161,32 @@ fn a_symlink_into_an_untrusted_directory_is_refused() {
     std::fs::set_permissions(open.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     assert_eq!(load_dir(good.path(), &[]).loaded.len(), 1);
 }
+
+#[test]
+fn a_plugin_written_in_c_answers_in_json_and_with_structured_errors() {
+    let dir = plugin_dir(&["tp_c"]);
+    let r = load_dir(dir.path(), &[]);
+    assert!(r.refused.is_empty(), "{:?}", r.refused);
+    let c = &r.loaded[0];
+    assert_eq!(c.name(), "c-minimal");
+    assert!(c.availability().is_available());
+    let caps = c.domain_capabilities(&Query::default()).unwrap();
+    assert_eq!(
+        capsd_core::xml::to_xml(&caps),
+        "<domainCapabilities>\n  <path>/usr/bin/c-minimal</path>\n  <domain>test</domain>\n  <arch>x86_64</arch>\n</domainCapabilities>\n"
+    );
+    let e = c.domain_capabilities(&Query { virt_type: Some("kvm".into()), ..Query::default() }).unwrap_err();
+    assert!(matches!(&e, DriverError::InvalidInput { field, .. } if field == "virttype"), "{e:?}");
+}
+
+#[test]
+fn the_rust_table_has_the_c_layout() {
+    use capsd_plugin::abi::{CapsdPluginV1, CapsdReply};
+    use std::mem::{offset_of, size_of};
+    let p = size_of::<usize>();
+    assert_eq!(size_of::<CapsdReply>(), 8 + 2 * p);
+    assert_eq!(offset_of!(CapsdPluginV1, name), 8);
+    assert_eq!(offset_of!(CapsdPluginV1, instance), 8 + p);
+    assert_eq!(offset_of!(CapsdPluginV1, free_buffer), 8 + 4 * p);
+    assert_eq!(size_of::<CapsdPluginV1>(), 8 + 5 * p);
+}

@@ -502,6 +502,24 @@ mod tests {
     }
 
     #[test]
+    fn json_round_trip() {
+        // The probe cache stores the parsed map as JSON.
+        let m = parse(
+            "/x",
+            &files(&[
+                ("index.xml", INDEX),
+                ("v.xml", VENDORS),
+                ("f.xml", FEATURES),
+                ("m.xml", MODELS),
+                ("p.xml", "<cpus/>"),
+            ]),
+        )
+        .unwrap();
+        let j = serde_json::to_string(&m).unwrap();
+        assert_eq!(serde_json::from_str::<CpuMap>(&j).unwrap(), m);
+    }
+
+    #[test]
     fn errors_name_the_file() {
         let e = parse("/x", &files(&[("index.xml", INDEX)])).unwrap_err();
         assert!(e.to_string().contains("v.xml"), "{e}");

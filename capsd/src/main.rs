@@ -36,6 +36,16 @@ enum Command {
     Drivers(cmd::drivers::Args),
     /// Read a domain capabilities document (XML or JSON) and write it in the chosen form.
     Fmt(cmd::fmt::Args),
+    /// Check a libvirt domain definition against the capabilities (exit 1: unsupported parts).
+    Check(cmd::check::Args),
+    /// Compare two capabilities documents fact by fact (exit 1: different).
+    Diff(cmd::diff::Args),
+    /// The capabilities document every given host satisfies.
+    Baseline(cmd::baseline::Args),
+    /// Kubernetes node labels in KubeVirt's conventions.
+    Labels(cmd::labels::Args),
+    /// Placement traits in OpenStack Nova's conventions.
+    Traits(cmd::labels::Args),
 }
 
 fn main() -> ExitCode {
@@ -46,6 +56,11 @@ fn main() -> ExitCode {
         Command::DomCapabilities(a) => cmd::domcaps::run(&ctx, a),
         Command::Drivers(a) => cmd::drivers::run(&ctx, a),
         Command::Fmt(a) => cmd::fmt::run(a),
+        Command::Check(a) => cmd::check::run(&ctx, a),
+        Command::Diff(a) => cmd::diff::run(a),
+        Command::Baseline(a) => cmd::baseline::run(a),
+        Command::Labels(a) => cmd::labels::run_labels(&ctx, a),
+        Command::Traits(a) => cmd::labels::run_traits(&ctx, a),
     };
     match result {
         Ok(code) => code,

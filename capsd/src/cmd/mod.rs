@@ -2,9 +2,13 @@
 
 use std::path::PathBuf;
 
+pub mod baseline;
+pub mod check;
+pub mod diff;
 pub mod domcaps;
 pub mod drivers;
 pub mod fmt;
+pub mod labels;
 
 /// Options shared by every subcommand.
 #[derive(Debug, Clone, Default)]

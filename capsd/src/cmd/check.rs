@@ -1,0 +1,127 @@
+//! `capsd check DOMAIN.xml`: does a libvirt domain definition ask only for what the
+//! capabilities support? Exit 0: nothing unsupported; 1: something unsupported; 2: bad input.
+//! Also holds the capabilities source (`--caps FILE` or a driver query) that `labels` and
+//! `traits` share.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context as _, Result};
+use capsd_analysis::Domain;
+use capsd_core::{DomainCapabilities, Query};
+
+use crate::registry::DriverOptions;
+
+/// Where the capabilities come from: a document, or a driver asked with a query.
+#[derive(Debug, Clone, clap::Args)]
+pub struct CapsSource {
+    /// Capabilities document (XML or JSON, `-` for standard input) instead of asking a driver.
+    #[arg(long, value_name = "FILE")]
+    caps: Option<PathBuf>,
+    /// Which driver answers when --caps is not given (see `capsd drivers`).
+    #[arg(long, default_value = "qemu")]
+    driver: String,
+    /// Emulator binary for the driver query.
+    #[arg(long = "emulatorbin", value_name = "PATH")]
+    emulatorbin: Option<PathBuf>,
+    /// Guest architecture for the driver query.
+    #[arg(long)]
+    arch: Option<String>,
+    /// Machine type or alias for the driver query.
+    #[arg(long)]
+    machine: Option<String>,
+    /// Virtualization type for the driver query.
+    #[arg(long = "virttype", value_name = "TYPE")]
+    virttype: Option<String>,
+    /// driver-test: directory of golden documents to serve.
+    #[arg(long, value_name = "DIR")]
+    fixtures: Option<PathBuf>,
+}
+
+impl CapsSource {
+    /// The document from --caps, or from the driver with the query flags, each flag left
+    /// out taken from `defaults`.
+    pub fn load(&self, ctx: &super::Context, defaults: Query) -> Result<DomainCapabilities> {
+        if let Some(path) = &self.caps {
+            let (name, text) = super::fmt::read_input(path)?;
+            return capsd_core::parse_any(&text)
+                .with_context(|| format!("{name}: not a valid domain capabilities document"));
+        }
+        let opts = DriverOptions { test_fixtures: self.fixtures.clone(), cache_dir: ctx.cache_dir.clone() };
+        let reg = super::domcaps::registry(ctx, &opts)?;
+        let driver = reg.get(&self.driver)?;
+        let query = Query {
+            emulator: self.emulatorbin.clone().or(defaults.emulator),
+            arch: self.arch.clone().or(defaults.arch),
+            machine: self.machine.clone().or(defaults.machine),
+            virt_type: self.virttype.clone().or(defaults.virt_type),
+        };
+        driver.domain_capabilities(&query).with_context(|| format!("driver '{}', query {query}", self.driver))
+    }
+}
+
+/// `--format text|json` for reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum ReportFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The libvirt domain definition (`<domain type=...>`), or `-` for standard input.
+    domain: PathBuf,
+    #[command(flatten)]
+    source: CapsSource,
+    /// Output form.
+    #[arg(long, value_enum, default_value_t = ReportFormat::Text)]
+    format: ReportFormat,
+}
+
+/// Exit code for bad input (unreadable or invalid domain or capabilities).
+pub const BAD_INPUT: u8 = 2;
+
+pub fn run(ctx: &super::Context, args: Args) -> Result<ExitCode> {
+    match check(ctx, &args) {
+        Ok(code) => Ok(code),
+        Err(e) => {
+            eprintln!("capsd: error: {e:#}");
+            Ok(ExitCode::from(BAD_INPUT))
+        }
+    }
+}
+
+fn check(ctx: &super::Context, args: &Args) -> Result<ExitCode> {
+    let (name, text) = super::fmt::read_input(&args.domain)?;
+    let domain = Domain::parse(&text).with_context(|| format!("{name}: not a usable domain definition"))?;
+    // The domain's own type, arch, machine and emulator make the default query.
+    let defaults = Query {
+        emulator: domain.emulator().map(PathBuf::from),
+        arch: domain.arch().map(str::to_owned),
+        machine: domain.machine().map(str::to_owned),
+        virt_type: Some(domain.virt_type().to_owned()),
+    };
+    let caps = args.source.load(ctx, defaults)?;
+    let report =
+        capsd_analysis::check(&domain, &caps).with_context(|| format!("{name}: not a usable domain definition"))?;
+    let out = match args.format {
+        ReportFormat::Text => report.to_text(),
+        ReportFormat::Json => {
+            let v = serde_json::json!({
+                "domain": name,
+                "capabilities": { "domain": caps.domain, "arch": caps.arch, "machine": caps.machine, "path": caps.path },
+                "findings": report.findings,
+                "summary": {
+                    "supported": report.count(capsd_analysis::Verdict::Supported),
+                    "unsupported": report.count(capsd_analysis::Verdict::Unsupported),
+                    "unknown": report.count(capsd_analysis::Verdict::Unknown),
+                },
+            });
+            serde_json::to_string_pretty(&v)? + "\n"
+        }
+    };
+    std::io::stdout().lock().write_all(out.as_bytes()).context("writing to standard output")?;
+    Ok(if report.has_unsupported() { ExitCode::from(1) } else { ExitCode::SUCCESS })
+}

@@ -204,3 +204,24 @@ fn blockers_on_request() {
     });
     assert!(xml.contains("<blockers model='qemu64'>\n        <feature name='pni'/>\n      </blockers>"), "{xml}");
 }
+
+/// libvirt's cpu_map is LGPL data: no committed recording may carry it (record-qemu strips
+/// it; replays read the running host's map).
+#[test]
+fn no_recording_carries_libvirt_cpu_map() {
+    let mut dirs = vec![data_dir().parent().unwrap().to_path_buf()];
+    let mut checked = 0;
+    while let Some(dir) = dirs.pop() {
+        for e in std::fs::read_dir(&dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                dirs.push(p);
+            } else if p.extension().is_some_and(|x| x == "json") {
+                let text = std::fs::read_to_string(&p).unwrap();
+                assert!(!text.contains("\"cpu_map\":{"), "{} carries libvirt's cpu_map", p.display());
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked > 0);
+}

@@ -1,7 +1,8 @@
 //! `cargo xtask conformance [--oracle DIR] [--keep DIR] [--ratchet-add]`: compare capsd's
 //! live answers with libvirt's on this machine, case by case.
 //!
-//! Runs the shared libvirt oracle (`../shared/tools/libvirt-oracle.sh`) with the QEMU case
+//! Runs the shared libvirt oracle (`../shared/tools/libvirt-oracle.sh`; `CAPSD_SHARED`
+//! overrides `../shared`) with the QEMU case
 //! file (`driver-qemu/tests/data/oracle-cases.txt`) unless `--oracle DIR` names outputs it
 //! already wrote, runs `capsd domcapabilities` (built now) with each case's arguments, and
 //! compares the two with `../shared/tools/facts.py`, twice: as is, and with the contents of
@@ -63,7 +64,8 @@ pub fn build_capsd(root: &Path) -> Result<PathBuf> {
 
 pub fn run(args: &[String]) -> Result<()> {
     let root = workspace_root();
-    let shared = root.join("../shared/tools");
+    // The shared reference tree (`../shared` beside the repository; `CAPSD_SHARED` overrides).
+    let shared = std::env::var_os("CAPSD_SHARED").map_or_else(|| root.join("../shared"), PathBuf::from).join("tools");
     let mut oracle: Option<PathBuf> = None;
     let mut keep: Option<PathBuf> = None;
     let mut ratchet_add = false;

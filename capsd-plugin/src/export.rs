@@ -3,12 +3,14 @@
 //! `capsd_plugin_v1` entry point backed by a static [`PluginCell`].
 //!
 //! Every call catches panics (`catch_unwind`) before they reach the `extern "C"` edge and
-//! returns them as [`ERR_PANIC`] errors; documents leave as libvirt XML.
+//! returns them as [`ERR_PANIC`] errors carrying the message and the location; such panics
+//! are not printed by the plugin (capsd reports them). Documents leave as libvirt XML.
 
 use std::any::Any;
+use std::cell::{Cell, RefCell};
 use std::ffi::{c_void, CString};
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::OnceLock;
+use std::sync::{Once, OnceLock};
 
 use capsd_core::{Availability, DomainCapsDriver, DriverError, Query};
 
@@ -135,14 +137,55 @@ fn panic_message(p: &(dyn Any + Send)) -> String {
     }
 }
 
+thread_local! {
+    /// Set while this thread runs a call from capsd.
+    static IN_CALL: Cell<bool> = const { Cell::new(false) };
+    /// Where the last panic during a call happened (`file:line:column`).
+    static PANIC_AT: RefCell<Option<String>> = const { RefCell::new(None) };
+}
+
+/// Once per plugin (the plugin has its own copy of std, so this hook never sees capsd's
+/// panics): a panic during a call is not printed but recorded, and becomes part of the error
+/// capsd gets; any other panic (a constructor, a thread of the plugin's own) goes to the
+/// hook that was there before.
+fn install_panic_hook() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if IN_CALL.with(Cell::get) {
+                let at = info.location().map(|l| format!("{}:{}:{}", l.file(), l.line(), l.column()));
+                PANIC_AT.with(|p| *p.borrow_mut() = at);
+            } else {
+                previous(info);
+            }
+        }));
+    });
+}
+
+/// Run `f` for capsd, turning a panic into its message (with the location).
+fn guarded<R>(f: impl FnOnce() -> R) -> Result<R, String> {
+    install_panic_hook();
+    let outer = IN_CALL.with(|c| c.replace(true));
+    let result = catch_unwind(AssertUnwindSafe(f));
+    IN_CALL.with(|c| c.set(outer));
+    result.map_err(|p| {
+        let msg = panic_message(p.as_ref());
+        match PANIC_AT.with(|a| a.borrow_mut().take()) {
+            Some(at) => format!("{msg} (at {at})"),
+            None => msg,
+        }
+    })
+}
+
 /// Run `f`, turning a panic into an [`ERR_PANIC`] reply, and store the reply in `out`.
 ///
 /// # Safety
 /// `out` must be null or valid for writing one [`CapsdReply`].
 unsafe fn reply_to(out: *mut CapsdReply, f: impl FnOnce() -> CapsdReply) {
-    let reply = match catch_unwind(AssertUnwindSafe(f)) {
+    let reply = match guarded(f) {
         Ok(r) => r,
-        Err(p) => error_reply(ERR_PANIC, &message_payload(panic_message(p.as_ref()))),
+        Err(msg) => error_reply(ERR_PANIC, &message_payload(msg)),
     };
     if out.is_null() {
         // Nobody to hand the buffer to: release it here.

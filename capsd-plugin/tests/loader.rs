@@ -47,7 +47,12 @@ fn a_panicking_plugin_is_an_error_and_keeps_answering() {
         assert_eq!(e.kind(), ErrorKind::ProbeFailed);
         let text = e.to_string();
         assert!(text.starts_with("probing plugin 'panicky' ("), "{text}");
-        assert!(text.ends_with("the plugin panicked: deliberate test panic for query arch=x86_64"), "{text}");
+        assert!(
+            text.ends_with(
+                "the plugin panicked: deliberate test panic for query arch=x86_64 (at panic/src/lib.rs:17:9)"
+            ),
+            "{text}"
+        );
     }
 }
 

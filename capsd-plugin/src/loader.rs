@@ -255,11 +255,16 @@ pub fn load_file(path: &Path) -> Result<PluginDriver, PluginError> {
         });
     }
     drop(file);
+    // RTLD_NOW: a library with unresolved symbols is refused here rather than failing in the
+    // middle of a query. RTLD_LOCAL: its symbols do not leak into other plugins.
+    let flags = libloading::os::unix::RTLD_NOW | libloading::os::unix::RTLD_LOCAL;
     // SAFETY: loading a library runs its initialisers; that is what a plugin is. The file was
     // checked above to be a regular file owned by root or the running user and not writable by
     // anyone else, in a directory with the same properties, so its code is as trusted as
     // capsd's own.
-    let lib = unsafe { Library::new(&real) }.map_err(|source| PluginError::Load { path: path.to_owned(), source })?;
+    let lib: Library = unsafe { libloading::os::unix::Library::open(Some(&real), flags) }
+        .map_err(|source| PluginError::Load { path: path.to_owned(), source })?
+        .into();
     PluginDriver::from_library(path, lib)
 }
 

@@ -169,7 +169,7 @@ fn a_symlink_into_an_untrusted_directory_is_refused() {
 
 #[test]
 fn a_plugin_written_in_c_answers_in_json_and_with_structured_errors() {
-    let dir = plugin_dir(&["tp_c"]);
+    let dir = plugin_dir(&["tp_c_minimal"]);
     let r = load_dir(dir.path(), &[]);
     assert!(r.refused.is_empty(), "{:?}", r.refused);
     let c = &r.loaded[0];
@@ -194,4 +194,14 @@ fn the_rust_table_has_the_c_layout() {
     assert_eq!(offset_of!(CapsdPluginV1, instance), 8 + p);
     assert_eq!(offset_of!(CapsdPluginV1, free_buffer), 8 + 4 * p);
     assert_eq!(size_of::<CapsdPluginV1>(), 8 + 5 * p);
+}
+
+#[test]
+fn unresolved_symbols_are_refused_at_load_time() {
+    let dir = plugin_dir(&["tp_c_unresolved", "tp_c_minimal"]);
+    let r = load_dir(dir.path(), &[]);
+    assert_eq!(r.loaded.len(), 1);
+    let text = r.refused[0].to_string();
+    assert!(matches!(r.refused[0], PluginError::Load { .. }), "{text}");
+    assert!(text.contains("libtp_c_unresolved.so") && text.contains("capsd_test_symbol_nobody_defines"), "{text}");
 }

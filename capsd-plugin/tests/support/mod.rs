@@ -1,6 +1,6 @@
 //! Builds the plugin libraries the tests load: the bhyve example
 //! (`examples/driver-bhyve`), the misbehaving test plugins (`capsd-plugin/tests/plugins`) and
-//! the C test plugin (`tests/plugins/c/minimal.c`, with `cc` or `$CC`).
+//! the C test plugins (`tests/plugins/c/*.c`, with `cc` or `$CC`).
 //! Both are separate cargo workspaces built with the cargo running the tests into
 //! `target/plugins` (a separate target directory, so the outer `cargo test` lock is not
 //! contended). Shared by capsd-plugin's and capsd's plugin tests (`#[path]` include).
@@ -41,17 +41,21 @@ fn build() -> Result<PathBuf, String> {
             return Err(format!("cargo build --manifest-path {manifest}: {}", String::from_utf8_lossy(&out.stderr)));
         }
     }
-    // The C test plugin, built against the C header of the ABI.
+    // The C test plugins, built against the C header of the ABI: `c/NAME.c` becomes
+    // `libtp_c_NAME.so`.
     let out_dir = target.join("debug");
-    let out = Command::new(std::env::var_os("CC").unwrap_or_else(|| "cc".into()))
-        .current_dir(&root)
-        .args(["-shared", "-fPIC", "-std=c99", "-Wall", "-Wextra", "-Werror", "-I", "capsd-plugin/include", "-o"])
-        .arg(out_dir.join("libtp_c.so"))
-        .arg("capsd-plugin/tests/plugins/c/minimal.c")
-        .output()
-        .map_err(|e| format!("cannot run the C compiler: {e}"))?;
-    if !out.status.success() {
-        return Err(format!("cc capsd-plugin/tests/plugins/c/minimal.c: {}", String::from_utf8_lossy(&out.stderr)));
+    for name in ["minimal", "unresolved"] {
+        let src = format!("capsd-plugin/tests/plugins/c/{name}.c");
+        let out = Command::new(std::env::var_os("CC").unwrap_or_else(|| "cc".into()))
+            .current_dir(&root)
+            .args(["-shared", "-fPIC", "-std=c99", "-Wall", "-Wextra", "-Werror", "-I", "capsd-plugin/include", "-o"])
+            .arg(out_dir.join(format!("libtp_c_{name}.so")))
+            .arg(&src)
+            .output()
+            .map_err(|e| format!("cannot run the C compiler: {e}"))?;
+        if !out.status.success() {
+            return Err(format!("cc {src}: {}", String::from_utf8_lossy(&out.stderr)));
+        }
     }
     Ok(out_dir)
 }

@@ -1,6 +1,7 @@
 //! capsd: the command-line tool and host agent. Each subcommand lives in its own module under
 //! `cmd/`; driver selection (cargo features, plugins) lives in `registry`.
 
+mod agent;
 mod cmd;
 mod output;
 mod registry;
@@ -19,6 +20,15 @@ struct Cli {
     #[arg(long, global = true, env = "CAPSD_PLUGIN_DIR")]
     plugin_dir: Option<PathBuf>,
 
+    /// Probe cache directory (default: /var/cache/capsd for root, else
+    /// $XDG_CACHE_HOME/capsd or ~/.cache/capsd).
+    #[arg(long, global = true, env = "CAPSD_CACHE_DIR", value_name = "DIR")]
+    cache_dir: Option<PathBuf>,
+
+    /// Neither read nor write the probe cache: probe every time.
+    #[arg(long, global = true)]
+    no_cache: bool,
+
     /// Log verbosity: -v info, -vv debug (or RUST_LOG for fine-grained filters).
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     verbose: u8,
@@ -36,6 +46,10 @@ enum Command {
     Drivers(cmd::drivers::Args),
     /// Read a domain capabilities document (XML or JSON) and write it in the chosen form.
     Fmt(cmd::fmt::Args),
+    /// Fill the probe cache for some or all emulators, with progress.
+    Probe(cmd::probe::Args),
+    /// Run the agent: the same answers over HTTP on a Unix socket (and loopback TCP).
+    Serve(cmd::serve::Args),
     /// Check a libvirt domain definition against the capabilities (exit 1: unsupported parts).
     Check(cmd::check::Args),
     /// Compare two capabilities documents fact by fact (exit 1: different).
@@ -51,11 +65,14 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing(cli.verbose);
-    let ctx = cmd::Context { plugin_dir: cli.plugin_dir };
+    let cache_dir = if cli.no_cache { None } else { cli.cache_dir.or_else(registry::default_cache_dir) };
+    let ctx = cmd::Context { plugin_dir: cli.plugin_dir, cache_dir };
     let result = match cli.command {
         Command::DomCapabilities(a) => cmd::domcaps::run(&ctx, a),
         Command::Drivers(a) => cmd::drivers::run(&ctx, a),
         Command::Fmt(a) => cmd::fmt::run(a),
+        Command::Probe(a) => cmd::probe::run(&ctx, a),
+        Command::Serve(a) => cmd::serve::run(&ctx, a),
         Command::Check(a) => cmd::check::run(&ctx, a),
         Command::Diff(a) => cmd::diff::run(a),
         Command::Baseline(a) => cmd::baseline::run(a),

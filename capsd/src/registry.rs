@@ -14,6 +14,16 @@ pub const IN_TREE: [&str; 4] = ["qemu", "xen", "lxc", "test"];
 pub struct DriverOptions {
     /// `--fixtures DIR` for driver-test.
     pub test_fixtures: Option<std::path::PathBuf>,
+    /// Probe cache directory for driver-qemu; `None`: no cache.
+    pub cache_dir: Option<std::path::PathBuf>,
+}
+
+/// The default probe cache directory (driver-qemu's rule), `None` without driver-qemu.
+pub fn default_cache_dir() -> Option<std::path::PathBuf> {
+    #[cfg(feature = "qemu")]
+    return driver_qemu::cache::default_dir();
+    #[cfg(not(feature = "qemu"))]
+    None
 }
 
 /// The drivers of this process, in listing order.
@@ -35,7 +45,10 @@ impl Registry {
     pub fn embedded(opts: &DriverOptions) -> anyhow::Result<Self> {
         let mut r = Registry::default();
         #[cfg(feature = "qemu")]
-        r.add(Arc::new(driver_qemu::QemuDriver::new()));
+        r.add(Arc::new(match &opts.cache_dir {
+            Some(dir) => driver_qemu::QemuDriver::new().with_cache_dir(dir.clone()),
+            None => driver_qemu::QemuDriver::new(),
+        }));
         #[cfg(feature = "xen")]
         r.add(Arc::new(driver_xen::XenDriver::new()));
         #[cfg(feature = "lxc")]

@@ -89,6 +89,9 @@ pub struct KeySources {
     pub nested_params: Vec<PathBuf>,
     /// Other files whose presence or identity decides part of the document.
     pub other_files: Vec<PathBuf>,
+    /// The program itself (like libvirt watching its daemon's ctime): a rebuilt or upgraded
+    /// capsd may ask QEMU more, so it re-probes even when its version string is unchanged.
+    pub app_binary: Option<PathBuf>,
 }
 
 impl KeySources {
@@ -129,6 +132,7 @@ impl KeySources {
             .iter()
             .map(PathBuf::from)
             .collect(),
+            app_binary: std::env::current_exe().ok(),
         }
     }
 }
@@ -179,6 +183,9 @@ impl FileStamp {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HostKey {
     pub app_version: String,
+    /// Identity of the program's executable, when known.
+    #[serde(default)]
+    pub app_binary: Option<FileStamp>,
     pub probe_format: u32,
     /// Per module directory: `None` when absent, else its entries sorted by name.
     pub module_dirs: Vec<(String, Option<Vec<FileStamp>>)>,
@@ -214,6 +221,11 @@ impl HostKey {
         let kvm_usable = kvm_present && OpenOptions::new().read(true).write(true).open(&sources.kvm_device).is_ok();
         HostKey {
             app_version: app_version.to_owned(),
+            app_binary: sources
+                .app_binary
+                .as_ref()
+                .and_then(|p| fs::metadata(p).ok())
+                .map(|m| FileStamp::of(String::new(), &m)),
             probe_format: PROBE_FORMAT_VERSION,
             module_dirs: dirs(&sources.module_dirs),
             firmware_dirs: dirs(&sources.firmware_dirs),
@@ -454,12 +466,16 @@ impl ProbeCache {
     }
 
     /// The cached probe of `binary` when still valid, else the result of `probe` (stored).
+    ///
+    /// The data is handed over, not kept in this process's memory (keeping it would cost a
+    /// copy as large as a parse): right for one-shot callers such as the CLI. Long-lived
+    /// callers that look the same binary up again use [`Self::get_or_probe_runs`].
     pub fn get_or_probe(
         &self,
         binary: &Path,
         probe: impl FnOnce() -> Result<ProbeData, DriverError>,
     ) -> Result<(ProbeData, CacheOutcome), DriverError> {
-        let (d, o) = self.get_or_probe_runs(binary, Runs::All, probe)?;
+        let (d, o) = self.get_inner(binary, Runs::All, false, probe)?;
         Ok((Arc::try_unwrap(d).unwrap_or_else(|d| (*d).clone()), o))
     }
 
@@ -472,8 +488,18 @@ impl ProbeCache {
         runs: Runs<'_>,
         probe: impl FnOnce() -> Result<ProbeData, DriverError>,
     ) -> Result<(Arc<ProbeData>, CacheOutcome), DriverError> {
+        self.get_inner(binary, runs, true, probe)
+    }
+
+    fn get_inner(
+        &self,
+        binary: &Path,
+        runs: Runs<'_>,
+        keep: bool,
+        probe: impl FnOnce() -> Result<ProbeData, DriverError>,
+    ) -> Result<(Arc<ProbeData>, CacheOutcome), DriverError> {
         let key = self.key(binary)?;
-        if let Some(d) = self.lookup_with(binary, &key, runs) {
+        if let Some(d) = self.lookup_with(binary, &key, runs, keep) {
             return Ok((d, CacheOutcome::Hit));
         }
         // Miss: one probe per binary at a time in this process.
@@ -487,13 +513,13 @@ impl ProbeCache {
         }
         // Someone may have probed while we waited; the key may have changed meanwhile too.
         let key = self.key(binary)?;
-        if let Some(d) = self.lookup_with(binary, &key, runs) {
+        if let Some(d) = self.lookup_with(binary, &key, runs, keep) {
             return Ok((d, CacheOutcome::Hit));
         }
         let file = self.file_for(binary);
         let _flock = self.lock_file(&file);
         // And across processes.
-        if let Some(d) = self.lookup_with(binary, &key, runs) {
+        if let Some(d) = self.lookup_with(binary, &key, runs, keep) {
             return Ok((d, CacheOutcome::Hit));
         }
         STATS.misses.fetch_add(1, Ordering::Relaxed);
@@ -518,14 +544,16 @@ impl ProbeCache {
             }
         }
         let data = Arc::new(data);
-        lock(&self.inner.memo).insert(binary.to_owned(), MemoEntry { key, data: data.clone(), complete: true });
+        if keep {
+            lock(&self.inner.memo).insert(binary.to_owned(), MemoEntry { key, data: data.clone(), complete: true });
+        }
         Ok((data, CacheOutcome::Miss))
     }
 
     /// The cached probe of `binary` when present and valid, without probing.
     pub fn lookup(&self, binary: &Path) -> Result<Option<Arc<ProbeData>>, DriverError> {
         let key = self.key(binary)?;
-        Ok(self.lookup_with(binary, &key, Runs::All))
+        Ok(self.lookup_with(binary, &key, Runs::All, true))
     }
 
     /// Forget `binary`'s entry (memory and file).
@@ -539,7 +567,8 @@ impl ProbeCache {
         }
     }
 
-    fn lookup_with(&self, binary: &Path, key: &CacheKey, runs: Runs<'_>) -> Option<Arc<ProbeData>> {
+    /// The entry from memory or file; `keep`: remember what the file gave in memory.
+    fn lookup_with(&self, binary: &Path, key: &CacheKey, runs: Runs<'_>, keep: bool) -> Option<Arc<ProbeData>> {
         {
             let memo = lock(&self.inner.memo);
             if let Some(e) = memo.get(binary) {
@@ -559,6 +588,9 @@ impl ProbeCache {
             Ok((data, complete)) => {
                 STATS.disk_hits.fetch_add(1, Ordering::Relaxed);
                 let data = Arc::new(data);
+                if !keep {
+                    return Some(data);
+                }
                 let mut memo = lock(&self.inner.memo);
                 let keep_old = memo.get(binary).is_some_and(|e| e.key == *key && e.complete && !complete);
                 if !keep_old {
@@ -643,17 +675,20 @@ fn accel_of(tag: &str) -> Option<Accel> {
     [Accel::Kvm, Accel::Tcg].into_iter().find(|a| accel_tag(*a) == tag)
 }
 
-fn json_err(e: serde_json::Error) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, e)
+/// A serialization error, naming the part that failed.
+fn json_err(part: &str) -> impl Fn(serde_json::Error) -> io::Error + '_ {
+    move |e| io::Error::new(io::ErrorKind::InvalidData, format!("cannot serialize {part}: {e}"))
 }
 
 /// The file's bytes for `data` under `key`.
 fn encode(key: &CacheKey, data: &ProbeData) -> io::Result<Vec<u8>> {
     let mut segs: Vec<(String, Vec<u8>)> = Vec::new();
     let meta = Meta { format_version: data.format_version, binary: data.binary.clone(), host: &data.host };
-    segs.push(("meta".to_owned(), serde_json::to_vec(&meta).map_err(json_err)?));
+    segs.push(("meta".to_owned(), serde_json::to_vec(&meta).map_err(json_err("the host facts"))?));
     for (accel, t) in &data.runs {
-        segs.push((run_segment_name(*accel), serde_json::to_vec(t).map_err(json_err)?));
+        let name = run_segment_name(*accel);
+        let bytes = serde_json::to_vec(t).map_err(json_err(&name))?;
+        segs.push((name, bytes));
     }
     let header = Header {
         probe_format: data.format_version,
@@ -664,7 +699,7 @@ fn encode(key: &CacheKey, data: &ProbeData) -> io::Result<Vec<u8>> {
             .collect(),
         written: SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
     };
-    let h = serde_json::to_vec(&header).map_err(json_err)?;
+    let h = serde_json::to_vec(&header).map_err(json_err("the cache key"))?;
     let mut out = format!("{MAGIC} {CACHE_FILE_VERSION} {} {:016x}\n", h.len(), checksum(&h)).into_bytes();
     out.extend_from_slice(&h);
     for (_, b) in &segs {
@@ -741,14 +776,9 @@ fn decode(bytes: &[u8], key: &CacheKey, runs: Runs<'_>) -> Result<(ProbeData, bo
         }
         Ok(seg)
     };
-    let meta: Meta<HostFacts> =
-        serde_json::from_slice(verified("meta")?).map_err(|e| FileProblem::Damaged(format!("segment meta: {e}")))?;
-    if meta.format_version != PROBE_FORMAT_VERSION {
-        return Err(FileProblem::OtherVersion(format!("probe data format {}", meta.format_version)));
-    }
-    let mut data =
-        ProbeData { format_version: meta.format_version, binary: meta.binary, runs: BTreeMap::new(), host: meta.host };
+    // Which run segments to parse, checksums verified first.
     let mut complete = true;
+    let mut wanted: Vec<(Accel, &str, &[u8])> = Vec::new();
     for name in table.keys() {
         let Some(tag) = name.strip_prefix("run:") else { continue };
         let accel = accel_of(tag).ok_or_else(|| FileProblem::Damaged(format!("unknown run segment {name}")))?;
@@ -758,8 +788,43 @@ fn decode(bytes: &[u8], key: &CacheKey, runs: Runs<'_>) -> Result<(ProbeData, bo
                 continue;
             }
         }
-        let t: Transcript = serde_json::from_slice(verified(name)?)
-            .map_err(|e| FileProblem::Damaged(format!("segment {name}: {e}")))?;
+        wanted.push((accel, name, verified(name)?));
+    }
+    let meta_bytes = verified("meta")?;
+    // Parsing is allocation-bound and the segments are independent: parse the runs on their
+    // own threads while this one parses the host facts.
+    let parse_run = |(accel, name, bytes): (Accel, &str, &[u8])| -> Result<(Accel, Transcript), FileProblem> {
+        serde_json::from_slice(bytes)
+            .map(|t| (accel, t))
+            .map_err(|e| FileProblem::Damaged(format!("segment {name}: {e}")))
+    };
+    let (meta, parsed) = std::thread::scope(|s| {
+        let mut handles = Vec::new();
+        let mut inline = Vec::new();
+        for w in wanted {
+            // Small segments are not worth a thread.
+            if w.2.len() >= 64 * 1024 {
+                handles.push(s.spawn(move || parse_run(w)));
+            } else {
+                inline.push(w);
+            }
+        }
+        let meta: Result<Meta<HostFacts>, FileProblem> =
+            serde_json::from_slice(meta_bytes).map_err(|e| FileProblem::Damaged(format!("segment meta: {e}")));
+        let mut parsed: Vec<Result<(Accel, Transcript), FileProblem>> = inline.into_iter().map(parse_run).collect();
+        for h in handles {
+            parsed.push(h.join().unwrap_or_else(|_| Err(FileProblem::Damaged("parser thread panicked".into()))));
+        }
+        (meta, parsed)
+    });
+    let meta = meta?;
+    if meta.format_version != PROBE_FORMAT_VERSION {
+        return Err(FileProblem::OtherVersion(format!("probe data format {}", meta.format_version)));
+    }
+    let mut data =
+        ProbeData { format_version: meta.format_version, binary: meta.binary, runs: BTreeMap::new(), host: meta.host };
+    for r in parsed {
+        let (accel, t) = r?;
         data.runs.insert(accel, t);
     }
     Ok((data, complete))
@@ -768,9 +833,10 @@ fn decode(bytes: &[u8], key: &CacheKey, runs: Runs<'_>) -> Result<(ProbeData, bo
 /// The first part of the key that differs, for the log.
 fn key_difference(stored: &CacheKey, now: &CacheKey) -> Option<String> {
     let (a, b) = (&stored.host, &now.host);
-    let checks: [(&str, bool); 11] = [
+    let checks: [(&str, bool); 12] = [
         ("the emulator binary", stored.binary == now.binary),
         ("capsd's version", a.app_version == b.app_version),
+        ("capsd's executable", a.app_binary == b.app_binary),
         ("the probe format", a.probe_format == b.probe_format),
         ("the QEMU module directory", a.module_dirs == b.module_dirs),
         ("the firmware descriptors", a.firmware_dirs == b.firmware_dirs),

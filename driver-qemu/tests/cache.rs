@@ -38,6 +38,7 @@ impl World {
         fs::write(root.join("sys/osrelease"), "6.1.0-test\n").unwrap();
         fs::write(root.join("sys/kvm"), "").unwrap();
         fs::write(root.join("sys/nested"), "Y\n").unwrap();
+        fs::write(root.join("capsd"), "capsd 1").unwrap();
         let sources = KeySources {
             module_dirs: vec![root.join("modules")],
             firmware_dirs: vec![root.join("firmware"), root.join("no-such-firmware-dir")],
@@ -46,6 +47,7 @@ impl World {
             kvm_device: root.join("sys/kvm"),
             nested_params: vec![root.join("sys/nested")],
             other_files: vec![root.join("sys/swtpm")],
+            app_binary: Some(root.join("capsd")),
         };
         World { cache_dir: root.join("cache"), root, binary, sources, _tmp: tmp }
     }
@@ -219,6 +221,11 @@ fn a_new_capsd_version_invalidates() {
     assert_eq!(get(&w.cache_version("1.0.0"), &w, &n, "x").1, CacheOutcome::Hit);
     assert_eq!(get(&w.cache_version("1.0.1"), &w, &n, "b").1, CacheOutcome::Miss);
     assert_eq!(n.load(Ordering::SeqCst), 2);
+}
+
+#[test]
+fn a_rebuilt_capsd_invalidates() {
+    assert_invalidated_by(|w| fs::write(w.root.join("capsd"), "capsd 1, rebuilt").unwrap());
 }
 
 #[test]

@@ -1,7 +1,9 @@
 //! `cargo xtask bench [core|qemu|agent]...`: benchmarks with printed figures. Speed targets
 //! live here, never in timed tests. Each group is its own module.
 
+mod agent;
 mod core;
+mod load;
 mod qemu;
 
 use anyhow::{bail, Result};
@@ -14,7 +16,7 @@ pub fn run(args: &[String]) -> Result<()> {
         match g {
             "core" => core::run()?,
             "qemu" => qemu::run()?,
-            "agent" => println!("bench {g}: not written yet"),
+            "agent" => agent::run()?,
             other => bail!("unknown bench group '{other}' (have: {})", all.join(", ")),
         }
     }

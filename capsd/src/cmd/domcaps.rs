@@ -61,7 +61,7 @@ pub fn registry(ctx: &super::Context, opts: &DriverOptions) -> Result<Registry> 
 }
 
 pub fn run(ctx: &super::Context, args: Args) -> Result<ExitCode> {
-    let opts = DriverOptions { test_fixtures: args.fixtures.clone() };
+    let opts = DriverOptions { test_fixtures: args.fixtures.clone(), cache_dir: ctx.cache_dir.clone() };
     let reg = registry(ctx, &opts)?;
     let driver = reg.get(&args.driver)?;
     let query = Query { emulator: args.emulatorbin, arch: args.arch, machine: args.machine, virt_type: args.virttype };

@@ -1,0 +1,204 @@
+//! The host agent (`capsd serve`): the CLI's answers over HTTP, warm ones from memory.
+//!
+//! A document is derived once per (driver, query) and kept rendered (XML and JSON) in
+//! memory, so a warm request is a map lookup. What makes a kept document stale is what
+//! makes a probe stale (see `driver_qemu::cache`): a watcher re-reads those host inputs
+//! plus the identity of every emulator binary a kept document names, every
+//! `recheck` interval, off the request path; a change drops every kept document (the next
+//! request derives again, through the driver and its probe cache, which re-checks its own
+//! key in full). Answers can thus lag a host change by at most one interval.
+//!
+//! - [`server`]: listeners (Unix socket, loopback TCP), routes, errors as HTTP statuses.
+//! - [`metrics`]: counters and histograms for `/metrics`.
+//! - [`flight`]: one derivation per key at a time.
+
+pub mod flight;
+pub mod metrics;
+pub mod server;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use axum::body::Bytes;
+use capsd_core::{DomainCapsDriver, DriverError, Query};
+
+use crate::registry::Registry;
+
+/// What a document is kept under.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct DocKey {
+    pub driver: String,
+    pub query: Query,
+}
+
+/// A derived document in both forms.
+#[derive(Debug)]
+pub struct Doc {
+    pub xml: Bytes,
+    pub json: Bytes,
+    /// The watch generation it was derived in.
+    generation: u64,
+}
+
+/// Shared state of the agent.
+pub struct Agent {
+    pub registry: Registry,
+    pub metrics: metrics::Metrics,
+    docs: RwLock<HashMap<DocKey, Arc<Doc>>>,
+    flights: flight::Flights<DocKey>,
+    generation: AtomicU64,
+    /// Emulator binaries named by kept documents (their `<path>`), with their identity when
+    /// first seen.
+    watched: Mutex<BTreeMap<PathBuf, String>>,
+}
+
+impl std::fmt::Debug for Agent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Agent").field("registry", &self.registry).finish_non_exhaustive()
+    }
+}
+
+impl Agent {
+    pub fn new(registry: Registry) -> Self {
+        Agent {
+            registry,
+            metrics: metrics::Metrics::default(),
+            docs: RwLock::new(HashMap::new()),
+            flights: flight::Flights::default(),
+            generation: AtomicU64::new(0),
+            watched: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    /// The document for `key`: from memory when kept and current, else derived by `driver`
+    /// (one derivation per key at a time).
+    pub async fn document(&self, key: DocKey, driver: Arc<dyn DomainCapsDriver>) -> Result<Arc<Doc>, DriverError> {
+        if let Some(d) = self.kept(&key) {
+            self.metrics.doc_hits.fetch_add(1, Ordering::Relaxed);
+            return Ok(d);
+        }
+        let _ticket = self.flights.enter(&key).await;
+        if let Some(d) = self.kept(&key) {
+            self.metrics.doc_hits.fetch_add(1, Ordering::Relaxed);
+            return Ok(d);
+        }
+        self.metrics.doc_misses.fetch_add(1, Ordering::Relaxed);
+        // Taken before deriving: a change seen during derivation makes this entry stale.
+        let generation = self.generation.load(Ordering::Acquire);
+        let query = key.query.clone();
+        let derived = tokio::task::spawn_blocking(move || {
+            driver.domain_capabilities(&query).map(|caps| {
+                let xml = Bytes::from(capsd_core::xml::to_xml(&caps));
+                let json = Bytes::from(capsd_core::json::to_json(&caps));
+                (caps.path, xml, json)
+            })
+        })
+        .await
+        .map_err(|e| DriverError::probe_failed(key.driver.clone(), format!("driver task failed: {e}")))?;
+        let (path, xml, json) = match derived {
+            Ok(x) => {
+                self.metrics.driver_ok.fetch_add(1, Ordering::Relaxed);
+                x
+            }
+            Err(e) => {
+                self.metrics.driver_err.fetch_add(1, Ordering::Relaxed);
+                return Err(e);
+            }
+        };
+        if let Some(p) = path {
+            let p = PathBuf::from(p);
+            let mut w = self.watched.lock().unwrap_or_else(|e| e.into_inner());
+            w.entry(p).or_insert_with_key(|p| file_stamp(p));
+        }
+        let doc = Arc::new(Doc { xml, json, generation });
+        self.docs.write().unwrap_or_else(|e| e.into_inner()).insert(key, doc.clone());
+        Ok(doc)
+    }
+
+    fn kept(&self, key: &DocKey) -> Option<Arc<Doc>> {
+        let g = self.generation.load(Ordering::Acquire);
+        self.docs.read().unwrap_or_else(|e| e.into_inner()).get(key).filter(|d| d.generation == g).cloned()
+    }
+
+    /// Drop every kept document.
+    pub fn invalidate_all(&self) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        self.docs.write().unwrap_or_else(|e| e.into_inner()).clear();
+        self.metrics.invalidations.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Whether a watched binary changed since it was first seen (and remember the new
+    /// identities).
+    fn binaries_changed(&self) -> bool {
+        let snapshot: Vec<(PathBuf, String)> = self
+            .watched
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(p, s)| (p.clone(), s.clone()))
+            .collect();
+        let changed: Vec<(PathBuf, String)> = snapshot
+            .into_iter()
+            .filter_map(|(p, old)| Some(file_stamp(&p)).filter(|now| *now != old).map(|now| (p, now)))
+            .collect();
+        let mut w = self.watched.lock().unwrap_or_else(|e| e.into_inner());
+        for (p, now) in &changed {
+            tracing::info!(binary = %p.display(), "emulator binary changed");
+            w.insert(p.clone(), now.clone());
+        }
+        !changed.is_empty()
+    }
+
+    /// Re-read the watched inputs every `every`; drop kept documents when they change.
+    pub async fn watch(self: Arc<Self>, every: Duration) {
+        let mut last = tokio::task::spawn_blocking(host_fingerprint).await.unwrap_or_default();
+        loop {
+            tokio::time::sleep(every).await;
+            let me = self.clone();
+            let Ok((host, binaries)) =
+                tokio::task::spawn_blocking(move || (host_fingerprint(), me.binaries_changed())).await
+            else {
+                continue;
+            };
+            if host != last || binaries {
+                tracing::info!("host inputs changed; dropping in-memory documents");
+                self.invalidate_all();
+                last = host;
+            }
+        }
+    }
+}
+
+/// Identity of a file (size, times, inode), or `absent`.
+fn file_stamp(p: &std::path::Path) -> String {
+    use std::os::unix::fs::MetadataExt;
+    match std::fs::metadata(p) {
+        Ok(m) => format!(
+            "{}|{}.{}|{}.{}|{}|{}",
+            m.size(),
+            m.mtime(),
+            m.mtime_nsec(),
+            m.ctime(),
+            m.ctime_nsec(),
+            m.ino(),
+            m.dev()
+        ),
+        Err(_) => "absent".to_owned(),
+    }
+}
+
+/// The host part of the probe cache key (QEMU modules, firmware descriptors, kernel, CPU
+/// microcode, KVM), when the qemu driver is built in.
+#[cfg(feature = "qemu")]
+fn host_fingerprint() -> String {
+    use driver_qemu::cache::{HostKey, KeySources};
+    serde_json::to_string(&HostKey::read(&KeySources::host(), env!("CARGO_PKG_VERSION"))).unwrap_or_default()
+}
+
+#[cfg(not(feature = "qemu"))]
+fn host_fingerprint() -> String {
+    String::new()
+}

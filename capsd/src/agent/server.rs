@@ -1,0 +1,379 @@
+//! HTTP side of the agent: routes, query validation, errors as statuses with a JSON body,
+//! and the listeners (a Unix socket with chosen mode and group; loopback TCP on request).
+//!
+//! Routes:
+//! - `GET /v1/domcapabilities?emulatorbin=&arch=&machine=&virttype=&driver=`: the document,
+//!   XML, or JSON with `Accept: application/json`; the same bytes as the CLI prints.
+//! - `GET /v1/drivers`: the drivers and their availability (JSON).
+//! - `GET /healthz`: `ok`.
+//! - `GET /metrics`: Prometheus text.
+//!
+//! Errors: `{"error": KIND, "message": TEXT, ...}` with 400 for bad input (unknown or repeated
+//! parameter, malformed value, a value the driver rejects), 404 for a combination the
+//! driver does not offer, 501 for a driver not built in or not working on this host, 502
+//! when probing the hypervisor failed, 500 for other failures.
+
+use std::net::SocketAddr;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{bail, Context as _, Result};
+use axum::body::Body;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query as QueryParams, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use capsd_core::{DriverError, Query};
+use serde_json::json;
+
+use super::{metrics, Agent, DocKey};
+use crate::registry::IN_TREE;
+
+/// The parameters `/v1/domcapabilities` takes.
+const PARAMS: [&str; 5] = ["emulatorbin", "arch", "machine", "virttype", "driver"];
+
+/// An error answer: status and JSON body.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    body: serde_json::Value,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, kind: &str, message: String) -> Self {
+        ApiError { status, body: json!({"error": kind, "message": message}) }
+    }
+
+    fn bad_parameter(name: &str, value: &str, reason: &str) -> Self {
+        let mut e = Self::new(StatusCode::BAD_REQUEST, "invalid-parameter", format!("parameter '{name}': {reason}"));
+        e.body["parameter"] = json!(name);
+        e.body["value"] = json!(value);
+        e
+    }
+}
+
+impl From<DriverError> for ApiError {
+    fn from(e: DriverError) -> Self {
+        let (status, kind) = match &e {
+            DriverError::InvalidInput { .. } => (StatusCode::BAD_REQUEST, "invalid-input"),
+            DriverError::NotSupported { .. } => (StatusCode::NOT_FOUND, "not-supported"),
+            DriverError::Unavailable { .. } => (StatusCode::NOT_IMPLEMENTED, "driver-unavailable"),
+            DriverError::ProbeFailed { .. } => (StatusCode::BAD_GATEWAY, "probe-failed"),
+            _ => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        };
+        let mut err = ApiError::new(status, kind, e.to_string());
+        if let DriverError::InvalidInput { field, value, .. } = &e {
+            err.body["parameter"] = json!(field);
+            err.body["value"] = json!(value);
+        }
+        err
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut body = self.body.to_string();
+        body.push('\n');
+        (self.status, [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], body).into_response()
+    }
+}
+
+/// The router, with request metrics around every route.
+pub fn router(agent: Arc<Agent>) -> Router {
+    Router::new()
+        .route("/v1/domcapabilities", get(domcapabilities))
+        .route("/v1/drivers", get(drivers))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/metrics", get(metrics_text))
+        .fallback(|req: Request| async move {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not-found",
+                format!("no such endpoint: {} {}", req.method(), req.uri().path()),
+            )
+        })
+        .layer(middleware::from_fn_with_state(agent.clone(), measure))
+        .with_state(agent)
+}
+
+async fn measure(State(agent): State<Arc<Agent>>, req: Request, next: Next) -> Response {
+    let t = Instant::now();
+    let endpoint = metrics::endpoint_of(req.uri().path());
+    let resp = next.run(req).await;
+    agent.metrics.record_request(endpoint, resp.status().as_u16(), t.elapsed());
+    resp
+}
+
+async fn metrics_text(State(agent): State<Arc<Agent>>) -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"))], agent.metrics.render())
+}
+
+async fn drivers(State(agent): State<Arc<Agent>>) -> Response {
+    let reg = &agent.registry;
+    let mut v: Vec<serde_json::Value> = reg
+        .all()
+        .iter()
+        .map(|d| json!({"name": d.name(), "built_in": true, "availability": d.availability()}))
+        .collect();
+    for n in IN_TREE {
+        if !reg.all().iter().any(|d| d.name() == n) {
+            v.push(json!({"name": n, "built_in": false}));
+        }
+    }
+    let body = serde_json::to_string_pretty(&v).unwrap_or_default() + "\n";
+    ([(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], body).into_response()
+}
+
+/// Whether the client asked for JSON (`Accept` naming `application/json` before any XML type).
+fn wants_json(headers: &HeaderMap) -> bool {
+    let Some(accept) = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()) else { return false };
+    let json = accept.find("application/json");
+    let xml = accept.find("/xml");
+    match (json, xml) {
+        (Some(j), Some(x)) => j < x,
+        (Some(_), None) => true,
+        _ => false,
+    }
+}
+
+/// Check a token-like value: non-empty, at most 64 characters of `allowed`.
+fn check_token(name: &str, value: &str, allowed: impl Fn(char) -> bool, what: &str) -> Result<(), ApiError> {
+    if value.is_empty() {
+        return Err(ApiError::bad_parameter(name, value, "empty value"));
+    }
+    if value.len() > 64 || !value.chars().all(allowed) {
+        return Err(ApiError::bad_parameter(name, value, &format!("not a valid {what}")));
+    }
+    Ok(())
+}
+
+/// The driver name and query of a `/v1/domcapabilities` request.
+pub fn parse_query(params: &[(String, String)]) -> Result<(String, Query), ApiError> {
+    let mut driver = None;
+    let mut q = Query::default();
+    let mut seen: Vec<&str> = Vec::new();
+    for (k, v) in params {
+        let Some(name) = PARAMS.iter().find(|p| **p == k) else {
+            return Err(ApiError::bad_parameter(k, v, &format!("unknown parameter; allowed: {}", PARAMS.join(", "))));
+        };
+        if seen.contains(name) {
+            return Err(ApiError::bad_parameter(k, v, "given more than once"));
+        }
+        seen.push(name);
+        match *name {
+            "emulatorbin" => {
+                if v.is_empty() {
+                    return Err(ApiError::bad_parameter(k, v, "empty value"));
+                }
+                if !v.starts_with('/') || v.len() > 4096 || v.chars().any(char::is_control) {
+                    return Err(ApiError::bad_parameter(
+                        k,
+                        v,
+                        "bad path: must be an absolute path to the emulator binary",
+                    ));
+                }
+                q.emulator = Some(PathBuf::from(v));
+            }
+            "arch" => {
+                check_token(k, v, |c| c.is_ascii_alphanumeric() || c == '_', "architecture name")?;
+                q.arch = Some(v.clone());
+            }
+            "machine" => {
+                check_token(k, v, |c| c.is_ascii_alphanumeric() || "_.-".contains(c), "machine type")?;
+                q.machine = Some(v.clone());
+            }
+            "virttype" => {
+                check_token(k, v, |c| c.is_ascii_alphanumeric(), "virtualization type")?;
+                q.virt_type = Some(v.clone());
+            }
+            _ => {
+                check_token(k, v, |c| c.is_ascii_alphanumeric() || "_-".contains(c), "driver name")?;
+                driver = Some(v.clone());
+            }
+        }
+    }
+    Ok((driver.unwrap_or_else(|| "qemu".to_owned()), q))
+}
+
+async fn domcapabilities(
+    State(agent): State<Arc<Agent>>,
+    headers: HeaderMap,
+    params: Result<QueryParams<Vec<(String, String)>>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let QueryParams(params) = params.map_err(|e| {
+        ApiError::new(StatusCode::BAD_REQUEST, "invalid-parameter", format!("cannot read the query string: {e}"))
+    })?;
+    let (driver_name, query) = parse_query(&params)?;
+    let driver = match agent.registry.all().iter().find(|d| d.name() == driver_name) {
+        Some(d) => d.clone(),
+        None if IN_TREE.contains(&driver_name.as_str()) => {
+            return Err(ApiError::new(
+                StatusCode::NOT_IMPLEMENTED,
+                "driver-not-built-in",
+                format!("driver '{driver_name}' is not built into this capsd (rebuild with --features {driver_name})"),
+            ))
+        }
+        None => {
+            let have: Vec<&str> = agent.registry.all().iter().map(|d| d.name()).collect();
+            return Err(ApiError::bad_parameter(
+                "driver",
+                &driver_name,
+                &format!("unknown driver; drivers here: {}", have.join(", ")),
+            ));
+        }
+    };
+    let doc = agent.document(DocKey { driver: driver_name, query }, driver).await?;
+    let (body, ctype) = if wants_json(&headers) {
+        (doc.json.clone(), "application/json")
+    } else {
+        (doc.xml.clone(), "application/xml")
+    };
+    Ok(([(header::CONTENT_TYPE, HeaderValue::from_static(ctype))], Body::from(body)).into_response())
+}
+
+/// How the Unix socket is set up.
+#[derive(Debug, Clone)]
+pub struct SocketOptions {
+    pub path: PathBuf,
+    /// Permission bits (default 0660).
+    pub mode: u32,
+    /// Group to own the socket (name or number); the process's group when `None`.
+    pub group: Option<String>,
+}
+
+/// Bind the Unix socket: refuse to replace a live socket or a non-socket file, remove a
+/// stale one, create it with no access for others, then set group and mode.
+pub fn bind_unix(opts: &SocketOptions) -> Result<tokio::net::UnixListener> {
+    let path = &opts.path;
+    if let Ok(m) = std::fs::symlink_metadata(path) {
+        if !m.file_type().is_socket() {
+            bail!("{} exists and is not a socket; refusing to replace it", path.display());
+        }
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            bail!("{}: another process is already serving on this socket", path.display());
+        }
+        std::fs::remove_file(path).with_context(|| format!("removing stale socket {}", path.display()))?;
+    }
+    let gid = opts.group.as_deref().map(resolve_group).transpose()?;
+    // No window in which the socket is more open than asked: create it owner-only.
+    let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o177));
+    let bound = std::os::unix::net::UnixListener::bind(path);
+    nix::sys::stat::umask(old);
+    let listener = bound.with_context(|| format!("cannot bind {}", path.display()))?;
+    if let Some(gid) = gid {
+        nix::unistd::chown(path, None, Some(gid))
+            .with_context(|| format!("cannot give {} to group {gid}", path.display()))?;
+    }
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(opts.mode))
+        .with_context(|| format!("cannot set mode {:o} on {}", opts.mode, path.display()))?;
+    listener.set_nonblocking(true)?;
+    Ok(tokio::net::UnixListener::from_std(listener)?)
+}
+
+fn resolve_group(g: &str) -> Result<nix::unistd::Gid> {
+    if let Ok(n) = g.parse::<u32>() {
+        return Ok(nix::unistd::Gid::from_raw(n));
+    }
+    match nix::unistd::Group::from_name(g) {
+        Ok(Some(gr)) => Ok(gr.gid),
+        Ok(None) => bail!("no such group '{g}'"),
+        Err(e) => bail!("cannot look up group '{g}': {e}"),
+    }
+}
+
+/// Bind a loopback TCP address; other addresses are refused (the API has no authentication).
+pub async fn bind_tcp(addr: SocketAddr) -> Result<tokio::net::TcpListener> {
+    if !addr.ip().is_loopback() {
+        bail!("--listen {addr}: only loopback addresses are allowed (the API has no authentication); use the Unix socket or a proxy");
+    }
+    tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))
+}
+
+/// Tell systemd we are ready (`Type=notify`), when started by it.
+pub fn notify_ready() {
+    let Some(sock) = std::env::var_os("NOTIFY_SOCKET") else { return };
+    let sock = PathBuf::from(sock);
+    let Ok(s) = std::os::unix::net::UnixDatagram::unbound() else { return };
+    let r = if let Some(abstract_name) = sock.to_str().and_then(|s| s.strip_prefix('@')) {
+        use std::os::linux::net::SocketAddrExt;
+        std::os::unix::net::SocketAddr::from_abstract_name(abstract_name.as_bytes())
+            .and_then(|a| s.send_to_addr(b"READY=1\n", &a))
+    } else {
+        s.send_to(b"READY=1\n", &sock)
+    };
+    if let Err(e) = r {
+        tracing::warn!(socket = %sock.display(), error = %e, "cannot notify systemd");
+    }
+}
+
+/// Remove the socket file on exit.
+pub fn remove_socket(path: &Path) {
+    if let Err(e) = std::fs::remove_file(path) {
+        tracing::debug!(path = %path.display(), error = %e, "cannot remove socket");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs.iter().map(|(a, b)| ((*a).to_owned(), (*b).to_owned())).collect()
+    }
+
+    #[test]
+    fn query_parameters_are_checked() {
+        let (d, q) = parse_query(&p(&[("arch", "x86_64"), ("virttype", "kvm"), ("machine", "pc-q35-7.2")])).unwrap();
+        assert_eq!(d, "qemu");
+        assert_eq!(
+            (q.arch.as_deref(), q.virt_type.as_deref(), q.machine.as_deref()),
+            (Some("x86_64"), Some("kvm"), Some("pc-q35-7.2"))
+        );
+        for (bad, why) in [
+            (vec![("archh", "x86_64")], "unknown parameter"),
+            (vec![("arch", "x86_64"), ("arch", "i686")], "more than once"),
+            (vec![("arch", "")], "empty value"),
+            (vec![("arch", "x86 64")], "not a valid architecture"),
+            (vec![("emulatorbin", "qemu-system-x86_64")], "bad path"),
+            (vec![("emulatorbin", "/usr/bin/q\u{0}")], "bad path"),
+            (vec![("machine", "pc;rm")], "not a valid machine"),
+            (vec![("driver", "../x")], "not a valid driver"),
+        ] {
+            let e = parse_query(&p(&bad)).unwrap_err();
+            assert_eq!(e.status, StatusCode::BAD_REQUEST, "{bad:?}");
+            assert!(e.body["message"].as_str().unwrap().contains(why), "{bad:?}: {}", e.body);
+            assert_eq!(e.body["parameter"], bad.last().unwrap().0, "{}", e.body);
+        }
+    }
+
+    #[test]
+    fn driver_errors_map_to_statuses() {
+        let cases = [
+            (DriverError::invalid("arch", "z80", "unknown"), 400),
+            (DriverError::not_supported("qemu", "machine 'foo'"), 404),
+            (DriverError::Unavailable { driver: "xen".into(), reason: "no /dev/xen".into() }, 501),
+            (DriverError::probe_failed("qemu-system-x86_64", "crashed"), 502),
+            (DriverError::io("/x", std::io::Error::other("boom")), 500),
+        ];
+        for (e, code) in cases {
+            assert_eq!(ApiError::from(e).status.as_u16(), code);
+        }
+    }
+
+    #[test]
+    fn accept_header_chooses_json() {
+        let mut h = HeaderMap::new();
+        assert!(!wants_json(&h));
+        h.insert(header::ACCEPT, HeaderValue::from_static("application/json"));
+        assert!(wants_json(&h));
+        h.insert(header::ACCEPT, HeaderValue::from_static("application/xml, application/json"));
+        assert!(!wants_json(&h));
+        h.insert(header::ACCEPT, HeaderValue::from_static("*/*"));
+        assert!(!wants_json(&h));
+    }
+}

@@ -1,0 +1,143 @@
+//! `capsd probe`: fill the probe cache ahead of queries, for the named emulators or every
+//! `qemu-system-*` on `PATH`, several at a time, with progress (a bar on a terminal, one
+//! line per emulator otherwise).
+
+use std::collections::BTreeSet;
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Result};
+use capsd_core::Query;
+
+use crate::registry::DriverOptions;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Every `qemu-system-*` binary found on PATH.
+    #[arg(long, conflicts_with = "emulatorbin")]
+    all: bool,
+    /// Emulator binaries to probe.
+    #[arg(long = "emulatorbin", value_name = "PATH", num_args = 1..)]
+    emulatorbin: Vec<PathBuf>,
+    /// Emulators probed at once (default: one per CPU).
+    #[arg(long, short = 'j', value_name = "N")]
+    jobs: Option<usize>,
+}
+
+/// Every `qemu-system-*` executable in the `PATH` directories (first one of each name), plus
+/// `/usr/libexec/qemu-kvm` where it exists.
+pub fn find_emulators() -> Vec<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
+    let mut names = BTreeSet::new();
+    let mut out = Vec::new();
+    for dir in std::env::split_paths(&path) {
+        let Ok(rd) = std::fs::read_dir(&dir) else { continue };
+        let mut here: Vec<PathBuf> = rd
+            .filter_map(Result::ok)
+            .filter(|e| e.file_name().to_string_lossy().starts_with("qemu-system-"))
+            .map(|e| e.path())
+            .filter(|p| is_executable(p))
+            .collect();
+        here.sort();
+        for p in here {
+            if names.insert(p.file_name().map(|n| n.to_owned())) {
+                out.push(p);
+            }
+        }
+    }
+    let kvm = Path::new("/usr/libexec/qemu-kvm");
+    if is_executable(kvm) {
+        out.push(kvm.to_owned());
+    }
+    out
+}
+
+fn is_executable(p: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
+/// Progress output: a redrawn bar on a terminal, plain lines otherwise.
+struct Progress {
+    total: usize,
+    done: AtomicUsize,
+    tty: bool,
+    out: Mutex<std::io::Stderr>,
+}
+
+impl Progress {
+    fn finished(&self, binary: &Path, result: &Result<Duration, String>) {
+        let n = self.done.fetch_add(1, Ordering::SeqCst) + 1;
+        let mut err = self.out.lock().unwrap_or_else(|e| e.into_inner());
+        let line = match result {
+            Ok(d) => format!("ok    {} ({:.2} s)", binary.display(), d.as_secs_f64()),
+            Err(e) => format!("FAIL  {}: {e}", binary.display()),
+        };
+        if self.tty {
+            const W: usize = 30;
+            let filled = W * n / self.total.max(1);
+            let _ =
+                write!(err, "\r\x1b[2K{line}\n[{}{}] {n}/{}", "#".repeat(filled), ".".repeat(W - filled), self.total);
+            if n == self.total {
+                let _ = writeln!(err);
+            }
+        } else {
+            let _ = writeln!(err, "[{n}/{}] {line}", self.total);
+        }
+        let _ = err.flush();
+    }
+}
+
+pub fn run(ctx: &super::Context, args: Args) -> Result<ExitCode> {
+    let binaries = if args.all {
+        let found = find_emulators();
+        if found.is_empty() {
+            bail!("--all: no qemu-system-* binary on PATH");
+        }
+        found
+    } else if args.emulatorbin.is_empty() {
+        bail!("name the emulators to probe with --emulatorbin PATH..., or use --all");
+    } else {
+        args.emulatorbin.clone()
+    };
+    let reg =
+        super::domcaps::registry(ctx, &DriverOptions { cache_dir: ctx.cache_dir.clone(), ..DriverOptions::default() })?;
+    let driver = reg.get("qemu")?;
+    let jobs = args.jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get())).max(1);
+    let progress = Progress {
+        total: binaries.len(),
+        done: AtomicUsize::new(0),
+        tty: std::io::stderr().is_terminal(),
+        out: Mutex::new(std::io::stderr()),
+    };
+    let next = AtomicUsize::new(0);
+    let failures = AtomicUsize::new(0);
+    let t = Instant::now();
+    std::thread::scope(|s| {
+        for _ in 0..jobs.min(binaries.len()) {
+            s.spawn(|| loop {
+                let i = next.fetch_add(1, Ordering::SeqCst);
+                let Some(b) = binaries.get(i) else { break };
+                let started = Instant::now();
+                let query = Query { emulator: Some(b.clone()), ..Query::default() };
+                let r = driver.domain_capabilities(&query).map(|_| started.elapsed()).map_err(|e| e.to_string());
+                if r.is_err() {
+                    failures.fetch_add(1, Ordering::SeqCst);
+                }
+                progress.finished(b, &r);
+            });
+        }
+    });
+    let failed = failures.load(Ordering::SeqCst);
+    println!(
+        "probed {} emulator(s) in {:.1} s: {} ok, {failed} failed",
+        binaries.len(),
+        t.elapsed().as_secs_f64(),
+        binaries.len() - failed
+    );
+    Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}

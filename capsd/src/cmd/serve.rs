@@ -1,0 +1,136 @@
+//! `capsd serve`: run the agent (HTTP on a Unix socket, loopback TCP on request) until
+//! SIGINT/SIGTERM. See `agent` for what it serves and how answers stay current.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context as _, Result};
+
+use crate::agent::{server, Agent};
+use crate::registry::DriverOptions;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Unix socket to serve on (default: /run/capsd/capsd.sock for root, else
+    /// $XDG_RUNTIME_DIR/capsd.sock).
+    #[arg(long, value_name = "PATH")]
+    socket: Option<PathBuf>,
+    /// Also serve on this loopback TCP address (127.0.0.1:PORT or [::1]:PORT); repeatable.
+    #[arg(long, value_name = "ADDR")]
+    listen: Vec<SocketAddr>,
+    /// Permission bits of the socket, octal.
+    #[arg(long, value_name = "MODE", default_value = "0660", value_parser = parse_mode)]
+    socket_mode: u32,
+    /// Group that owns the socket (name or number); default: the process's group.
+    #[arg(long, value_name = "GROUP")]
+    socket_group: Option<String>,
+    /// How often to re-check the host inputs behind in-memory answers, in milliseconds.
+    #[arg(long, value_name = "MS", default_value_t = 1000)]
+    recheck_ms: u64,
+    /// Worker threads (default: one per CPU).
+    #[arg(long, value_name = "N")]
+    threads: Option<usize>,
+    /// driver-test: directory of golden documents to serve.
+    #[arg(long, value_name = "DIR")]
+    fixtures: Option<PathBuf>,
+}
+
+fn parse_mode(s: &str) -> Result<u32, String> {
+    let m =
+        u32::from_str_radix(s.trim_start_matches("0o"), 8).map_err(|e| format!("'{s}' is not an octal mode: {e}"))?;
+    if m > 0o777 {
+        return Err(format!("'{s}': mode bits beyond 0777"));
+    }
+    Ok(m)
+}
+
+fn default_socket() -> Result<PathBuf> {
+    if nix::unistd::geteuid().is_root() {
+        return Ok(PathBuf::from("/run/capsd/capsd.sock"));
+    }
+    std::env::var_os("XDG_RUNTIME_DIR")
+        .filter(|d| !d.is_empty())
+        .map(|d| PathBuf::from(d).join("capsd.sock"))
+        .context("no --socket given and XDG_RUNTIME_DIR is not set")
+}
+
+pub fn run(ctx: &super::Context, args: Args) -> Result<ExitCode> {
+    let opts = DriverOptions { test_fixtures: args.fixtures.clone(), cache_dir: ctx.cache_dir.clone() };
+    let registry = super::domcaps::registry(ctx, &opts)?;
+    let socket = match args.socket.clone() {
+        Some(s) => s,
+        None => default_socket()?,
+    };
+    let mut rt = tokio::runtime::Builder::new_multi_thread();
+    rt.enable_all();
+    if let Some(n) = args.threads {
+        rt.worker_threads(n.max(1));
+    }
+    let rt = rt.build().context("starting the async runtime")?;
+    rt.block_on(serve(registry, socket, args))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn serve(registry: crate::registry::Registry, socket: PathBuf, args: Args) -> Result<()> {
+    let agent = Arc::new(Agent::new(registry));
+    let unix = server::bind_unix(&server::SocketOptions {
+        path: socket.clone(),
+        mode: args.socket_mode,
+        group: args.socket_group.clone(),
+    })?;
+    let mut tcp = Vec::new();
+    for a in &args.listen {
+        tcp.push(server::bind_tcp(*a).await?);
+    }
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let router = server::router(agent.clone());
+    let mut tasks = tokio::task::JoinSet::new();
+    {
+        let mut rx = stop_rx.clone();
+        let r = router.clone();
+        tasks.spawn(async move {
+            axum::serve(unix, r)
+                .with_graceful_shutdown(async move {
+                    let _ = rx.changed().await;
+                })
+                .await
+        });
+    }
+    for l in tcp {
+        let addr = l.local_addr().ok();
+        let mut rx = stop_rx.clone();
+        let r = router.clone();
+        tracing::info!(addr = ?addr, "listening on loopback TCP");
+        tasks.spawn(async move {
+            axum::serve(l, r)
+                .with_graceful_shutdown(async move {
+                    let _ = rx.changed().await;
+                })
+                .await
+        });
+    }
+    if args.recheck_ms > 0 {
+        tokio::spawn(agent.clone().watch(Duration::from_millis(args.recheck_ms)));
+    }
+    tracing::info!(socket = %socket.display(), drivers = ?agent.registry, "capsd agent serving");
+    server::notify_ready();
+    let mut term =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).context("SIGTERM handler")?;
+    let outcome = tokio::select! {
+        _ = tokio::signal::ctrl_c() => Ok(()),
+        _ = term.recv() => Ok(()),
+        Some(r) = tasks.join_next() => match r {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(anyhow::Error::new(e).context("serving")),
+            Err(e) => Err(anyhow::Error::new(e).context("server task")),
+        },
+    };
+    tracing::info!("shutting down");
+    let _ = stop_tx.send(true);
+    let _ = tokio::time::timeout(Duration::from_secs(5), async { while tasks.join_next().await.is_some() {} }).await;
+    server::remove_socket(&socket);
+    outcome
+}

@@ -1,0 +1,112 @@
+//! The agent with the real qemu driver (skipped without `qemu-system-x86_64` unless
+//! `CAPSD_REQUIRE_LIVE=1`): concurrent queries probe once, the answer is the CLI's, the
+//! probe cache is shared with the CLI, and host changes reach in-memory answers.
+
+mod agent_support;
+
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::process::Command;
+
+use agent_support::{http_get, metric, Agent};
+
+const X86: &str = "/usr/bin/qemu-system-x86_64";
+
+fn live() -> bool {
+    if Path::new(X86).exists() {
+        return true;
+    }
+    assert!(std::env::var_os("CAPSD_REQUIRE_LIVE").is_none(), "{X86} is required (CAPSD_REQUIRE_LIVE is set)");
+    eprintln!("skipped: {X86} is not installed");
+    false
+}
+
+#[test]
+fn concurrent_queries_of_one_binary_probe_once() {
+    if !live() {
+        return;
+    }
+    let a = Agent::start(&[]);
+    let queries = [
+        "/v1/domcapabilities",
+        "/v1/domcapabilities",
+        "/v1/domcapabilities",
+        "/v1/domcapabilities?machine=q35",
+        "/v1/domcapabilities?virttype=qemu",
+        "/v1/domcapabilities?arch=x86_64&virttype=kvm",
+    ];
+    let socket = a.socket.clone();
+    let bodies: Vec<(String, String)> = std::thread::scope(|s| {
+        let hs: Vec<_> = queries
+            .iter()
+            .map(|q| {
+                let socket = socket.clone();
+                s.spawn(move || {
+                    let r = http_get(UnixStream::connect(&socket).unwrap(), q, &[]);
+                    assert_eq!(r.status, 200, "{q}: {}", r.body);
+                    ((*q).to_owned(), r.body)
+                })
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let m = a.get("/metrics").body;
+    assert_eq!(metric(&m, "capsd_probes_total{result=\"ok\"}"), 1, "{m}");
+    assert_eq!(metric(&m, "capsd_probe_cache_lookups_total{result=\"miss\",tier=\"none\"}"), 1, "{m}");
+    // Three identical queries: one derivation.
+    assert_eq!(metric(&m, "capsd_driver_calls_total{result=\"ok\"}"), 4, "{m}");
+    let first: Vec<&String> = bodies.iter().filter(|(q, _)| q == "/v1/domcapabilities").map(|(_, b)| b).collect();
+    assert!(first.windows(2).all(|w| w[0] == w[1]));
+
+    // The CLI, on the agent's cache, answers the same without probing.
+    let out = Command::new(env!("CARGO_BIN_EXE_capsd"))
+        .arg("--cache-dir")
+        .arg(a.dir.path().join("cache"))
+        .args(["domcapabilities", "--machine", "q35"])
+        .env("RUST_LOG", "driver_qemu::cache=info")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("probed"), "{}", String::from_utf8_lossy(&out.stderr));
+    let q35 = &bodies.iter().find(|(q, _)| q.ends_with("machine=q35")).unwrap().1;
+    assert_eq!(&String::from_utf8(out.stdout).unwrap(), q35);
+}
+
+#[test]
+fn a_changed_binary_reaches_the_in_memory_answer() {
+    if !live() {
+        return;
+    }
+    let a = Agent::start(&["--recheck-ms", "100"]);
+    let qemu = a.dir.path().join("qemu-system-x86_64");
+    std::fs::copy(X86, &qemu).unwrap();
+    let q = format!("/v1/domcapabilities?emulatorbin={}", qemu.display().to_string().replace('/', "%2F"));
+    assert_eq!(a.get(&q).status, 200);
+    assert_eq!(a.get(&q).status, 200);
+    let m = a.get("/metrics").body;
+    assert_eq!(metric(&m, "capsd_probes_total{result=\"ok\"}"), 1, "{m}");
+    let f = std::fs::File::options().write(true).open(&qemu).unwrap();
+    f.set_modified(std::time::SystemTime::now() + std::time::Duration::from_secs(5)).unwrap();
+    drop(f);
+    let t = std::time::Instant::now();
+    while metric(&a.get("/metrics").body, "capsd_invalidations_total") == 0 {
+        assert!(t.elapsed() < std::time::Duration::from_secs(5), "the change was not noticed");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert_eq!(a.get(&q).status, 200);
+    let m = a.get("/metrics").body;
+    assert_eq!(metric(&m, "capsd_probes_total{result=\"ok\"}"), 2, "{m}");
+    // A binary that went away: 4xx naming it.
+    std::fs::remove_file(&qemu).unwrap();
+    let t = std::time::Instant::now();
+    loop {
+        let r = a.get(&q);
+        if r.status != 200 {
+            assert_eq!(r.status, 400, "{}", r.body);
+            assert!(r.body.contains("qemu-system-x86_64"), "{}", r.body);
+            break;
+        }
+        assert!(t.elapsed() < std::time::Duration::from_secs(5), "a removed binary is still answered");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}

@@ -1,0 +1,169 @@
+//! `cargo xtask bench agent`: warm answers.
+//!
+//! 1. Whole-process time of a warm `capsd domcapabilities` (probe cache filled, x86_64
+//!    defaults) against a warm `virsh -c qemu:///system domcapabilities`, each run
+//!    `CAPSD_BENCH_RUNS` times (default 200): median and p99.
+//! 2. `capsd serve` under load from [`super::load`]: keep-alive connections on the Unix
+//!    socket, then on loopback TCP, each for `CAPSD_BENCH_SECONDS` (default 5) or
+//!    `CAPSD_BENCH_REQUESTS` requests (default 500000), whichever comes first, with
+//!    `CAPSD_BENCH_CONNECTIONS` connections (default 4): p50/p99 latency and requests/s.
+//!
+//! Uses the release build of `capsd` (built first). Targets: warm CLI at most half of
+//! virsh; agent p99 <= 1 ms and >= 20,000 requests/s on the 2-core reference machine.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _, Result};
+
+use super::load::{self, Load, Target};
+
+const QUERY: &str = "/v1/domcapabilities";
+
+fn env_num<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_owned).unwrap_or_else(|| PathBuf::from("."))
+}
+
+fn build_capsd() -> Result<PathBuf> {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let st = Command::new(cargo)
+        .current_dir(workspace_root())
+        .args(["build", "--release", "--quiet", "--package", "capsd"])
+        .status()
+        .context("building capsd --release")?;
+    if !st.success() {
+        bail!("cargo build --release -p capsd failed: {st}");
+    }
+    let target =
+        std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| workspace_root().join("target"));
+    Ok(target.join("release/capsd"))
+}
+
+/// Median and p99 of `runs` whole-process runs of `cmd` (output discarded).
+fn time_process(cmd: &[&str], runs: usize) -> Result<(Duration, Duration)> {
+    let mut ts = Vec::with_capacity(runs);
+    for _ in 0..runs {
+        let t = Instant::now();
+        let st = Command::new(cmd[0]).args(&cmd[1..]).stdout(Stdio::null()).stderr(Stdio::null()).status()?;
+        ts.push(t.elapsed());
+        if !st.success() {
+            bail!("{} failed: {st}", cmd.join(" "));
+        }
+    }
+    ts.sort();
+    let p99 = ts[((ts.len() - 1) as f64 * 0.99).round() as usize];
+    Ok((ts[ts.len() / 2], p99))
+}
+
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_loopback_port() -> Result<SocketAddr> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(l.local_addr()?)
+}
+
+pub fn run() -> Result<()> {
+    let capsd = build_capsd()?;
+    let dir = std::env::temp_dir().join(format!("capsd-bench-agent-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let result = bench(&capsd, &dir);
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
+fn bench(capsd: &Path, dir: &Path) -> Result<()> {
+    let runs: usize = env_num("CAPSD_BENCH_RUNS", 200).max(1);
+    let cache = dir.join("cache");
+    let bin = capsd.to_str().context("capsd path is not UTF-8")?;
+    let cache_s = cache.to_str().context("temp path is not UTF-8")?;
+    let cli = [bin, "--cache-dir", cache_s, "domcapabilities"];
+
+    // Fill the cache (a real probe), then time warm runs.
+    let t = Instant::now();
+    let out = Command::new(bin).args(&cli[1..]).output()?;
+    if !out.status.success() {
+        bail!("capsd domcapabilities failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    println!("bench agent: cold capsd domcapabilities (probe, cache filled): {:.0?}", t.elapsed());
+    let (c50, c99) = time_process(&cli, runs)?;
+    println!("bench agent: warm capsd domcapabilities, {runs} runs: median {c50:.2?} p99 {c99:.2?}");
+    let virsh = ["virsh", "-c", "qemu:///system", "domcapabilities"];
+    match Command::new("virsh").args(&virsh[1..]).stdout(Stdio::null()).stderr(Stdio::null()).status() {
+        Ok(st) if st.success() => {
+            let (v50, v99) = time_process(&virsh, runs)?;
+            println!("bench agent: warm virsh domcapabilities, {runs} runs: median {v50:.2?} p99 {v99:.2?}");
+            println!(
+                "bench agent: capsd/virsh median ratio {:.2} (target <= 0.50)",
+                c50.as_secs_f64() / v50.as_secs_f64()
+            );
+        }
+        _ => println!("bench agent: virsh cannot reach qemu:///system here; no comparison"),
+    }
+
+    // The agent.
+    let socket = dir.join("capsd.sock");
+    let tcp = free_loopback_port()?;
+    let child = Command::new(bin)
+        .args(["--cache-dir", cache_s, "serve", "--socket"])
+        .arg(&socket)
+        .args(["--listen", &tcp.to_string()])
+        .stdout(Stdio::null())
+        .spawn()
+        .context("starting capsd serve")?;
+    let _server = Server(child);
+    let t = Instant::now();
+    while std::os::unix::net::UnixStream::connect(&socket).is_err() {
+        if t.elapsed() > Duration::from_secs(20) {
+            bail!("capsd serve did not listen on {} within 20 s", socket.display());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let connections: usize = env_num("CAPSD_BENCH_CONNECTIONS", 4);
+    let seconds: f64 = env_num("CAPSD_BENCH_SECONDS", 5.0_f64).clamp(0.1, 60.0);
+    let max_requests: u64 = env_num("CAPSD_BENCH_REQUESTS", 500_000).min(5_000_000);
+    for (name, target) in [("unix", Target::Unix(socket.clone())), ("tcp", Target::Tcp(tcp))] {
+        // Warm: the first request derives (from the probe cache) and keeps the document.
+        let warm = load::run(&Load {
+            target: target.clone(),
+            path: QUERY.into(),
+            connections: 1,
+            duration: Duration::from_secs(30),
+            max_requests: 1,
+        })?;
+        if warm.requests != 1 {
+            bail!("the warm-up request failed ({} errors)", warm.errors);
+        }
+        let r = load::run(&Load {
+            target,
+            path: QUERY.into(),
+            connections,
+            duration: Duration::from_secs_f64(seconds),
+            max_requests,
+        })?;
+        println!(
+            "bench agent: serve over {name}, {connections} connections, {:.1} s: {} requests ({} errors), {:.0} req/s, p50 {} us, p99 {} us, max {} us, body {} bytes (targets: p99 <= 1000 us, >= 20000 req/s)",
+            r.elapsed.as_secs_f64(),
+            r.requests,
+            r.errors,
+            r.rate(),
+            r.quantile_us(0.5),
+            r.quantile_us(0.99),
+            r.quantile_us(1.0),
+            r.body_bytes
+        );
+    }
+    Ok(())
+}

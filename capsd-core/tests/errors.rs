@@ -348,3 +348,19 @@ fn display_leaves_out_unknown_parts() {
         "line 5: /domainCapabilities/vcpu: invalid value 'x' for attribute 'max' (expected an unsigned decimal integer)"
     );
 }
+
+#[test]
+fn end_of_line_and_attribute_normalisation_as_in_libxml2() {
+    // CRLF line ends read like LF; the document is written back with LF.
+    let crlf = BASE.replace('\n', "\r\n");
+    assert_eq!(to_xml(&from_xml(&crlf).unwrap()), BASE);
+    // In text, a CR (alone or before LF) is a newline; &#13; stays a CR.
+    let caps = from_xml(&edit(">virtio<", ">a\r\nb\rc&#13;<")).unwrap();
+    assert_eq!(caps.devices.unwrap().disk.unwrap().enums[0].values, ["a\nb\nc\r"]);
+    // In attributes, literal tab/newline/CR become spaces; character references do not.
+    let caps = from_xml(&edit("name='bus'", "name='b\tu\r\ns&#10;'")).unwrap();
+    assert_eq!(caps.devices.unwrap().disk.unwrap().enums[0].name, "b u s\n");
+    // CDATA and comments inside text.
+    let caps = from_xml(&edit(">virtio<", "><![CDATA[<vir>]]><!-- x -->tio<")).unwrap();
+    assert_eq!(caps.devices.unwrap().disk.unwrap().enums[0].values, ["<vir>tio"]);
+}

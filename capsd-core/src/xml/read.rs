@@ -142,31 +142,63 @@ fn check_chars(s: &str) -> Result<(), String> {
     }
 }
 
+/// `raw`, which the reader handed out as a slice of `input`, as a `str` borrowed for the
+/// input's lifetime; `None` if it is not such a slice.
+fn slice_of<'a>(input: &'a str, raw: &[u8]) -> Option<&'a str> {
+    let offset = (raw.as_ptr() as usize).wrapping_sub(input.as_ptr() as usize);
+    input.get(offset..offset.wrapping_add(raw.len())).filter(|c| c.as_ptr() == raw.as_ptr())
+}
+
+/// XML end-of-line handling: `\r\n` and a lone `\r` become `\n` (as in any conforming parser).
+fn normalize_newlines(s: &str) -> Cow<'_, str> {
+    if s.contains('\r') {
+        Cow::Owned(s.replace("\r\n", "\n").replace('\r', "\n"))
+    } else {
+        Cow::Borrowed(s)
+    }
+}
+
+/// Attribute-value normalisation: after end-of-line handling, each literal tab, newline or
+/// carriage return becomes a space (character references such as `&#10;` are kept).
+fn normalize_attr(s: &str) -> Cow<'_, str> {
+    if s.bytes().any(|b| matches!(b, b'\t' | b'\n' | b'\r')) {
+        Cow::Owned(s.replace("\r\n", " ").replace(['\t', '\n', '\r'], " "))
+    } else {
+        Cow::Borrowed(s)
+    }
+}
+
+/// Expand the predefined entities and character references of `raw`, keeping the borrow
+/// when nothing changes.
+fn unescape_cow(raw: Cow<'_, str>) -> Result<Cow<'_, str>, quick_xml::escape::EscapeError> {
+    match raw {
+        Cow::Borrowed(s) => quick_xml::escape::unescape(s),
+        Cow::Owned(s) => Ok(Cow::Owned(quick_xml::escape::unescape(&s)?.into_owned())),
+    }
+}
+
 fn start_node<'a>(input: &'a str, e: &BytesStart<'a>, line: usize, stack: &[Node<'_>]) -> Result<Node<'a>, ParseError> {
     // The reader works on `input` directly, so the tag's bytes are a slice of it: find that
     // slice again to borrow the name and attributes for the input's lifetime.
-    let raw: &[u8] = e;
-    let offset = (raw.as_ptr() as usize).wrapping_sub(input.as_ptr() as usize);
-    let content = match input.get(offset..offset.wrapping_add(raw.len())) {
-        Some(c) if c.as_ptr() == raw.as_ptr() => c,
-        _ => return Err(tree_err(line, stack, "internal error: tag is not a slice of the input")),
+    let Some(content) = slice_of(input, e) else {
+        return Err(tree_err(line, stack, "internal error: tag is not a slice of the input"));
     };
     let name_len = e.name().as_ref().len();
     let name = &content[..name_len];
     let mut attrs = Vec::new();
     for a in Attributes::new(content, name_len) {
         let a = a.map_err(|err| tree_err(line, stack, format!("malformed attribute in <{name}>: {err}")))?;
-        let key = std::str::from_utf8(a.key.into_inner())
-            .map_err(|_| tree_err(line, stack, format!("attribute name in <{name}> is not UTF-8")))?;
-        if a.value.contains(&b'<') {
+        let (Some(key), Some(raw)) = (slice_of(input, a.key.into_inner()), slice_of(input, &a.value)) else {
+            return Err(tree_err(line, stack, "internal error: attribute is not a slice of the input"));
+        };
+        if raw.contains('<') {
             return Err(tree_err(
                 line,
                 stack,
                 format!("'<' is not allowed in the value of attribute '{key}' of <{name}>"),
             ));
         }
-        let value = a
-            .unescape_value()
+        let value = unescape_cow(normalize_attr(raw))
             .map_err(|err| tree_err(line, stack, format!("bad escape in attribute '{key}' of <{name}>: {err}")))?;
         if let Cow::Owned(v) = &value {
             // Character references may produce what the raw input scan could not see.
@@ -224,8 +256,11 @@ fn build_tree(input: &str) -> Result<Node<'_>, ParseError> {
                 None => return Err(tree_err(line, &stack, "closing tag without an opening tag")),
             },
             Event::Text(t) => {
-                let text: Cow<'_, str> =
-                    t.unescape().map_err(|e| tree_err(line, &stack, format!("bad text or entity reference: {e}")))?;
+                let Some(raw) = slice_of(input, &t) else {
+                    return Err(tree_err(line, &stack, "internal error: text is not a slice of the input"));
+                };
+                let text = unescape_cow(normalize_newlines(raw))
+                    .map_err(|e| tree_err(line, &stack, format!("bad text or entity reference: {e}")))?;
                 if let Cow::Owned(t) = &text {
                     check_chars(t).map_err(|m| tree_err(line, &stack, m))?;
                 }
@@ -244,9 +279,11 @@ fn build_tree(input: &str) -> Result<Node<'_>, ParseError> {
                 None
             }
             Event::CData(t) => {
-                let text = std::str::from_utf8(&t).map_err(|_| tree_err(line, &stack, "CDATA is not UTF-8"))?;
+                let Some(raw) = slice_of(input, &t) else {
+                    return Err(tree_err(line, &stack, "internal error: CDATA is not a slice of the input"));
+                };
                 match stack.last_mut() {
-                    Some(top) => top.text.to_mut().push_str(text),
+                    Some(top) => top.text.to_mut().push_str(&normalize_newlines(raw)),
                     None => return Err(tree_err(line, &stack, "CDATA outside the root element")),
                 }
                 None

@@ -8,7 +8,9 @@
 //!   containers `<cpu>`, `<devices>` and `<features>` are always written open/close;
 //! - `&`, `<`, `>`, `'`, `"` escaped as entities in text and attributes; control characters
 //!   other than tab, newline and carriage return are dropped (libvirt drops them too, and
-//!   XML 1.0 cannot carry them).
+//!   XML 1.0 cannot carry them); a carriage return, and a tab or newline inside an attribute
+//!   value, is written as a character reference so that it reads back unchanged (libvirt
+//!   writes them raw; no libvirt document contains them).
 
 use std::fmt::Write as _;
 
@@ -28,9 +30,12 @@ struct Writer {
     indent: usize,
 }
 
-/// Append `s` escaped for XML text or a single- or double-quoted attribute.
-fn escape_into(out: &mut String, s: &str) {
-    let needs = s.bytes().any(|b| matches!(b, b'&' | b'<' | b'>' | b'\'' | b'"') || is_dropped(b));
+/// Append `s` escaped as libvirt does: the five XML special characters as entities, control
+/// characters XML cannot carry dropped. Beyond libvirt, a carriage return (and, in attribute
+/// values, a tab or newline) is written as a character reference, since an XML parser would
+/// otherwise turn it into a newline (a space) and the value would not read back the same.
+fn escape_into(out: &mut String, s: &str, attr: bool) {
+    let needs = s.bytes().any(|b| matches!(b, b'&' | b'<' | b'>' | b'\'' | b'"') || b < 0x20);
     if !needs {
         out.push_str(s);
         return;
@@ -42,6 +47,9 @@ fn escape_into(out: &mut String, s: &str) {
             '>' => out.push_str("&gt;"),
             '\'' => out.push_str("&apos;"),
             '"' => out.push_str("&quot;"),
+            '\r' => out.push_str("&#13;"),
+            '\n' if attr => out.push_str("&#10;"),
+            '\t' if attr => out.push_str("&#9;"),
             c if c.is_ascii() && is_dropped(c as u8) => {}
             c => out.push(c),
         }
@@ -86,7 +94,7 @@ impl Writer {
                 self.out.push(' ');
                 self.out.push_str(k);
                 self.out.push_str("='");
-                escape_into(&mut self.out, v);
+                escape_into(&mut self.out, v, true);
                 self.out.push('\'');
             }
         }
@@ -118,7 +126,7 @@ impl Writer {
     fn leaf(&mut self, name: &str, attrs: &Attrs<'_>, text: &str) {
         self.tag(name, attrs);
         self.out.push('>');
-        escape_into(&mut self.out, text);
+        escape_into(&mut self.out, text, false);
         self.out.push_str("</");
         self.out.push_str(name);
         self.out.push_str(">\n");

@@ -15,9 +15,10 @@ use proptest::collection::vec;
 use proptest::option::of;
 use proptest::prelude::*;
 
-/// Free text, including the characters XML must escape and some non-ASCII.
+/// Free text, including the characters XML must escape, whitespace an XML parser would
+/// normalise (tab, newline, carriage return) and some non-ASCII.
 pub fn text() -> impl Strategy<Value = String> {
-    "[a-zA-Z0-9 <>&'\"._:/=é中-]{0,12}"
+    "[a-zA-Z0-9 \t\n\r<>&'\"._:/=é中-]{0,12}"
 }
 
 /// A short identifier-like word.

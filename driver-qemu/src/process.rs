@@ -285,6 +285,39 @@ mod tests {
     }
 
     #[test]
+    fn drop_kills_the_process_group_even_on_panic() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let script = dir.path().join("fake-qemu");
+        std::fs::write(&script, "#!/bin/sh\nsleep 1000 &\nexec sleep 1000\n").unwrap();
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let r = std::panic::catch_unwind(|| {
+            let p = ProbeProcess::start(&script, Accel::Tcg, &ProcessOptions::default()).unwrap();
+            tx.send(p.pid().unwrap()).unwrap();
+            std::thread::sleep(Duration::from_millis(100));
+            panic!("probe code panicked while QEMU ran");
+        });
+        assert!(r.is_err());
+        let pid = rx.recv().unwrap();
+        // Reaped, so the pid no longer exists; and nothing is left in its process group.
+        assert!(!Path::new(&format!("/proc/{pid}")).exists(), "process {pid} survived the panic");
+        // Killed members may linger as zombies until init reaps them; none may be running.
+        let running_in_group: Vec<String> = std::fs::read_dir("/proc")
+            .unwrap()
+            .flatten()
+            .filter_map(|e| std::fs::read_to_string(e.path().join("stat")).ok())
+            .filter(|stat| {
+                // pid (comm) state ppid pgrp ...
+                let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+                let f: Vec<&str> = after.split_whitespace().collect();
+                f.len() > 2 && f[2] == pid.to_string() && f[0] != "Z"
+            })
+            .collect();
+        assert!(running_in_group.is_empty(), "processes of group {pid} survived: {running_in_group:?}");
+    }
+
+    #[test]
     fn unknown_user() {
         assert!(matches!(ProbeUser::from_name("no-such-user-capsd"), Err(ProcessError::UnknownUser(_))));
         assert_eq!(ProbeUser::from_name("root").unwrap().uid, 0);

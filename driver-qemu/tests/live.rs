@@ -97,3 +97,31 @@ fn bad_queries_are_input_errors() {
     let e = err(Query { arch: Some("sparc64".into()), ..Default::default() });
     assert!(e.to_string().contains("sparc64"), "{e}");
 }
+
+#[test]
+fn probe_as_unprivileged_user() {
+    let Some(bin) = live(X86) else { return };
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipping: dropping privileges needs root");
+        return;
+    }
+    let Ok(user) = driver_qemu::process::ProbeUser::from_name("nobody") else {
+        eprintln!("skipping: no user 'nobody'");
+        return;
+    };
+    let mut opts = ProbeOptions::default();
+    opts.process.user = Some(user);
+    let data = probe(&bin, &opts).expect("a TCG probe works as nobody");
+    assert!(data.run(Accel::Tcg).is_some());
+    // /dev/kvm is often root-only (it is on the development host): then KVM is not probed.
+    use std::os::unix::fs::PermissionsExt;
+    let kvm_world_rw = std::fs::metadata("/dev/kvm").map(|m| m.permissions().mode() & 0o006 == 0o006).unwrap_or(false);
+    if !kvm_world_rw && !kvm_group_is(user.gid) {
+        assert!(data.run(Accel::Kvm).is_none(), "KVM run as nobody although /dev/kvm is not accessible to it");
+    }
+}
+
+fn kvm_group_is(gid: u32) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/dev/kvm").map(|m| m.gid() == gid && m.mode() & 0o060 == 0o060).unwrap_or(false)
+}

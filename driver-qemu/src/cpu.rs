@@ -340,7 +340,8 @@ fn custom_models(data: &ProbeData, t: &Transcript, arch: &str, defs: &[Value], o
             blockers: model_blockers,
         });
     }
-    CustomModels { supported: Support::Yes, models }
+    // libvirt states the mode unsupported when no model is left to list.
+    CustomModels { supported: Support::from_bool(!models.is_empty()), models }
 }
 
 /// libvirt 9.0's Hyper-V feature names, in its order.
@@ -480,12 +481,17 @@ mod tests {
             arguments: None,
             reply: Ok(json!([{"name": "7450", "typename": "7450-powerpc-cpu"}])),
         };
-        let d = data("ppc", vec![defs]);
+        let d = data("ppc", vec![defs.clone()]);
         let cpu = cpu_capabilities(&d, "ppc", "g3beige", Accel::Kvm).unwrap();
         assert_eq!(cpu.custom.unwrap().supported, Support::No);
         let cpu = cpu_capabilities(&d, "ppc64", "pseries", Accel::Kvm).unwrap();
         let custom = cpu.custom.unwrap();
         assert_eq!(custom.supported, Support::Yes);
         assert_eq!(custom.models[0].usable, Usable::Unknown);
+        // x86 with a cpu_map that knows none of QEMU's models: nothing to list.
+        let mut d = data("x86_64", vec![defs]);
+        d.host.cpu_map = Some(cpumap::CpuMap { x86: Some(Default::default()), ..Default::default() });
+        let cpu = cpu_capabilities(&d, "x86_64", "pc", Accel::Kvm).unwrap();
+        assert_eq!(cpu.custom.unwrap().supported, Support::No);
     }
 }

@@ -205,3 +205,33 @@ fn unresolved_symbols_are_refused_at_load_time() {
     assert!(matches!(r.refused[0], PluginError::Load { .. }), "{text}");
     assert!(text.contains("libtp_c_unresolved.so") && text.contains("capsd_test_symbol_nobody_defines"), "{text}");
 }
+
+/// Figures, not a check: `cargo test -p capsd-plugin --release --test loader -- --ignored --nocapture measure`.
+#[test]
+#[ignore]
+fn measure_load_and_call_costs() {
+    use std::time::Instant;
+    let dir = plugin_dir(&["capsd_driver_bhyve", "tp_c_minimal"]);
+    let t = Instant::now();
+    let r = load_dir(dir.path(), &[]);
+    println!("load_dir of 2 plugins: {:?}", t.elapsed());
+    let c = r.loaded.iter().find(|p| p.name() == "c-minimal").unwrap();
+    let bhyve = r.loaded.iter().find(|p| p.name() == "bhyve").unwrap();
+    let n = 100_000;
+    let t = Instant::now();
+    for _ in 0..n {
+        assert!(c.availability().is_available());
+    }
+    println!("availability() through the ABI: {:?} per call", t.elapsed() / n);
+    let t = Instant::now();
+    for _ in 0..n {
+        c.domain_capabilities(&Query::default()).unwrap();
+    }
+    println!("domain_capabilities() of c-minimal (query JSON out, document JSON in): {:?} per call", t.elapsed() / n);
+    let q = Query { virt_type: Some("kvm".into()), ..Query::default() };
+    let t = Instant::now();
+    for _ in 0..n {
+        bhyve.domain_capabilities(&q).unwrap_err();
+    }
+    println!("an InvalidInput error from the Rust bhyve plugin: {:?} per call", t.elapsed() / n);
+}

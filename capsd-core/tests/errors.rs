@@ -1,7 +1,7 @@
 //! The reader's errors: each bad input is rejected with the 1-based line, the element path
 //! and what was wrong; nothing panics. Also what it accepts beyond libvirt's exact layout.
 
-use capsd_core::xml::{from_xml, to_xml, ParseError, MAX_INPUT_BYTES};
+use capsd_core::xml::{from_xml, to_xml, ParseError, MAX_ELEMENTS, MAX_INPUT_BYTES};
 
 const BASE: &str = "<domainCapabilities>
   <path>/usr/bin/qemu-system-x86_64</path>
@@ -363,4 +363,15 @@ fn end_of_line_and_attribute_normalisation_as_in_libxml2() {
     // CDATA and comments inside text.
     let caps = from_xml(&edit(">virtio<", "><![CDATA[<vir>]]><!-- x -->tio<")).unwrap();
     assert_eq!(caps.devices.unwrap().disk.unwrap().enums[0].values, ["<vir>tio"]);
+}
+
+#[test]
+fn element_count_is_bounded() {
+    // Within the size limit, but far more elements than any real document.
+    let many = edit("<value>virtio</value>", &"<value/>".repeat(MAX_ELEMENTS + 1));
+    assert!(many.len() < MAX_INPUT_BYTES);
+    fails(&many, 9, "/domainCapabilities/devices/disk/enum", "more than 250000 elements");
+    // A large but plausible document is fine.
+    let fine = edit("<value>virtio</value>", &"<value>x</value>".repeat(10_000));
+    assert_eq!(from_xml(&fine).unwrap().devices.unwrap().disk.unwrap().enums[0].values.len(), 10_000);
 }

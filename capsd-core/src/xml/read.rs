@@ -20,6 +20,10 @@ use crate::model::*;
 /// The largest document the reader accepts (16 MiB); libvirt's own are under 200 KiB.
 pub const MAX_INPUT_BYTES: usize = 16 * 1024 * 1024;
 
+/// Most elements accepted in one document. libvirt's largest documents hold about 2,000; the
+/// limit bounds the memory a hostile 16 MiB input can make the reader use.
+pub const MAX_ELEMENTS: usize = 250_000;
+
 /// Deepest element nesting accepted. The schema needs 5 levels; the limit keeps hostile input
 /// from building a deep tree.
 const MAX_DEPTH: usize = 16;
@@ -223,6 +227,7 @@ fn build_tree(input: &str) -> Result<Node<'_>, ParseError> {
     let mut lines = Lines { input: input.as_bytes(), pos: 0, line: 1 };
     let mut stack: Vec<Node> = Vec::new();
     let mut root: Option<Node> = None;
+    let mut elements = 0usize;
     loop {
         let start = reader.buffer_position() as usize;
         let event = match reader.read_event() {
@@ -233,6 +238,12 @@ fn build_tree(input: &str) -> Result<Node<'_>, ParseError> {
             }
         };
         let line = lines.at(start);
+        if matches!(event, Event::Start(_) | Event::Empty(_)) {
+            elements += 1;
+            if elements > MAX_ELEMENTS {
+                return Err(tree_err(line, &stack, format!("more than {MAX_ELEMENTS} elements in one document")));
+            }
+        }
         let closed = match event {
             Event::Start(e) => {
                 if stack.len() >= MAX_DEPTH {

@@ -188,3 +188,76 @@ fn replay_every_recorded_case() {
     assert!(total > 0, "no recorded cases found in {}", data_dir().display());
     assert!(failures.is_empty(), "replay failures:\n{}", failures.join("\n"));
 }
+
+/// Queries libvirt 9.0 rejects, with the message `virsh domcapabilities` printed for them on
+/// the recording host (after "error: invalid argument: "). Replayed against the recordings:
+/// capsd must reject them too, as invalid input, with the same explanation.
+const ERROR_CASES: &[(&str, &str)] = &[
+    ("--emulatorbin /usr/bin/qemu-system-x86_64 --arch bogus", "unknown architecture"),
+    ("--emulatorbin /usr/bin/qemu-system-x86_64 --virttype bogus", "unknown virttype"),
+    (
+        "--emulatorbin /usr/bin/qemu-system-x86_64 --machine foo",
+        "the machine 'foo' is not supported by emulator '/usr/bin/qemu-system-x86_64'",
+    ),
+    (
+        "--emulatorbin /usr/bin/qemu-system-x86_64 --virttype qemu --machine Q35",
+        "the machine 'Q35' is not supported by emulator '/usr/bin/qemu-system-x86_64'",
+    ),
+    (
+        "--emulatorbin /usr/bin/qemu-system-x86_64 --machine none",
+        "the machine 'none' is not supported by emulator '/usr/bin/qemu-system-x86_64'",
+    ),
+    (
+        "--emulatorbin /usr/bin/qemu-system-x86_64 --virttype xen",
+        "Emulator '/usr/bin/qemu-system-x86_64' does not support virt type 'xen'",
+    ),
+    (
+        "--emulatorbin /usr/bin/qemu-system-aarch64",
+        "architecture from emulator 'aarch64' doesn't match given architecture 'x86_64'",
+    ),
+    (
+        "--emulatorbin /usr/bin/qemu-system-aarch64 --arch i686",
+        "architecture from emulator 'aarch64' doesn't match given architecture 'i686'",
+    ),
+    (
+        "--emulatorbin /usr/bin/qemu-system-aarch64 --arch aarch64 --virttype kvm",
+        "the accel 'kvm' is not supported by '/usr/bin/qemu-system-aarch64' on this host",
+    ),
+    ("--emulatorbin /usr/bin/qemu-system-i386", "Emulator '/usr/bin/qemu-system-i386' does not support arch 'x86_64'"),
+    (
+        "--emulatorbin /usr/bin/qemu-system-ppc64 --arch ppc",
+        "Emulator '/usr/bin/qemu-system-ppc64' does not support arch 'ppc'",
+    ),
+    (
+        "--emulatorbin /usr/bin/qemu-system-arm --arch aarch64",
+        "Emulator '/usr/bin/qemu-system-arm' does not support arch 'aarch64'",
+    ),
+    (
+        "--emulatorbin /usr/bin/qemu-system-x86_64-microvm --virttype qemu",
+        "Emulator '/usr/bin/qemu-system-x86_64-microvm' does not support virt type 'qemu'",
+    ),
+];
+
+#[test]
+fn replay_rejects_what_libvirt_rejects() {
+    let mut failures = Vec::new();
+    for (args, message) in ERROR_CASES {
+        let case = Case { name: "error".into(), args: args.split_whitespace().map(str::to_owned).collect() };
+        let binary = case.arg("--emulatorbin").unwrap();
+        let data = recording(binary).unwrap_or_else(|| panic!("no recording for {binary}"));
+        let host_arch = data.host.host_arch.clone();
+        let result = resolve_query(&case.query(), &host_arch, |_| None, |_| Ok(data.clone()))
+            .and_then(|(r, d)| driver_qemu::derive::domain_capabilities(&d, &r));
+        match result {
+            Ok(_) => failures.push(format!("{args}: accepted; libvirt says: {message}")),
+            Err(e) if e.kind() != capsd_core::ErrorKind::InvalidInput => {
+                failures.push(format!("{args}: {e} is not an input error"))
+            }
+            Err(e) if !e.to_string().contains(message) => {
+                failures.push(format!("{args}: {e}; libvirt says: {message}"))
+            }
+            Err(_) => {}
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}

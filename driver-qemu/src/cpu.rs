@@ -13,6 +13,8 @@
 //!   has no such type) libvirt leaves out the features that are MSR bits (`rdctl-no`, ...).
 //!   s390x takes QEMU's expansion as it is. Other arches have none (libvirt asks the host's
 //!   CPU directly there, which a QEMU probe cannot tell).
+//!   libvirt 9.0 prints no `<maxphysaddr>` in host-model (later versions do), so neither
+//!   does this module.
 //! * `custom`: only for arches libvirt has a CPU driver for (x86, ppc64, s390, ARM; so not
 //!   32-bit ppc, riscv, ...). QEMU's `query-cpu-definitions` in QEMU's order, without `host`; for x86 and
 //!   ppc64 only the models libvirt's cpu_map knows (ppc64 names matched case-insensitively
@@ -37,7 +39,7 @@
 //! From the KVM run's full expansion of `host`: every `hv-*` property that is a true
 //! boolean, a positive number or a string, named as libvirt names its Hyper-V features,
 //! in libvirt's order. Stated for both virt types of an x86 binary when KVM was probed;
-//! absent otherwise.
+//! absent otherwise. libvirt 9.0 prints no `<defaults>` inside it.
 
 pub mod cpumap;
 pub mod host;
@@ -450,6 +452,36 @@ mod tests {
         assert!(hyperv(&d, "x86_64", Accel::Kvm).is_none());
         let d = data("s390x", vec![full_host(json!({"hv-relaxed": true}))]);
         assert!(hyperv(&d, "s390x", Accel::Kvm).is_none());
+    }
+
+    #[test]
+    fn odd_answers_do_not_panic() {
+        let odd = json!({"model": {"name": 7, "props": {"vendor": 12, "family": "x", "fpu": "yes", "sse": null}}});
+        let ex = |args: Value, reply: Value| Exchange {
+            execute: "query-cpu-model-expansion".into(),
+            arguments: Some(args),
+            reply: Ok(reply),
+        };
+        let d = data(
+            "x86_64",
+            vec![
+                ex(plan::static_expansion_args("host", None), odd.clone()),
+                ex(plan::static_expansion_args("host", Some(false)), json!("garbage")),
+                ex(plan::full_expansion_args("host"), odd),
+                Exchange {
+                    execute: "query-cpu-definitions".into(),
+                    arguments: None,
+                    reply: Ok(
+                        json!([{"name": 3}, {"unavailable-features": "x"}, {"name": "qemu64", "deprecated": true}]),
+                    ),
+                },
+            ],
+        );
+        let cpu = cpu_capabilities(&d, "x86_64", "pc", Accel::Kvm).unwrap();
+        let custom = cpu.custom.unwrap();
+        assert_eq!(custom.models.len(), 1);
+        assert_eq!(custom.models[0].deprecated, Some(true));
+        assert!(hyperv(&d, "x86_64", Accel::Kvm).is_none());
     }
 
     #[test]

@@ -46,16 +46,19 @@ fn build() -> Result<PathBuf, String> {
     let out_dir = target.join("debug");
     for name in ["minimal", "unresolved"] {
         let src = format!("capsd-plugin/tests/plugins/c/{name}.c");
+        let tmp = out_dir.join(format!(".libtp_c_{name}.so.{}", std::process::id()));
         let out = Command::new(std::env::var_os("CC").unwrap_or_else(|| "cc".into()))
             .current_dir(&root)
             .args(["-shared", "-fPIC", "-std=c99", "-Wall", "-Wextra", "-Werror", "-I", "capsd-plugin/include", "-o"])
-            .arg(out_dir.join(format!("libtp_c_{name}.so")))
+            .arg(&tmp)
             .arg(&src)
             .output()
             .map_err(|e| format!("cannot run the C compiler: {e}"))?;
         if !out.status.success() {
             return Err(format!("cc {src}: {}", String::from_utf8_lossy(&out.stderr)));
         }
+        // Renamed into place so another test process never copies a half-written library.
+        std::fs::rename(&tmp, out_dir.join(format!("libtp_c_{name}.so"))).map_err(|e| format!("rename: {e}"))?;
     }
     Ok(out_dir)
 }

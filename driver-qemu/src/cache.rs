@@ -131,6 +131,9 @@ impl KeySources {
             ]
             .iter()
             .map(PathBuf::from)
+            // libvirt's cpu_map (host-model decoding, CPU model vendors): a libvirt upgrade
+            // replaces its index.xml.
+            .chain(std::iter::once(crate::cpu::host::cpu_map_dir().join("index.xml")))
             .collect(),
             app_binary: std::env::current_exe().ok(),
         }

@@ -63,6 +63,9 @@ pub struct QmpClient {
 
 const MAX_LINE: usize = 64 << 20;
 
+/// Batches up to this size are written before reading (they fit in a socket buffer).
+const INLINE_WRITE: usize = 32 << 10;
+
 impl QmpClient {
     /// Take over a connected stream: read the greeting and send `qmp_capabilities`.
     pub fn handshake(stream: UnixStream, timeouts: Timeouts) -> Result<QmpClient, QmpClientError> {
@@ -123,10 +126,40 @@ impl QmpClient {
             buf.push(b'\n');
         }
         self.next_id += reqs.len() as u64;
-        let during = |i: usize| format!("sending '{}'", reqs[i.min(reqs.len() - 1)].execute);
-        self.writer.set_write_timeout(Some(self.remaining(&during(0))?)).ok();
-        self.writer.write_all(&buf).map_err(|source| QmpClientError::Io { during: during(0), source })?;
+        let during = format!("sending '{}'", reqs[0].execute);
+        self.writer.set_write_timeout(Some(self.remaining(&during)?)).ok();
+        let per_command = self.timeouts.per_command;
+        let io = |source: std::io::Error| match source.kind() {
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => {
+                QmpClientError::Timeout { during: during.clone(), timeout: per_command }
+            }
+            _ => QmpClientError::Io { during: during.clone(), source },
+        };
+        if buf.len() <= INLINE_WRITE {
+            // Fits in the socket buffer: QEMU cannot block us before we read.
+            self.writer.write_all(&buf).map_err(io)?;
+            return self.read_replies(reqs, first_id);
+        }
+        // A large batch: write from another thread while replies are read, so that neither
+        // side waits for the other with a full buffer.
+        let mut writer = self.writer.try_clone().map_err(io)?;
+        let stop = self.writer.try_clone().map_err(io)?;
+        std::thread::scope(|s| {
+            let w = s.spawn(move || writer.write_all(&buf));
+            let replies = self.read_replies(reqs, first_id);
+            if replies.is_err() {
+                // Unblock the writer if QEMU stopped reading.
+                let _ = stop.shutdown(std::net::Shutdown::Both);
+            }
+            let written = w.join().unwrap_or_else(|_| Err(std::io::Error::other("writer thread panicked")));
+            let replies = replies?;
+            written.map_err(io)?;
+            Ok(replies)
+        })
+    }
 
+    /// Read the replies to a batch sent with ids `first_id..`, skipping events.
+    fn read_replies(&mut self, reqs: &[Request], first_id: u64) -> Result<Vec<Exchange>, QmpClientError> {
         let mut replies: Vec<Option<Result<Value, QmpError>>> = vec![None; reqs.len()];
         let mut got = 0;
         while got < reqs.len() {
@@ -306,6 +339,26 @@ mod tests {
         assert_eq!(ex[3].execute, "query-kvm");
         drop(q);
         t.join().unwrap();
+    }
+
+    #[test]
+    fn large_batch_does_not_deadlock() {
+        // 3000 commands (~200 KiB) with 1 KiB replies: more than both socket buffers hold,
+        // so writing everything before reading would block forever.
+        let (c, s) = pair();
+        let _t = fake(s, |v| vec![format!("{}\r\n", json!({"return": {"pad": "x".repeat(1024)}, "id": v["id"]}))]);
+        let mut q =
+            QmpClient::handshake(c, Timeouts { per_command: Duration::from_secs(5), overall: Duration::from_secs(20) })
+                .unwrap();
+        let reqs: Vec<Request> = (0..3000)
+            .map(|i| {
+                Request::with_args("device-list-properties", json!({"typename": format!("device-type-number-{i:06}")}))
+            })
+            .collect();
+        let ex = q.run_batch(&reqs).unwrap();
+        assert_eq!(ex.len(), 3000);
+        assert_eq!(ex[2999].arguments.as_ref().unwrap()["typename"], "device-type-number-002999");
+        assert!(ex.iter().all(|e| e.reply.is_ok()));
     }
 
     #[test]

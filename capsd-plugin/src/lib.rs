@@ -9,11 +9,30 @@
 //!   [`DomainCapsDriver`] plus the list of refused files with reasons.
 //! - [`wire`]: the structured error encoding both sides share.
 //!
-//! ```ignore
+//! A complete plugin (crate-type `cdylib`):
+//!
+//! ```no_run
+//! use capsd_plugin::{Availability, DomainCapabilities, DomainCapsDriver, DriverError, Query};
+//!
 //! struct MyDriver;
-//! impl capsd_plugin::DomainCapsDriver for MyDriver { /* name, availability, domain_capabilities */ }
+//!
+//! impl DomainCapsDriver for MyDriver {
+//!     fn name(&self) -> &str {
+//!         "mine"
+//!     }
+//!     fn availability(&self) -> Availability {
+//!         Availability::Unavailable { reason: "nothing to drive here".into() }
+//!     }
+//!     fn domain_capabilities(&self, query: &Query) -> Result<DomainCapabilities, DriverError> {
+//!         Err(DriverError::not_supported("mine", query.to_string()))
+//!     }
+//! }
+//!
 //! capsd_plugin::export_driver!(|| MyDriver);
+//! # fn main() {}
 //! ```
+//!
+//! `examples/driver-bhyve` is a real one; `include/capsd_plugin.h` is the same ABI for C.
 
 pub mod abi;
 pub mod export;

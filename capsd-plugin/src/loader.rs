@@ -114,7 +114,7 @@ pub struct LoadReport {
 }
 
 /// Load every `*.so` (the platform's library suffix) in `dir`, in name order. Names in
-/// `taken` (the embedded drivers) cannot be claimed by a plugin; neither can a name an
+/// `taken` (capsd's own drivers) cannot be claimed by a plugin; neither can a name an
 /// earlier plugin of the directory already has. Refusals are logged and returned, never
 /// fatal: the other plugins and drivers keep working.
 pub fn load_dir(dir: &Path, taken: &[&str]) -> LoadReport {
@@ -153,7 +153,7 @@ pub fn load_dir(dir: &Path, taken: &[&str]) -> LoadReport {
     for file in files {
         match load_file(&file) {
             Ok(plugin) => {
-                let clash = taken.iter().find(|t| **t == plugin.name()).map(|t| format!("the built-in driver '{t}'"));
+                let clash = taken.iter().find(|t| **t == plugin.name()).map(|t| format!("capsd's own driver '{t}'"));
                 let clash = clash.or_else(|| {
                     report.loaded.iter().find(|p| p.name() == plugin.name()).map(|p| p.path().display().to_string())
                 });

@@ -121,7 +121,7 @@ fn names_cannot_be_taken_twice() {
     let r = load_dir(dir.path(), &["bhyve"]);
     assert!(r.loaded.is_empty());
     assert_eq!(r.refused.len(), 2);
-    assert!(r.refused[0].to_string().ends_with("driver name 'bhyve' is already taken by the built-in driver 'bhyve'"));
+    assert!(r.refused[0].to_string().ends_with("driver name 'bhyve' is already taken by capsd's own driver 'bhyve'"));
 }
 
 #[test]

@@ -1,8 +1,8 @@
 //! Replay tests of the `<cpu>` element and `<hyperv>` feature (issue 8).
 //!
-//! `tests/data/cpu/<arch>.json` are real probes of Debian's QEMU 7.2 on an AMD EPYC host
-//! with KVM (only the CPU-relevant QMP exchanges kept; no cpu_map inside: that is libvirt's
-//! LGPL data and is read from the host at test time). `tests/data/cpu/libvirt/<case>.xml`
+//! The probes are the recordings of `tests/data/qemu-7.2-*.json` (`cargo xtask record-qemu`:
+//! Debian's QEMU 7.2 on an AMD EPYC host with KVM; no cpu_map inside: that is libvirt's LGPL
+//! data and is read from the host at test time). `tests/data/cpu/libvirt/<case>.xml`
 //! are the `<cpu>`/`<hyperv>` parts of libvirt 9.0's `virsh domcapabilities` on that same
 //! host. With libvirt's cpu_map installed (`/usr/share/libvirt/cpu_map`, the version of the
 //! recording host) the derived elements must equal libvirt's byte for byte; the answer
@@ -74,8 +74,10 @@ fn data_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/cpu")
 }
 
+/// The probe recording of `qemu-system-<name>` (`cargo xtask record-qemu`).
 fn recording(name: &str) -> ProbeData {
-    let path = data_dir().join(format!("{name}.json"));
+    let bin = if name == "i686" { "i386" } else { name };
+    let path = data_dir().parent().unwrap().join(format!("qemu-7.2-{bin}.json"));
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }

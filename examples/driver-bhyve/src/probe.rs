@@ -252,6 +252,7 @@ const DEVICE_PROBES: [DeviceProbe; 9] = [
 ];
 
 /// Run every probe.
+#[tracing::instrument(skip_all, fields(driver = DRIVER, bhyve = %host.bhyve_path().display()))]
 pub fn probe_caps(host: &dyn Host) -> Result<BhyveCaps, DriverError> {
     let mut caps = BhyveCaps::default();
     let help = host.bhyve_stderr(&["-h"])?;

@@ -27,7 +27,7 @@ pub struct ProbeOptions {
 pub fn probe(binary: &Path, opts: &ProbeOptions) -> Result<ProbeData, DriverError> {
     std::thread::scope(|s| {
         let host = s.spawn(HostFacts::read);
-        let kvm_usable = crate::host::kvm_usable();
+        let kvm_usable = kvm_usable_by_probe(opts);
         let runs = probe_runs(binary, kvm_usable, opts);
         let host = host
             .join()
@@ -41,7 +41,7 @@ pub fn probe(binary: &Path, opts: &ProbeOptions) -> Result<ProbeData, DriverErro
 /// Results come back in the order of `binaries`.
 pub fn probe_many(binaries: &[PathBuf], opts: &ProbeOptions) -> Vec<Result<ProbeData, DriverError>> {
     type Slot = std::sync::Mutex<Option<Result<BTreeMap<Accel, Transcript>, DriverError>>>;
-    let kvm_usable = crate::host::kvm_usable();
+    let kvm_usable = kvm_usable_by_probe(opts);
     // A bounded pool: each binary runs up to two QEMU processes at once.
     let workers = std::thread::available_parallelism().map_or(2, |n| n.get()).max(2) * 2;
     let next = std::sync::atomic::AtomicUsize::new(0);
@@ -134,6 +134,23 @@ fn probe_runs(
         _ => {}
     }
     Ok(runs)
+}
+
+/// Whether the probe processes will be able to open `/dev/kvm`: as ourselves, we try; as
+/// a configured unprivileged user (no supplementary groups), its mode bits decide.
+fn kvm_usable_by_probe(opts: &ProbeOptions) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match opts.process.user.filter(|_| nix::unistd::geteuid().is_root()) {
+        None => crate::host::kvm_usable(),
+        Some(u) => std::fs::metadata("/dev/kvm")
+            .map(|m| {
+                let mode = m.mode();
+                (m.uid() == u.uid && mode & 0o600 == 0o600)
+                    || (m.gid() == u.gid && mode & 0o060 == 0o060)
+                    || mode & 0o006 == 0o006
+            })
+            .unwrap_or(false),
+    }
 }
 
 /// A clear error for a path that cannot be an emulator, before starting anything.

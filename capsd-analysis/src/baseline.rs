@@ -10,8 +10,9 @@
 //! - custom CPU models: those every input lists; `usable='yes'` only if usable on all, `no`
 //!   if unusable on any (blockers: the union), else `unknown`; `deprecated` if deprecated
 //!   anywhere;
-//! - host-model CPU: `supported` combined; model, vendor and maxphysaddr only when identical
-//!   everywhere, and then the features stated identically everywhere;
+//! - host-model CPU: `supported` combined; the model only when identical everywhere, and
+//!   then vendor and maxphysaddr when identical everywhere and the features stated
+//!   identically everywhere (the schema allows those only after a model);
 //! - `<path>`, `<machine>`, SEV/SGX/CCA details, Hyper-V defaults: kept only when identical
 //!   everywhere.
 //!
@@ -170,7 +171,11 @@ fn host_model(hs: &[&HostModel]) -> HostModel {
     } else {
         Vec::new()
     };
-    HostModel { supported, model: if supported.is_yes() { model } else { None }, vendor, maxphysaddr, features }
+    // The schema allows vendor, maxphysaddr and features only after a model.
+    match model.filter(|_| supported.is_yes()) {
+        Some(model) => HostModel { supported, model: Some(model), vendor, maxphysaddr, features },
+        None => HostModel { supported, model: None, vendor: None, maxphysaddr: None, features: Vec::new() },
+    }
 }
 
 fn custom(cs: &[&CustomModels]) -> CustomModels {

@@ -669,12 +669,34 @@ impl Checker<'_> {
     }
 }
 
-/// QEMU's x86 machine aliases: `pc` names the newest `pc-i440fx-*`, `q35` the newest
-/// `pc-q35-*`. A domain that asks for the alias is answered by the versioned machine.
+/// QEMU's machine aliases: `pc` names the newest `pc-i440fx-X.Y`, `q35` the newest
+/// `pc-q35-X.Y`, and a versioned family's bare name (`virt`, `pseries`, `s390-ccw-virtio`)
+/// its newest `NAME-X.Y`. The capabilities of the versioned machine answer for the alias.
 fn is_alias_of(alias: &str, machine: &str) -> bool {
-    match alias {
-        "pc" => machine.starts_with("pc-i440fx-"),
-        "q35" => machine.starts_with("pc-q35-"),
-        _ => false,
+    let family = match alias {
+        "pc" => "pc-i440fx",
+        "q35" => "pc-q35",
+        other => other,
+    };
+    machine
+        .strip_prefix(family)
+        .and_then(|rest| rest.strip_prefix('-'))
+        .is_some_and(|v| !v.is_empty() && v.chars().all(|c| c.is_ascii_digit() || c == '.'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_alias_of;
+
+    #[test]
+    fn machine_aliases() {
+        assert!(is_alias_of("q35", "pc-q35-7.2"));
+        assert!(is_alias_of("pc", "pc-i440fx-11.1"));
+        assert!(is_alias_of("virt", "virt-7.2"));
+        assert!(is_alias_of("s390-ccw-virtio", "s390-ccw-virtio-11.1"));
+        assert!(!is_alias_of("pc", "pc-q35-7.2"));
+        assert!(!is_alias_of("q35", "pc-i440fx-7.2"));
+        assert!(!is_alias_of("virt", "virt"));
+        assert!(!is_alias_of("virt", "virtual-1.0"));
     }
 }

@@ -6,8 +6,13 @@ mod common;
 use capsd_core::{json, xml};
 use proptest::prelude::*;
 
+/// `PROPTEST_CASES` when set, `default` otherwise.
+fn cases(default: u32) -> u32 {
+    std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: cases(256), ..ProptestConfig::default() })]
 
     #[test]
     fn random_models_round_trip_through_xml(caps in common::gen::domain_caps()) {
@@ -100,7 +105,8 @@ fn apply(doc: &[u8], damages: &[Damage]) -> String {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+    // PROPTEST_CASES raises the number of cases for a longer hunt (CI uses the default).
+    #![proptest_config(ProptestConfig { cases: cases(512), ..ProptestConfig::default() })]
 
     #[test]
     fn damaged_fixtures_never_panic(pick in any::<prop::sample::Index>(), damages in proptest::collection::vec(damage(), 1..4)) {

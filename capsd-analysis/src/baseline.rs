@@ -17,7 +17,7 @@
 //!   everywhere.
 //!
 //! So anything the baseline states as supported is supported by every input (the property
-//! `tests/baseline.rs` checks with [`crate::check`]).
+//! `tests/baseline.rs` checks with [`crate::check()`]).
 
 use capsd_core::{
     Blockers, Cca, Cpu, CpuModeEnums, CustomModel, CustomModels, Devices, DomainCapabilities, Enum, EnumElement,

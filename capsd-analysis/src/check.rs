@@ -11,9 +11,24 @@
 //! - `unknown`: the element or enum that would decide is omitted: omission means "no
 //!   statement", never "no".
 //!
+//! What is checked, and against what:
+//!
+//! | domain | capabilities |
+//! | --- | --- |
+//! | `@type`, `os/type/@arch`, `os/type/@machine` | `domain`, `arch`, `machine` (QEMU aliases `pc`, `q35`, `virt`... match their versioned machine); a mismatch is `unknown`: the document speaks about another target |
+//! | `vcpu`, `iothreads` | `vcpu/@max`, `iothreads` |
+//! | `os/@firmware`, `os/firmware/feature` (secure-boot, enrolled-keys) | `os` enum `firmware`, `os/firmwareFeatures` enums `secureBoot`, `enrolledKeys` |
+//! | `os/loader` `@type`, `@readonly`, `@secure`, path; `os/varstore` | `os/loader` enums and `<value>`s; `os/varstore` |
+//! | `cpu/@mode`, `@migratable`, `model`, `feature` | `cpu/mode[@name=...]`, its `*Migratable` enum, custom `model/@usable` (blockers in the note), host-model features and blockers |
+//! | `memoryBacking/source/@type` | `memoryBacking` enum `sourceType` |
+//! | devices: disk device/bus/model, graphics type, video model, hostdev mode/type/driver/startupPolicy, rng model/backend, filesystem driver, tpm model/backend/version, redirdev bus, channel type, crypto model/type/backend, interface backend, panic model, console type | the device element's enums |
+//! | `disk/backingStore[@type]`, `memory[@model='sgx-epc']`, `genid` | `features/backingStoreInput`, `features/sgx`, `features/genid` |
+//! | `features/gic/@version`, `features/hyperv/*`, `vmcoreinfo`, `async-teardown`, `ps2` | `features/gic` enum `version`, `hyperv` enum `features`, the flags |
+//! | `launchSecurity/@type` | `features/launchSecurity` enum `sectype`, and `sev` (sev, sev-snp), `s390-pv`, `tdx`, `cca` |
+//!
 //! Only values written in the domain are checked: an attribute left to its default (a disk
 //! without `device=`) produces no finding. Each finding reads one capability, so a value
-//! `supported` against a [baseline](crate::baseline) is `supported` on every host of it.
+//! `supported` against a [baseline](fn@crate::baseline) is `supported` on every host of it.
 
 use capsd_core::{DomainCapabilities, Enum, EnumElement, EnumList, FeaturePolicy, Flag, Support, Usable};
 use serde::Serialize;
@@ -596,6 +611,18 @@ impl Checker<'_> {
                 let Some(v) = el.attr(attr) else { continue };
                 self.by_enum(el.attr_path(attr), v, src, &base, ename);
             }
+            let caps_f = self.caps.features.as_ref();
+            let fbase = format!("{CAPS}/features");
+            // A user-given backing chain (a <backingStore> with a type) needs backingStoreInput.
+            if let Some(bs) = d.child("backingStore").filter(|b| b.attr("type").is_some()) {
+                let f = caps_f.and_then(|c| c.backing_store_input.as_ref());
+                self.flag(bs.path.clone(), "present", f, &format!("{fbase}/backingStoreInput"));
+            }
+            // SGX enclave page cache memory needs <sgx supported='yes'>.
+            if kind == "memory" && d.attr("model") == Some("sgx-epc") {
+                let s = caps_f.and_then(|c| c.sgx.as_ref()).map(|s| s.supported);
+                self.by_support(d.attr_path("model"), "sgx-epc", s, &format!("{fbase}/sgx"));
+            }
         }
     }
 
@@ -664,6 +691,12 @@ impl Checker<'_> {
             ),
             "s390-pv" => self.flag(path, t, caps_f.and_then(|c| c.s390_pv.as_ref()), &format!("{fbase}/s390-pv")),
             "tdx" => self.flag(path, t, caps_f.and_then(|c| c.tdx.as_ref()), &format!("{fbase}/tdx")),
+            "cca" => self.by_support(
+                path,
+                t,
+                caps_f.and_then(|c| c.cca.as_ref()).map(|c| c.supported),
+                &format!("{fbase}/cca"),
+            ),
             _ => {}
         }
     }

@@ -2,10 +2,10 @@
 //! answered once, from the [`capsd_core`] model, with its omission semantics (an omitted
 //! element means "no statement", never "no"):
 //!
-//! - [`check`]: does a libvirt domain definition ask only for what the capabilities support?
+//! - [`check`](mod@check): does a libvirt domain definition ask only for what the capabilities support?
 //!   One finding per checked value: `supported`, `unsupported` or `unknown`.
-//! - [`diff`]: what one document states that another does not, fact by fact.
-//! - [`baseline`]: the document every one of several hosts satisfies.
+//! - [`diff`](mod@diff): what one document states that another does not, fact by fact.
+//! - [`baseline`](mod@baseline): the document every one of several hosts satisfies.
 //! - [`labels`]: Kubernetes node labels in KubeVirt's conventions and placement traits in
 //!   OpenStack Nova's.
 //!

@@ -1,6 +1,6 @@
 //! A small, strict XML element tree on quick-xml, for the documents this crate reads that are
 //! not domain capabilities: libvirt domain definitions (`<domain type=...>`), and the generic
-//! flattening of capabilities documents into facts ([`crate::diff`]).
+//! flattening of capabilities documents into facts ([`crate::diff`](mod@crate::diff)).
 //!
 //! Strict means: DTDs and entity declarations are refused, only the five predefined entities
 //! and character references are expanded, input size and nesting depth are bounded, and every

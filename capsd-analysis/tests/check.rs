@@ -359,3 +359,41 @@ fn malformed_domains_are_clear_errors() {
         assert!(err.to_string().contains(msg), "{input}: {err}");
     }
 }
+
+#[test]
+fn sgx_memory_backing_store_and_cca() {
+    let d = synthetic(
+        "<devices><memory model='sgx-epc'><target><size unit='KiB'>16384</size></target></memory>\
+         <disk type='file' device='disk'><backingStore type='file'><format type='qcow2'/>\
+         <source file='/base.qcow2'/></backingStore><target dev='vda' bus='virtio'/></disk></devices>\
+         <launchSecurity type='cca'/>",
+    );
+    let r = check(&d, &caps("libvirt-upstream/domaincaps/qemu_11.0.0-q35.x86_64+sgx.xml")).unwrap();
+    expect(
+        &r,
+        &[
+            ("/domain/devices/memory/@model", S),
+            ("/domain/devices/disk/backingStore", S),
+            ("/domain/devices/disk/target/@bus", S),
+        ],
+    );
+    let r = check(&d, &caps(HOST_Q35)).unwrap();
+    expect(&r, &[("/domain/devices/memory/@model", N), ("/domain/devices/disk/backingStore", S)]);
+    // No document here states <cca>: unknown, with the launchSecurity enum deciding no.
+    let cca: Vec<(&str, Verdict)> = r
+        .findings
+        .iter()
+        .filter(|f| f.path == "/domain/launchSecurity/@type")
+        .map(|f| (f.capability.as_str(), f.verdict))
+        .collect();
+    assert_eq!(cca, [("/domainCapabilities/features/launchSecurity", U), ("/domainCapabilities/features/cca", U)]);
+}
+
+#[test]
+fn domain_accessors_make_the_driver_query() {
+    let d = domain("aarch64-virt.xml");
+    assert_eq!(
+        (d.virt_type(), d.arch(), d.machine(), d.emulator()),
+        ("qemu", Some("aarch64"), Some("virt"), Some("/usr/bin/qemu-system-aarch64"))
+    );
+}

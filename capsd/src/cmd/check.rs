@@ -19,9 +19,10 @@ pub struct CapsSource {
     /// Capabilities document (XML or JSON, `-` for standard input) instead of asking a driver.
     #[arg(long, value_name = "FILE")]
     caps: Option<PathBuf>,
-    /// Which driver answers when --caps is not given (see `capsd drivers`).
-    #[arg(long, default_value = "qemu")]
-    driver: String,
+    /// Which driver answers when --caps is not given (see `capsd drivers`); default: the
+    /// one for the domain's type (kvm/qemu: qemu, xen: xen, lxc: lxc), else qemu.
+    #[arg(long)]
+    driver: Option<String>,
     /// Emulator binary for the driver query.
     #[arg(long = "emulatorbin", value_name = "PATH")]
     emulatorbin: Option<PathBuf>,
@@ -43,6 +44,15 @@ impl CapsSource {
     /// The document from --caps, or from the driver with the query flags, each flag left
     /// out taken from `defaults`.
     pub fn load(&self, ctx: &super::Context, defaults: Query) -> Result<DomainCapabilities> {
+        let driver_name = self.driver.clone().unwrap_or_else(|| {
+            match self.virttype.as_deref().or(defaults.virt_type.as_deref()) {
+                Some("xen") => "xen",
+                Some("lxc") => "lxc",
+                Some("bhyve") => "bhyve",
+                _ => "qemu",
+            }
+            .to_owned()
+        });
         if let Some(path) = &self.caps {
             let (name, text) = super::fmt::read_input(path)?;
             return capsd_core::parse_any(&text)
@@ -50,14 +60,14 @@ impl CapsSource {
         }
         let opts = DriverOptions { test_fixtures: self.fixtures.clone(), cache_dir: ctx.cache_dir.clone() };
         let reg = super::domcaps::registry(ctx, &opts)?;
-        let driver = reg.get(&self.driver)?;
+        let driver = reg.get(&driver_name)?;
         let query = Query {
             emulator: self.emulatorbin.clone().or(defaults.emulator),
             arch: self.arch.clone().or(defaults.arch),
             machine: self.machine.clone().or(defaults.machine),
             virt_type: self.virttype.clone().or(defaults.virt_type),
         };
-        driver.domain_capabilities(&query).with_context(|| format!("driver '{}', query {query}", self.driver))
+        driver.domain_capabilities(&query).with_context(|| format!("driver '{driver_name}', query {query}"))
     }
 }
 

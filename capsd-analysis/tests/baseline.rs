@@ -368,7 +368,6 @@ fn strictly_supported(p: &Pools, xml: &str) -> bool {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
 
     #[test]
     fn every_host_satisfies_what_the_baseline_supports(

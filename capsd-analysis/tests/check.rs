@@ -397,3 +397,33 @@ fn domain_accessors_make_the_driver_query() {
         ("qemu", Some("aarch64"), Some("virt"), Some("/usr/bin/qemu-system-aarch64"))
     );
 }
+
+mod never_panics {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn sample() -> String {
+        let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/domains/bios-i440fx.xml");
+        std::fs::read_to_string(p).unwrap()
+    }
+
+    proptest! {
+        /// Truncated or corrupted real domain definitions: an error or a report, never a panic,
+        /// and every error names a line within the input.
+        #[test]
+        fn corrupted_domains(cut in 0usize..3000, at in 0usize..3000, junk in "[<>&;'\"/a-z= \n]{0,8}") {
+            let s = sample();
+            let mut t: String = s.chars().take(cut).collect();
+            let pos = t.char_indices().nth(at % (t.chars().count() + 1)).map(|(i, _)| i).unwrap_or(t.len());
+            t.insert_str(pos, &junk);
+            match Domain::parse(&t) {
+                Ok(d) => {
+                    let _ = check(&d, &caps(HOST_Q35));
+                }
+                Err(AnalysisError::Xml(e)) => prop_assert!(e.line >= 1 && e.line <= t.lines().count().max(1) + 1, "{e}"),
+                Err(AnalysisError::Domain { line, .. }) => prop_assert!(line >= 1),
+                Err(other) => prop_assert!(false, "unexpected error {other}"),
+            }
+        }
+    }
+}

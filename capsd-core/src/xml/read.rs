@@ -6,7 +6,10 @@
 //! 1-based line of every start tag; the second walks the tree with the element path and
 //! converts it, rejecting unknown or duplicate elements, unknown attributes and bad values.
 //! Only the five predefined entities and numeric character references are expanded; a
-//! `<!DOCTYPE>` (and with it any `<!ENTITY>` declaration) is rejected outright.
+//! `<!DOCTYPE>` (and with it any `<!ENTITY>` declaration) is rejected outright. Line ends and
+//! attribute values are normalised as XML prescribes (`\r\n` -> `\n`; literal tab, newline
+//! in attributes -> space). Input size, element count and nesting depth are bounded
+//! ([`MAX_INPUT_BYTES`], [`MAX_ELEMENTS`], 16 levels).
 
 use std::borrow::Cow;
 

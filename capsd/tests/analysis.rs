@@ -40,6 +40,13 @@ fn check_exit_codes_and_forms() {
     assert!(text.contains("by /domainCapabilities/os/firmwareFeatures: element omitted"), "{text}");
     assert!(text.ends_with("20 findings: 17 supported, 0 unsupported, 3 unknown\n"), "{text}");
 
+    // --strict: unknown fails too.
+    let o = capsd(&["check", &domain("secboot-q35.xml"), "--caps", &shared(HOST_Q35), "--strict"]);
+    assert_eq!(o.status.code(), Some(1), "{}", err(&o));
+    let up = shared("libvirt-upstream/domaincaps/qemu_11.1.0-q35.x86_64.xml");
+    let o = capsd(&["check", &domain("virtio-video-q35.xml"), "--caps", &up, "--strict"]);
+    assert_eq!(o.status.code(), Some(0), "{}{}", out(&o), err(&o));
+
     // Something unsupported: 1; JSON for programs.
     let o = capsd(&["check", &domain("virtio-video-q35.xml"), "--caps", &shared(HOST_Q35), "--format", "json"]);
     assert_eq!(o.status.code(), Some(1), "{}", err(&o));

@@ -1,5 +1,6 @@
 //! `capsd check DOMAIN.xml`: does a libvirt domain definition ask only for what the
-//! capabilities support? Exit 0: nothing unsupported; 1: something unsupported; 2: bad input.
+//! capabilities support? Exit 0: nothing unsupported; 1: something unsupported (or, with
+//! `--strict`, unknown); 2: bad input.
 //! Also holds the capabilities source (`--caps FILE` or a driver query) that `labels` and
 //! `traits` share.
 
@@ -88,6 +89,9 @@ pub struct Args {
     /// Output form.
     #[arg(long, value_enum, default_value_t = ReportFormat::Text)]
     format: ReportFormat,
+    /// Exit 1 also when something is unknown (the capabilities make no statement about it).
+    #[arg(long)]
+    strict: bool,
 }
 
 /// Exit code for bad input (unreadable or invalid domain or capabilities).
@@ -133,5 +137,6 @@ fn check(ctx: &super::Context, args: &Args) -> Result<ExitCode> {
         }
     };
     std::io::stdout().lock().write_all(out.as_bytes()).context("writing to standard output")?;
-    Ok(if report.has_unsupported() { ExitCode::from(1) } else { ExitCode::SUCCESS })
+    let failed = report.has_unsupported() || (args.strict && !report.all_supported());
+    Ok(if failed { ExitCode::from(1) } else { ExitCode::SUCCESS })
 }

@@ -30,7 +30,13 @@ pub type Stage = fn(Accel, &Transcript) -> Vec<Request>;
 
 /// All stages, in the order the probe runs them.
 pub fn stages() -> Vec<Stage> {
-    vec![base, crate::derive::plan::stage_schema, crate::derive::plan::stage_optional, crate::cpu::plan::stage_host, crate::cpu::plan::stage_models]
+    vec![
+        base,
+        crate::derive::plan::stage_schema,
+        crate::derive::plan::stage_optional,
+        crate::cpu::plan::stage_host,
+        crate::cpu::plan::stage_models,
+    ]
 }
 
 /// Commands every derivation needs first.

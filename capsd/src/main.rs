@@ -11,6 +11,11 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+/// A warm `capsd domcapabilities` spends most of its time allocating and freeing the JSON
+/// values of the cached probe; mimalloc does that about twice as fast as glibc's malloc.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// capsd answers what this host's hypervisors can do, as libvirt's `<domainCapabilities>`
 /// document, from real probing of the host.
 #[derive(Debug, Parser)]

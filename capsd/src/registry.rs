@@ -18,6 +18,29 @@ pub struct DriverOptions {
     pub cache_dir: Option<std::path::PathBuf>,
 }
 
+/// Fills driver-qemu's probe cache for one emulator binary (`capsd probe`).
+pub type CacheFiller = Box<dyn Fn(&std::path::Path) -> Result<(), capsd_core::DriverError> + Sync>;
+
+/// A [`CacheFiller`] writing to `opts.cache_dir`: probes the binary unless its cache entry
+/// is present and valid. Errors when there is no cache directory or no driver-qemu.
+pub fn qemu_cache_filler(opts: &DriverOptions) -> anyhow::Result<CacheFiller> {
+    let Some(dir) = opts.cache_dir.clone() else {
+        anyhow::bail!(
+            "there is no probe cache to fill (--no-cache, or no cache directory could be chosen: use --cache-dir)"
+        )
+    };
+    #[cfg(feature = "qemu")]
+    {
+        let d = driver_qemu::QemuDriver::new().with_cache_dir(dir);
+        Ok(Box::new(move |b| d.probe_data(b).map(|_| ())))
+    }
+    #[cfg(not(feature = "qemu"))]
+    {
+        let _ = dir;
+        anyhow::bail!("driver 'qemu' is not built into this capsd (rebuild with --features qemu)")
+    }
+}
+
 /// The default probe cache directory (driver-qemu's rule), `None` without driver-qemu.
 pub fn default_cache_dir() -> Option<std::path::PathBuf> {
     #[cfg(feature = "qemu")]

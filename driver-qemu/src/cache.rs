@@ -482,6 +482,19 @@ impl ProbeCache {
         Ok((Arc::try_unwrap(d).unwrap_or_else(|d| (*d).clone()), o))
     }
 
+    /// Like [`Self::get_or_probe`], parsing only the transcripts of `runs` on a warm lookup
+    /// (the others are left out of the returned data; a probe returns and stores them all).
+    /// Loading one accelerator's run halves a warm lookup of a binary probed with both.
+    pub fn get_or_probe_owned_runs(
+        &self,
+        binary: &Path,
+        runs: Runs<'_>,
+        probe: impl FnOnce() -> Result<ProbeData, DriverError>,
+    ) -> Result<(ProbeData, CacheOutcome), DriverError> {
+        let (d, o) = self.get_inner(binary, runs, false, probe)?;
+        Ok((Arc::try_unwrap(d).unwrap_or_else(|d| (*d).clone()), o))
+    }
+
     /// Like [`Self::get_or_probe`], shared: no copy of the data. `runs` says which transcripts
     /// the caller reads; a warm lookup then parses only those (the others are left out of the
     /// returned `ProbeData`). A probe always stores every run.

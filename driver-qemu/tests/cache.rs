@@ -309,6 +309,27 @@ fn reading_one_run_parses_only_that_run() {
 }
 
 #[test]
+fn owned_lookups_of_one_run_leave_the_others_out() {
+    let w = World::new();
+    let n = AtomicUsize::new(0);
+    let cache = w.cache();
+    // The miss returns every run.
+    let (d, o) = cache
+        .get_or_probe_owned_runs(&w.binary, Runs::Only(&[Accel::Tcg]), || {
+            n.fetch_add(1, Ordering::SeqCst);
+            Ok(fake_probe(&w.binary, "a"))
+        })
+        .unwrap();
+    assert_eq!((o, d.runs.len()), (CacheOutcome::Miss, 2));
+    let (d, o) = cache
+        .get_or_probe_owned_runs(&w.binary, Runs::Only(&[Accel::Tcg]), || Err(DriverError::probe_failed("x", "no")))
+        .unwrap();
+    assert_eq!((o, d.runs.keys().copied().collect::<Vec<_>>()), (CacheOutcome::Hit, vec![Accel::Tcg]));
+    assert_eq!(d.run(Accel::Tcg), fake_probe(&w.binary, "a").run(Accel::Tcg));
+    assert_eq!(d.host, fake_probe(&w.binary, "a").host);
+}
+
+#[test]
 fn concurrent_lookups_of_one_binary_probe_once() {
     let w = World::new();
     let cache = w.cache();

@@ -1,6 +1,6 @@
 //! `capsd probe`: fill the probe cache ahead of queries, for the named emulators or every
 //! `qemu-system-*` on `PATH`, several at a time, with progress (a bar on a terminal, one
-//! line per emulator otherwise).
+//! line per emulator otherwise). An entry that is present and valid is not probed again.
 
 use std::collections::BTreeSet;
 use std::io::{IsTerminal, Write};
@@ -11,7 +11,6 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
-use capsd_core::Query;
 
 use crate::registry::DriverOptions;
 
@@ -104,9 +103,10 @@ pub fn run(ctx: &super::Context, args: Args) -> Result<ExitCode> {
     } else {
         args.emulatorbin.clone()
     };
-    let reg =
-        super::domcaps::registry(ctx, &DriverOptions { cache_dir: ctx.cache_dir.clone(), ..DriverOptions::default() })?;
-    let driver = reg.get("qemu")?;
+    let fill = crate::registry::qemu_cache_filler(&DriverOptions {
+        cache_dir: ctx.cache_dir.clone(),
+        ..DriverOptions::default()
+    })?;
     let jobs = args.jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get())).max(1);
     let progress = Progress {
         total: binaries.len(),
@@ -123,8 +123,7 @@ pub fn run(ctx: &super::Context, args: Args) -> Result<ExitCode> {
                 let i = next.fetch_add(1, Ordering::SeqCst);
                 let Some(b) = binaries.get(i) else { break };
                 let started = Instant::now();
-                let query = Query { emulator: Some(b.clone()), ..Query::default() };
-                let r = driver.domain_capabilities(&query).map(|_| started.elapsed()).map_err(|e| e.to_string());
+                let r = fill(b).map(|()| started.elapsed()).map_err(|e| e.to_string());
                 if r.is_err() {
                     failures.fetch_add(1, Ordering::SeqCst);
                 }

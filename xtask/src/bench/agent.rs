@@ -8,8 +8,13 @@
 //!    `CAPSD_BENCH_REQUESTS` requests (default 500000), whichever comes first, with
 //!    `CAPSD_BENCH_CONNECTIONS` connections (default 4): p50/p99 latency and requests/s.
 //!
-//! Uses the release build of `capsd` (built first). Targets: warm CLI at most half of
-//! virsh; agent p99 <= 1 ms and >= 20,000 requests/s on the 2-core reference machine.
+//! 3. In process, what a warm lookup costs: the invalidation key, reading and parsing the
+//!    whole cache file (every run) or one run's segment, and dropping the data.
+//!
+//! Uses the release build of `capsd` (built first); like `bench qemu`, a debug xtask re-runs
+//! itself with `--release` for the in-process figures (`CAPSD_BENCH_IN_PLACE=1` measures
+//! the current build). Targets: warm CLI at most half of virsh; agent p99 <= 1 ms and
+//! >= 20,000 requests/s on the 2-core reference machine.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -76,6 +81,19 @@ fn free_loopback_port() -> Result<SocketAddr> {
 }
 
 pub fn run() -> Result<()> {
+    if cfg!(debug_assertions) && std::env::var_os("CAPSD_BENCH_IN_PLACE").is_none() {
+        println!("bench agent: xtask is a debug build; re-running with --release");
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let status = Command::new(cargo)
+            .current_dir(workspace_root())
+            .args(["run", "--release", "--quiet", "--package", "xtask", "--", "bench", "agent"])
+            .status()
+            .context("running cargo run --release for the agent benchmark")?;
+        if !status.success() {
+            bail!("release run of bench agent failed: {status}");
+        }
+        return Ok(());
+    }
     let capsd = build_capsd()?;
     let dir = std::env::temp_dir().join(format!("capsd-bench-agent-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
@@ -100,6 +118,7 @@ fn bench(capsd: &Path, dir: &Path) -> Result<()> {
     println!("bench agent: cold capsd domcapabilities (probe, cache filled): {:.0?}", t.elapsed());
     let (c50, c99) = time_process(&cli, runs)?;
     println!("bench agent: warm capsd domcapabilities, {runs} runs: median {c50:.2?} p99 {c99:.2?}");
+    cache_load(&cache, capsd)?;
     let virsh = ["virsh", "-c", "qemu:///system", "domcapabilities"];
     match Command::new("virsh").args(&virsh[1..]).stdout(Stdio::null()).stderr(Stdio::null()).status() {
         Ok(st) if st.success() => {
@@ -165,5 +184,56 @@ fn bench(capsd: &Path, dir: &Path) -> Result<()> {
             r.body_bytes
         );
     }
+    Ok(())
+}
+
+/// In-process cost of a warm lookup of the x86_64 emulator in `cache` (filled by the CLI).
+fn cache_load(cache: &Path, capsd: &Path) -> Result<()> {
+    use driver_qemu::cache::{CacheOptions, KeySources, ProbeCache, Runs};
+    use driver_qemu::probe_data::Accel;
+    let x86 = Path::new("/usr/bin/qemu-system-x86_64");
+    // The key as capsd computes it: its own executable is part of it.
+    let opts = CacheOptions {
+        sources: KeySources { app_binary: Some(capsd.to_owned()), ..KeySources::host() },
+        ..CacheOptions::default()
+    };
+    let pc = ProbeCache::with_options(cache.to_owned(), opts.clone());
+    let file = pc.file_for(x86);
+    let size = std::fs::metadata(&file).with_context(|| format!("no cache file {}", file.display()))?.len();
+    let never = || Err(capsd_core::DriverError::probe_failed("bench", "the cache must answer"));
+    let n = 20;
+    let mut key = Vec::new();
+    let mut all = Vec::new();
+    let mut one = Vec::new();
+    let mut drop_all = Vec::new();
+    for _ in 0..n {
+        let t = Instant::now();
+        pc.key(x86)?;
+        key.push(t.elapsed());
+        let t = Instant::now();
+        let (d, _) = pc.get_or_probe(x86, never)?;
+        all.push(t.elapsed());
+        let t = Instant::now();
+        drop(d);
+        drop_all.push(t.elapsed());
+        // A fresh cache each time: no memory hit.
+        let fresh = ProbeCache::with_options(cache.to_owned(), opts.clone());
+        let t = Instant::now();
+        let (d, _) = fresh.get_or_probe_runs(x86, Runs::Only(&[Accel::Kvm]), never)?;
+        one.push(t.elapsed());
+        drop(d);
+    }
+    let med = |v: &mut Vec<Duration>| {
+        v.sort();
+        v[v.len() / 2]
+    };
+    println!(
+        "bench agent: probe cache of {} ({size} bytes), median of {n}: key {:.2?}, load every run {:.2?} (+ drop {:.2?}), load the kvm run only {:.2?}",
+        x86.display(),
+        med(&mut key),
+        med(&mut all),
+        med(&mut drop_all),
+        med(&mut one)
+    );
     Ok(())
 }

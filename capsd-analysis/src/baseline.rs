@@ -202,8 +202,15 @@ fn custom(cs: &[&CustomModels]) -> CustomModels {
                 } else {
                     None
                 };
-                let vendor =
-                    if same.iter().all(|o| o.vendor == m.vendor) { m.vendor.clone() } else { "unknown".to_owned() };
+                // Documents from libvirt before 8.9.0 carry no vendor: the baseline states one
+                // only when every document does.
+                let vendor = if same.iter().all(|o| o.vendor == m.vendor) {
+                    m.vendor.clone()
+                } else if same.iter().all(|o| o.vendor.is_some()) {
+                    Some("unknown".to_owned())
+                } else {
+                    None
+                };
                 let canonical = m.canonical.clone().filter(|c| same.iter().all(|o| o.canonical.as_ref() == Some(c)));
                 let blockers = if usable == Usable::No {
                     let mut feats: Vec<String> = Vec::new();

@@ -106,7 +106,7 @@ pub fn kubevirt_labels(caps: &DomainCapabilities) -> BTreeMap<String, String> {
     if let Some(f) = &caps.features {
         if let Some(sev) = f.sev.as_ref().filter(|s| s.supported.is_yes()) {
             put(SEV.to_owned(), "");
-            if sev.params.as_ref().is_some_and(|p| p.max_es_guests > 0) {
+            if sev.params.as_ref().is_some_and(|p| p.max_es_guests.is_some_and(|n| n > 0)) {
                 put(SEV_ES.to_owned(), "");
             }
         }

@@ -338,7 +338,9 @@ pub struct CustomModel {
     pub deprecated: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub canonical: Option<String>,
-    pub vendor: String,
+    /// `vendor` attribute (libvirt writes it since 8.9.0; `None` for older documents).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vendor: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub blockers: Option<Blockers>,
 }
@@ -519,22 +521,27 @@ pub struct Features {
 #[serde(rename_all = "camelCase")]
 pub struct Sev {
     pub supported: Support,
-    /// `cbitpos`, `reducedPhysBits`, `maxGuests`, `maxESGuests`: all four or none.
+    /// `cbitpos` and `reducedPhysBits`, with `maxGuests` and `maxESGuests` where the
+    /// document has them; `None` when none of them is present.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub params: Option<SevParams>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cpu0_id: Option<String>,
 }
 
+/// The SEV parameters. `cbitpos` and `reducedPhysBits` come together (every libvirt version
+/// that reports SEV details writes both); `maxGuests` and `maxESGuests` are optional because
+/// older libvirt versions (7.x and before) did not write them (`None` = element absent).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 #[serde(rename_all = "camelCase")]
 pub struct SevParams {
     pub cbitpos: u32,
     pub reduced_phys_bits: u32,
-    pub max_guests: u32,
-    #[serde(rename = "maxESGuests")]
-    pub max_es_guests: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_guests: Option<u32>,
+    #[serde(default, rename = "maxESGuests", skip_serializing_if = "Option::is_none")]
+    pub max_es_guests: Option<u32>,
 }
 
 /// `<sgx>`: Intel Software Guard Extensions.

@@ -275,10 +275,10 @@ fn cpu_and_feature_rules() {
         "'usable'",
     );
     fails(
-        &doc("<cpu>\n<mode name='custom' supported='yes'>\n<model usable='yes'>a</model>\n</mode>\n</cpu>"),
+        &doc("<cpu>\n<mode name='custom' supported='yes'>\n<model vendor='Intel'>a</model>\n</mode>\n</cpu>"),
         6,
         "/domainCapabilities/cpu/mode/model",
-        "missing attribute 'vendor'",
+        "missing attribute 'usable'",
     );
     fails(
         &doc("<features>\n<sev supported='yes'>\n<cbitpos>51</cbitpos>\n</sev>\n</features>"),

@@ -338,7 +338,7 @@ fn custom_models(data: &ProbeData, t: &Transcript, arch: &str, defs: &[Value], o
             usable,
             deprecated,
             canonical: None,
-            vendor: vendor.unwrap_or_else(|| "unknown".to_owned()),
+            vendor: Some(vendor.unwrap_or_else(|| "unknown".to_owned())),
             blockers: model_blockers,
         });
     }

@@ -107,10 +107,11 @@ pub fn from_model(caps: &DomainCapabilities) -> BTreeSet<String> {
         if let Some(sev) = &f.sev {
             let q = format!("{p}/sev");
             s.add(&q);
-            if sev.params.is_some() {
-                for n in ["cbitpos", "reducedPhysBits", "maxGuests", "maxESGuests"] {
-                    s.add(&format!("{q}/{n}"));
-                }
+            if let Some(params) = &sev.params {
+                s.add(&format!("{q}/cbitpos"));
+                s.add(&format!("{q}/reducedPhysBits"));
+                s.opt(&q, "maxGuests", params.max_guests.is_some());
+                s.opt(&q, "maxESGuests", params.max_es_guests.is_some());
             }
             s.opt(&q, "cpu0Id", sev.cpu0_id.is_some());
         }

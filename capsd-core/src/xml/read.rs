@@ -757,7 +757,8 @@ fn custom(node: &Node, p: &P<'_>) -> R<CustomModels> {
                     other => return bad_value(c.line, &cp, "attribute 'usable'", other, "'yes', 'no' or 'unknown'"),
                 };
                 let deprecated = deprecated.map(|v| yes_no(c.line, &cp, "attribute 'deprecated'", v)).transpose()?;
-                let vendor = c.required(&cp, "vendor", vendor)?.to_owned();
+                // Written since libvirt 8.9.0; older documents have no vendor.
+                let vendor = vendor.map(str::to_owned);
                 let name = c.leaf_text(&cp)?.to_owned();
                 models.push(CustomModel {
                     name,
@@ -866,25 +867,26 @@ fn sev(node: &Node, p: &P<'_>) -> R<Sev> {
             _ => return unknown_child(c, p, "sev"),
         }
     }
-    let params = match (cbitpos, reduced, max_guests, max_es) {
-        (None, None, None, None) => None,
-        (Some(cbitpos), Some(reduced_phys_bits), Some(max_guests), Some(max_es_guests)) => {
-            Some(SevParams { cbitpos, reduced_phys_bits, max_guests, max_es_guests })
+    // Older libvirt versions wrote only cbitpos and reducedPhysBits; maxGuests and maxESGuests
+    // came later. Each of the later two is kept as present or absent.
+    let params = match (cbitpos, reduced) {
+        (None, None) if max_guests.is_none() && max_es.is_none() => None,
+        (Some(cbitpos), Some(reduced_phys_bits)) => {
+            Some(SevParams { cbitpos, reduced_phys_bits, max_guests, max_es_guests: max_es })
         }
-        (c, r, g, e) => {
-            let absent: Vec<&str> = [
-                (c.is_none(), "cbitpos"),
-                (r.is_none(), "reducedPhysBits"),
-                (g.is_none(), "maxGuests"),
-                (e.is_none(), "maxESGuests"),
-            ]
-            .into_iter()
-            .filter_map(|(missing, n)| missing.then_some(n))
-            .collect();
+        (c, r) => {
+            let absent: Vec<&str> = [(c.is_none(), "cbitpos"), (r.is_none(), "reducedPhysBits")]
+                .into_iter()
+                .filter_map(|(missing, n)| missing.then_some(n))
+                .collect();
             return err(
                 node.line,
                 p,
-                format!("incomplete SEV parameters: missing <{}> (all four or none)", absent.join(">, <")),
+                format!(
+                    "incomplete SEV parameters: missing <{}> (<cbitpos> and <reducedPhysBits> come together, \
+                     and <maxGuests>/<maxESGuests> need them)",
+                    absent.join(">, <")
+                ),
             );
         }
     };

@@ -292,7 +292,7 @@ impl Writer {
                 let attrs = [
                     ("usable", Some(m.usable.as_str())),
                     ("deprecated", m.deprecated.map(yes_no)),
-                    ("vendor", Some(m.vendor.as_str())),
+                    ("vendor", m.vendor.as_deref()),
                     ("canonical", m.canonical.as_deref()),
                 ];
                 w.leaf("model", &attrs, &m.name);
@@ -351,8 +351,12 @@ impl Writer {
             if let Some(p) = &s.params {
                 w.leaf_num("cbitpos", &[], p.cbitpos.into());
                 w.leaf_num("reducedPhysBits", &[], p.reduced_phys_bits.into());
-                w.leaf_num("maxGuests", &[], p.max_guests.into());
-                w.leaf_num("maxESGuests", &[], p.max_es_guests.into());
+                if let Some(n) = p.max_guests {
+                    w.leaf_num("maxGuests", &[], n.into());
+                }
+                if let Some(n) = p.max_es_guests {
+                    w.leaf_num("maxESGuests", &[], n.into());
+                }
             }
             if let Some(id) = &s.cpu0_id {
                 w.leaf("cpu0Id", &[], id);

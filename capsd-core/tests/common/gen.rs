@@ -104,7 +104,7 @@ fn custom() -> impl Strategy<Value = CustomModels> {
             usable,
             deprecated,
             canonical,
-            vendor,
+            vendor: Some(vendor),
         },
     );
     (support(), vec(model, 0..5)).prop_map(|(supported, models)| CustomModels { supported, models })
@@ -133,8 +133,8 @@ fn sev() -> impl Strategy<Value = Sev> {
     let params = (any::<u32>(), any::<u32>(), any::<u32>(), any::<u32>()).prop_map(|(a, b, c, d)| SevParams {
         cbitpos: a,
         reduced_phys_bits: b,
-        max_guests: c,
-        max_es_guests: d,
+        max_guests: Some(c),
+        max_es_guests: Some(d),
     });
     (support(), of(params), of(text())).prop_map(|(supported, params, cpu0_id)| Sev { supported, params, cpu0_id })
 }
@@ -215,4 +215,29 @@ pub fn domain_caps() -> impl Strategy<Value = DomainCapabilities> {
             }
         },
     )
+}
+
+/// A whole document as any libvirt version may write it: a schema-valid one from
+/// [`domain_caps`] with the parts older versions left out removed at random (the `vendor` of
+/// custom CPU models, before 8.9.0; the SEV guest limits `maxGuests` and `maxESGuests`).
+/// Such documents no longer validate against the newest schema, but read and write back.
+pub fn domain_caps_any_version() -> impl Strategy<Value = DomainCapabilities> {
+    (domain_caps().boxed(), any::<u64>(), any::<bool>(), any::<bool>()).prop_map(|(mut caps, drop_vendor, g, es)| {
+        if let Some(custom) = caps.cpu.as_mut().and_then(|c| c.custom.as_mut()) {
+            for (i, m) in custom.models.iter_mut().enumerate() {
+                if drop_vendor & (1 << (i % 64)) != 0 {
+                    m.vendor = None;
+                }
+            }
+        }
+        if let Some(p) = caps.features.as_mut().and_then(|f| f.sev.as_mut()).and_then(|s| s.params.as_mut()) {
+            if g {
+                p.max_guests = None;
+            }
+            if es {
+                p.max_es_guests = None;
+            }
+        }
+        caps
+    })
 }

@@ -89,8 +89,8 @@ pub fn sev(a: &Answers<'_>, host: &HostFacts) -> Sev {
         params: Some(SevParams {
             cbitpos: num("cbitpos"),
             reduced_phys_bits: num("reduced-phys-bits"),
-            max_guests,
-            max_es_guests,
+            max_guests: Some(max_guests),
+            max_es_guests: Some(max_es_guests),
         }),
         cpu0_id: None,
     }

@@ -261,7 +261,7 @@ fn sev_parameters_from_qemu_and_host_asids() {
     let s = caps.features.unwrap().sev.unwrap();
     assert_eq!(s.supported, Support::Yes);
     let p = s.params.unwrap();
-    assert_eq!((p.cbitpos, p.reduced_phys_bits, p.max_guests, p.max_es_guests), (47, 1, 410, 99));
+    assert_eq!((p.cbitpos, p.reduced_phys_bits, p.max_guests, p.max_es_guests), (47, 1, Some(410), Some(99)));
 
     let none = derive_one("x86_64", "pc-q35-7.2", transcript(&[("pc-q35-7.2", 288)], &[], &[]));
     let s = none.features.unwrap().sev.unwrap();

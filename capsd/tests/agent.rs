@@ -73,6 +73,16 @@ fn bad_queries_get_4xx_with_a_json_error_naming_the_problem() {
     }
     let r = a.get("/v1/nope");
     assert_eq!((r.status, r.json()["error"].as_str()), (404, Some("not-found")));
+    let mut s = UnixStream::connect(&a.socket).unwrap();
+    std::io::Write::write_all(
+        &mut s,
+        b"POST /v1/domcapabilities HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+    )
+    .unwrap();
+    let mut raw = String::new();
+    std::io::Read::read_to_string(&mut s, &mut raw).unwrap();
+    assert!(raw.starts_with("HTTP/1.1 405"), "{raw}");
+    assert!(raw.contains("\"method-not-allowed\""), "{raw}");
     let m = a.get("/metrics").body;
     assert_eq!(metric(&m, "capsd_http_requests_total{endpoint=\"domcapabilities\",code=\"400\"}"), 7, "{m}");
     assert_eq!(metric(&m, "capsd_http_requests_total{endpoint=\"domcapabilities\",code=\"404\"}"), 3, "{m}");

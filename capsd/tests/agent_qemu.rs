@@ -110,3 +110,24 @@ fn a_changed_binary_reaches_the_in_memory_answer() {
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
 }
+
+#[test]
+fn bad_qemu_queries_are_400_naming_the_parameter() {
+    if !live() {
+        return;
+    }
+    let a = Agent::start(&[]);
+    for (q, param, needle) in [
+        ("arch=z80", "arch", "unknown architecture"),
+        ("machine=nope", "machine", "nope"),
+        ("virttype=xen", "virttype", "xen"),
+        ("emulatorbin=%2Fno%2Fsuch%2Fqemu-system-x86_64", "emulatorbin", "/no/such/qemu-system-x86_64"),
+    ] {
+        let r = a.get(&format!("/v1/domcapabilities?{q}"));
+        assert_eq!(r.status, 400, "{q}: {}", r.body);
+        let j = r.json();
+        assert_eq!(j["error"], "invalid-input", "{q}: {j}");
+        assert_eq!(j["parameter"], param, "{q}: {j}");
+        assert!(j["message"].as_str().unwrap().contains(needle), "{q}: {j}");
+    }
+}

@@ -90,6 +90,13 @@ pub fn router(agent: Arc<Agent>) -> Router {
         .route("/v1/drivers", get(drivers))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/metrics", get(metrics_text))
+        .method_not_allowed_fallback(|req: Request| async move {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method-not-allowed",
+                format!("{} {}: only GET is served", req.method(), req.uri().path()),
+            )
+        })
         .fallback(|req: Request| async move {
             ApiError::new(
                 StatusCode::NOT_FOUND,
@@ -105,7 +112,9 @@ async fn measure(State(agent): State<Arc<Agent>>, req: Request, next: Next) -> R
     let t = Instant::now();
     let endpoint = metrics::endpoint_of(req.uri().path());
     let resp = next.run(req).await;
-    agent.metrics.record_request(endpoint, resp.status().as_u16(), t.elapsed());
+    let took = t.elapsed();
+    agent.metrics.record_request(endpoint, resp.status().as_u16(), took);
+    tracing::debug!(endpoint, status = resp.status().as_u16(), micros = took.as_micros() as u64, "request");
     resp
 }
 

@@ -247,3 +247,23 @@ fn drivers_left_out_of_the_build_are_named_as_such() {
         }
     }
 }
+
+#[test]
+fn tells_systemd_when_ready() {
+    let dir = tempfile::tempdir().unwrap();
+    let notify = dir.path().join("notify");
+    let listener = std::os::unix::net::UnixDatagram::bind(&notify).unwrap();
+    listener.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let socket = dir.path().join("capsd.sock");
+    let child = Command::new(env!("CARGO_BIN_EXE_capsd"))
+        .args(["serve", "--socket", socket.to_str().unwrap()])
+        .env("NOTIFY_SOCKET", &notify)
+        .spawn()
+        .unwrap();
+    let a = Agent { child, dir, socket };
+    let mut buf = [0u8; 64];
+    let n = listener.recv(&mut buf).expect("no READY=1 from capsd serve");
+    assert_eq!(&buf[..n], b"READY=1\n");
+    // Ready means listening.
+    assert_eq!(a.get("/healthz").status, 200);
+}

@@ -394,7 +394,7 @@ fn a_failed_probe_is_not_cached_and_waiters_share_it() {
                     barrier.wait();
                     let r = cache.get_or_probe(&w.binary, || {
                         n.fetch_add(1, Ordering::SeqCst);
-                        std::thread::sleep(Duration::from_millis(300));
+                        std::thread::sleep(Duration::from_millis(1000));
                         Err(DriverError::probe_failed("qemu-system-x86_64", "QEMU exited with status 1"))
                     });
                     r.unwrap_err().to_string()

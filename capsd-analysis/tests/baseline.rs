@@ -157,6 +157,29 @@ fn a_value_only_some_hosts_have_is_not_in_the_baseline() {
     assert!(set.iter().any(|h| check(&d, h).unwrap().all_supported()));
 }
 
+#[test]
+fn custom_model_vendor_is_stated_only_when_every_document_states_it() {
+    // An older-libvirt document (no `vendor` on custom models) next to a newer one.
+    let doc = |models: &str| {
+        capsd_core::xml::from_xml(&format!(
+            "<domainCapabilities>\n<domain>kvm</domain>\n<arch>x86_64</arch>\n<cpu>\n\
+             <mode name='custom' supported='yes'>\n{models}\n</mode>\n</cpu>\n</domainCapabilities>\n"
+        ))
+        .unwrap()
+    };
+    let old = doc("<model usable='yes'>Nehalem</model>");
+    let intel = doc("<model usable='yes' vendor='Intel'>Nehalem</model>");
+    let other = doc("<model usable='yes' vendor='AMD'>Nehalem</model>");
+    let vendor = |set: &[DomainCapabilities]| {
+        let b = baseline(set).unwrap();
+        b.cpu.and_then(|c| c.custom).map(|c| c.models[0].vendor.clone()).expect("one common model")
+    };
+    assert_eq!(vendor(&[intel.clone(), intel.clone()]), Some("Intel".to_owned()));
+    assert_eq!(vendor(&[intel.clone(), other]), Some("unknown".to_owned()));
+    assert_eq!(vendor(&[intel.clone(), old.clone()]), None);
+    assert_eq!(vendor(&[old.clone(), old]), None);
+}
+
 // ----- the property -----
 
 struct Pools {

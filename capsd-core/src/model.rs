@@ -9,6 +9,13 @@
 //! present with no values (`<enum name='capsType'/>`) states that no value is supported.
 //! Order of elements inside lists is preserved exactly as given.
 //!
+//! # Older libvirt versions
+//! The model also holds what older libvirt versions wrote, where that is less than the
+//! newest schema requires: custom CPU models without `vendor` (before 8.9.0, see
+//! [`CustomModel::vendor`]) and SEV parameters without `maxGuests`/`maxESGuests` (see
+//! [`SevParams`]); fewer CPU modes, and sections such as `<memoryBacking>` or `<features>`
+//! left out, are plain `None`s. Such documents read and write back byte for byte.
+//!
 //! The model knows nothing about any hypervisor: drivers convert their native data into it.
 
 use serde::{Deserialize, Serialize};

@@ -75,7 +75,7 @@ pub enum CacheOutcome {
 /// point the fields at temporary files.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeySources {
-    /// QEMU module directories (`--module-dir`; Debian: `/usr/lib/<triplet>/qemu`).
+    /// QEMU module directories (`QEMU_MODULE_DIR` when set; Debian: `/usr/lib/<triplet>/qemu`).
     pub module_dirs: Vec<PathBuf>,
     /// Firmware descriptor directories, as QEMU's firmware.json spec lists them.
     pub firmware_dirs: Vec<PathBuf>,
@@ -105,12 +105,19 @@ impl KeySources {
         if let Some(c) = config {
             firmware_dirs.push(c.join("qemu/firmware"));
         }
-        KeySources {
-            module_dirs: vec![
+        // QEMU also loads modules from `QEMU_MODULE_DIR` when the probe inherits it.
+        let module_dirs = std::env::var_os("QEMU_MODULE_DIR")
+            .filter(|d| !d.is_empty())
+            .map(PathBuf::from)
+            .into_iter()
+            .chain([
                 PathBuf::from(format!("/usr/lib/{triplet}/qemu")),
                 PathBuf::from("/usr/lib64/qemu"),
                 PathBuf::from("/usr/lib/qemu"),
-            ],
+            ])
+            .collect();
+        KeySources {
+            module_dirs,
             firmware_dirs,
             cpuinfo: PathBuf::from("/proc/cpuinfo"),
             kernel_files: vec![PathBuf::from("/proc/sys/kernel/osrelease"), PathBuf::from("/proc/sys/kernel/version")],

@@ -74,8 +74,13 @@ impl Agent {
     }
 
     /// The document for `key`: from memory when kept and current, else derived by `driver`
-    /// (one derivation per key at a time).
-    pub async fn document(&self, key: DocKey, driver: Arc<dyn DomainCapsDriver>) -> Result<Arc<Doc>, DriverError> {
+    /// (one derivation per key at a time). The derivation finishes and is kept even when
+    /// the client that asked goes away.
+    pub async fn document(
+        self: &Arc<Self>,
+        key: DocKey,
+        driver: Arc<dyn DomainCapsDriver>,
+    ) -> Result<Arc<Doc>, DriverError> {
         if let Some(d) = self.kept(&key) {
             self.metrics.doc_hits.fetch_add(1, Ordering::Relaxed);
             return Ok(d);
@@ -86,29 +91,30 @@ impl Agent {
             return Ok(d);
         }
         self.metrics.doc_misses.fetch_add(1, Ordering::Relaxed);
+        let me = self.clone();
+        let driver_name = key.driver.clone();
+        tokio::task::spawn_blocking(move || me.derive(key, driver.as_ref()))
+            .await
+            .map_err(|e| DriverError::probe_failed(driver_name, format!("driver task failed: {e}")))?
+    }
+
+    /// Ask the driver, render both forms, keep the result.
+    fn derive(&self, key: DocKey, driver: &dyn DomainCapsDriver) -> Result<Arc<Doc>, DriverError> {
         // Taken before deriving: a change seen during derivation makes this entry stale.
         let generation = self.generation.load(Ordering::Acquire);
-        let query = key.query.clone();
-        let derived = tokio::task::spawn_blocking(move || {
-            driver.domain_capabilities(&query).map(|caps| {
-                let xml = Bytes::from(capsd_core::xml::to_xml(&caps));
-                let json = Bytes::from(capsd_core::json::to_json(&caps));
-                (caps.path, xml, json)
-            })
-        })
-        .await
-        .map_err(|e| DriverError::probe_failed(key.driver.clone(), format!("driver task failed: {e}")))?;
-        let (path, xml, json) = match derived {
-            Ok(x) => {
+        let caps = match driver.domain_capabilities(&key.query) {
+            Ok(c) => {
                 self.metrics.driver_ok.fetch_add(1, Ordering::Relaxed);
-                x
+                c
             }
             Err(e) => {
                 self.metrics.driver_err.fetch_add(1, Ordering::Relaxed);
                 return Err(e);
             }
         };
-        if let Some(p) = path {
+        let xml = Bytes::from(capsd_core::xml::to_xml(&caps));
+        let json = Bytes::from(capsd_core::json::to_json(&caps));
+        if let Some(p) = caps.path {
             let p = PathBuf::from(p);
             let mut w = self.watched.lock().unwrap_or_else(|e| e.into_inner());
             w.entry(p).or_insert_with_key(|p| file_stamp(p));

@@ -228,6 +228,14 @@ fn drivers_left_out_of_the_build_are_named_as_such() {
         ("lxc", cfg!(feature = "lxc")),
         ("test", cfg!(feature = "test")),
     ];
+    let cli = std::process::Command::new(env!("CARGO_BIN_EXE_capsd")).args(["drivers", "--json"]).output().unwrap();
+    assert!(cli.status.success());
+    let cli: serde_json::Value = serde_json::from_slice(&cli.stdout).unwrap();
+    for (name, on) in built {
+        let entry =
+            cli.as_array().unwrap().iter().find(|d| d["name"] == name).unwrap_or_else(|| panic!("{name}: {cli}"));
+        assert_eq!(entry["built_in"], on, "capsd drivers: {name}: {cli}");
+    }
     let a = Agent::start(&[]);
     let list = a.get("/v1/drivers").json();
     for (name, on) in built {

@@ -118,6 +118,8 @@ fn bench(capsd: &Path, dir: &Path) -> Result<()> {
     println!("bench agent: cold capsd domcapabilities (probe, cache filled): {:.0?}", t.elapsed());
     let (c50, c99) = time_process(&cli, runs)?;
     println!("bench agent: warm capsd domcapabilities, {runs} runs: median {c50:.2?} p99 {c99:.2?}");
+    let (f50, f99) = time_process(&[bin, "--version"], runs)?;
+    println!("bench agent: floor (capsd --version, process start-up), {runs} runs: median {f50:.2?} p99 {f99:.2?}");
     cache_load(&cache, capsd)?;
     let virsh = ["virsh", "-c", "qemu:///system", "domcapabilities"];
     match Command::new("virsh").args(&virsh[1..]).stdout(Stdio::null()).stderr(Stdio::null()).status() {

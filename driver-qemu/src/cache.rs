@@ -9,15 +9,16 @@
 //! capsd-probe-cache <file version> <header length> <header checksum>\n
 //! <header: JSON, one line: probe format, invalidation key, segment table>
 //! <segment "meta": ProbeData without its runs, JSON>
-//! <segment "run:kvm": one Transcript, JSON>
+//! <segment "run:kvm": one Transcript, in the compact form of [`compact`]>
 //! <segment "run:tcg": ...>
 //! ```
 //!
 //! Each segment has its own checksum, checked only when the segment is read: a caller that
-//! needs one accelerator's transcript ([`ProbeCache::get_or_probe_runs`]) parses about half of
-//! the file. Parsing JSON into `serde_json::Value` is the cost of a warm answer (about 5 ms
-//! for a 700 KiB probe with `query-qmp-schema` on this class of machine, allocation-bound, a
-//! hand-made binary form measured only 1.5x faster), so the layout is what keeps it small.
+//! needs one accelerator's transcript ([`ProbeCache::get_or_probe_runs`]) decodes about half
+//! of the file. Building the `serde_json::Value` trees of the replies is the cost of a warm
+//! answer (an x86_64 probe is 1.3 MB, 640 KB per run, most of it `query-qmp-schema` and
+//! per-model CPU expansions): from JSON that took about 4 ms per run, from the compact form
+//! about 2 ms; the runs are decoded in parallel.
 //!
 //! # When an entry is stale
 //! The [`CacheKey`] is recomputed on every lookup and compared whole: the binary's identity
@@ -50,12 +51,14 @@ use std::time::{Duration, Instant, SystemTime};
 use capsd_core::DriverError;
 use serde::{Deserialize, Serialize};
 
+mod compact;
+
 use crate::host::HostFacts;
 use crate::probe_data::{Accel, ProbeData, Transcript, PROBE_FORMAT_VERSION};
 
 /// Version of the file layout (header and segments). Independent of
 /// [`PROBE_FORMAT_VERSION`], which versions the content.
-pub const CACHE_FILE_VERSION: u32 = 1;
+pub const CACHE_FILE_VERSION: u32 = 2;
 
 const MAGIC: &str = "capsd-probe-cache";
 
@@ -710,8 +713,7 @@ fn encode(key: &CacheKey, data: &ProbeData) -> io::Result<Vec<u8>> {
     segs.push(("meta".to_owned(), serde_json::to_vec(&meta).map_err(json_err("the host facts"))?));
     for (accel, t) in &data.runs {
         let name = run_segment_name(*accel);
-        let bytes = serde_json::to_vec(t).map_err(json_err(&name))?;
-        segs.push((name, bytes));
+        segs.push((name, compact::encode(t)));
     }
     let header = Header {
         probe_format: data.format_version,
@@ -817,9 +819,7 @@ fn decode(bytes: &[u8], key: &CacheKey, runs: Runs<'_>) -> Result<(ProbeData, bo
     // Parsing is allocation-bound and the segments are independent: parse the runs on their
     // own threads while this one parses the host facts.
     let parse_run = |(accel, name, bytes): (Accel, &str, &[u8])| -> Result<(Accel, Transcript), FileProblem> {
-        serde_json::from_slice(bytes)
-            .map(|t| (accel, t))
-            .map_err(|e| FileProblem::Damaged(format!("segment {name}: {e}")))
+        compact::decode(bytes).map(|t| (accel, t)).map_err(|e| FileProblem::Damaged(format!("segment {name}: {e}")))
     };
     let (meta, parsed) = std::thread::scope(|s| {
         let mut handles = Vec::new();

@@ -10,7 +10,7 @@ use std::sync::Barrier;
 use std::time::{Duration, Instant, SystemTime};
 
 use capsd_core::{DriverError, ErrorKind};
-use driver_qemu::cache::{CacheOptions, CacheOutcome, KeySources, ProbeCache, Runs};
+use driver_qemu::cache::{CacheOptions, CacheOutcome, KeySources, ProbeCache, Runs, CACHE_FILE_VERSION};
 use driver_qemu::host::HostFacts;
 use driver_qemu::probe_data::{Accel, Exchange, ProbeData, Transcript, PROBE_FORMAT_VERSION};
 use serde_json::json;
@@ -235,9 +235,12 @@ fn another_file_or_probe_format_version_is_reprobed() {
     let cache = w.cache();
     get(&cache, &w, &n, "a");
     let file = cache.file_for(&w.binary);
-    let text = fs::read(&file).unwrap();
+    let bytes = fs::read(&file).unwrap();
     // File layout version on the first line.
-    let bumped = String::from_utf8(text.clone()).unwrap().replacen("capsd-probe-cache 1 ", "capsd-probe-cache 2 ", 1);
+    let now = format!("capsd-probe-cache {CACHE_FILE_VERSION} ");
+    assert!(bytes.starts_with(now.as_bytes()));
+    let mut bumped = format!("capsd-probe-cache {} ", CACHE_FILE_VERSION + 1).into_bytes();
+    bumped.extend_from_slice(&bytes[now.len()..]);
     fs::write(&file, bumped).unwrap();
     assert_eq!(get(&w.cache(), &w, &n, "b"), (fake_probe(&w.binary, "b"), CacheOutcome::Miss));
     assert_eq!(n.load(Ordering::SeqCst), 2);
@@ -261,10 +264,10 @@ fn assert_damage_detected(f: impl FnOnce(&mut Vec<u8>)) {
 
 #[test]
 fn a_flipped_byte_in_the_data_is_detected() {
-    // `"first"`-style tags are in the run segments, at the end of the file: flip one there,
-    // keeping the JSON valid (a letter for another), so only the checksum can tell.
+    // The `tag` keys are in the run segments, at the end of the file: change one there,
+    // keeping the encoding valid (a letter for another), so only the checksum can tell.
     assert_damage_detected(|b| {
-        let i = b.windows(5).rposition(|w| w == b"\"tag\"").unwrap() + 1;
+        let i = b.windows(3).rposition(|w| w == b"tag").unwrap();
         b[i] = b'T';
     });
 }
@@ -434,4 +437,35 @@ fn writes_leave_no_temporary_files_and_unwritable_dirs_still_answer() {
     let c = ProbeCache::with_options(blocked, CacheOptions { sources: w.sources.clone(), app_version: "1".into() });
     let (d, o) = c.get_or_probe(&w.binary, || Ok(fake_probe(&w.binary, "u"))).unwrap();
     assert_eq!((o, tag_of(&d)), (CacheOutcome::Miss, "u".into()));
+}
+
+#[test]
+fn every_recorded_probe_round_trips_through_the_cache() {
+    // The recordings of real QEMU 7.2 probes (`cargo xtask record-qemu`): stored and read
+    // back, each must be equal to what went in, whole and run by run.
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data");
+    let mut seen = 0;
+    for entry in fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        if !(name.starts_with("qemu-") && name.ends_with(".json")) {
+            continue;
+        }
+        let data: ProbeData = serde_json::from_str(&fs::read_to_string(&path).unwrap()).unwrap();
+        let w = World::new();
+        let (stored, o) = w.cache().get_or_probe(&w.binary, || Ok(data.clone())).unwrap();
+        assert_eq!((o, &stored), (CacheOutcome::Miss, &data), "{name}");
+        let (back, o) = w.cache().get_or_probe(&w.binary, || Err(DriverError::probe_failed("x", "no"))).unwrap();
+        assert_eq!(o, CacheOutcome::Hit, "{name}");
+        assert!(back == data, "{name}: read back differs");
+        for accel in data.runs.keys() {
+            let (one, _) = w
+                .cache()
+                .get_or_probe_owned_runs(&w.binary, Runs::Only(&[*accel]), || Err(DriverError::probe_failed("x", "no")))
+                .unwrap();
+            assert!(one.run(*accel) == data.run(*accel), "{name}: run {accel:?} differs");
+        }
+        seen += 1;
+    }
+    assert!(seen >= 10, "only {seen} recordings in {}", dir.display());
 }

@@ -24,16 +24,77 @@ pub fn run(args: &[String]) -> Result<()> {
         cargo(&root, &["fmt", "--all", "--check"])?;
         cargo(&root, &["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"])?;
     }
-    cargo(&root, &["test", "--workspace"])?;
-    for example in examples(&root)? {
+    let mut totals = Totals::default();
+    let result = run_tests(&root, quick, &mut totals);
+    // One plain closing line for the whole suite, whatever the outcome.
+    println!("xtask test: {} passed, {} failed, {} skipped", totals.passed, totals.failed, totals.ignored);
+    result?;
+    println!("xtask test: all steps passed");
+    Ok(())
+}
+
+fn run_tests(root: &Path, quick: bool, totals: &mut Totals) -> Result<()> {
+    cargo_test(root, &["test", "--workspace"], totals)?;
+    for example in examples(root)? {
         let manifest = example.join("Cargo.toml");
         let manifest = manifest.to_str().context("non-UTF-8 path")?;
         if !quick {
-            cargo(&root, &["clippy", "--manifest-path", manifest, "--all-targets", "--", "-D", "warnings"])?;
+            cargo(root, &["clippy", "--manifest-path", manifest, "--all-targets", "--", "-D", "warnings"])?;
         }
-        cargo(&root, &["test", "--manifest-path", manifest])?;
+        cargo_test(root, &["test", "--manifest-path", manifest], totals)?;
     }
-    println!("xtask test: all steps passed");
+    Ok(())
+}
+
+/// Test counts summed over every `test result:` line cargo printed.
+#[derive(Debug, Default)]
+struct Totals {
+    passed: u64,
+    failed: u64,
+    ignored: u64,
+}
+
+impl Totals {
+    /// Add the counts of a line like `test result: ok. 8 passed; 0 failed; 2 ignored; ...`.
+    fn add_line(&mut self, line: &str) {
+        let Some(rest) = line.trim().strip_prefix("test result: ") else { return };
+        for part in rest.split(';') {
+            let mut words = part.split_whitespace().rev();
+            let (Some(label), Some(n)) = (words.next(), words.next()) else { continue };
+            let Ok(n) = n.parse::<u64>() else { continue };
+            match label {
+                "passed" => self.passed += n,
+                "failed" => self.failed += n,
+                "ignored" => self.ignored += n,
+                _ => {}
+            }
+        }
+    }
+}
+
+/// `cargo test ...`, its output passed through and its result lines counted.
+fn cargo_test(root: &Path, args: &[&str], totals: &mut Totals) -> Result<()> {
+    use std::io::{BufRead, BufReader, Write};
+    println!("xtask test: cargo {}", args.join(" "));
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+    let mut child = Command::new(cargo)
+        .args(args)
+        .current_dir(root)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .context("running cargo")?;
+    let stdout = child.stdout.take().context("cargo's stdout")?;
+    let mut out = std::io::stdout().lock();
+    for line in BufReader::new(stdout).lines() {
+        let line = line.context("reading cargo's output")?;
+        totals.add_line(&line);
+        writeln!(out, "{line}")?;
+    }
+    drop(out);
+    let status = child.wait().context("waiting for cargo")?;
+    if !status.success() {
+        bail!("cargo {} failed ({status})", args.join(" "));
+    }
     Ok(())
 }
 
@@ -91,4 +152,18 @@ fn cargo(root: &Path, args: &[&str]) -> Result<()> {
         bail!("cargo {} failed ({status})", args.join(" "));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Totals;
+
+    #[test]
+    fn counts_result_lines() {
+        let mut t = Totals::default();
+        t.add_line("test result: ok. 8 passed; 0 failed; 2 ignored; 0 measured; 0 filtered out; finished in 0.01s");
+        t.add_line("test result: FAILED. 3 passed; 1 failed; 0 ignored; 0 measured; 0 filtered out");
+        t.add_line("running 4 tests");
+        assert_eq!((t.passed, t.failed, t.ignored), (11, 1, 2));
+    }
 }

@@ -5,6 +5,7 @@
 //! Architecture invariant: this crate knows nothing about QMP, Xen, LXC or any other
 //! backend. Drivers convert their native data into [`model`] types.
 
+pub mod arch;
 pub mod driver;
 pub mod json;
 pub mod model;

@@ -215,6 +215,19 @@ pub struct Cpu {
     pub custom: Option<CustomModels>,
 }
 
+impl Cpu {
+    /// All four modes present and `supported='no'`: what a driver states when it knows the
+    /// guest CPU cannot be chosen at all (libvirt's libxl and bhyve drivers, empty caps).
+    pub fn unsupported() -> Self {
+        Cpu {
+            host_passthrough: Some(CpuModeEnums::unsupported()),
+            maximum: Some(CpuModeEnums::unsupported()),
+            host_model: Some(HostModel::unsupported()),
+            custom: Some(CustomModels { supported: Support::No, models: Vec::new() }),
+        }
+    }
+}
+
 /// A CPU mode described by `supported` and enums (host-passthrough, maximum).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -222,6 +235,13 @@ pub struct CpuModeEnums {
     pub supported: Support,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub enums: Vec<Enum>,
+}
+
+impl CpuModeEnums {
+    /// `supported='no'` with no enums.
+    pub fn unsupported() -> Self {
+        CpuModeEnums { supported: Support::No, enums: Vec::new() }
+    }
 }
 
 /// `<mode name='host-model'>`: the CPU model a guest gets for `host-model`.
@@ -238,6 +258,13 @@ pub struct HostModel {
     pub maxphysaddr: Option<MaxPhysAddr>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub features: Vec<CpuFeature>,
+}
+
+impl HostModel {
+    /// `supported='no'` with nothing else.
+    pub fn unsupported() -> Self {
+        HostModel { supported: Support::No, model: None, vendor: None, maxphysaddr: None, features: Vec::new() }
+    }
 }
 
 /// `<model fallback='allow|forbid' vendor_id='...'>NAME</model>`.

@@ -116,7 +116,7 @@ impl LxcDriver {
     /// The arch to fall back on when `/proc/sys/kernel/arch` is absent: only on the real
     /// root, where the arch this process runs as is the host's.
     fn arch_fallback(&self) -> Option<&'static str> {
-        (self.root() == Some(Path::new("/"))).then_some(std::env::consts::ARCH)
+        (self.root() == Some(Path::new("/"))).then_some(capsd_core::arch::of_this_build())
     }
 }
 

@@ -221,12 +221,7 @@ pub fn host_arch() -> String {
 
 /// Map a kernel machine name to libvirt's arch name.
 pub fn normalize_arch(machine: &str) -> String {
-    match machine {
-        "i386" | "i486" | "i586" | "i686" => "i686".to_owned(),
-        "amd64" => "x86_64".to_owned(),
-        "arm64" => "aarch64".to_owned(),
-        other => other.to_owned(),
-    }
+    capsd_core::arch::from_uname_machine(machine)
 }
 
 /// Whether `/dev/kvm` can be opened read-write by this process.

@@ -313,14 +313,7 @@ fn tie_order(a: &Fixture, b: &Fixture) -> std::cmp::Ordering {
 
 /// The host's architecture in libvirt's spelling.
 pub fn host_arch() -> &'static str {
-    match std::env::consts::ARCH {
-        "x86" => "i686",
-        "arm" => "armv7l",
-        "powerpc" => "ppc",
-        "powerpc64" if cfg!(target_endian = "little") => "ppc64le",
-        "powerpc64" => "ppc64",
-        other => other,
-    }
+    capsd_core::arch::of_this_build()
 }
 
 impl DomainCapsDriver for TestDriver {

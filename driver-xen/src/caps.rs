@@ -17,8 +17,8 @@
 //! | cpu modes, gic, vmcoreinfo, genid, sev, sgx, iothreads | stated unsupported, as libvirt's libxl driver does |
 
 use capsd_core::{
-    Cpu, CpuModeEnums, CustomModels, Devices, DomainCapabilities, DriverError, EnumElement, Features, Flag, HostModel,
-    Loader, Os, Query, Sev, Sgx, Support, Vcpu,
+    Cpu, Devices, DomainCapabilities, DriverError, EnumElement, Features, Flag, Loader, Os, Query, Sev, Sgx, Support,
+    Vcpu,
 };
 
 use crate::host::XenHost;
@@ -171,19 +171,7 @@ pub fn build(host: &XenHost, path: Option<String>, arch: &str, machine: XenMachi
         },
         XenMachine::Xenpv | XenMachine::Xenpvh => Loader { supported: Support::No, values: vec![], enums: vec![] },
     };
-    let no_mode = || Some(CpuModeEnums { supported: Support::No, enums: vec![] });
-    let cpu = Cpu {
-        host_passthrough: no_mode(),
-        maximum: no_mode(),
-        host_model: Some(HostModel {
-            supported: Support::No,
-            model: None,
-            vendor: None,
-            maxphysaddr: None,
-            features: vec![],
-        }),
-        custom: Some(CustomModels { supported: Support::No, models: vec![] }),
-    };
+    let cpu = Cpu::unsupported();
     let devices = Devices {
         disk: Some(
             EnumElement::new(Support::Yes)

@@ -519,14 +519,7 @@ fn enum_checks(caps: &DomainCapabilities, extra: &[(String, String, Values)]) ->
 
 /// The host's architecture in libvirt's spelling.
 pub fn host_arch() -> &'static str {
-    match std::env::consts::ARCH {
-        "x86" => "i686",
-        "arm" => "armv7l",
-        "powerpc" => "ppc",
-        "powerpc64" if cfg!(target_endian = "little") => "ppc64le",
-        "powerpc64" => "ppc64",
-        other => other,
-    }
+    capsd_core::arch::of_this_build()
 }
 
 /// Whether `got` is the machine `requested` names: itself, or a versioned form of it as an

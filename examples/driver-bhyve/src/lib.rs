@@ -27,8 +27,8 @@ pub mod transcript;
 use std::path::{Path, PathBuf};
 
 use capsd_core::{
-    Availability, Cpu, CpuModeEnums, CustomModels, Devices, DomainCapabilities, DomainCapsDriver, DriverError,
-    EnumElement, Features, Flag, HostModel, Loader, Os, Query, Sev, Sgx, Support,
+    Availability, Cpu, Devices, DomainCapabilities, DomainCapsDriver, DriverError, EnumElement, Features, Flag, Loader,
+    Os, Query, Sev, Sgx, Support,
 };
 
 use probe::{BhyveCaps, Host, LiveHost, ReplayHost};
@@ -102,10 +102,7 @@ pub(crate) fn no_bhyve_reason() -> String {
 fn guest_arch(query: &Query) -> Result<String, DriverError> {
     let arch = match &query.arch {
         Some(a) => a.clone(),
-        None => match std::env::consts::ARCH {
-            "x86" => "i686".to_owned(),
-            other => other.to_owned(),
-        },
+        None => capsd_core::arch::of_this_build().to_owned(),
     };
     match arch.as_str() {
         "x86_64" | "i686" => Ok(arch),
@@ -151,7 +148,6 @@ pub fn build(
     } else {
         (EnumElement::unsupported(), EnumElement::unsupported())
     };
-    let no_mode = || Some(CpuModeEnums { supported: Support::No, enums: Vec::new() });
     Ok(DomainCapabilities {
         path: Some(path),
         domain: "bhyve".into(),
@@ -166,18 +162,7 @@ pub fn build(
             loader: Some(loader),
             varstore: None,
         }),
-        cpu: Some(Cpu {
-            host_passthrough: no_mode(),
-            maximum: no_mode(),
-            host_model: Some(HostModel {
-                supported: Support::No,
-                model: None,
-                vendor: None,
-                maxphysaddr: None,
-                features: Vec::new(),
-            }),
-            custom: Some(CustomModels { supported: Support::No, models: Vec::new() }),
-        }),
+        cpu: Some(Cpu::unsupported()),
         memory_backing: None,
         devices: Some(Devices {
             disk: Some(

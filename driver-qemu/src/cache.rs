@@ -14,11 +14,14 @@
 //! ```
 //!
 //! Each segment has its own checksum, checked only when the segment is read: a caller that
-//! needs one accelerator's transcript ([`ProbeCache::get_or_probe_runs`]) decodes about half
-//! of the file. Building the `serde_json::Value` trees of the replies is the cost of a warm
-//! answer (an x86_64 probe is 1.3 MB, 640 KB per run, most of it `query-qmp-schema` and
-//! per-model CPU expansions): from JSON that took about 4 ms per run, from the compact form
-//! about 2 ms; the runs are decoded in parallel.
+//! needs one accelerator's transcript ([`ProbeCache::get_or_probe_runs`]) reads only that
+//! run. A run is not decoded into `serde_json::Value` trees when it is loaded: each reply
+//! stays in the compact form of [`compact`] (length-prefixed, so loading steps over it) and
+//! is decoded on first read ([`crate::probe_data::Reply`]), or read in place without a tree
+//! ([`crate::probe_data::View`], for the QMP schema and the QOM type list). An x86_64 probe
+//! is 1.3 MB (640 KB per run, most of it `query-qmp-schema` and per-model CPU expansions
+//! that a query with libvirt's cpu_map never reads): building and freeing every tree cost
+//! about 8 ms per warm lookup; decoding what derivation reads costs about 1 ms.
 //!
 //! # When an entry is stale
 //! The [`CacheKey`] is recomputed on every lookup and compared whole: the binary's identity
@@ -51,14 +54,14 @@ use std::time::{Duration, Instant, SystemTime};
 use capsd_core::DriverError;
 use serde::{Deserialize, Serialize};
 
-mod compact;
+pub(crate) mod compact;
 
 use crate::host::HostFacts;
-use crate::probe_data::{Accel, ProbeData, Transcript, PROBE_FORMAT_VERSION};
+use crate::probe_data::{Accel, ProbeData, PROBE_FORMAT_VERSION};
 
 /// Version of the file layout (header and segments). Independent of
 /// [`PROBE_FORMAT_VERSION`], which versions the content.
-pub const CACHE_FILE_VERSION: u32 = 2;
+pub const CACHE_FILE_VERSION: u32 = 3;
 
 const MAGIC: &str = "capsd-probe-cache";
 
@@ -746,10 +749,12 @@ fn read_file(file: &Path, key: &CacheKey, runs: Runs<'_>) -> Result<(ProbeData, 
     if bytes.len() as u64 > MAX_FILE {
         return Err(FileProblem::Damaged(format!("larger than {MAX_FILE} bytes")));
     }
-    decode(&bytes, key, runs)
+    decode(Arc::new(bytes), key, runs)
 }
 
-fn decode(bytes: &[u8], key: &CacheKey, runs: Runs<'_>) -> Result<(ProbeData, bool), FileProblem> {
+/// Verify and decode a cache file's bytes. The run transcripts keep `bytes` alive: their
+/// replies are decoded from it when first read.
+fn decode(bytes: Arc<Vec<u8>>, key: &CacheKey, runs: Runs<'_>) -> Result<(ProbeData, bool), FileProblem> {
     let damaged = |s: &str| FileProblem::Damaged(s.to_owned());
     let nl = bytes.iter().position(|b| *b == b'\n').ok_or_else(|| damaged("no header line"))?;
     let first = std::str::from_utf8(&bytes[..nl]).map_err(|_| damaged("header line is not text"))?;
@@ -764,8 +769,9 @@ fn decode(bytes: &[u8], key: &CacheKey, runs: Runs<'_>) -> Result<(ProbeData, bo
         )));
     }
     let hlen: usize = hlen.parse().map_err(|_| damaged("bad header length"))?;
-    let rest = &bytes[nl + 1..];
-    let header_bytes = rest.get(..hlen).ok_or_else(|| damaged("truncated header"))?;
+    let body = nl + 1;
+    let header_end = body.checked_add(hlen).filter(|e| *e <= bytes.len()).ok_or_else(|| damaged("truncated header"))?;
+    let header_bytes = &bytes[body..header_end];
     if format!("{:016x}", checksum(header_bytes)) != hsum {
         return Err(damaged("header checksum mismatch"));
     }
@@ -780,30 +786,39 @@ fn decode(bytes: &[u8], key: &CacheKey, runs: Runs<'_>) -> Result<(ProbeData, bo
     if let Some(what) = key_difference(&header.key, key) {
         return Err(FileProblem::Stale(what));
     }
-    // Segment table.
-    let mut offset = hlen;
-    let mut table: BTreeMap<&str, &[u8]> = BTreeMap::new();
+    // Segment table: name -> range of `bytes`.
+    let mut offset = header_end;
+    let mut table: BTreeMap<&str, std::ops::Range<usize>> = BTreeMap::new();
     for s in &header.segments {
         let len = usize::try_from(s.len).map_err(|_| damaged("segment length"))?;
-        let end = offset.checked_add(len).ok_or_else(|| damaged("segment length"))?;
-        let seg = rest.get(offset..end).ok_or_else(|| FileProblem::Damaged(format!("segment {} truncated", s.name)))?;
-        table.insert(s.name.as_str(), seg);
+        let end = offset
+            .checked_add(len)
+            .filter(|e| *e <= bytes.len())
+            .ok_or_else(|| FileProblem::Damaged(format!("segment {} truncated", s.name)))?;
+        table.insert(s.name.as_str(), offset..end);
         offset = end;
     }
-    if offset != rest.len() {
+    if offset != bytes.len() {
         return Err(damaged("trailing bytes after the last segment"));
     }
     let sums: HashMap<&str, &str> = header.segments.iter().map(|s| (s.name.as_str(), s.sum.as_str())).collect();
-    let verified = |name: &str| -> Result<&[u8], FileProblem> {
-        let seg = table.get(name).ok_or_else(|| FileProblem::Damaged(format!("segment {name} missing")))?;
-        if sums.get(name).copied() != Some(format!("{:016x}", checksum(seg)).as_str()) {
+    let verified = |name: &str| -> Result<std::ops::Range<usize>, FileProblem> {
+        let range = table.get(name).ok_or_else(|| FileProblem::Damaged(format!("segment {name} missing")))?;
+        if sums.get(name).copied() != Some(format!("{:016x}", checksum(&bytes[range.clone()])).as_str()) {
             return Err(FileProblem::Damaged(format!("segment {name} checksum mismatch")));
         }
-        Ok(seg)
+        Ok(range.clone())
     };
-    // Which run segments to parse, checksums verified first.
+    let meta_range = verified("meta")?;
+    let meta: Meta<HostFacts> =
+        serde_json::from_slice(&bytes[meta_range]).map_err(|e| FileProblem::Damaged(format!("segment meta: {e}")))?;
+    if meta.format_version != PROBE_FORMAT_VERSION {
+        return Err(FileProblem::OtherVersion(format!("probe data format {}", meta.format_version)));
+    }
+    let mut data =
+        ProbeData { format_version: meta.format_version, binary: meta.binary, runs: BTreeMap::new(), host: meta.host };
+    // The runs asked for: checked whole, their replies left to be decoded when read.
     let mut complete = true;
-    let mut wanted: Vec<(Accel, &str, &[u8])> = Vec::new();
     for name in table.keys() {
         let Some(tag) = name.strip_prefix("run:") else { continue };
         let accel = accel_of(tag).ok_or_else(|| FileProblem::Damaged(format!("unknown run segment {name}")))?;
@@ -813,41 +828,8 @@ fn decode(bytes: &[u8], key: &CacheKey, runs: Runs<'_>) -> Result<(ProbeData, bo
                 continue;
             }
         }
-        wanted.push((accel, name, verified(name)?));
-    }
-    let meta_bytes = verified("meta")?;
-    // Parsing is allocation-bound and the segments are independent: parse the runs on their
-    // own threads while this one parses the host facts.
-    let parse_run = |(accel, name, bytes): (Accel, &str, &[u8])| -> Result<(Accel, Transcript), FileProblem> {
-        compact::decode(bytes).map(|t| (accel, t)).map_err(|e| FileProblem::Damaged(format!("segment {name}: {e}")))
-    };
-    let (meta, parsed) = std::thread::scope(|s| {
-        let mut handles = Vec::new();
-        let mut inline = Vec::new();
-        for w in wanted {
-            // Small segments are not worth a thread.
-            if w.2.len() >= 64 * 1024 {
-                handles.push(s.spawn(move || parse_run(w)));
-            } else {
-                inline.push(w);
-            }
-        }
-        let meta: Result<Meta<HostFacts>, FileProblem> =
-            serde_json::from_slice(meta_bytes).map_err(|e| FileProblem::Damaged(format!("segment meta: {e}")));
-        let mut parsed: Vec<Result<(Accel, Transcript), FileProblem>> = inline.into_iter().map(parse_run).collect();
-        for h in handles {
-            parsed.push(h.join().unwrap_or_else(|_| Err(FileProblem::Damaged("parser thread panicked".into()))));
-        }
-        (meta, parsed)
-    });
-    let meta = meta?;
-    if meta.format_version != PROBE_FORMAT_VERSION {
-        return Err(FileProblem::OtherVersion(format!("probe data format {}", meta.format_version)));
-    }
-    let mut data =
-        ProbeData { format_version: meta.format_version, binary: meta.binary, runs: BTreeMap::new(), host: meta.host };
-    for r in parsed {
-        let (accel, t) = r?;
+        let t = compact::decode(&bytes, verified(name)?)
+            .map_err(|e| FileProblem::Damaged(format!("segment {name}: {e}")))?;
         data.runs.insert(accel, t);
     }
     Ok((data, complete))

@@ -404,13 +404,13 @@ pub fn hyperv(data: &ProbeData, arch: &str, accel: Accel) -> Option<Hyperv> {
 mod tests {
     use super::*;
     use crate::host::HostFacts;
-    use crate::probe_data::Exchange;
+    use crate::probe_data::{Exchange, Reply};
     use serde_json::json;
     use std::collections::BTreeMap;
 
     fn data(arch: &str, kvm_exchanges: Vec<Exchange>) -> ProbeData {
         let mut exchanges =
-            vec![Exchange { execute: "query-target".into(), arguments: None, reply: Ok(json!({"arch": arch})) }];
+            vec![Exchange { execute: "query-target".into(), arguments: None, reply: Reply::ok(json!({"arch": arch})) }];
         exchanges.extend(kvm_exchanges);
         let mut runs = BTreeMap::new();
         runs.insert(Accel::Kvm, Transcript { greeting: Value::Null, exchanges });
@@ -426,7 +426,7 @@ mod tests {
         Exchange {
             execute: "query-cpu-model-expansion".into(),
             arguments: Some(plan::full_expansion_args("host")),
-            reply: Ok(json!({"model": {"name": "host", "props": props}})),
+            reply: Reply::ok(json!({"model": {"name": "host", "props": props}})),
         }
     }
 
@@ -460,7 +460,7 @@ mod tests {
         let ex = |args: Value, reply: Value| Exchange {
             execute: "query-cpu-model-expansion".into(),
             arguments: Some(args),
-            reply: Ok(reply),
+            reply: Reply::ok(reply),
         };
         let d = data(
             "x86_64",
@@ -471,7 +471,7 @@ mod tests {
                 Exchange {
                     execute: "query-cpu-definitions".into(),
                     arguments: None,
-                    reply: Ok(
+                    reply: Reply::ok(
                         json!([{"name": 3}, {"unavailable-features": "x"}, {"name": "qemu64", "deprecated": true}]),
                     ),
                 },
@@ -511,7 +511,7 @@ mod tests {
         let defs = Exchange {
             execute: "query-cpu-definitions".into(),
             arguments: None,
-            reply: Ok(json!([{"name": "7450", "typename": "7450-powerpc-cpu"}])),
+            reply: Reply::ok(json!([{"name": "7450", "typename": "7450-powerpc-cpu"}])),
         };
         let d = data("ppc", vec![defs.clone()]);
         let cpu = cpu_capabilities(&d, "ppc", "g3beige", Accel::Kvm).unwrap();

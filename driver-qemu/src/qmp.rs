@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use crate::plan::Request;
-use crate::probe_data::{Exchange, QmpError};
+use crate::probe_data::{Exchange, QmpError, Reply};
 
 /// Why talking QMP failed.
 #[derive(Debug, thiserror::Error)]
@@ -90,7 +90,7 @@ impl QmpClient {
                 })
             }
         }
-        c.execute(&Request::new("qmp_capabilities")).and_then(|e| match e.reply {
+        c.execute(&Request::new("qmp_capabilities")).and_then(|e| match e.reply.into_result() {
             Ok(_) => Ok(()),
             Err(err) => Err(QmpClientError::Command { command: e.execute, class: err.class, desc: err.desc }),
         })?;
@@ -194,7 +194,9 @@ impl QmpClient {
             .map(|(r, reply)| Exchange {
                 execute: r.execute.clone(),
                 arguments: r.arguments.clone(),
-                reply: reply.unwrap_or_else(|| Err(QmpError { class: "NoReply".into(), desc: String::new() })),
+                reply: Reply::from(
+                    reply.unwrap_or_else(|| Err(QmpError { class: "NoReply".into(), desc: String::new() })),
+                ),
             })
             .collect())
     }
@@ -332,9 +334,9 @@ mod tests {
         ];
         let ex = q.run_batch(&reqs).unwrap();
         assert_eq!(ex.len(), 4);
-        assert_eq!(ex[0].reply.as_ref().unwrap()["cmd"], "query-version");
-        assert_eq!(ex[1].reply.as_ref().unwrap_err().class, "CommandNotFound");
-        assert_eq!(ex[2].reply.as_ref().unwrap()["args"]["typename"], "virtio-blk-pci");
+        assert_eq!(ex[0].reply.get().unwrap()["cmd"], "query-version");
+        assert_eq!(ex[1].reply.get().unwrap_err().class, "CommandNotFound");
+        assert_eq!(ex[2].reply.get().unwrap()["args"]["typename"], "virtio-blk-pci");
         assert_eq!(ex[2].arguments.as_ref().unwrap()["typename"], "virtio-blk-pci");
         assert_eq!(ex[3].execute, "query-kvm");
         drop(q);

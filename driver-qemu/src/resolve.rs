@@ -371,11 +371,11 @@ pub fn resolve_query(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::probe_data::{Exchange, Transcript, PROBE_FORMAT_VERSION};
+    use crate::probe_data::{Exchange, Reply, Transcript, PROBE_FORMAT_VERSION};
     use serde_json::json;
 
     fn transcript(target: &str, machines: Value, kvm: bool) -> Transcript {
-        let ex = |c: &str, v: Value| Exchange { execute: c.into(), arguments: None, reply: Ok(v) };
+        let ex = |c: &str, v: Value| Exchange { execute: c.into(), arguments: None, reply: Reply::ok(v) };
         Transcript {
             greeting: Value::Null,
             exchanges: vec![

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant, SystemTime};
 use capsd_core::{DriverError, ErrorKind};
 use driver_qemu::cache::{CacheOptions, CacheOutcome, KeySources, ProbeCache, Runs, CACHE_FILE_VERSION};
 use driver_qemu::host::HostFacts;
-use driver_qemu::probe_data::{Accel, Exchange, ProbeData, Transcript, PROBE_FORMAT_VERSION};
+use driver_qemu::probe_data::{Accel, Exchange, ProbeData, Reply, Transcript, PROBE_FORMAT_VERSION};
 use serde_json::json;
 
 struct World {
@@ -77,12 +77,15 @@ fn fake_probe(binary: &Path, tag: &str) -> ProbeData {
             Exchange {
                 execute: "query-version".into(),
                 arguments: None,
-                reply: Ok(json!({"tag": tag, "accel": accel})),
+                reply: Reply::ok(json!({"tag": tag, "accel": accel})),
             },
             Exchange {
                 execute: "device-list-properties".into(),
                 arguments: Some(json!({"typename": "virtio-blk-pci"})),
-                reply: Err(driver_qemu::probe_data::QmpError { class: "GenericError".into(), desc: "nope".into() }),
+                reply: Reply::err(driver_qemu::probe_data::QmpError {
+                    class: "GenericError".into(),
+                    desc: "nope".into(),
+                }),
             },
         ],
     };

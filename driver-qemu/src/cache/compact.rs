@@ -1,22 +1,27 @@
 //! The compact form of a [`Transcript`] in a cache file: the same content as its JSON,
-//! length-prefixed and tagged, so that loading skips text scanning and builds each object
-//! from already sorted keys in one pass. Measured on the x86_64 KVM run (640 KiB): about
-//! 2 ms to load against 4 ms from JSON, with mimalloc.
+//! length-prefixed and tagged, so that loading skips text scanning. Each reply is preceded
+//! by its length: loading a transcript steps over the replies and leaves each to be decoded
+//! when first read ([`Reply`]), or read in place without decoding ([`View`]).
 //!
 //! ```text
 //! transcript := value(greeting) u32(count) exchange*
-//! exchange   := str(execute) u8(0 | 1 value(arguments)) (u8(0) value | u8(1) str(class) str(desc))
+//! exchange   := str(execute) u8(0 | 1 value(arguments)) u32(reply length) reply
+//! reply      := u8(0) value | u8(1) str(class) str(desc)
 //! value      := 0 null | 1 false | 2 true | 3 i64 | 4 u64 | 5 f64 | 6 str
 //!             | 7 u32(n) value*n | 8 u32(n) (str value)*n
 //! str        := u32(len) UTF-8 bytes
 //! ```
 //!
 //! Integers are little-endian. Decoding checks every length and tag and never panics: a
-//! damaged segment is an error (the checksum normally catches it first).
+//! damaged segment is an error (the checksum normally catches it first); a damaged reply,
+//! found only when it is read, reads as an error reply of class `CapsdDamagedCache`.
+
+use std::ops::Range;
+use std::sync::Arc;
 
 use serde_json::{Map, Number, Value};
 
-use crate::probe_data::{Exchange, QmpError, Transcript};
+use crate::probe_data::{Exchange, QmpError, Reply, StoredReply, Transcript};
 
 /// Deepest nesting accepted when decoding (QMP replies nest a handful of levels).
 const MAX_DEPTH: usize = 128;
@@ -43,7 +48,10 @@ pub fn encode(t: &Transcript) -> Vec<u8> {
                 value(a, &mut out);
             }
         }
-        match &e.reply {
+        // The reply's length first, so that loading can step over it.
+        let at = out.len();
+        out.extend_from_slice(&[0; 4]);
+        match e.reply.get() {
             Ok(v) => {
                 out.push(0);
                 value(v, &mut out);
@@ -54,6 +62,8 @@ pub fn encode(t: &Transcript) -> Vec<u8> {
                 string(&q.desc, &mut out);
             }
         }
+        let n = u32::try_from(out.len() - at - 4).unwrap_or(u32::MAX);
+        out[at..at + 4].copy_from_slice(&n.to_le_bytes());
     }
     out
 }
@@ -107,8 +117,12 @@ fn value(v: &Value, out: &mut Vec<u8>) {
     }
 }
 
-/// Decode a whole segment; trailing bytes are an error.
-pub fn decode(bytes: &[u8]) -> Result<Transcript, DecodeError> {
+/// Decode the segment at `range` of `buf`; trailing bytes are an error. The replies are left
+/// in their compact form, each decoded on first read ([`Reply`], sharing `buf`): a damaged
+/// reply (which the segment checksum normally rules out) reads as an error reply then.
+pub fn decode(buf: &Arc<Vec<u8>>, range: Range<usize>) -> Result<Transcript, DecodeError> {
+    let base = range.start;
+    let bytes = buf.get(range).ok_or(DecodeError { at: 0, what: "segment out of range" })?;
     let mut r = Reader { b: bytes, at: 0 };
     let greeting = r.value(0)?;
     let n = r.len()?;
@@ -121,17 +135,158 @@ pub fn decode(bytes: &[u8]) -> Result<Transcript, DecodeError> {
             1 => Some(r.value(0)?),
             _ => return Err(r.err("bad arguments tag")),
         };
-        let reply = match r.u8()? {
-            0 => Ok(r.value(0)?),
-            1 => Err(QmpError { class: r.string()?, desc: r.string()? }),
-            _ => return Err(r.err("bad reply tag")),
-        };
+        let n = r.len()?;
+        let start = r.at;
+        r.take(n)?;
+        let reply = Reply::stored(StoredReply { buf: buf.clone(), range: base + start..base + r.at });
         exchanges.push(Exchange { execute, arguments, reply });
     }
     if r.at != bytes.len() {
         return Err(r.err("trailing bytes"));
     }
     Ok(Transcript { greeting, exchanges })
+}
+
+/// Decode one reply (its tag and content) as [`decode`] left it.
+pub fn decode_reply(bytes: &[u8]) -> Result<Result<Value, QmpError>, DecodeError> {
+    let mut r = Reader { b: bytes, at: 0 };
+    let reply = r.reply()?;
+    if r.at != bytes.len() {
+        return Err(r.err("trailing bytes"));
+    }
+    Ok(reply)
+}
+
+/// The compact bytes of one value (`value` above), for [`View`].
+pub fn encode_value(v: &Value) -> Vec<u8> {
+    let mut out = Vec::new();
+    value(v, &mut out);
+    out
+}
+
+/// A value in compact form, read in place: no tree is built and nothing is copied, so a
+/// caller that looks a few things up in a large reply (the QMP schema, the QOM type list)
+/// pays for what it reads. Malformed bytes read as "not there" (`None`, an empty
+/// iteration), never as a panic.
+#[derive(Debug, Clone, Copy)]
+pub struct View<'a> {
+    /// Starts at the value's tag; may run past the value's end.
+    b: &'a [u8],
+}
+
+impl<'a> View<'a> {
+    /// The value that starts at `bytes[0]`.
+    pub fn new(bytes: &'a [u8]) -> Self {
+        View { b: bytes }
+    }
+
+    fn tag(&self) -> Option<u8> {
+        self.b.first().copied()
+    }
+
+    fn u32_at(&self, at: usize) -> Option<usize> {
+        let s = self.b.get(at..at.checked_add(4)?)?;
+        usize::try_from(u32::from_le_bytes([s[0], s[1], s[2], s[3]])).ok()
+    }
+
+    /// The string at byte `at` (length-prefixed) and the offset after it.
+    fn str_at(&self, at: usize) -> Option<(&'a str, usize)> {
+        let n = self.u32_at(at)?;
+        let start = at + 4;
+        let end = start.checked_add(n)?;
+        let s = std::str::from_utf8(self.b.get(start..end)?).ok()?;
+        Some((s, end))
+    }
+
+    /// The number of bytes this value takes.
+    fn size(&self, depth: usize) -> Option<usize> {
+        if depth > MAX_DEPTH {
+            return None;
+        }
+        let size = match self.tag()? {
+            0..=2 => 1,
+            3..=5 => 9,
+            6 => 5usize.checked_add(self.u32_at(1)?)?,
+            t @ (7 | 8) => {
+                let n = self.u32_at(1)?;
+                let mut at = 5;
+                for _ in 0..n {
+                    if t == 8 {
+                        at = self.str_at(at)?.1;
+                    }
+                    at = at.checked_add(View { b: self.b.get(at..)? }.size(depth + 1)?)?;
+                }
+                at
+            }
+            _ => return None,
+        };
+        (size <= self.b.len()).then_some(size)
+    }
+
+    /// The string, when this is one.
+    pub fn as_str(&self) -> Option<&'a str> {
+        (self.tag()? == 6).then(|| self.str_at(1).map(|(s, _)| s)).flatten()
+    }
+
+    /// The elements, when this is an array (else nothing).
+    pub fn array(&self) -> impl Iterator<Item = View<'a>> {
+        self.items(7).map(|(_, v)| v)
+    }
+
+    /// The members, when this is an object (else nothing).
+    pub fn entries(&self) -> Items<'a> {
+        self.items(8)
+    }
+
+    fn items(&self, tag: u8) -> Items<'a> {
+        match (self.tag(), self.u32_at(1)) {
+            (Some(t), Some(left)) if t == tag => Items { b: self.b, at: 5, left, object: tag == 8 },
+            _ => Items { b: &[], at: 0, left: 0, object: false },
+        }
+    }
+
+    /// Member `key` of an object.
+    pub fn get(&self, key: &str) -> Option<View<'a>> {
+        self.entries().find(|(k, _)| *k == key).map(|(_, v)| v)
+    }
+}
+
+/// The elements of an array [`View`] (keys empty) or the members of an object view.
+#[derive(Debug, Clone)]
+pub struct Items<'a> {
+    b: &'a [u8],
+    at: usize,
+    left: usize,
+    object: bool,
+}
+
+impl<'a> Iterator for Items<'a> {
+    type Item = (&'a str, View<'a>);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.left == 0 {
+            return None;
+        }
+        self.left -= 1;
+        let whole = View { b: self.b };
+        let step = || -> Option<(&'a str, View<'a>, usize)> {
+            let (key, at) = if self.object { whole.str_at(self.at)? } else { ("", self.at) };
+            let v = View { b: self.b.get(at..)? };
+            let end = at.checked_add(v.size(1)?)?;
+            Some((key, v, end))
+        };
+        match step() {
+            Some((key, v, end)) => {
+                self.at = end;
+                Some((key, v))
+            }
+            None => {
+                // Malformed: stop here.
+                self.left = 0;
+                None
+            }
+        }
+    }
 }
 
 struct Reader<'a> {
@@ -173,6 +328,14 @@ impl Reader<'_> {
         let at = self.at;
         let s = self.take(n)?;
         std::str::from_utf8(s).map(str::to_owned).map_err(|_| DecodeError { at, what: "not UTF-8" })
+    }
+
+    fn reply(&mut self) -> Result<Result<Value, QmpError>, DecodeError> {
+        match self.u8()? {
+            0 => Ok(Ok(self.value(0)?)),
+            1 => Ok(Err(QmpError { class: self.string()?, desc: self.string()? })),
+            _ => Err(self.err("bad reply tag")),
+        }
     }
 
     fn value(&mut self, depth: usize) -> Result<Value, DecodeError> {
@@ -219,6 +382,10 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    fn dec(b: &[u8]) -> Result<Transcript, DecodeError> {
+        decode(&Arc::new(b.to_vec()), 0..b.len())
+    }
+
     fn sample() -> Transcript {
         Transcript {
             greeting: json!({"QMP": {"version": {"qemu": {"major": 7, "minor": 2}}, "capabilities": ["oob"]}}),
@@ -226,18 +393,25 @@ mod tests {
                 Exchange {
                     execute: "query-machines".into(),
                     arguments: None,
-                    reply: Ok(json!([{"name": "pc-q35-7.2", "alias": "q35", "cpu-max": 288, "is-default": false}])),
+                    reply: Reply::ok(
+                        json!([{"name": "pc-q35-7.2", "alias": "q35", "cpu-max": 288, "is-default": false}]),
+                    ),
                 },
                 Exchange {
                     execute: "query-cpu-model-expansion".into(),
                     arguments: Some(json!({"type": "static", "model": {"name": "host"}})),
-                    reply: Ok(json!({"model": {"name": "base", "props": {"vmx": true, "zz": false, "aa": null}},
-                                     "neg": -5, "big": u64::MAX, "frac": 0.25, "s": "ünï\"code\n", "e": [], "o": {}})),
+                    reply: Reply::ok(
+                        json!({"model": {"name": "base", "props": {"vmx": true, "zz": false, "aa": null}},
+                                     "neg": -5, "big": u64::MAX, "frac": 0.25, "s": "ünï\"code\n", "e": [], "o": {}}),
+                    ),
                 },
                 Exchange {
                     execute: "query-sev-capabilities".into(),
                     arguments: None,
-                    reply: Err(QmpError { class: "GenericError".into(), desc: "SEV is not enabled in KVM".into() }),
+                    reply: Reply::err(QmpError {
+                        class: "GenericError".into(),
+                        desc: "SEV is not enabled in KVM".into(),
+                    }),
                 },
             ],
         }
@@ -246,31 +420,69 @@ mod tests {
     #[test]
     fn round_trips_every_kind_of_value() {
         let t = sample();
-        assert_eq!(decode(&encode(&t)).unwrap(), t);
+        assert_eq!(dec(&encode(&t)).unwrap(), t);
+        // A segment inside a larger buffer, replies read one by one.
+        let mut buf = b"prefix".to_vec();
+        buf.extend(encode(&t));
+        let end = buf.len();
+        buf.extend(b"suffix");
+        let lazy = decode(&Arc::new(buf), 6..end).unwrap();
+        for (a, b) in lazy.exchanges.iter().zip(&t.exchanges) {
+            assert_eq!(a.reply.get(), b.reply.get());
+        }
+        assert_eq!(lazy.exchanges[2].reply.get().unwrap_err().class, "GenericError");
         let empty = Transcript::default();
-        assert_eq!(decode(&encode(&empty)).unwrap(), empty);
+        assert_eq!(dec(&encode(&empty)).unwrap(), empty);
     }
 
     #[test]
     fn damaged_bytes_are_errors_not_panics() {
         let bytes = encode(&sample());
         for cut in 0..bytes.len() {
-            assert!(decode(&bytes[..cut]).is_err(), "truncated at {cut}");
+            assert!(dec(&bytes[..cut]).is_err(), "truncated at {cut}");
         }
         let mut longer = bytes.clone();
         longer.push(0);
-        assert!(decode(&longer).is_err());
+        assert!(dec(&longer).is_err());
         // Every single-byte change either fails or decodes to something (never panics).
         for i in 0..bytes.len() {
             let mut b = bytes.clone();
             b[i] = b[i].wrapping_add(0x55);
-            let _ = decode(&b);
+            if let Ok(t) = dec(&b) {
+                for e in &t.exchanges {
+                    let _ = e.reply.get();
+                }
+            }
         }
         // A huge length does not allocate it.
         let mut huge = encode(&Transcript::default());
         huge.truncate(1);
         huge.extend_from_slice(&u32::MAX.to_le_bytes());
-        assert!(decode(&huge).is_err());
+        assert!(dec(&huge).is_err());
+    }
+
+    #[test]
+    fn views_read_in_place_what_decoding_reads() {
+        let v = json!([{"name": "a", "members": [{"name": "x", "type": "int"}], "n": 5},
+                       {"name": "ünï", "flag": true}, "loose", null]);
+        let b = encode_value(&v);
+        let view = View::new(&b);
+        let items: Vec<View<'_>> = view.array().collect();
+        assert_eq!(items.len(), 4);
+        assert_eq!(items[0].get("name").and_then(|n| n.as_str()), Some("a"));
+        let member = items[0].get("members").and_then(|m| m.array().next()).unwrap();
+        assert_eq!(member.get("type").and_then(|t| t.as_str()), Some("int"));
+        assert!(items[0].get("n").is_some_and(|n| n.as_str().is_none()));
+        assert_eq!(items[1].get("name").and_then(|n| n.as_str()), Some("ünï"));
+        assert_eq!(items[2].as_str(), Some("loose"));
+        assert!(items[3].get("name").is_none() && items[3].array().next().is_none());
+        assert_eq!(items[1].entries().map(|(k, _)| k).collect::<Vec<_>>(), ["flag", "name"]);
+        // Cut anywhere: fewer items or none, never a panic.
+        for cut in 0..b.len() {
+            let v = View::new(&b[..cut]);
+            assert!(v.array().count() < 4);
+            let _ = v.array().filter_map(|e| e.get("name").and_then(|n| n.as_str())).count();
+        }
     }
 
     #[test]
@@ -278,6 +490,6 @@ mod tests {
         let mut b = Vec::new();
         b.extend(std::iter::repeat_n([7u8, 1, 0, 0, 0], MAX_DEPTH + 5).flatten());
         b.push(0);
-        assert!(decode(&b).unwrap_err().to_string().contains("too deep"));
+        assert!(dec(&b).unwrap_err().to_string().contains("too deep"));
     }
 }

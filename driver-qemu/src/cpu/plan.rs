@@ -101,14 +101,14 @@ pub fn named_models(defs: &[Value]) -> Vec<&str> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::probe_data::Exchange;
+    use crate::probe_data::{Exchange, Reply};
 
     fn transcript(arch: &str, defs: Value) -> Transcript {
         Transcript {
             greeting: Value::Null,
             exchanges: vec![
-                Exchange { execute: "query-target".into(), arguments: None, reply: Ok(json!({"arch": arch})) },
-                Exchange { execute: "query-cpu-definitions".into(), arguments: None, reply: Ok(defs) },
+                Exchange { execute: "query-target".into(), arguments: None, reply: Reply::ok(json!({"arch": arch})) },
+                Exchange { execute: "query-cpu-definitions".into(), arguments: None, reply: Reply::ok(defs) },
             ],
         }
     }

@@ -17,7 +17,7 @@ pub fn stage_schema(_accel: Accel, _t: &Transcript) -> Vec<Request> {
 
 /// The optional queries this binary's schema lists.
 pub fn stage_optional(_accel: Accel, t: &Transcript) -> Vec<Request> {
-    let schema = Schema::new(t.get("query-qmp-schema"));
+    let schema = Schema::new(t.view("query-qmp-schema"));
     ["query-gic-capabilities", "query-sev-capabilities", "query-sgx-capabilities"]
         .into_iter()
         .filter(|c| schema.has_command(c))
@@ -28,7 +28,7 @@ pub fn stage_optional(_accel: Accel, t: &Transcript) -> Vec<Request> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::probe_data::Exchange;
+    use crate::probe_data::{Exchange, Reply};
     use serde_json::json;
 
     #[test]
@@ -38,7 +38,7 @@ mod tests {
             exchanges: vec![Exchange {
                 execute: "query-qmp-schema".into(),
                 arguments: None,
-                reply: Ok(json!([
+                reply: Reply::ok(json!([
                     {"name": "query-gic-capabilities", "meta-type": "command", "arg-type": "0", "ret-type": "1"},
                     {"name": "query-sgx-capabilities", "meta-type": "event"}
                 ])),

@@ -48,13 +48,12 @@ impl<'a> Answers<'a> {
         let accel_run = data.run(accel)?;
         let primary = data.run(Accel::Kvm).unwrap_or(accel_run);
         let types = primary
-            .get("qom-list-types")
-            .and_then(Value::as_array)
+            .view("qom-list-types")
             .into_iter()
-            .flatten()
+            .flat_map(|l| l.array())
             .filter_map(|t| t.get("name")?.as_str())
             .collect();
-        let schema = Schema::new(primary.get("query-qmp-schema"));
+        let schema = Schema::new(primary.view("query-qmp-schema"));
         Some(Answers { primary, accel_run, kvm_probed: data.run(Accel::Kvm).is_some(), types, schema })
     }
 

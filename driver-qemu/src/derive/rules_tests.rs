@@ -5,7 +5,7 @@ use serde_json::{json, Value};
 
 use super::{domain_capabilities, ResolvedQuery};
 use crate::host::{HostFacts, S390PvFacts};
-use crate::probe_data::{Accel, Exchange, ProbeData, Transcript, PROBE_FORMAT_VERSION};
+use crate::probe_data::{Accel, Exchange, ProbeData, Reply, Transcript, PROBE_FORMAT_VERSION};
 
 /// A transcript answering `query-machines` with `machines` (name, cpu-max), `qom-list-types`
 /// with `types`, plus any extra `(command, reply)` pairs.
@@ -14,16 +14,18 @@ fn transcript(machines: &[(&str, u32)], types: &[&str], extra: &[(&str, Value)])
         Exchange {
             execute: "query-machines".into(),
             arguments: None,
-            reply: Ok(Value::Array(machines.iter().map(|(n, max)| json!({"name": n, "cpu-max": max})).collect())),
+            reply: Reply::ok(Value::Array(
+                machines.iter().map(|(n, max)| json!({"name": n, "cpu-max": max})).collect(),
+            )),
         },
         Exchange {
             execute: "qom-list-types".into(),
             arguments: None,
-            reply: Ok(Value::Array(types.iter().map(|t| json!({"name": t})).collect())),
+            reply: Reply::ok(Value::Array(types.iter().map(|t| json!({"name": t})).collect())),
         },
     ];
     for (cmd, reply) in extra {
-        exchanges.push(Exchange { execute: (*cmd).into(), arguments: None, reply: Ok(reply.clone()) });
+        exchanges.push(Exchange { execute: (*cmd).into(), arguments: None, reply: Reply::ok(reply.clone()) });
     }
     Transcript { greeting: json!({}), exchanges }
 }
@@ -153,7 +155,7 @@ fn machine_alias_resolves_to_its_canonical_entry() {
         exchanges: vec![Exchange {
             execute: "query-machines".into(),
             arguments: None,
-            reply: Ok(json!([{"name": "pc-q35-7.2", "alias": "q35", "cpu-max": 288}])),
+            reply: Reply::ok(json!([{"name": "pc-q35-7.2", "alias": "q35", "cpu-max": 288}])),
         }],
     };
     let caps = derive_one("x86_64", "q35", t);
@@ -315,21 +317,25 @@ fn malformed_replies_are_ignored_not_trusted() {
             Exchange {
                 execute: "query-machines".into(),
                 arguments: None,
-                reply: Ok(json!([{"name": "virt-7.2", "cpu-max": 512}, {"name": 7}, "junk", {"cpu-max": -1}])),
+                reply: Reply::ok(json!([{"name": "virt-7.2", "cpu-max": 512}, {"name": 7}, "junk", {"cpu-max": -1}])),
             },
-            Exchange { execute: "qom-list-types".into(), arguments: None, reply: Ok(json!({"not": "a list"})) },
-            Exchange { execute: "query-qmp-schema".into(), arguments: None, reply: Ok(json!([1, null, {"name": 3}])) },
-            Exchange { execute: "query-tpm-types".into(), arguments: None, reply: Ok(json!([42, "emulator"])) },
+            Exchange { execute: "qom-list-types".into(), arguments: None, reply: Reply::ok(json!({"not": "a list"})) },
+            Exchange {
+                execute: "query-qmp-schema".into(),
+                arguments: None,
+                reply: Reply::ok(json!([1, null, {"name": 3}])),
+            },
+            Exchange { execute: "query-tpm-types".into(), arguments: None, reply: Reply::ok(json!([42, "emulator"])) },
             Exchange {
                 execute: "query-gic-capabilities".into(),
                 arguments: None,
-                reply: Ok(json!([{"version": "two"}, {"version": 3, "emulated": true}])),
+                reply: Reply::ok(json!([{"version": "two"}, {"version": 3, "emulated": true}])),
             },
-            Exchange { execute: "query-sgx-capabilities".into(), arguments: None, reply: Ok(json!("yes")) },
+            Exchange { execute: "query-sgx-capabilities".into(), arguments: None, reply: Reply::ok(json!("yes")) },
             Exchange {
                 execute: "query-sev-capabilities".into(),
                 arguments: None,
-                reply: Err(crate::probe_data::QmpError {
+                reply: Reply::err(crate::probe_data::QmpError {
                     class: "GenericError".into(),
                     desc: "SEV not available".into(),
                 }),

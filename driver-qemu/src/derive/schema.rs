@@ -5,23 +5,24 @@
 
 use std::collections::HashMap;
 
-use serde_json::Value;
+use crate::probe_data::View;
 
-/// The schema, indexed by entity name.
+/// The schema, indexed by entity name. Built over the reply in place ([`View`]): an index
+/// of the entity names, each entity read only when looked up.
 #[derive(Debug, Default)]
 pub struct Schema<'a> {
-    by_name: HashMap<&'a str, &'a Value>,
+    by_name: HashMap<&'a str, View<'a>>,
 }
 
 impl<'a> Schema<'a> {
     /// Index the reply of `query-qmp-schema` (an array of entities). Anything that is not
     /// an object with a `name` is ignored; a reply that is not an array gives an empty
     /// schema (every lookup then says "not there").
-    pub fn new(reply: Option<&'a Value>) -> Schema<'a> {
+    pub fn new(reply: Option<View<'a>>) -> Schema<'a> {
         let mut by_name = HashMap::new();
-        if let Some(list) = reply.and_then(Value::as_array) {
-            for entity in list {
-                if let Some(name) = entity.get("name").and_then(Value::as_str) {
+        if let Some(list) = reply {
+            for entity in list.array() {
+                if let Some(name) = entity.get("name").and_then(|n| n.as_str()) {
                     by_name.insert(name, entity);
                 }
             }
@@ -34,7 +35,7 @@ impl<'a> Schema<'a> {
         self.by_name.is_empty()
     }
 
-    fn entity(&self, name: &str) -> Option<&'a Value> {
+    fn entity(&self, name: &str) -> Option<View<'a>> {
         self.by_name.get(name).copied()
     }
 
@@ -69,10 +70,9 @@ impl<'a> Schema<'a> {
         let obj = self.entity(object)?;
         let direct = obj
             .get("members")
-            .and_then(Value::as_array)
             .into_iter()
-            .flatten()
-            .find(|m| m.get("name").and_then(Value::as_str) == Some(member))
+            .flat_map(|m| m.array())
+            .find(|m| m.get("name").and_then(|n| n.as_str()) == Some(member))
             .and_then(|m| m.get("type")?.as_str());
         if direct.is_some() {
             return direct;
@@ -84,9 +84,8 @@ impl<'a> Schema<'a> {
     pub fn variants(&self, object: &str) -> Vec<(&'a str, &'a str)> {
         let Some(obj) = self.entity(object) else { return Vec::new() };
         obj.get("variants")
-            .and_then(Value::as_array)
             .into_iter()
-            .flatten()
+            .flat_map(|v| v.array())
             .filter_map(|v| Some((v.get("case")?.as_str()?, v.get("type")?.as_str()?)))
             .collect()
     }
@@ -112,7 +111,8 @@ impl<'a> Schema<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+    use crate::cache::compact::encode_value;
+    use serde_json::{json, Value};
 
     fn sample() -> Value {
         json!([
@@ -130,8 +130,8 @@ mod tests {
 
     #[test]
     fn commands_and_events() {
-        let v = sample();
-        let s = Schema::new(Some(&v));
+        let v = encode_value(&sample());
+        let s = Schema::new(Some(View::new(&v)));
         assert!(s.has_command("chardev-add"));
         assert!(!s.has_command("SHUTDOWN"), "an event is not a command");
         assert!(!s.has_command("query-spice"));
@@ -139,8 +139,8 @@ mod tests {
 
     #[test]
     fn union_branches() {
-        let v = sample();
-        let s = Schema::new(Some(&v));
+        let v = encode_value(&sample());
+        let s = Schema::new(Some(View::new(&v)));
         assert!(s.ret_has_variant("query-display-options", "sdl"));
         assert!(!s.ret_has_variant("query-display-options", "gtk"));
         assert!(s.arg_member_has_variant("chardev-add", "backend", "spicevmc"));
@@ -153,7 +153,13 @@ mod tests {
         let s = Schema::new(None);
         assert!(s.is_empty());
         assert!(!s.has_command("query-vnc"));
-        let bad = json!({"not": "an array"});
-        assert!(Schema::new(Some(&bad)).is_empty());
+        let bad = encode_value(&json!({"not": "an array"}));
+        assert!(Schema::new(Some(View::new(&bad))).is_empty());
+        // Damaged bytes read as an empty or partial schema, never a panic.
+        let good = encode_value(&sample());
+        for cut in 0..good.len() {
+            let s = Schema::new(Some(View::new(&good[..cut])));
+            let _ = s.arg_member_has_variant("chardev-add", "backend", "spicevmc");
+        }
     }
 }

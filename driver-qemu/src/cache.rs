@@ -736,28 +736,42 @@ fn encode(key: &CacheKey, data: &ProbeData) -> io::Result<Vec<u8>> {
     Ok(out)
 }
 
-/// Read and verify a cache file against `key`; parse the segments `runs` asks for. Returns
-/// the data and whether every run in the file was read.
+/// Read and verify a cache file against `key`; read the segments `runs` asks for (each into
+/// its own buffer of exactly its size: the other runs are never read). Returns the data and
+/// whether every run in the file was read.
 fn read_file(file: &Path, key: &CacheKey, runs: Runs<'_>) -> Result<(ProbeData, bool), FileProblem> {
-    let mut f = match File::open(file) {
+    let f = match File::open(file) {
         Ok(f) => f,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(FileProblem::Absent),
         Err(e) => return Err(e.into()),
     };
-    let mut bytes = Vec::new();
-    (&mut f).take(MAX_FILE + 1).read_to_end(&mut bytes)?;
-    if bytes.len() as u64 > MAX_FILE {
+    let size = f.metadata()?.len();
+    if size > MAX_FILE {
         return Err(FileProblem::Damaged(format!("larger than {MAX_FILE} bytes")));
     }
-    decode(Arc::new(bytes), key, runs)
+    // `size` fits in memory: it is at most MAX_FILE.
+    decode(&f, usize::try_from(size).unwrap_or(usize::MAX), key, runs)
 }
 
-/// Verify and decode a cache file's bytes. The run transcripts keep `bytes` alive: their
-/// replies are decoded from it when first read.
-fn decode(bytes: Arc<Vec<u8>>, key: &CacheKey, runs: Runs<'_>) -> Result<(ProbeData, bool), FileProblem> {
+/// `len` bytes of `f` at `offset`; a file shorter than that is damaged.
+fn read_at(f: &File, offset: usize, len: usize, what: &str) -> Result<Vec<u8>, FileProblem> {
+    use std::os::unix::fs::FileExt;
+    let mut buf = vec![0u8; len];
+    f.read_exact_at(&mut buf, offset as u64).map_err(|e| match e.kind() {
+        io::ErrorKind::UnexpectedEof => FileProblem::Damaged(format!("{what} truncated")),
+        _ => FileProblem::Io(e),
+    })?;
+    Ok(buf)
+}
+
+/// Verify and decode the cache file `f` of `size` bytes. The run transcripts keep their
+/// segment's buffer alive: their replies are decoded from it when first read.
+fn decode(f: &File, size: usize, key: &CacheKey, runs: Runs<'_>) -> Result<(ProbeData, bool), FileProblem> {
     let damaged = |s: &str| FileProblem::Damaged(s.to_owned());
-    let nl = bytes.iter().position(|b| *b == b'\n').ok_or_else(|| damaged("no header line"))?;
-    let first = std::str::from_utf8(&bytes[..nl]).map_err(|_| damaged("header line is not text"))?;
+    // The header line is short; the header itself is a few KiB: one read usually has both.
+    let head = read_at(f, 0, size.min(16 * 1024), "header")?;
+    let nl = head.iter().position(|b| *b == b'\n').ok_or_else(|| damaged("no header line"))?;
+    let first = std::str::from_utf8(&head[..nl]).map_err(|_| damaged("header line is not text"))?;
     let parts: Vec<&str> = first.split(' ').collect();
     let [magic, version, hlen, hsum] = parts[..] else { return Err(damaged("malformed header line")) };
     if magic != MAGIC {
@@ -770,8 +784,15 @@ fn decode(bytes: Arc<Vec<u8>>, key: &CacheKey, runs: Runs<'_>) -> Result<(ProbeD
     }
     let hlen: usize = hlen.parse().map_err(|_| damaged("bad header length"))?;
     let body = nl + 1;
-    let header_end = body.checked_add(hlen).filter(|e| *e <= bytes.len()).ok_or_else(|| damaged("truncated header"))?;
-    let header_bytes = &bytes[body..header_end];
+    let header_end = body.checked_add(hlen).filter(|e| *e <= size).ok_or_else(|| damaged("truncated header"))?;
+    let longer;
+    let header_bytes = match head.get(body..header_end) {
+        Some(h) => h,
+        None => {
+            longer = read_at(f, body, hlen, "header")?;
+            &longer[..]
+        }
+    };
     if format!("{:016x}", checksum(header_bytes)) != hsum {
         return Err(damaged("header checksum mismatch"));
     }
@@ -786,32 +807,35 @@ fn decode(bytes: Arc<Vec<u8>>, key: &CacheKey, runs: Runs<'_>) -> Result<(ProbeD
     if let Some(what) = key_difference(&header.key, key) {
         return Err(FileProblem::Stale(what));
     }
-    // Segment table: name -> range of `bytes`.
+    // Segment table: name -> range of the file.
     let mut offset = header_end;
     let mut table: BTreeMap<&str, std::ops::Range<usize>> = BTreeMap::new();
     for s in &header.segments {
         let len = usize::try_from(s.len).map_err(|_| damaged("segment length"))?;
         let end = offset
             .checked_add(len)
-            .filter(|e| *e <= bytes.len())
+            .filter(|e| *e <= size)
             .ok_or_else(|| FileProblem::Damaged(format!("segment {} truncated", s.name)))?;
         table.insert(s.name.as_str(), offset..end);
         offset = end;
     }
-    if offset != bytes.len() {
+    if offset != size {
         return Err(damaged("trailing bytes after the last segment"));
     }
     let sums: HashMap<&str, &str> = header.segments.iter().map(|s| (s.name.as_str(), s.sum.as_str())).collect();
-    let verified = |name: &str| -> Result<std::ops::Range<usize>, FileProblem> {
+    let verified = |name: &str| -> Result<Vec<u8>, FileProblem> {
         let range = table.get(name).ok_or_else(|| FileProblem::Damaged(format!("segment {name} missing")))?;
-        if sums.get(name).copied() != Some(format!("{:016x}", checksum(&bytes[range.clone()])).as_str()) {
+        let bytes = match head.get(range.clone()) {
+            Some(b) => b.to_vec(),
+            None => read_at(f, range.start, range.len(), &format!("segment {name}"))?,
+        };
+        if sums.get(name).copied() != Some(format!("{:016x}", checksum(&bytes)).as_str()) {
             return Err(FileProblem::Damaged(format!("segment {name} checksum mismatch")));
         }
-        Ok(range.clone())
+        Ok(bytes)
     };
-    let meta_range = verified("meta")?;
     let meta: Meta<HostFacts> =
-        serde_json::from_slice(&bytes[meta_range]).map_err(|e| FileProblem::Damaged(format!("segment meta: {e}")))?;
+        serde_json::from_slice(&verified("meta")?).map_err(|e| FileProblem::Damaged(format!("segment meta: {e}")))?;
     if meta.format_version != PROBE_FORMAT_VERSION {
         return Err(FileProblem::OtherVersion(format!("probe data format {}", meta.format_version)));
     }
@@ -828,8 +852,9 @@ fn decode(bytes: Arc<Vec<u8>>, key: &CacheKey, runs: Runs<'_>) -> Result<(ProbeD
                 continue;
             }
         }
-        let t = compact::decode(&bytes, verified(name)?)
-            .map_err(|e| FileProblem::Damaged(format!("segment {name}: {e}")))?;
+        let bytes = Arc::new(verified(name)?);
+        let len = bytes.len();
+        let t = compact::decode(&bytes, 0..len).map_err(|e| FileProblem::Damaged(format!("segment {name}: {e}")))?;
         data.runs.insert(accel, t);
     }
     Ok((data, complete))

@@ -189,6 +189,13 @@ pub fn cpu_capabilities_with(
     })
 }
 
+/// Whether deriving a `kvm` document from `data` reads its TCG run: only for the vendors of
+/// x86 custom models when libvirt's cpu_map (its x86 part) is absent (see the module doc).
+/// Everything else a `kvm` query derives comes from the KVM run and the host facts.
+pub fn kvm_query_reads_tcg_run(data: &ProbeData) -> bool {
+    data.host.cpu_map.as_ref().and_then(|m| m.x86.as_ref()).is_none()
+}
+
 fn qom_has_property(t: &Transcript, typename: &str, prop: &str) -> bool {
     let args = plan::qom_list_properties_args(typename);
     t.reply("qom-list-properties", Some(&args))

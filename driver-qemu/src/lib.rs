@@ -139,6 +139,29 @@ impl QemuDriver {
             None => probe::probe(binary, &opts),
         }
     }
+
+    /// The probe data a query needs. From the cache, a query that can only be answered with
+    /// KVM (the default virt type or `kvm`) first reads the KVM run alone: that is enough when
+    /// KVM is enabled there (the query then resolves to `kvm`) and derivation will not read
+    /// the TCG run ([`cpu::kvm_query_reads_tcg_run`]). Otherwise every run is read.
+    fn probe_data_for(&self, binary: &Path, query: &Query) -> Result<ProbeData, DriverError> {
+        let opts = self.options()?;
+        let Some(cache) = &self.cache else { return probe::probe(binary, &opts) };
+        let kvm_query = matches!(
+            resolve::parse_virt_type(query.virt_type.as_deref()),
+            Ok(resolve::VirtTypeArg::Default | resolve::VirtTypeArg::Accel(probe_data::Accel::Kvm))
+        );
+        if kvm_query {
+            let kvm = [probe_data::Accel::Kvm];
+            let (d, _) =
+                cache.get_or_probe_owned_runs(binary, cache::Runs::Only(&kvm), || probe::probe(binary, &opts))?;
+            let complete = d.runs.len() > 1;
+            if complete || (resolve::kvm_enabled(&d) && !cpu::kvm_query_reads_tcg_run(&d)) {
+                return Ok(d);
+            }
+        }
+        cache.get_or_probe(binary, || probe::probe(binary, &opts)).map(|(d, _)| d)
+    }
 }
 
 fn is_executable(p: &Path) -> bool {
@@ -161,7 +184,8 @@ impl DomainCapsDriver for QemuDriver {
 
     #[tracing::instrument(skip_all, fields(driver = DRIVER, query = %query))]
     fn domain_capabilities(&self, query: &Query) -> Result<DomainCapabilities, DriverError> {
-        let (r, data) = resolve::resolve_query(query, &host::host_arch(), |n| self.find(n), |b| self.probe_data(b))?;
+        let (r, data) =
+            resolve::resolve_query(query, &host::host_arch(), |n| self.find(n), |b| self.probe_data_for(b, query))?;
         derive::domain_capabilities(&data, &r)
     }
 }

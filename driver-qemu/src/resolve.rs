@@ -258,7 +258,7 @@ pub fn preferred_machine(arch: &str) -> Option<&'static str> {
 }
 
 /// Whether a run says KVM is present and enabled (`query-kvm`).
-fn kvm_enabled(data: &ProbeData) -> bool {
+pub fn kvm_enabled(data: &ProbeData) -> bool {
     data.run(Accel::Kvm)
         .and_then(|t| t.get("query-kvm"))
         .map(|k| {

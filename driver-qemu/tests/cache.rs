@@ -472,3 +472,54 @@ fn every_recorded_probe_round_trips_through_the_cache() {
     }
     assert!(seen >= 10, "only {seen} recordings in {}", dir.display());
 }
+
+#[test]
+fn the_driver_reads_only_the_runs_a_query_needs_and_answers_the_same() {
+    // A KVM query from the cache reads the KVM run alone when that is enough (libvirt's
+    // cpu_map present); every document must equal the one derived from the whole probe.
+    use capsd_core::{DomainCapsDriver, Query};
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/qemu-7.2-x86_64.json");
+    let recorded: ProbeData = serde_json::from_str(&fs::read_to_string(path).unwrap()).unwrap();
+    let cpu_map = Path::new("/usr/share/libvirt/cpu_map");
+    let mut maps = vec![None];
+    if cpu_map.join("index.xml").exists() {
+        maps.push(Some(driver_qemu::cpu::host::read_cpu_map_from(cpu_map).unwrap()));
+    }
+    for map in maps {
+        let mut data = recorded.clone();
+        data.host.cpu_map = map;
+        let w = World::new();
+        w.cache().get_or_probe(&w.binary, || Ok(data.clone())).unwrap();
+        let (kvm_only, _) = w
+            .cache()
+            .get_or_probe_owned_runs(&w.binary, Runs::Only(&[Accel::Kvm]), || Err(DriverError::probe_failed("x", "no")))
+            .unwrap();
+        assert_eq!(kvm_only.runs.len(), 1);
+        assert_eq!(
+            driver_qemu::cpu::kvm_query_reads_tcg_run(&kvm_only),
+            data.host.cpu_map.is_none(),
+            "only x86 custom model vendors without cpu_map need the TCG run"
+        );
+        let driver = driver_qemu::QemuDriver::new().with_cache(w.cache());
+        for (virt_type, machine) in
+            [(None, None), (Some("kvm"), Some("q35")), (Some("qemu"), None), (Some("none"), None)]
+        {
+            let q = Query {
+                emulator: Some(w.binary.clone()),
+                arch: None,
+                machine: machine.map(str::to_owned),
+                virt_type: virt_type.map(str::to_owned),
+            };
+            let host_arch = driver_qemu::host::host_arch();
+            let direct = driver_qemu::resolve::resolve_query(&q, &host_arch, |_| None, |_| Ok(data.clone()))
+                .and_then(|(r, d)| driver_qemu::derive::domain_capabilities(&d, &r));
+            let cached = driver.domain_capabilities(&q);
+            assert_eq!(
+                format!("{cached:?}"),
+                format!("{direct:?}"),
+                "{virt_type:?} {machine:?} with cpu_map: {}",
+                data.host.cpu_map.is_some()
+            );
+        }
+    }
+}

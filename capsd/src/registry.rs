@@ -49,6 +49,31 @@ pub fn default_cache_dir() -> Option<std::path::PathBuf> {
     None
 }
 
+/// The embedded driver called `name` alone, `None` when this build has no such driver. A
+/// command that asks one driver builds only that one (driver-test, for one, parses its
+/// built-in documents when built). Plugins cannot take in-tree names, so an embedded driver
+/// is the one a full [`Registry`] would answer with.
+pub fn embedded_driver(opts: &DriverOptions, name: &str) -> anyhow::Result<Option<Arc<dyn DomainCapsDriver>>> {
+    let _ = opts;
+    Ok(match name {
+        #[cfg(feature = "qemu")]
+        "qemu" => Some(Arc::new(match &opts.cache_dir {
+            Some(dir) => driver_qemu::QemuDriver::new().with_cache_dir(dir.clone()),
+            None => driver_qemu::QemuDriver::new(),
+        })),
+        #[cfg(feature = "xen")]
+        "xen" => Some(Arc::new(driver_xen::XenDriver::new())),
+        #[cfg(feature = "lxc")]
+        "lxc" => Some(Arc::new(driver_lxc::LxcDriver::new())),
+        #[cfg(feature = "test")]
+        "test" => Some(match &opts.test_fixtures {
+            Some(dir) => Arc::new(driver_test::TestDriver::from_dir(dir)?),
+            None => Arc::new(driver_test::TestDriver::builtin()),
+        }),
+        _ => None,
+    })
+}
+
 /// The drivers of this process, in listing order.
 #[derive(Default)]
 pub struct Registry {
@@ -67,21 +92,11 @@ impl Registry {
     /// The embedded drivers chosen at build time.
     pub fn embedded(opts: &DriverOptions) -> anyhow::Result<Self> {
         let mut r = Registry::default();
-        #[cfg(feature = "qemu")]
-        r.add(Arc::new(match &opts.cache_dir {
-            Some(dir) => driver_qemu::QemuDriver::new().with_cache_dir(dir.clone()),
-            None => driver_qemu::QemuDriver::new(),
-        }));
-        #[cfg(feature = "xen")]
-        r.add(Arc::new(driver_xen::XenDriver::new()));
-        #[cfg(feature = "lxc")]
-        r.add(Arc::new(driver_lxc::LxcDriver::new()));
-        #[cfg(feature = "test")]
-        r.add(match &opts.test_fixtures {
-            Some(dir) => Arc::new(driver_test::TestDriver::from_dir(dir)?),
-            None => Arc::new(driver_test::TestDriver::builtin()),
-        });
-        let _ = opts;
+        for name in IN_TREE {
+            if let Some(d) = embedded_driver(opts, name)? {
+                r.add(d);
+            }
+        }
         Ok(r)
     }
 

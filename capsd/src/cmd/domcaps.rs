@@ -62,8 +62,11 @@ pub fn registry(ctx: &super::Context, opts: &DriverOptions) -> Result<Registry> 
 
 pub fn run(ctx: &super::Context, args: Args) -> Result<ExitCode> {
     let opts = DriverOptions { test_fixtures: args.fixtures.clone(), cache_dir: ctx.cache_dir.clone() };
-    let reg = registry(ctx, &opts)?;
-    let driver = reg.get(&args.driver)?;
+    // The one driver asked for; the whole registry (plugins too) only for other names.
+    let driver = match crate::registry::embedded_driver(&opts, &args.driver)? {
+        Some(d) => d,
+        None => registry(ctx, &opts)?.get(&args.driver)?,
+    };
     let query = Query { emulator: args.emulatorbin, arch: args.arch, machine: args.machine, virt_type: args.virttype };
     let caps =
         driver.domain_capabilities(&query).with_context(|| format!("driver '{}', query {query}", args.driver))?;

@@ -209,10 +209,11 @@ impl<'a> View<'a> {
             6 => 5usize.checked_add(self.u32_at(1)?)?,
             t @ (7 | 8) => {
                 let n = self.u32_at(1)?;
-                let mut at = 5;
+                let mut at: usize = 5;
                 for _ in 0..n {
                     if t == 8 {
-                        at = self.str_at(at)?.1;
+                        // Skipping a key needs its length only: no UTF-8 check.
+                        at = at.checked_add(4)?.checked_add(self.u32_at(at)?)?;
                     }
                     at = at.checked_add(View { b: self.b.get(at..)? }.size(depth + 1)?)?;
                 }

@@ -37,16 +37,18 @@ impl ExpandedCpu {
     /// Merge a migratable and a non-migratable static expansion reply (`{"model": {...}}`).
     /// `None` when neither has a model with properties.
     pub fn from_replies(migratable: Option<&Value>, non_migratable: Option<&Value>) -> Option<ExpandedCpu> {
-        let props = |v: Option<&Value>| v.and_then(|v| v.get("model")?.get("props")?.as_object().cloned());
+        fn props(v: Option<&Value>) -> Option<&serde_json::Map<String, Value>> {
+            v?.get("model")?.get("props")?.as_object()
+        }
         let mig = props(migratable);
         let nonmig = props(non_migratable);
-        let base = mig.clone().or_else(|| nonmig.clone())?;
+        let base = mig.or(nonmig)?;
         let mut cpu = ExpandedCpu::default();
-        for (name, value) in &base {
+        for (name, value) in base {
             match value {
                 Value::Bool(b) => {
-                    let in_mig = mig.as_ref().and_then(|m| m.get(name)).and_then(Value::as_bool);
-                    let in_nonmig = nonmig.as_ref().and_then(|m| m.get(name)).and_then(Value::as_bool);
+                    let in_mig = mig.and_then(|m| m.get(name)).and_then(Value::as_bool);
+                    let in_nonmig = nonmig.and_then(|m| m.get(name)).and_then(Value::as_bool);
                     let enabled = *b || in_nonmig == Some(true);
                     let migratable = in_mig.unwrap_or(*b);
                     cpu.features.push((name.clone(), enabled, migratable));

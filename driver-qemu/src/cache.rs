@@ -183,6 +183,18 @@ pub struct FileStamp {
 }
 
 impl FileStamp {
+    /// The same stamp as [`Self::of`], from a raw `stat`.
+    fn of_stat(name: String, st: &nix::sys::stat::FileStat) -> Self {
+        FileStamp {
+            name,
+            size: u64::try_from(st.st_size).unwrap_or(0),
+            mtime_ns: i128::from(st.st_mtime) * 1_000_000_000 + i128::from(st.st_mtime_nsec),
+            ctime_ns: i128::from(st.st_ctime) * 1_000_000_000 + i128::from(st.st_ctime_nsec),
+            ino: st.st_ino,
+            dev: st.st_dev,
+        }
+    }
+
     fn of(name: String, m: &fs::Metadata) -> Self {
         FileStamp {
             name,
@@ -264,18 +276,27 @@ impl HostKey {
 }
 
 /// Sorted entries of a directory (following symlinks for sizes and times), `None` when the
-/// directory cannot be read.
+/// directory cannot be read. Each entry is stat'ed relative to the open directory (no walk
+/// of the whole path per entry).
 fn dir_listing(dir: &Path) -> Option<Vec<FileStamp>> {
+    use std::os::fd::AsRawFd;
     let rd = fs::read_dir(dir).ok()?;
+    let dir_fd = File::open(dir).ok();
     let mut out: Vec<FileStamp> = rd
         .filter_map(Result::ok)
         .map(|e| {
-            let name = e.file_name().to_string_lossy().into_owned();
-            match fs::metadata(e.path()) {
-                Ok(m) => FileStamp::of(name, &m),
-                // A dangling symlink: its name still counts.
-                Err(_) => FileStamp { name, size: 0, mtime_ns: -1, ctime_ns: -1, ino: 0, dev: 0 },
-            }
+            let name_os = e.file_name();
+            let name = name_os.to_string_lossy().into_owned();
+            let stat = match &dir_fd {
+                Some(d) => {
+                    nix::sys::stat::fstatat(Some(d.as_raw_fd()), name_os.as_os_str(), nix::fcntl::AtFlags::empty())
+                        .ok()
+                        .map(|st| FileStamp::of_stat(name.clone(), &st))
+                }
+                None => fs::metadata(e.path()).ok().map(|m| FileStamp::of(name.clone(), &m)),
+            };
+            // A dangling symlink: its name still counts.
+            stat.unwrap_or(FileStamp { name, size: 0, mtime_ns: -1, ctime_ns: -1, ino: 0, dev: 0 })
         })
         .collect();
     out.sort_by(|a, b| a.name.cmp(&b.name));
@@ -930,6 +951,24 @@ mod tests {
         }
         assert_ne!(checksum(&base[..99]), h);
         assert_ne!(checksum(&[0u8; 8]), checksum(&[0u8; 9]));
+    }
+
+    #[test]
+    fn dir_listing_stamps_entries_like_metadata_does() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        fs::write(d.join("b.so"), b"module").unwrap();
+        std::os::unix::fs::symlink(d.join("b.so"), d.join("a-link.so")).unwrap();
+        std::os::unix::fs::symlink(d.join("gone"), d.join("c-dangling")).unwrap();
+        let got = dir_listing(d).unwrap();
+        let names: Vec<&str> = got.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["a-link.so", "b.so", "c-dangling"]);
+        for s in &got[..2] {
+            // Symlinks followed, as fs::metadata does.
+            assert_eq!(*s, FileStamp::of(s.name.clone(), &fs::metadata(d.join(&s.name)).unwrap()));
+        }
+        assert_eq!((got[2].size, got[2].mtime_ns), (0, -1));
+        assert!(dir_listing(&d.join("no-such-dir")).is_none());
     }
 
     #[test]

@@ -34,14 +34,14 @@ pub fn run(args: &[String]) -> Result<()> {
 }
 
 fn run_tests(root: &Path, quick: bool, totals: &mut Totals) -> Result<()> {
-    cargo_test(root, &["test", "--workspace"], totals)?;
+    cargo_test(root, &["test", "--workspace", "--no-fail-fast"], totals)?;
     for example in examples(root)? {
         let manifest = example.join("Cargo.toml");
         let manifest = manifest.to_str().context("non-UTF-8 path")?;
         if !quick {
             cargo(root, &["clippy", "--manifest-path", manifest, "--all-targets", "--", "-D", "warnings"])?;
         }
-        cargo_test(root, &["test", "--manifest-path", manifest], totals)?;
+        cargo_test(root, &["test", "--no-fail-fast", "--manifest-path", manifest], totals)?;
     }
     Ok(())
 }

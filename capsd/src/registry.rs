@@ -16,6 +16,8 @@ pub struct DriverOptions {
     pub test_fixtures: Option<std::path::PathBuf>,
     /// Probe cache directory for driver-qemu; `None`: no cache.
     pub cache_dir: Option<std::path::PathBuf>,
+    /// driver-qemu: follow unusable custom CPU models with `<blockers>` (newer libvirt).
+    pub cpu_blockers: bool,
 }
 
 /// Fills driver-qemu's probe cache for one emulator binary (`capsd probe`).
@@ -57,10 +59,14 @@ pub fn embedded_driver(opts: &DriverOptions, name: &str) -> anyhow::Result<Optio
     let _ = opts;
     Ok(match name {
         #[cfg(feature = "qemu")]
-        "qemu" => Some(Arc::new(match &opts.cache_dir {
-            Some(dir) => driver_qemu::QemuDriver::new().with_cache_dir(dir.clone()),
-            None => driver_qemu::QemuDriver::new(),
-        })),
+        "qemu" => {
+            let d = driver_qemu::QemuDriver::new()
+                .with_cpu_options(driver_qemu::cpu::CpuOptions { blockers: opts.cpu_blockers });
+            Some(Arc::new(match &opts.cache_dir {
+                Some(dir) => d.with_cache_dir(dir.clone()),
+                None => d,
+            }))
+        }
         #[cfg(feature = "xen")]
         "xen" => Some(Arc::new(driver_xen::XenDriver::new())),
         #[cfg(feature = "lxc")]

@@ -3,23 +3,14 @@
 //! probe cache is shared with the CLI, and host changes reach in-memory answers.
 
 mod agent_support;
+mod live_support;
 
 use std::os::unix::net::UnixStream;
-use std::path::Path;
 use std::process::Command;
 
 use agent_support::{http_get, metric, Agent};
 
-const X86: &str = "/usr/bin/qemu-system-x86_64";
-
-fn live() -> bool {
-    if Path::new(X86).exists() {
-        return true;
-    }
-    assert!(std::env::var_os("CAPSD_REQUIRE_LIVE").is_none(), "{X86} is required (CAPSD_REQUIRE_LIVE is set)");
-    eprintln!("skipped: {X86} is not installed");
-    false
-}
+use live_support::{live, X86};
 
 #[test]
 fn concurrent_queries_of_one_binary_probe_once() {

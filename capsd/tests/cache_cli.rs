@@ -3,19 +3,12 @@
 //! and is the same document; touching the binary or damaging the file re-probes;
 //! `capsd probe` fills the cache.
 
+mod live_support;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-const X86: &str = "/usr/bin/qemu-system-x86_64";
-
-fn live() -> bool {
-    if Path::new(X86).exists() {
-        return true;
-    }
-    assert!(std::env::var_os("CAPSD_REQUIRE_LIVE").is_none(), "{X86} is required (CAPSD_REQUIRE_LIVE is set)");
-    eprintln!("skipped: {X86} is not installed");
-    false
-}
+use live_support::{live, X86};
 
 /// `capsd --cache-dir DIR ARGS...` with the cache's logs on stderr.
 fn capsd(cache: &Path, args: &[&str]) -> Output {

@@ -49,8 +49,18 @@ pub struct ResolvedQuery {
     pub accel: Accel,
 }
 
-/// The domain capabilities document for `q`, from `data` alone.
+/// The domain capabilities document for `q`, from `data` alone, as libvirt 9.0 writes it.
 pub fn domain_capabilities(data: &ProbeData, q: &ResolvedQuery) -> Result<DomainCapabilities, DriverError> {
+    domain_capabilities_with(data, q, crate::cpu::CpuOptions::default())
+}
+
+/// [`domain_capabilities`] with output choices beyond libvirt 9.0's document (newer
+/// schema elements such as CPU `<blockers>`).
+pub fn domain_capabilities_with(
+    data: &ProbeData,
+    q: &ResolvedQuery,
+    cpu_options: crate::cpu::CpuOptions,
+) -> Result<DomainCapabilities, DriverError> {
     let a = Answers::new(data, q.accel).ok_or_else(|| {
         DriverError::not_supported(
             "qemu",
@@ -82,7 +92,7 @@ pub fn domain_capabilities(data: &ProbeData, q: &ResolvedQuery) -> Result<Domain
     );
 
     // The CPU-side parts are derived by crate::cpu.
-    let cpu = crate::cpu::cpu_capabilities(data, arch, &info.name, q.accel);
+    let cpu = crate::cpu::cpu_capabilities_with(data, arch, &info.name, q.accel, cpu_options);
     let hyperv = crate::cpu::hyperv(data, arch, q.accel);
 
     let features = Features {

@@ -41,6 +41,8 @@ pub struct QemuDriver {
     options: ProbeOptions,
     /// Overrides `PATH` for finding `qemu-system-*` (tests).
     search_path: Option<Vec<PathBuf>>,
+    /// Output choices for `<cpu>` (default: libvirt 9.0's document).
+    cpu_options: cpu::CpuOptions,
 }
 
 impl QemuDriver {
@@ -77,6 +79,13 @@ impl QemuDriver {
     /// Look emulators up in these directories instead of `PATH`.
     pub fn with_search_path(mut self, dirs: Vec<PathBuf>) -> Self {
         self.search_path = Some(dirs);
+        self
+    }
+
+    /// Output choices for `<cpu>`, e.g. newer libvirt's `<blockers>` after each unusable
+    /// custom model (libvirt 9.0 prints none, so the default leaves them out).
+    pub fn with_cpu_options(mut self, options: cpu::CpuOptions) -> Self {
+        self.cpu_options = options;
         self
     }
 
@@ -186,6 +195,6 @@ impl DomainCapsDriver for QemuDriver {
     fn domain_capabilities(&self, query: &Query) -> Result<DomainCapabilities, DriverError> {
         let (r, data) =
             resolve::resolve_query(query, &host::host_arch(), |n| self.find(n), |b| self.probe_data_for(b, query))?;
-        derive::domain_capabilities(&data, &r)
+        derive::domain_capabilities_with(&data, &r, self.cpu_options)
     }
 }

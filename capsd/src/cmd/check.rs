@@ -59,7 +59,11 @@ impl CapsSource {
             return capsd_core::parse_any(&text)
                 .with_context(|| format!("{name}: not a valid domain capabilities document"));
         }
-        let opts = DriverOptions { test_fixtures: self.fixtures.clone(), cache_dir: ctx.cache_dir.clone() };
+        let opts = DriverOptions {
+            test_fixtures: self.fixtures.clone(),
+            cache_dir: ctx.cache_dir.clone(),
+            ..DriverOptions::default()
+        };
         let reg = super::domcaps::registry(ctx, &opts)?;
         let driver = reg.get(&driver_name)?;
         let query = Query {

@@ -33,6 +33,10 @@ pub struct Args {
     /// driver-test: directory of golden documents to serve.
     #[arg(long, value_name = "DIR")]
     fixtures: Option<PathBuf>,
+    /// qemu: follow each unusable custom CPU model with `<blockers>` naming the features that
+    /// keep it from running (newer libvirt's form; libvirt 9.0 prints none).
+    #[arg(long)]
+    cpu_blockers: bool,
 }
 
 /// The embedded drivers plus the plugins of `--plugin-dir` / `CAPSD_PLUGIN_DIR`, or of
@@ -61,7 +65,11 @@ pub fn registry(ctx: &super::Context, opts: &DriverOptions) -> Result<Registry> 
 }
 
 pub fn run(ctx: &super::Context, args: Args) -> Result<ExitCode> {
-    let opts = DriverOptions { test_fixtures: args.fixtures.clone(), cache_dir: ctx.cache_dir.clone() };
+    let opts = DriverOptions {
+        test_fixtures: args.fixtures.clone(),
+        cache_dir: ctx.cache_dir.clone(),
+        cpu_blockers: args.cpu_blockers,
+    };
     // The one driver asked for; the whole registry (plugins too) only for other names.
     let driver = match crate::registry::embedded_driver(&opts, &args.driver)? {
         Some(d) => d,

@@ -58,7 +58,11 @@ fn default_socket() -> Result<PathBuf> {
 }
 
 pub fn run(ctx: &super::Context, args: Args) -> Result<ExitCode> {
-    let opts = DriverOptions { test_fixtures: args.fixtures.clone(), cache_dir: ctx.cache_dir.clone() };
+    let opts = DriverOptions {
+        test_fixtures: args.fixtures.clone(),
+        cache_dir: ctx.cache_dir.clone(),
+        ..DriverOptions::default()
+    };
     let registry = super::domcaps::registry(ctx, &opts)?;
     let socket = match args.socket.clone() {
         Some(s) => s,

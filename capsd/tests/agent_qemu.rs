@@ -113,6 +113,8 @@ fn bad_qemu_queries_are_400_naming_the_parameter() {
         ("machine=nope", "machine", "nope"),
         ("virttype=xen", "virttype", "xen"),
         ("emulatorbin=%2Fno%2Fsuch%2Fqemu-system-x86_64", "emulatorbin", "/no/such/qemu-system-x86_64"),
+        // A file that is there but is no program: refused before probing, under the same name.
+        ("emulatorbin=%2Fetc%2Fpasswd", "emulatorbin", "not executable"),
     ] {
         let r = a.get(&format!("/v1/domcapabilities?{q}"));
         assert_eq!(r.status, 400, "{q}: {}", r.body);

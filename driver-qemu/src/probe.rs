@@ -153,17 +153,18 @@ fn kvm_usable_by_probe(opts: &ProbeOptions) -> bool {
     }
 }
 
-/// A clear error for a path that cannot be an emulator, before starting anything.
+/// A clear error for a path that cannot be an emulator, before starting anything. The field
+/// is `emulatorbin`, the query parameter (as the cache key check names it).
 fn check_binary(binary: &Path) -> Result<(), DriverError> {
     use std::os::unix::fs::PermissionsExt;
     let meta = std::fs::metadata(binary).map_err(|e| {
-        DriverError::invalid("emulator", binary.display().to_string(), format!("cannot check QEMU binary: {e}"))
+        DriverError::invalid("emulatorbin", binary.display().to_string(), format!("cannot check QEMU binary: {e}"))
     })?;
     if !meta.is_file() {
-        return Err(DriverError::invalid("emulator", binary.display().to_string(), "not a regular file"));
+        return Err(DriverError::invalid("emulatorbin", binary.display().to_string(), "not a regular file"));
     }
     if meta.permissions().mode() & 0o111 == 0 {
-        return Err(DriverError::invalid("emulator", binary.display().to_string(), "not executable"));
+        return Err(DriverError::invalid("emulatorbin", binary.display().to_string(), "not executable"));
     }
     Ok(())
 }

@@ -147,6 +147,14 @@ os._exit(3)"#,
     // execvp hands a file the kernel cannot run to /bin/sh, which fails on it.
     expect_err(&data, &["exited"]);
     expect_err(d, &["not a regular file"]);
+    // Bad paths are input errors naming the query parameter (`emulatorbin`, as the cache
+    // key check and the agent name it), not probe failures.
+    for bad in [&text, &d.to_path_buf(), &d.join("missing")] {
+        match probe(bad, &opts()) {
+            Err(capsd_core::DriverError::InvalidInput { field, .. }) => assert_eq!(field, "emulatorbin", "{bad:?}"),
+            other => panic!("{bad:?}: expected an invalid-input error, got {other:?}"),
+        }
+    }
 
     // Nothing survives: no process mentions the temp dir (scripts, their sleeps). SIGKILL
     // reaches re-parented grandchildren asynchronously, so allow a bounded grace period.

@@ -95,7 +95,7 @@ pub fn build(host: &LxcHost, path: Option<String>, arch: String) -> DomainCapabi
             hostdev: hostdev(host),
             filesystem: Some(filesystem(host)),
             interface: interface(host),
-            console: Some(console(host)),
+            console: console(host),
             ..Devices::default()
         }),
         features: None,
@@ -175,7 +175,7 @@ fn filesystem(host: &LxcHost) -> EnumElement {
     if loop_dev || nbd {
         types.push("file");
     }
-    if host.has_filesystem("tmpfs") {
+    if host.has_filesystem("tmpfs") == Some(true) {
         types.push("ram");
     }
     let mut drivers = vec!["path"];
@@ -185,7 +185,7 @@ fn filesystem(host: &LxcHost) -> EnumElement {
     if nbd {
         drivers.push("nbd");
     }
-    let fuse = host.dev_fuse && host.has_filesystem("fuse");
+    let fuse = host.dev_fuse && host.has_filesystem("fuse") == Some(true);
     EnumElement::new(Support::Yes)
         .with_enum("type", types)
         .with_enum("driverType", drivers)
@@ -211,10 +211,13 @@ fn interface(host: &LxcHost) -> Option<EnumElement> {
     Some(EnumElement::new(Support::from_bool(!types.is_empty())).with_enum("type", types))
 }
 
-fn console(host: &LxcHost) -> EnumElement {
-    if host.has_filesystem("devpts") && host.dev_ptmx {
+/// `None` (no statement) when `/proc/filesystems` could not be read: whether `devpts` is
+/// there is then unknown.
+fn console(host: &LxcHost) -> Option<EnumElement> {
+    let devpts = host.has_filesystem("devpts")?;
+    Some(if devpts && host.dev_ptmx {
         EnumElement::new(Support::Yes).with_enum("type", ["pty"])
     } else {
         EnumElement::unsupported()
-    }
+    })
 }

@@ -80,8 +80,8 @@ pub struct LxcHost {
     pub unprivileged_userns_clone: Option<bool>,
     /// `/proc/sys/kernel/apparmor_restrict_unprivileged_userns` (Ubuntu kernels only).
     pub apparmor_restrict_unprivileged_userns: Option<bool>,
-    /// File system types of `/proc/filesystems`.
-    pub filesystems: Vec<String>,
+    /// File system types of `/proc/filesystems`; `None` when that file is absent.
+    pub filesystems: Option<Vec<String>>,
     /// `/dev/fuse` exists.
     pub dev_fuse: bool,
     /// `/dev/loop-control` exists.
@@ -242,8 +242,7 @@ impl LxcHost {
         };
         let filesystems = r
             .read("/proc/filesystems")?
-            .map(|t| t.lines().filter_map(|l| l.split_whitespace().last().map(str::to_owned)).collect())
-            .unwrap_or_default();
+            .map(|t| t.lines().filter_map(|l| l.split_whitespace().last().map(str::to_owned)).collect());
         let kernel_config = match r.read_bytes("/proc/config.gz")? {
             Some(gz) => {
                 let mut text = String::new();
@@ -306,8 +305,9 @@ impl LxcHost {
         self.namespaces.iter().any(|n| n == ns)
     }
 
-    pub fn has_filesystem(&self, fs: &str) -> bool {
-        self.filesystems.iter().any(|f| f == fs)
+    /// Whether `/proc/filesystems` lists `fs`; `None` when that file could not be read.
+    pub fn has_filesystem(&self, fs: &str) -> Option<bool> {
+        self.filesystems.as_ref().map(|l| l.iter().any(|f| f == fs))
     }
 
     /// Whether the kernel offers a feature that is a build option and/or a module:

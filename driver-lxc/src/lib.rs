@@ -40,7 +40,7 @@
 //! | `<interface>` | `supported='no'` | no `net` namespace |
 //! | interface `type` | `network bridge ethernet` | veth driver in the kernel |
 //! | | `direct` | macvlan driver in the kernel (element omitted when neither veth nor macvlan can be established) |
-//! | `<console>` `type` | `pty` | `devpts` in `/proc/filesystems` and `/dev/ptmx`; else `supported='no'` |
+//! | `<console>` `type` | `pty` | `devpts` in `/proc/filesystems` and `/dev/ptmx`; else `supported='no'`; omitted when `/proc/filesystems` is absent |
 //!
 //! "Driver in the kernel" means: the module is loaded (`/proc/modules`, `/sys/module`),
 //! else the kernel config (`/proc/config.gz`, `/boot/config-<release>`) has it `y` or `m`,

@@ -102,6 +102,18 @@ fn user_namespace_knobs() {
 }
 
 #[test]
+fn unreadable_proc_filesystems_states_nothing_about_the_console() {
+    let root = copy_root("debian12-cgroup2");
+    std::fs::remove_file(root.path().join("proc/filesystems")).unwrap();
+    let caps = caps_of(root.path());
+    let devices = caps.devices.as_ref().unwrap();
+    assert_eq!(devices.console, None, "devpts unknown: no statement, not supported='no'");
+    // Values only a listed file system proves stay out; the element itself is still stated.
+    assert_eq!(dev_enum(&caps, "filesystem", "type").unwrap(), ["mount", "block", "file"]);
+    assert_eq!(dev_enum(&caps, "filesystem", "procViews").unwrap(), Vec::<String>::new());
+}
+
+#[test]
 fn fuse_devpts_and_modules_follow_files() {
     let root = copy_root("debian12-cgroup2");
     assert_eq!(dev_enum(&caps_of(root.path()), "filesystem", "procViews").unwrap(), ["meminfo"]);

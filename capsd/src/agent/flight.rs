@@ -1,6 +1,8 @@
 //! Single flight for async callers: one task at a time per key. Concurrent identical queries
 //! queue behind the first; when it is done they find its answer in the document cache, so
 //! the driver (and the probe behind it) runs once. Different keys never wait on each other.
+//! A [`Ticket`] owns its hold on the key (no borrow of [`Flights`]), so it can travel with
+//! work that outlives the task that asked for it.
 
 use std::collections::HashMap;
 use std::hash::Hash;
@@ -8,32 +10,34 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::OwnedMutexGuard;
 
+type Locks<K> = Mutex<HashMap<K, Arc<tokio::sync::Mutex<()>>>>;
+
 /// Per-key async locks, dropped when nobody holds or waits for them.
 #[derive(Debug)]
 pub struct Flights<K> {
-    locks: Mutex<HashMap<K, Arc<tokio::sync::Mutex<()>>>>,
+    locks: Arc<Locks<K>>,
 }
 
 impl<K> Default for Flights<K> {
     fn default() -> Self {
-        Flights { locks: Mutex::new(HashMap::new()) }
+        Flights { locks: Arc::new(Mutex::new(HashMap::new())) }
     }
 }
 
 /// Held while a key's work runs; releases the key on drop.
 #[derive(Debug)]
-pub struct Ticket<'a, K: Eq + Hash + Clone> {
-    flights: &'a Flights<K>,
+pub struct Ticket<K: Eq + Hash + Clone> {
+    locks: Arc<Locks<K>>,
     key: K,
     guard: Option<OwnedMutexGuard<()>>,
 }
 
 impl<K: Eq + Hash + Clone> Flights<K> {
     /// Wait until no other task holds `key`, then hold it.
-    pub async fn enter(&self, key: &K) -> Ticket<'_, K> {
+    pub async fn enter(&self, key: &K) -> Ticket<K> {
         let lock = self.locks.lock().unwrap_or_else(|e| e.into_inner()).entry(key.clone()).or_default().clone();
         let guard = lock.lock_owned().await;
-        Ticket { flights: self, key: key.clone(), guard: Some(guard) }
+        Ticket { locks: self.locks.clone(), key: key.clone(), guard: Some(guard) }
     }
 
     /// Keys currently held or waited for.
@@ -43,9 +47,9 @@ impl<K: Eq + Hash + Clone> Flights<K> {
     }
 }
 
-impl<K: Eq + Hash + Clone> Drop for Ticket<'_, K> {
+impl<K: Eq + Hash + Clone> Drop for Ticket<K> {
     fn drop(&mut self) {
-        let mut locks = self.flights.locks.lock().unwrap_or_else(|e| e.into_inner());
+        let mut locks = self.locks.lock().unwrap_or_else(|e| e.into_inner());
         drop(self.guard.take());
         // Only the map still refers to the lock: nobody waits, forget it.
         if locks.get(&self.key).is_some_and(|l| Arc::strong_count(l) == 1) {

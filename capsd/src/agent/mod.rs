@@ -75,7 +75,8 @@ impl Agent {
 
     /// The document for `key`: from memory when kept and current, else derived by `driver`
     /// (one derivation per key at a time). The derivation finishes and is kept even when
-    /// the client that asked goes away.
+    /// the client that asked goes away, and holds the key until then: a request that comes
+    /// meanwhile waits for it instead of deriving a second time.
     pub async fn document(
         self: &Arc<Self>,
         key: DocKey,
@@ -85,7 +86,7 @@ impl Agent {
             self.metrics.doc_hits.fetch_add(1, Ordering::Relaxed);
             return Ok(d);
         }
-        let _ticket = self.flights.enter(&key).await;
+        let ticket = self.flights.enter(&key).await;
         if let Some(d) = self.kept(&key) {
             self.metrics.doc_hits.fetch_add(1, Ordering::Relaxed);
             return Ok(d);
@@ -93,9 +94,13 @@ impl Agent {
         self.metrics.doc_misses.fetch_add(1, Ordering::Relaxed);
         let me = self.clone();
         let driver_name = key.driver.clone();
-        tokio::task::spawn_blocking(move || me.derive(key, driver.as_ref()))
-            .await
-            .map_err(|e| DriverError::probe_failed(driver_name, format!("driver task failed: {e}")))?
+        tokio::task::spawn_blocking(move || {
+            let doc = me.derive(key, driver.as_ref());
+            drop(ticket);
+            doc
+        })
+        .await
+        .map_err(|e| DriverError::probe_failed(driver_name, format!("driver task failed: {e}")))?
     }
 
     /// Ask the driver, render both forms, keep the result.
@@ -207,4 +212,44 @@ fn host_fingerprint() -> String {
 #[cfg(not(feature = "qemu"))]
 fn host_fingerprint() -> String {
     String::new()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+
+    /// A driver that takes a while and counts its derivations.
+    struct Slow {
+        calls: AtomicUsize,
+    }
+
+    impl DomainCapsDriver for Slow {
+        fn name(&self) -> &str {
+            "slow"
+        }
+
+        fn availability(&self) -> capsd_core::Availability {
+            capsd_core::Availability::Available
+        }
+
+        fn domain_capabilities(&self, _: &Query) -> Result<capsd_core::DomainCapabilities, DriverError> {
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            std::thread::sleep(Duration::from_millis(300));
+            Ok(capsd_core::DomainCapabilities::default())
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_request_after_its_client_left_waits_for_the_running_derivation() {
+        let agent = Arc::new(Agent::new(Registry::default()));
+        let slow = Arc::new(Slow { calls: AtomicUsize::new(0) });
+        let key = DocKey { driver: "slow".into(), query: Query::default() };
+        // The first client gives up while its derivation runs.
+        let gone = tokio::time::timeout(Duration::from_millis(50), agent.document(key.clone(), slow.clone())).await;
+        assert!(gone.is_err(), "the slow derivation answered within 50 ms");
+        // The next request for the same key gets that derivation's document.
+        agent.document(key, slow.clone()).await.unwrap();
+        assert_eq!(slow.calls.load(Ordering::SeqCst), 1, "derived twice");
+    }
 }

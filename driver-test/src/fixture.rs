@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use capsd_core::{json, xml, DomainCapabilities};
+use capsd_core::{json, xml, DomainCapabilities, Query};
 
 use crate::machine;
 
@@ -58,6 +58,17 @@ impl Fixture {
     /// The file name without its extension; the tie-break key.
     pub fn stem(&self) -> &str {
         Path::new(&self.name).file_stem().and_then(|s| s.to_str()).unwrap_or(&self.name)
+    }
+
+    /// The query this document answers: its own `<path>`, `<arch>`, `<machine>` and
+    /// `<domain>`.
+    pub fn own_query(&self) -> Query {
+        Query {
+            emulator: self.caps.path.as_ref().map(Into::into),
+            arch: Some(self.caps.arch.clone()),
+            machine: self.caps.machine.clone(),
+            virt_type: Some(self.caps.domain.clone()),
+        }
     }
 
     /// `virttype/arch/machine` as used in listings (`-` for an absent machine).

@@ -12,12 +12,7 @@ fn every_builtin_fixture_is_served_byte_identically() {
     assert!(d.shadowed().is_empty());
     for (name, text) in BUILTIN {
         let f = d.fixtures().iter().find(|f| f.name == *name).unwrap();
-        let q = Query {
-            emulator: f.caps.path.as_ref().map(Into::into),
-            arch: Some(f.caps.arch.clone()),
-            machine: f.caps.machine.clone(),
-            virt_type: Some(f.caps.domain.clone()),
-        };
+        let q = f.own_query();
         assert_eq!(d.resolve(&q).unwrap().name, *name);
         assert_eq!(xml::to_xml(&d.domain_capabilities(&q).unwrap()), *text, "{name}");
     }

@@ -5,15 +5,6 @@ use capsd_core::{DomainCapsDriver, Query};
 use capsd_tests::{conformance, schema};
 use driver_test::TestDriver;
 
-fn query_of(f: &driver_test::Fixture) -> Query {
-    Query {
-        emulator: f.caps.path.as_ref().map(Into::into),
-        arch: Some(f.caps.arch.clone()),
-        machine: f.caps.machine.clone(),
-        virt_type: Some(f.caps.domain.clone()),
-    }
-}
-
 fn q(arch: Option<&str>, virt: Option<&str>, machine: Option<&str>) -> Query {
     Query {
         emulator: None,
@@ -28,7 +19,7 @@ fn builtin_set_conforms() {
     let d = TestDriver::builtin();
     assert!(d.availability().is_available(), "{:?}", d.availability());
     let mut queries = vec![Query::default()];
-    queries.extend(d.fixtures().iter().map(query_of));
+    queries.extend(d.fixtures().iter().map(driver_test::Fixture::own_query));
     queries.extend([
         q(Some("x86_64"), Some("kvm"), Some("q35")),
         q(Some("x86_64"), Some("qemu"), Some("pc")),
@@ -48,7 +39,7 @@ fn builtin_set_conforms() {
 fn upstream_test_data_conforms() {
     let dir = schema::shared_dir().join("fixtures/libvirt-upstream/domaincaps");
     let d = TestDriver::from_dir(&dir).unwrap_or_else(|e| panic!("loading {}: {e}", dir.display()));
-    let queries: Vec<Query> = d.fixtures().iter().map(query_of).collect();
+    let queries: Vec<Query> = d.fixtures().iter().map(driver_test::Fixture::own_query).collect();
     let report = conformance::assert_conforms(&d, &queries);
     eprintln!("{report}");
 }

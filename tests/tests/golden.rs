@@ -7,7 +7,7 @@
 //! - `testdata/select/*.txt`: for a list of queries, which fixture driver-test picks (or the
 //!   error it gives), for the built-in set and for libvirt's upstream test data.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use capsd_core::{json, xml, DomainCapsDriver, Query};
 use capsd_tests::schema;
@@ -22,25 +22,12 @@ fn check(rel: &str, actual: &str) {
     expect_test::expect_file![testdata().join(rel)].assert_eq(actual);
 }
 
-fn own_query(f: &driver_test::Fixture) -> Query {
-    Query {
-        emulator: f.caps.path.as_ref().map(Into::into),
-        arch: Some(f.caps.arch.clone()),
-        machine: f.caps.machine.clone(),
-        virt_type: Some(f.caps.domain.clone()),
-    }
-}
-
-fn stem(name: &str) -> &str {
-    Path::new(name).file_stem().and_then(|s| s.to_str()).unwrap()
-}
-
 #[test]
 fn builtin_fixtures_json_forms() {
     let d = TestDriver::builtin();
     for f in d.fixtures() {
-        let caps = d.domain_capabilities(&own_query(f)).unwrap();
-        check(&format!("json/{}.json", stem(&f.name)), &json::to_json(&caps));
+        let caps = d.domain_capabilities(&f.own_query()).unwrap();
+        check(&format!("json/{}.json", f.stem()), &json::to_json(&caps));
     }
 }
 
@@ -50,11 +37,11 @@ fn json_fixtures_serve_the_same_documents() {
     let from_json = TestDriver::from_dir(&testdata().join("json")).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(from_json.fixtures().len(), builtin.fixtures().len());
     for f in builtin.fixtures() {
-        let q = own_query(f);
+        let q = f.own_query();
         let want = driver_test::fixture::BUILTIN.iter().find(|(n, _)| *n == f.name).unwrap().1;
         let served = from_json.resolve(&q).unwrap();
         assert_eq!(served.form, driver_test::Form::Json);
-        assert_eq!(stem(&served.name), stem(&f.name), "query [{q}]");
+        assert_eq!(served.stem(), f.stem(), "query [{q}]");
         assert_eq!(xml::to_xml(&from_json.domain_capabilities(&q).unwrap()), want, "query [{q}]");
     }
 }

@@ -19,15 +19,6 @@ fn upstream_dir() -> PathBuf {
     schema::shared_dir().join("fixtures/libvirt-upstream/domaincaps")
 }
 
-fn own_query(f: &driver_test::Fixture) -> Query {
-    Query {
-        emulator: f.caps.path.as_ref().map(Into::into),
-        arch: Some(f.caps.arch.clone()),
-        machine: f.caps.machine.clone(),
-        virt_type: Some(f.caps.domain.clone()),
-    }
-}
-
 #[test]
 fn every_upstream_file_is_served_byte_identically() {
     let dir = upstream_dir();
@@ -47,7 +38,7 @@ fn every_upstream_file_is_served_byte_identically() {
     let mut from_dir = 0;
     for f in d.fixtures() {
         let want = std::fs::read_to_string(&f.source).unwrap();
-        let q = own_query(f);
+        let q = f.own_query();
         let got = match d.domain_capabilities(&q) {
             Ok(caps) => xml::to_xml(&caps),
             Err(e) => {

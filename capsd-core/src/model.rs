@@ -549,6 +549,22 @@ pub struct Features {
     pub launch_security: Option<EnumElement>,
 }
 
+impl Features {
+    /// `gic`, `vmcoreinfo`, `genid`, `sev` and `sgx` present and `supported='no'`, nothing
+    /// else: what libvirt's libxl and bhyve drivers state (their common formatter writes
+    /// these five even when the driver fills none of them).
+    pub fn unsupported() -> Self {
+        Features {
+            gic: Some(EnumElement::unsupported()),
+            vmcoreinfo: Some(Flag::no()),
+            genid: Some(Flag::no()),
+            sev: Some(Sev::unsupported()),
+            sgx: Some(Sgx::unsupported()),
+            ..Features::default()
+        }
+    }
+}
+
 /// `<sev>`: AMD Secure Encrypted Virtualization.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -561,6 +577,13 @@ pub struct Sev {
     pub params: Option<SevParams>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cpu0_id: Option<String>,
+}
+
+impl Sev {
+    /// `supported='no'` with no details.
+    pub fn unsupported() -> Self {
+        Sev { supported: Support::No, params: None, cpu0_id: None }
+    }
 }
 
 /// The SEV parameters. `cbitpos` and `reducedPhysBits` come together (every libvirt version
@@ -585,6 +608,13 @@ pub struct Sgx {
     pub supported: Support,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub info: Option<SgxInfo>,
+}
+
+impl Sgx {
+    /// `supported='no'` with no details.
+    pub fn unsupported() -> Self {
+        Sgx { supported: Support::No, info: None }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

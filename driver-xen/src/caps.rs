@@ -17,8 +17,7 @@
 //! | cpu modes, gic, vmcoreinfo, genid, sev, sgx, iothreads | stated unsupported, as libvirt's libxl driver does |
 
 use capsd_core::{
-    Cpu, Devices, DomainCapabilities, DriverError, EnumElement, Features, Flag, Loader, Os, Query, Sev, Sgx, Support,
-    Vcpu,
+    Cpu, Devices, DomainCapabilities, DriverError, EnumElement, Features, Flag, Loader, Os, Query, Support, Vcpu,
 };
 
 use crate::host::XenHost;
@@ -187,14 +186,6 @@ pub fn build(host: &XenHost, path: Option<String>, arch: &str, machine: XenMachi
         },
         ..Devices::default()
     };
-    let features = Features {
-        gic: Some(EnumElement::unsupported()),
-        vmcoreinfo: Some(Flag::no()),
-        genid: Some(Flag::no()),
-        sev: Some(Sev { supported: Support::No, params: None, cpu0_id: None }),
-        sgx: Some(Sgx { supported: Support::No, info: None }),
-        ..Features::default()
-    };
     DomainCapabilities {
         path,
         domain: "xen".to_owned(),
@@ -212,7 +203,7 @@ pub fn build(host: &XenHost, path: Option<String>, arch: &str, machine: XenMachi
         cpu: Some(cpu),
         memory_backing: None,
         devices: Some(devices),
-        features: Some(features),
+        features: Some(Features::unsupported()),
     }
 }
 

@@ -28,7 +28,7 @@ use std::path::{Path, PathBuf};
 
 use capsd_core::{
     Availability, Cpu, Devices, DomainCapabilities, DomainCapsDriver, DriverError, EnumElement, Features, Flag, Loader,
-    Os, Query, Sev, Sgx, Support,
+    Os, Query, Support,
 };
 
 use probe::{BhyveCaps, Host, LiveHost, ReplayHost};
@@ -176,14 +176,7 @@ pub fn build(
             hostdev: Some(EnumElement::unsupported()),
             ..Devices::default()
         }),
-        features: Some(Features {
-            gic: Some(EnumElement::unsupported()),
-            vmcoreinfo: Some(Flag::no()),
-            genid: Some(Flag::no()),
-            sev: Some(Sev { supported: Support::No, params: None, cpu0_id: None }),
-            sgx: Some(Sgx { supported: Support::No, info: None }),
-            ..Features::default()
-        }),
+        features: Some(Features::unsupported()),
     })
 }
 

@@ -64,8 +64,7 @@ impl CapsSource {
             cache_dir: ctx.cache_dir.clone(),
             ..DriverOptions::default()
         };
-        let reg = super::domcaps::registry(ctx, &opts)?;
-        let driver = reg.get(&driver_name)?;
+        let driver = super::domcaps::driver(ctx, &opts, &driver_name)?;
         let query = Query {
             emulator: self.emulatorbin.clone().or(defaults.emulator),
             arch: self.arch.clone().or(defaults.arch),

@@ -3,9 +3,10 @@
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::{Context as _, Result};
-use capsd_core::Query;
+use capsd_core::{DomainCapsDriver, Query};
 
 use crate::output::Format;
 use crate::registry::{DriverOptions, Registry};
@@ -55,7 +56,7 @@ pub fn registry(ctx: &super::Context, opts: &DriverOptions) -> Result<Registry> 
         let taken: Vec<&str> = taken.iter().map(String::as_str).collect();
         let report = capsd_plugin::load_dir(&dir, &taken);
         for plugin in report.loaded {
-            reg.add(std::sync::Arc::new(plugin));
+            reg.add(Arc::new(plugin));
         }
         for err in report.refused {
             reg.refuse(err.path().to_owned(), err.to_string());
@@ -64,17 +65,22 @@ pub fn registry(ctx: &super::Context, opts: &DriverOptions) -> Result<Registry> 
     Ok(reg)
 }
 
+/// The driver called `name`: an embedded one is built alone (driver-test, for one, parses
+/// its built-in documents when built); the whole registry, plugins too, only for other names.
+pub fn driver(ctx: &super::Context, opts: &DriverOptions, name: &str) -> Result<Arc<dyn DomainCapsDriver>> {
+    match crate::registry::embedded_driver(opts, name)? {
+        Some(d) => Ok(d),
+        None => registry(ctx, opts)?.get(name),
+    }
+}
+
 pub fn run(ctx: &super::Context, args: Args) -> Result<ExitCode> {
     let opts = DriverOptions {
         test_fixtures: args.fixtures.clone(),
         cache_dir: ctx.cache_dir.clone(),
         cpu_blockers: args.cpu_blockers,
     };
-    // The one driver asked for; the whole registry (plugins too) only for other names.
-    let driver = match crate::registry::embedded_driver(&opts, &args.driver)? {
-        Some(d) => d,
-        None => registry(ctx, &opts)?.get(&args.driver)?,
-    };
+    let driver = driver(ctx, &opts, &args.driver)?;
     let query = Query { emulator: args.emulatorbin, arch: args.arch, machine: args.machine, virt_type: args.virttype };
     let caps =
         driver.domain_capabilities(&query).with_context(|| format!("driver '{}', query {query}", args.driver))?;

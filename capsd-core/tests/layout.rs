@@ -117,3 +117,21 @@ fn supported_no_with_children_keeps_them() {
     .assert_eq(&text);
     assert_eq!(from_xml(&text).unwrap(), caps);
 }
+
+#[test]
+fn characters_xml_cannot_carry_are_dropped_so_the_output_reads_back() {
+    // Control characters and the non-characters U+FFFE/U+FFFF (which the reader refuses,
+    // raw or as references) are dropped from text and attribute values alike.
+    let caps = DomainCapabilities {
+        domain: "k\u{1}v\u{FFFF}m".into(),
+        arch: "x86\u{FFFE}_64".into(),
+        memory_backing: Some(EnumElement::new(Support::Yes).with_enum("source\u{FFFF}Type", ["fi\u{7}le\u{FFFE}"])),
+        ..DomainCapabilities::default()
+    };
+    let text = to_xml(&caps);
+    let back = from_xml(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+    assert_eq!(back.domain, "kvm");
+    assert_eq!(back.arch, "x86_64");
+    let mb = back.memory_backing.unwrap();
+    assert_eq!((mb.enums[0].name.as_str(), mb.enums[0].values.as_slice()), ("sourceType", &["file".to_owned()][..]));
+}

@@ -8,7 +8,8 @@
 //!   containers `<cpu>`, `<devices>` and `<features>` are always written open/close;
 //! - `&`, `<`, `>`, `'`, `"` escaped as entities in text and attributes; control characters
 //!   other than tab, newline and carriage return are dropped (libvirt drops them too, and
-//!   XML 1.0 cannot carry them); a carriage return, and a tab or newline inside an attribute
+//!   XML 1.0 cannot carry them), and so are the non-characters U+FFFE and U+FFFF (which the
+//!   reader refuses); a carriage return, and a tab or newline inside an attribute
 //!   value, is written as a character reference so that it reads back unchanged (libvirt
 //!   writes them raw; no libvirt document contains them).
 
@@ -31,11 +32,13 @@ struct Writer {
 }
 
 /// Append `s` escaped as libvirt does: the five XML special characters as entities, control
-/// characters XML cannot carry dropped. Beyond libvirt, a carriage return (and, in attribute
+/// characters XML cannot carry dropped (and U+FFFE/U+FFFF, which XML cannot carry either and
+/// the reader refuses). Beyond libvirt, a carriage return (and, in attribute
 /// values, a tab or newline) is written as a character reference, since an XML parser would
 /// otherwise turn it into a newline (a space) and the value would not read back the same.
 fn escape_into(out: &mut String, s: &str, attr: bool) {
-    let needs = s.bytes().any(|b| matches!(b, b'&' | b'<' | b'>' | b'\'' | b'"') || b < 0x20);
+    // 0xEF leads the UTF-8 form of U+FFFE/U+FFFF (and of other characters, checked below).
+    let needs = s.bytes().any(|b| matches!(b, b'&' | b'<' | b'>' | b'\'' | b'"' | 0xEF) || b < 0x20);
     if !needs {
         out.push_str(s);
         return;
@@ -51,6 +54,7 @@ fn escape_into(out: &mut String, s: &str, attr: bool) {
             '\n' if attr => out.push_str("&#10;"),
             '\t' if attr => out.push_str("&#9;"),
             c if c.is_ascii() && is_dropped(c as u8) => {}
+            '\u{FFFE}' | '\u{FFFF}' => {}
             c => out.push(c),
         }
     }

@@ -27,7 +27,8 @@
 //! The [`CacheKey`] is recomputed on every lookup and compared whole: the binary's identity
 //! (size, mtime, ctime, inode, device), QEMU's module directories (listing with sizes and
 //! mtimes), capsd's version and [`PROBE_FORMAT_VERSION`], the kernel release and build, the
-//! first CPU's signature, microcode and flags, `/dev/kvm` presence and usability, KVM's
+//! first CPU's signature, microcode and flags, `/dev/kvm` presence, usability and access
+//! (mode, owner, group: a probe run as another user sees KVM through them), KVM's
 //! `nested` parameters, the firmware descriptor directories (listing with sizes and mtimes)
 //! and the presence/identity of a few other host files the document depends on (swtpm,
 //! `/dev/sev`, ...). Computing it reads no large file: about 100 µs.
@@ -224,7 +225,13 @@ pub struct HostKey {
     /// `microcode` and `flags` lines.
     pub cpu: Vec<String>,
     pub kvm_present: bool,
+    /// Whether this process can open `/dev/kvm` read-write.
     pub kvm_usable: bool,
+    /// `/dev/kvm`'s permission bits, owner and group, `None` when absent. As root every
+    /// open succeeds, but a probe run as another user (`CAPSD_PROBE_USER`) gets KVM or not
+    /// by these: a `chmod`/`chown` must re-probe.
+    #[serde(default)]
+    pub kvm_access: Option<(u32, u32, u32)>,
     /// Per `nested` parameter file: its content, `None` when absent.
     pub nested: Vec<(String, Option<String>)>,
     /// Per other file: its stamp, `None` when absent.
@@ -245,8 +252,10 @@ impl HostKey {
         let dirs = |ds: &[PathBuf]| ds.iter().map(|d| (d.display().to_string(), dir_listing(d))).collect();
         let kernel =
             sources.kernel_files.iter().map(|f| fs::read_to_string(f).unwrap_or_default().trim().to_owned()).collect();
-        let kvm_present = sources.kvm_device.exists();
+        let kvm_meta = fs::metadata(&sources.kvm_device).ok();
+        let kvm_present = kvm_meta.is_some();
         let kvm_usable = kvm_present && OpenOptions::new().read(true).write(true).open(&sources.kvm_device).is_ok();
+        let kvm_access = kvm_meta.map(|m| (m.mode() & 0o7777, m.uid(), m.gid()));
         HostKey {
             app_version: app_version.to_owned(),
             app_binary: sources
@@ -261,6 +270,7 @@ impl HostKey {
             cpu: cpu_signature(&sources.cpuinfo),
             kvm_present,
             kvm_usable,
+            kvm_access,
             nested: sources
                 .nested_params
                 .iter()
@@ -893,7 +903,7 @@ fn key_difference(stored: &CacheKey, now: &CacheKey) -> Option<String> {
         ("the firmware descriptors", a.firmware_dirs == b.firmware_dirs),
         ("the kernel", a.kernel == b.kernel),
         ("the CPU or its microcode", a.cpu == b.cpu),
-        ("/dev/kvm", a.kvm_present == b.kvm_present && a.kvm_usable == b.kvm_usable),
+        ("/dev/kvm", a.kvm_present == b.kvm_present && a.kvm_usable == b.kvm_usable && a.kvm_access == b.kvm_access),
         ("KVM's nested setting", a.nested == b.nested),
         ("a host file (swtpm, /dev/sev, ...)", a.other_files == b.other_files),
         ("the key", stored == now),

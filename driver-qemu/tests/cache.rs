@@ -207,6 +207,13 @@ fn kvm_going_away_invalidates() {
 }
 
 #[test]
+fn kvm_permissions_changing_invalidates() {
+    // Root opens /dev/kvm whatever its mode; a probe run as another user does not.
+    use std::os::unix::fs::PermissionsExt;
+    assert_invalidated_by(|w| fs::set_permissions(w.root.join("sys/kvm"), fs::Permissions::from_mode(0o600)).unwrap());
+}
+
+#[test]
 fn changing_kvm_nested_invalidates() {
     assert_invalidated_by(|w| fs::write(w.root.join("sys/nested"), "N\n").unwrap());
 }

@@ -375,3 +375,27 @@ fn element_count_is_bounded() {
     let fine = edit("<value>virtio</value>", &"<value>x</value>".repeat(10_000));
     assert_eq!(from_xml(&fine).unwrap().devices.unwrap().disk.unwrap().enums[0].values.len(), 10_000);
 }
+
+#[test]
+fn json_documents_the_xml_reader_would_refuse_are_refused_naming_the_value() {
+    use capsd_core::json::from_json;
+    // Two enums of one name, and blockers naming another model: the types allow both, but
+    // written as XML they would not read back.
+    let dup = r#"{"domain":"kvm","arch":"x86_64","devices":{"disk":{"supported":"yes",
+        "enums":[{"name":"bus","values":[]},{"name":"bus","values":["sata"]}]}}}"#;
+    let e = from_json(dup).unwrap_err();
+    assert_eq!(e.to_string(), r#"devices.disk: duplicate enum "bus""#);
+    let dup = r#"{"domain":"kvm","arch":"x86_64","features":{"hyperv":{"supported":"yes",
+        "enums":[{"name":"features","values":[]},{"name":"features","values":[]}]}}}"#;
+    assert_eq!(from_json(dup).unwrap_err().to_string(), r#"features.hyperv: duplicate enum "features""#);
+    let blockers = r#"{"domain":"kvm","arch":"x86_64","cpu":{"custom":{"supported":"yes","models":[
+        {"name":"Haswell","usable":"no","blockers":{"model":"Skylake","features":["hle"]}}]}}}"#;
+    assert_eq!(
+        from_json(blockers).unwrap_err().to_string(),
+        r#"cpu.custom.models: the blockers of model "Haswell" name model "Skylake""#
+    );
+    // The same documents made consistent read, and their XML reads back.
+    let ok = blockers.replace("Skylake", "Haswell");
+    let caps = from_json(&ok).unwrap();
+    assert_eq!(from_xml(&to_xml(&caps)).unwrap(), caps);
+}

@@ -16,12 +16,11 @@
 //! a valid, unused driver name. Every refusal is a [`PluginError`] naming the file; the
 //! caller gets them all in [`LoadReport::refused`] (and each is logged with `tracing::warn!`).
 //!
-//! A loaded plugin keeps its [`Library`] alive (behind an `Arc`) as long as the driver lives.
+//! A loaded plugin keeps its [`Library`] loaded as long as the driver lives.
 
 use std::ffi::CStr;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use capsd_core::{Availability, DomainCapabilities, DomainCapsDriver, DriverError, Query};
 use libloading::Library;
@@ -279,7 +278,7 @@ pub struct PluginDriver {
     path: PathBuf,
     vtable: CapsdPluginV1,
     /// Declared last so the library is unloaded after everything else is dropped.
-    _lib: Arc<Library>,
+    _lib: Library,
 }
 
 // SAFETY: the plugin ABI (rule 8 in `abi`) requires every function of the table to be callable
@@ -350,7 +349,7 @@ impl PluginDriver {
         let raw = unsafe { CStr::from_ptr(vtable.name) };
         let name =
             validate_name(raw.to_bytes()).map_err(|reason| PluginError::BadName { path: path.to_owned(), reason })?;
-        Ok(PluginDriver { name, path: path.to_owned(), vtable, _lib: Arc::new(lib) })
+        Ok(PluginDriver { name, path: path.to_owned(), vtable, _lib: lib })
     }
 
     /// The library file the plugin was loaded from.

@@ -14,7 +14,7 @@
 //! when probing the hypervisor failed, 500 for other failures.
 
 use std::net::SocketAddr;
-use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
@@ -255,10 +255,22 @@ pub struct SocketOptions {
     pub group: Option<String>,
 }
 
-/// Bind the Unix socket: refuse to replace a live socket or a non-socket file, remove a
-/// stale one, create it with no access for others, then set group and mode.
+/// Bind the Unix socket: create its directory when missing (0755, as systemd's
+/// `RuntimeDirectory=` would: the default `/run/capsd` does not exist outside the unit),
+/// refuse to replace a live socket or a non-socket file, remove a stale one, create it with
+/// no access for others, then set group and mode.
 pub fn bind_unix(opts: &SocketOptions) -> Result<tokio::net::UnixListener> {
     let path = &opts.path;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty() && !d.exists()) {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(dir)
+            .with_context(|| format!("cannot create the socket's directory {}", dir.display()))?;
+        // Whatever the umask: clients must be able to reach the socket.
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))
+            .with_context(|| format!("cannot set mode 755 on {}", dir.display()))?;
+    }
     if let Ok(m) = std::fs::symlink_metadata(path) {
         if !m.file_type().is_socket() {
             bail!("{} exists and is not a socket; refusing to replace it", path.display());
@@ -358,6 +370,18 @@ mod tests {
             assert!(e.body["message"].as_str().unwrap().contains(why), "{bad:?}: {}", e.body);
             assert_eq!(e.body["parameter"], bad.last().unwrap().0, "{}", e.body);
         }
+    }
+
+    #[tokio::test]
+    async fn the_socket_directory_is_created_when_missing() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("run/capsd/capsd.sock");
+        let l = bind_unix(&SocketOptions { path: path.clone(), mode: 0o660, group: None }).unwrap();
+        let meta = |p: &Path| std::fs::symlink_metadata(p).unwrap();
+        assert!(meta(&path).file_type().is_socket());
+        assert_eq!(meta(&path).permissions().mode() & 0o777, 0o660);
+        assert_eq!(meta(path.parent().unwrap()).permissions().mode() & 0o777, 0o755);
+        drop(l);
     }
 
     #[test]

@@ -27,7 +27,10 @@ pub struct Args {
     /// Group that owns the socket (name or number); default: the process's group.
     #[arg(long, value_name = "GROUP")]
     socket_group: Option<String>,
-    /// How often to re-check the host inputs behind in-memory answers, in milliseconds.
+    /// How often to re-check the host inputs behind in-memory answers (QEMU modules,
+    /// firmware descriptors, kernel, CPU microcode, /dev/kvm, the emulator binaries), in
+    /// milliseconds; an answer can lag a host change by this much. 0: never re-check (kept
+    /// answers then last until restart).
     #[arg(long, value_name = "MS", default_value_t = 1000)]
     recheck_ms: u64,
     /// Worker threads (default: one per CPU).

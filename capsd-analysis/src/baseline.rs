@@ -8,8 +8,9 @@
 //!   first input's order; elements that end up `supported='no'` carry no enums;
 //! - `<vcpu max>`: the smallest; loader `<value>`s: those every input lists;
 //! - custom CPU models: those every input lists; `usable='yes'` only if usable on all, `no`
-//!   if unusable on any (blockers: the union), else `unknown`; `deprecated` if deprecated
-//!   anywhere;
+//!   if unusable on any, else `unknown`; blockers: the features every input lists as
+//!   blocking the model (a blocker says "this host lacks the feature", so one host's
+//!   blocker is no statement about the others); `deprecated` if deprecated anywhere;
 //! - host-model CPU: `supported` combined; the model only when identical everywhere, and
 //!   then vendor and maxphysaddr when identical everywhere and the features stated
 //!   identically everywhere (the schema allows those only after a model);
@@ -213,15 +214,12 @@ fn custom(cs: &[&CustomModels]) -> CustomModels {
                 };
                 let canonical = m.canonical.clone().filter(|c| same.iter().all(|o| o.canonical.as_ref() == Some(c)));
                 let blockers = if usable == Usable::No {
-                    let mut feats: Vec<String> = Vec::new();
-                    for o in &same {
-                        for f in o.blockers.iter().flat_map(|b| b.features.iter()) {
-                            if !feats.contains(f) {
-                                feats.push(f.clone());
-                            }
-                        }
-                    }
+                    let lists: Vec<&[String]> =
+                        same.iter().map(|o| o.blockers.as_ref().map_or(&[][..], |b| b.features.as_slice())).collect();
+                    let mut feats: Vec<String> =
+                        lists[0].iter().filter(|f| lists.iter().all(|l| l.contains(f))).cloned().collect();
                     feats.sort();
+                    feats.dedup();
                     (!feats.is_empty()).then(|| Blockers { model: m.name.clone(), features: feats })
                 } else {
                     None

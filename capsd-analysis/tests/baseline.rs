@@ -180,6 +180,31 @@ fn custom_model_vendor_is_stated_only_when_every_document_states_it() {
     assert_eq!(vendor(&[old.clone(), old]), None);
 }
 
+#[test]
+fn a_blocker_of_one_host_is_no_statement_about_the_others() {
+    // Upstream QEMU 7.2 lacks spec-ctrl (it blocks Broadwell-IBRS there); the AMD SEV host's
+    // host-model CPU requires it, so that host has it.
+    let set = docs(&[X86_KVM[0], X86_KVM[2]]);
+    let blocked = |d: &DomainCapabilities, model: &str| -> Vec<String> {
+        let m = d.cpu.as_ref().and_then(|c| c.custom.as_ref()).and_then(|c| c.models.iter().find(|m| m.name == model));
+        m.and_then(|m| m.blockers.as_ref()).map(|b| b.features.clone()).unwrap_or_default()
+    };
+    assert!(blocked(&set[0], "Broadwell-IBRS").contains(&"spec-ctrl".to_owned()));
+    let b = baseline(&set).unwrap();
+    assert!(!blocked(&b, "Broadwell-IBRS").contains(&"spec-ctrl".to_owned()), "only one host lacks it");
+    // So a domain forbidding spec-ctrl is not supported by the baseline: one host has it.
+    let d = Domain::parse(
+        "<domain type='kvm'><cpu mode='host-passthrough'><feature policy='forbid' name='spec-ctrl'/></cpu></domain>",
+    )
+    .unwrap();
+    let verdict = |caps: &DomainCapabilities| check(&d, caps).unwrap().findings.last().unwrap().verdict;
+    assert_eq!(verdict(&set[1]), Verdict::Unsupported);
+    assert_ne!(verdict(&b), Verdict::Supported);
+    // A feature every host lists as blocking the model stays.
+    let same = baseline(&[set[0].clone(), set[0].clone()]).unwrap();
+    assert_eq!(blocked(&same, "Broadwell-IBRS"), blocked(&set[0], "Broadwell-IBRS"));
+}
+
 // ----- the property -----
 
 struct Pools {
@@ -332,6 +357,11 @@ fn part(p: &Pools, (k, a, b): (usize, usize, usize)) -> Part {
                 for f in cpu.host_model.iter().flat_map(|h| h.features.iter()) {
                     if !feats.contains(&f.name) {
                         feats.push(f.name.clone());
+                    }
+                }
+                for f in cpu.custom.iter().flat_map(|c| &c.models).flat_map(|m| &m.blockers).flat_map(|b| &b.features) {
+                    if !feats.contains(f) {
+                        feats.push(f.clone());
                     }
                 }
             }

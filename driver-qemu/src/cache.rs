@@ -29,9 +29,12 @@
 //! mtimes), capsd's version and [`PROBE_FORMAT_VERSION`], the kernel release and build, the
 //! first CPU's signature, microcode and flags, `/dev/kvm` presence, usability and access
 //! (mode, owner, group: a probe run as another user sees KVM through them), KVM's
-//! `nested` parameters, the firmware descriptor directories (listing with sizes and mtimes)
-//! and the presence/identity of a few other host files the document depends on (swtpm,
-//! `/dev/sev`, ...). Computing it reads no large file: about 100 µs.
+//! `nested` parameters and VFIO's no-IOMMU mode (read, as they change at run time), the
+//! firmware descriptor directories (listing with sizes and mtimes), and the
+//! presence/identity of a few other host files the document depends on (swtpm, `/dev/sev`,
+//! libvirt's default loader images, ...). Computing it reads no large file: about 100 µs.
+//! Not covered: the firmware images a descriptor names (only the descriptors are stamped;
+//! an image deleted or installed alone leaves the entry in place).
 //!
 //! # Damage
 //! A file that does not parse, whose checksums disagree, or whose version differs is logged
@@ -92,7 +95,8 @@ pub struct KeySources {
     pub kernel_files: Vec<PathBuf>,
     /// `/dev/kvm`.
     pub kvm_device: PathBuf,
-    /// KVM's `nested` module parameters.
+    /// Module parameters whose content decides part of the document and can change without
+    /// a module reload: KVM's `nested`, VFIO's `enable_unsafe_noiommu_mode`.
     pub nested_params: Vec<PathBuf>,
     /// Other files whose presence or identity decides part of the document.
     pub other_files: Vec<PathBuf>,
@@ -132,6 +136,8 @@ impl KeySources {
             nested_params: vec![
                 PathBuf::from("/sys/module/kvm_intel/parameters/nested"),
                 PathBuf::from("/sys/module/kvm_amd/parameters/nested"),
+                // Writable at run time; with it VFIO passthrough is offered without an IOMMU.
+                PathBuf::from("/sys/module/vfio/parameters/enable_unsafe_noiommu_mode"),
             ],
             other_files: [
                 "/usr/bin/swtpm",
@@ -142,9 +148,12 @@ impl KeySources {
                 "/dev/sgx_provision",
                 "/sys/firmware/uv/prot_virt_host",
                 "/sys/module/kvm_amd/parameters/sev",
+                "/sys/module/kvm/parameters/prot_virt",
             ]
             .iter()
             .map(PathBuf::from)
+            // Listed as `<loader>` values when no firmware descriptor applies.
+            .chain(crate::host::DEFAULT_LOADERS.iter().map(PathBuf::from))
             // libvirt's cpu_map (host-model decoding, CPU model vendors): a libvirt upgrade
             // replaces its index.xml.
             .chain(std::iter::once(crate::cpu::host::cpu_map_dir().join("index.xml")))
@@ -232,7 +241,7 @@ pub struct HostKey {
     /// by these: a `chmod`/`chown` must re-probe.
     #[serde(default)]
     pub kvm_access: Option<(u32, u32, u32)>,
-    /// Per `nested` parameter file: its content, `None` when absent.
+    /// Per parameter file of [`KeySources::nested_params`]: its content, `None` when absent.
     pub nested: Vec<(String, Option<String>)>,
     /// Per other file: its stamp, `None` when absent.
     pub other_files: Vec<(String, Option<FileStamp>)>,
@@ -904,7 +913,7 @@ fn key_difference(stored: &CacheKey, now: &CacheKey) -> Option<String> {
         ("the kernel", a.kernel == b.kernel),
         ("the CPU or its microcode", a.cpu == b.cpu),
         ("/dev/kvm", a.kvm_present == b.kvm_present && a.kvm_usable == b.kvm_usable && a.kvm_access == b.kvm_access),
-        ("KVM's nested setting", a.nested == b.nested),
+        ("a module parameter (KVM nested, VFIO no-IOMMU)", a.nested == b.nested),
         ("a host file (swtpm, /dev/sev, ...)", a.other_files == b.other_files),
         ("the key", stored == now),
     ];
@@ -949,6 +958,18 @@ pub fn checksum(data: &[u8]) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_host_key_covers_what_host_facts_read_and_derivation_uses() {
+        let s = KeySources::host();
+        for loader in crate::host::DEFAULT_LOADERS {
+            assert!(s.other_files.contains(&PathBuf::from(loader)), "{loader}");
+        }
+        for f in ["/sys/module/kvm/parameters/prot_virt", "/sys/firmware/uv/prot_virt_host", "/dev/vfio/vfio"] {
+            assert!(s.other_files.contains(&PathBuf::from(f)), "{f}");
+        }
+        assert!(s.nested_params.contains(&PathBuf::from("/sys/module/vfio/parameters/enable_unsafe_noiommu_mode")));
+    }
 
     #[test]
     fn checksum_changes_with_any_byte_and_length() {

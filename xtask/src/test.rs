@@ -75,7 +75,7 @@ impl Totals {
 
 /// `cargo test ...`, its output passed through and its result lines counted.
 fn cargo_test(root: &Path, args: &[&str], totals: &mut Totals) -> Result<()> {
-    use std::io::{BufRead, BufReader, Write};
+    use std::io::BufReader;
     println!("xtask test: cargo {}", args.join(" "));
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
     let mut child = Command::new(cargo)
@@ -85,18 +85,28 @@ fn cargo_test(root: &Path, args: &[&str], totals: &mut Totals) -> Result<()> {
         .spawn()
         .context("running cargo")?;
     let stdout = child.stdout.take().context("cargo's stdout")?;
-    let mut out = std::io::stdout().lock();
-    for line in BufReader::new(stdout).lines() {
-        let line = line.context("reading cargo's output")?;
-        totals.add_line(&line);
-        writeln!(out, "{line}")?;
-    }
-    drop(out);
+    let passed = pass_through(BufReader::new(stdout), &mut std::io::stdout().lock(), totals);
+    // Reaped whatever happened to its output.
     let status = child.wait().context("waiting for cargo")?;
+    passed?;
     if !status.success() {
         bail!("cargo {} failed ({status})", args.join(" "));
     }
     Ok(())
+}
+
+/// Copy `input` to `out` line by line, counting result lines. Bytes, not text: a test may
+/// print something that is not UTF-8, which must neither stop the copy nor the counting.
+fn pass_through(mut input: impl std::io::BufRead, out: &mut impl std::io::Write, totals: &mut Totals) -> Result<()> {
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        if input.read_until(b'\n', &mut line).context("reading cargo's output")? == 0 {
+            return Ok(());
+        }
+        totals.add_line(&String::from_utf8_lossy(&line));
+        out.write_all(&line).context("writing cargo's output")?;
+    }
 }
 
 /// The repository root (xtask lives one level below it).
@@ -166,5 +176,15 @@ mod tests {
         t.add_line("test result: FAILED. 3 passed; 1 failed; 0 ignored; 0 measured; 0 filtered out");
         t.add_line("running 4 tests");
         assert_eq!((t.passed, t.failed, t.ignored), (11, 1, 2));
+    }
+
+    #[test]
+    fn output_that_is_not_utf8_is_copied_and_counted() {
+        let input: &[u8] = b"garbage \xff\xfe from a test\ntest result: ok. 2 passed; 0 failed; 1 ignored\nlast";
+        let mut out = Vec::new();
+        let mut t = Totals::default();
+        super::pass_through(input, &mut out, &mut t).unwrap();
+        assert_eq!(out, input);
+        assert_eq!((t.passed, t.failed, t.ignored), (2, 0, 1));
     }
 }

@@ -3,8 +3,11 @@
 //! flattening of capabilities documents into facts ([`crate::diff`](mod@crate::diff)).
 //!
 //! Strict means: DTDs and entity declarations are refused, only the five predefined entities
-//! and character references are expanded, input size and nesting depth are bounded, and every
-//! error names the line and the element path where it happened.
+//! and character references are expanded, input size, nesting depth, element count and the
+//! total length of the element paths are bounded (so neither time nor memory grows faster
+//! than the input), and every error names the line and the element path where it happened.
+
+use std::collections::HashMap;
 
 use quick_xml::events::{BytesStart, Event};
 use quick_xml::Reader;
@@ -13,6 +16,12 @@ use quick_xml::Reader;
 pub const MAX_INPUT_BYTES: usize = 4 * 1024 * 1024;
 /// Deepest element nesting accepted.
 pub const MAX_DEPTH: usize = 64;
+/// Most elements accepted in one document (libvirt domain definitions have hundreds).
+pub const MAX_ELEMENTS: usize = 100_000;
+/// Most bytes of element paths (each element's path repeats its ancestors' names) built for
+/// one document: without it, long names nested deep above many children would make a small
+/// input take gigabytes.
+pub const MAX_PATH_BYTES: usize = 32 * 1024 * 1024;
 
 /// Why an XML document could not be read: the line, the element path and what was wrong.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -62,7 +71,7 @@ impl Element {
 struct Open {
     el: Element,
     /// Per child name: how many children of that name so far.
-    counts: Vec<(String, usize)>,
+    counts: HashMap<String, usize>,
 }
 
 /// Parse a whole document into its root element.
@@ -82,6 +91,21 @@ pub fn parse(input: &str) -> Result<Element, XmlError> {
     reader.config_mut().check_end_names = true;
     let mut stack: Vec<Open> = Vec::new();
     let mut root: Option<Element> = None;
+    let mut elements = 0usize;
+    let mut path_bytes = 0usize;
+    // Count one more element and its path against the limits.
+    let budget = |el: &Element, elements: &mut usize, path_bytes: &mut usize| -> Result<(), XmlError> {
+        *elements += 1;
+        *path_bytes += el.path.len();
+        let message = if *elements > MAX_ELEMENTS {
+            format!("more than {MAX_ELEMENTS} elements in one document")
+        } else if *path_bytes > MAX_PATH_BYTES {
+            format!("element paths longer than {} MiB in all (long names nested deep)", MAX_PATH_BYTES / (1024 * 1024))
+        } else {
+            return Ok(());
+        };
+        Err(XmlError { line: el.line, path: el.path.clone(), message })
+    };
     // Line counting: bytes consumed so far and newlines seen in them.
     let mut counted_to = 0usize;
     let mut line = 1usize;
@@ -123,6 +147,7 @@ pub fn parse(input: &str) -> Result<Element, XmlError> {
             }
             Event::Start(s) => {
                 let el = open(&s, &mut stack, here)?;
+                budget(&el, &mut elements, &mut path_bytes)?;
                 if stack.len() >= MAX_DEPTH {
                     return Err(XmlError {
                         line: here,
@@ -130,10 +155,11 @@ pub fn parse(input: &str) -> Result<Element, XmlError> {
                         message: format!("elements nested deeper than {MAX_DEPTH} levels"),
                     });
                 }
-                stack.push(Open { el, counts: Vec::new() });
+                stack.push(Open { el, counts: HashMap::new() });
             }
             Event::Empty(s) => {
                 let el = open(&s, &mut stack, here)?;
+                budget(&el, &mut elements, &mut path_bytes)?;
                 close(el, &mut stack, &mut root);
             }
             Event::End(_) => {
@@ -188,13 +214,13 @@ fn open(s: &BytesStart<'_>, stack: &mut [Open], line: usize) -> Result<Element, 
     let path = match stack.last_mut() {
         None => format!("/{name}"),
         Some(parent) => {
-            let n = match parent.counts.iter_mut().find(|(k, _)| *k == name) {
-                Some((_, n)) => {
+            let n = match parent.counts.get_mut(&name) {
+                Some(n) => {
                     *n += 1;
                     *n
                 }
                 None => {
-                    parent.counts.push((name.clone(), 1));
+                    parent.counts.insert(name.clone(), 1);
                     1
                 }
             };
@@ -234,21 +260,16 @@ fn close(el: Element, stack: &mut [Open], root: &mut Option<Element>) {
 
 /// Drop the `[1]` index of children that are the only one of their name, recursively.
 fn fix_paths(el: &mut Element) {
-    let names: Vec<String> = el.children.iter().map(|c| c.name.clone()).collect();
+    let mut totals: HashMap<String, usize> = HashMap::new();
+    for c in &el.children {
+        *totals.entry(c.name.clone()).or_default() += 1;
+    }
     let base = el.path.clone();
-    let mut seen: Vec<(String, usize)> = Vec::new();
+    let mut seen: HashMap<String, usize> = HashMap::new();
     for c in &mut el.children {
-        let total = names.iter().filter(|n| **n == c.name).count();
-        let idx = match seen.iter_mut().find(|(k, _)| *k == c.name) {
-            Some((_, n)) => {
-                *n += 1;
-                *n
-            }
-            None => {
-                seen.push((c.name.clone(), 1));
-                1
-            }
-        };
+        let total = totals.get(&c.name).copied().unwrap_or(1);
+        let idx = seen.entry(c.name.clone()).or_default();
+        *idx += 1;
         c.path = if total > 1 { format!("{base}/{}[{idx}]", c.name) } else { format!("{base}/{}", c.name) };
         fix_paths(c);
     }
@@ -292,6 +313,31 @@ mod tests {
         assert!(parse(&deep).unwrap_err().message.contains("nested"));
         let big = format!("<a>{}</a>", " ".repeat(MAX_INPUT_BYTES));
         assert!(parse(&big).unwrap_err().message.contains("limit"));
+    }
+
+    #[test]
+    fn element_count_and_path_lengths_are_bounded() {
+        // Many siblings of one name: read in linear time, each with its index.
+        let n = 20_000;
+        let t = parse(&format!("<d>{}</d>", "<b/>".repeat(n))).unwrap();
+        assert_eq!(t.children.len(), n);
+        assert_eq!(t.children[n - 1].path, format!("/d/b[{n}]"));
+        // More elements than any domain definition: refused, naming where.
+        let e = parse(&format!("<d>{}</d>", "<b/>".repeat(MAX_ELEMENTS))).unwrap_err();
+        assert!(e.message.contains("more than 100000 elements"), "{e}");
+        assert_eq!(e.path, format!("/d/b[{MAX_ELEMENTS}]"));
+        // Long names nested deep above many children: every child's path would repeat the
+        // 480 KiB of names above it (a 1 MiB input needing over 20 GiB of paths).
+        let name = "n".repeat(8192);
+        let doc = format!(
+            "<d>{}{}{}</d>",
+            format!("<{name}>").repeat(60),
+            "<b/>".repeat(50_000),
+            format!("</{name}>").repeat(60)
+        );
+        assert!(doc.len() < MAX_INPUT_BYTES);
+        let e = parse(&doc).unwrap_err();
+        assert!(e.message.contains("element paths longer than 32 MiB"), "{e}");
     }
 
     #[test]

@@ -122,8 +122,17 @@ async fn metrics_text(State(agent): State<Arc<Agent>>) -> impl IntoResponse {
     ([(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"))], agent.metrics.render())
 }
 
-async fn drivers(State(agent): State<Arc<Agent>>) -> Response {
-    let reg = &agent.registry;
+async fn drivers(State(agent): State<Arc<Agent>>) -> Result<Response, ApiError> {
+    // `availability()` looks at the host (PATH directories, device nodes) and a plugin's runs
+    // foreign code: off the async workers, like a derivation.
+    let body = tokio::task::spawn_blocking(move || drivers_json(&agent.registry)).await.map_err(|e| {
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("driver listing failed: {e}"))
+    })?;
+    Ok(([(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], body).into_response())
+}
+
+/// The `/v1/drivers` body.
+fn drivers_json(reg: &crate::registry::Registry) -> String {
     let mut v: Vec<serde_json::Value> = reg
         .all()
         .iter()
@@ -134,8 +143,7 @@ async fn drivers(State(agent): State<Arc<Agent>>) -> Response {
             v.push(json!({"name": n, "built_in": false}));
         }
     }
-    let body = serde_json::to_string_pretty(&v).unwrap_or_default() + "\n";
-    ([(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], body).into_response()
+    serde_json::to_string_pretty(&v).unwrap_or_default() + "\n"
 }
 
 /// Whether the client asked for JSON (`Accept` naming `application/json` before any XML type).
@@ -382,6 +390,50 @@ mod tests {
         assert_eq!(meta(&path).permissions().mode() & 0o777, 0o660);
         assert_eq!(meta(path.parent().unwrap()).permissions().mode() & 0o777, 0o755);
         drop(l);
+    }
+
+    /// A driver whose availability check takes a while.
+    struct SlowToCheck;
+
+    impl capsd_core::DomainCapsDriver for SlowToCheck {
+        fn name(&self) -> &str {
+            "slow-check"
+        }
+
+        fn availability(&self) -> capsd_core::Availability {
+            std::thread::sleep(std::time::Duration::from_millis(400));
+            capsd_core::Availability::Available
+        }
+
+        fn domain_capabilities(&self, _: &Query) -> Result<capsd_core::DomainCapabilities, DriverError> {
+            Err(DriverError::not_supported("slow-check", "anything"))
+        }
+    }
+
+    async fn get(socket: PathBuf, target: &'static str) -> (Instant, String) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::UnixStream::connect(socket).await.unwrap();
+        let req = format!("GET {target} HTTP/1.1\r\nHost: capsd\r\nConnection: close\r\n\r\n");
+        s.write_all(req.as_bytes()).await.unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.unwrap();
+        (Instant::now(), out)
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn listing_drivers_does_not_hold_up_other_requests() {
+        let tmp = tempfile::tempdir().unwrap();
+        let socket = tmp.path().join("capsd.sock");
+        let mut reg = crate::registry::Registry::default();
+        reg.add(Arc::new(SlowToCheck));
+        let listener = bind_unix(&SocketOptions { path: socket.clone(), mode: 0o600, group: None }).unwrap();
+        tokio::spawn(async move { axum::serve(listener, router(Arc::new(Agent::new(reg)))).await });
+        let slow = tokio::spawn(get(socket.clone(), "/v1/drivers"));
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        let (healthy_at, health) = get(socket, "/healthz").await;
+        let (listed_at, listing) = slow.await.unwrap();
+        assert!(health.ends_with("ok\n") && listing.contains("slow-check"), "{health}\n{listing}");
+        assert!(healthy_at < listed_at, "/healthz waited for the driver listing (one async worker)");
     }
 
     #[test]

@@ -39,7 +39,8 @@
 //! # Damage
 //! A file that does not parse, whose checksums disagree, or whose version differs is logged
 //! (`tracing::warn!`) and re-probed; a lookup never returns data it could not verify.
-//! Files are written atomically (temporary file, `fsync`, `rename`, `fsync` of the directory).
+//! Files are written atomically (temporary file, `fsync`, `rename`, `fsync` of the directory);
+//! the temporary file of a writer killed midway is removed by a later store.
 //!
 //! # Single flight
 //! Concurrent lookups of one binary in this process probe once (a per-binary lock; the
@@ -699,10 +700,44 @@ impl ProbeCache {
 
     fn store(&self, file: &Path, key: &CacheKey, data: &ProbeData) -> io::Result<()> {
         fs::create_dir_all(&self.inner.dir)?;
+        remove_abandoned_temporaries(&self.inner.dir);
         let bytes = encode(key, data)?;
         write_atomic(file, &bytes)
     }
 }
+
+/// A temporary file this old was left by a writer that died between creating and renaming
+/// it (a write takes milliseconds).
+const ABANDONED_AFTER: Duration = Duration::from_secs(600);
+
+/// Remove the temporary files of [`write_atomic`] that a killed process left in `dir`;
+/// young ones may be another writer's, in progress, and stay. Runs only when storing (after
+/// a probe), so it costs nothing on a lookup.
+fn remove_abandoned_temporaries(dir: &Path) {
+    let Ok(rd) = fs::read_dir(dir) else { return };
+    for e in rd.filter_map(Result::ok) {
+        let name = e.file_name();
+        let name = name.to_string_lossy();
+        if !(name.starts_with(TMP_PREFIX) && name.ends_with(TMP_SUFFIX)) {
+            continue;
+        }
+        let old = e
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age > ABANDONED_AFTER);
+        if old {
+            match fs::remove_file(e.path()) {
+                Ok(()) => tracing::info!(file = %e.path().display(), "removed an abandoned temporary cache file"),
+                Err(err) => tracing::debug!(file = %e.path().display(), error = %err, "cannot remove"),
+            }
+        }
+    }
+}
+
+const TMP_PREFIX: &str = ".tmp-";
+const TMP_SUFFIX: &str = ".probe";
 
 #[derive(Debug, Serialize, Deserialize)]
 struct Header {
@@ -924,7 +959,7 @@ fn key_difference(stored: &CacheKey, now: &CacheKey) -> Option<String> {
 /// `rename` over `path`, `fsync` of the directory.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let dir = path.parent().ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no directory"))?;
-    let mut tmp = tempfile::Builder::new().prefix(".tmp-").suffix(".probe").tempfile_in(dir)?;
+    let mut tmp = tempfile::Builder::new().prefix(TMP_PREFIX).suffix(TMP_SUFFIX).tempfile_in(dir)?;
     tmp.write_all(bytes)?;
     tmp.as_file().sync_all()?;
     // Readable by the group/others like any cache file (the tempfile default is 0600).

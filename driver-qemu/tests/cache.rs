@@ -434,6 +434,25 @@ fn a_missing_binary_is_invalid_input() {
 }
 
 #[test]
+fn temporary_files_a_killed_writer_left_are_removed_when_storing() {
+    let w = World::new();
+    fs::create_dir_all(&w.cache_dir).unwrap();
+    let abandoned = w.cache_dir.join(".tmp-Ab12cD.probe");
+    let in_progress = w.cache_dir.join(".tmp-Ef34gH.probe");
+    let unrelated = w.cache_dir.join("notes.txt");
+    for f in [&abandoned, &in_progress, &unrelated] {
+        fs::write(f, b"partial").unwrap();
+    }
+    set_mtime(&abandoned, 3600);
+    set_mtime(&unrelated, 3600);
+    let n = AtomicUsize::new(0);
+    get(&w.cache(), &w, &n, "a");
+    assert!(!abandoned.exists(), "an hour-old temporary file is left");
+    assert!(in_progress.exists(), "a young temporary file (another writer's) was removed");
+    assert!(unrelated.exists(), "a file that is not ours was removed");
+}
+
+#[test]
 fn writes_leave_no_temporary_files_and_unwritable_dirs_still_answer() {
     let w = World::new();
     let n = AtomicUsize::new(0);

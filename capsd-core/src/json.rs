@@ -82,10 +82,9 @@ fn check(caps: &DomainCapabilities) -> Result<(), String> {
         }
     }
     for (at, enums) in lists {
-        for (i, e) in enums.iter().enumerate() {
-            if enums[..i].iter().any(|o| o.name == e.name) {
-                return Err(format!("{at}: duplicate enum {:?}", e.name));
-            }
+        let mut seen = std::collections::HashSet::new();
+        if let Some(e) = enums.iter().find(|e| !seen.insert(e.name.as_str())) {
+            return Err(format!("{at}: duplicate enum {:?}", e.name));
         }
     }
     Ok(())

@@ -14,7 +14,7 @@
 mod read;
 mod write;
 
-pub use read::{MAX_ELEMENTS, MAX_INPUT_BYTES};
+pub use read::{MAX_ATTRIBUTES, MAX_ELEMENTS, MAX_INPUT_BYTES};
 
 use crate::model::DomainCapabilities;
 

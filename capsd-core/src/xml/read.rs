@@ -8,10 +8,12 @@
 //! Only the five predefined entities and numeric character references are expanded; a
 //! `<!DOCTYPE>` (and with it any `<!ENTITY>` declaration) is rejected outright. Line ends and
 //! attribute values are normalised as XML prescribes (`\r\n` -> `\n`; literal tab, newline
-//! in attributes -> space). Input size, element count and nesting depth are bounded
-//! ([`MAX_INPUT_BYTES`], [`MAX_ELEMENTS`], 16 levels).
+//! in attributes -> space). Input size, element count, attributes per element and nesting
+//! depth are bounded ([`MAX_INPUT_BYTES`], [`MAX_ELEMENTS`], [`MAX_ATTRIBUTES`], 16 levels),
+//! and every check is linear in the input (duplicate enums are found through a set).
 
 use std::borrow::Cow;
+use std::collections::HashSet;
 
 use quick_xml::events::attributes::Attributes;
 use quick_xml::events::{BytesStart, Event};
@@ -26,6 +28,10 @@ pub const MAX_INPUT_BYTES: usize = 16 * 1024 * 1024;
 /// Most elements accepted in one document. libvirt's largest documents hold about 2,000; the
 /// limit bounds the memory a hostile 16 MiB input can make the reader use.
 pub const MAX_ELEMENTS: usize = 250_000;
+
+/// Most attributes accepted on one element. libvirt writes at most 6; quick-xml's duplicate
+/// check costs time quadratic in the count, so the limit keeps a hostile element cheap.
+pub const MAX_ATTRIBUTES: usize = 256;
 
 /// Deepest element nesting accepted. The schema needs 5 levels; the limit keeps hostile input
 /// from building a deep tree.
@@ -194,6 +200,9 @@ fn start_node<'a>(input: &'a str, e: &BytesStart<'a>, line: usize, stack: &[Node
     let name = &content[..name_len];
     let mut attrs = Vec::new();
     for a in Attributes::new(content, name_len) {
+        if attrs.len() == MAX_ATTRIBUTES {
+            return Err(tree_err(line, stack, format!("more than {MAX_ATTRIBUTES} attributes in <{name}>")));
+        }
         let a = a.map_err(|err| tree_err(line, stack, format!("malformed attribute in <{name}>: {err}")))?;
         let (Some(key), Some(raw)) = (slice_of(input, a.key.into_inner()), slice_of(input, &a.value)) else {
             return Err(tree_err(line, stack, "internal error: attribute is not a slice of the input"));
@@ -522,11 +531,12 @@ fn enum_(node: &Node, p: &P<'_>) -> R<Enum> {
     Ok(Enum { name, values })
 }
 
-/// Append an `<enum>` child to `enums`, rejecting a second enum of the same name.
-fn push_enum(enums: &mut Vec<Enum>, c: &Node, p: &P<'_>) -> R<()> {
+/// Append an `<enum>` child to `enums`, rejecting a second enum of the same name. `seen`
+/// holds the names already in `enums` (one set per element, so the check stays linear).
+fn push_enum(enums: &mut Vec<Enum>, seen: &mut HashSet<String>, c: &Node, p: &P<'_>) -> R<()> {
     let cp = p.child("enum");
     let e = enum_(c, &cp)?;
-    if enums.iter().any(|x| x.name == e.name) {
+    if !seen.insert(e.name.clone()) {
         return err(c.line, &cp, format!("duplicate <enum name='{}'>", e.name));
     }
     enums.push(e);
@@ -538,11 +548,12 @@ fn enum_element(node: &Node, p: &P<'_>) -> R<EnumElement> {
     let supported = support(node, p, s)?;
     node.no_text(p)?;
     let mut enums = Vec::new();
+    let mut seen = HashSet::new();
     for c in &node.children {
         if c.name != "enum" {
             return unknown_child(c, p, node.name);
         }
-        push_enum(&mut enums, c, p)?;
+        push_enum(&mut enums, &mut seen, c, p)?;
     }
     Ok(EnumElement { supported, enums })
 }
@@ -607,10 +618,11 @@ fn os(node: &Node, p: &P<'_>) -> R<Os> {
     let supported = support(node, p, s)?;
     node.no_text(p)?;
     let mut os = Os { supported, enums: Vec::new(), firmware_features: None, loader: None, varstore: None };
+    let mut seen = HashSet::new();
     for c in &node.children {
         let cp = p.child(c.name);
         match c.name {
-            "enum" => push_enum(&mut os.enums, c, p)?,
+            "enum" => push_enum(&mut os.enums, &mut seen, c, p)?,
             "firmwareFeatures" => set_once(&mut os.firmware_features, enum_element(c, &cp)?, c, &cp)?,
             "loader" => set_once(&mut os.loader, loader(c, &cp)?, c, &cp)?,
             "varstore" => set_once(&mut os.varstore, flag(c, &cp)?, c, &cp)?,
@@ -625,10 +637,11 @@ fn loader(node: &Node, p: &P<'_>) -> R<Loader> {
     let supported = support(node, p, s)?;
     node.no_text(p)?;
     let mut l = Loader { supported, values: Vec::new(), enums: Vec::new() };
+    let mut seen = HashSet::new();
     for c in &node.children {
         match c.name {
             "value" => l.values.push(c.plain_text(&p.child("value"))?),
-            "enum" => push_enum(&mut l.enums, c, p)?,
+            "enum" => push_enum(&mut l.enums, &mut seen, c, p)?,
             _ => return unknown_child(c, p, "loader"),
         }
     }
@@ -669,11 +682,12 @@ fn mode_enums(node: &Node, p: &P<'_>) -> R<CpuModeEnums> {
     let supported = support(node, p, s)?;
     node.no_text(p)?;
     let mut enums = Vec::new();
+    let mut seen = HashSet::new();
     for c in &node.children {
         if c.name != "enum" {
             return unknown_child(c, p, "mode");
         }
-        push_enum(&mut enums, c, p)?;
+        push_enum(&mut enums, &mut seen, c, p)?;
     }
     Ok(CpuModeEnums { supported, enums })
 }
@@ -996,10 +1010,11 @@ fn hyperv(node: &Node, p: &P<'_>) -> R<Hyperv> {
     let supported = support(node, p, s)?;
     node.no_text(p)?;
     let mut h = Hyperv { supported, enums: Vec::new(), defaults: None };
+    let mut seen = HashSet::new();
     for c in &node.children {
         let cp = p.child(c.name);
         match c.name {
-            "enum" => push_enum(&mut h.enums, c, p)?,
+            "enum" => push_enum(&mut h.enums, &mut seen, c, p)?,
             "defaults" => set_once(&mut h.defaults, hyperv_defaults(c, &cp)?, c, &cp)?,
             _ => return unknown_child(c, p, "hyperv"),
         }

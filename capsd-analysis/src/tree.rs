@@ -3,9 +3,10 @@
 //! flattening of capabilities documents into facts ([`crate::diff`](mod@crate::diff)).
 //!
 //! Strict means: DTDs and entity declarations are refused, only the five predefined entities
-//! and character references are expanded, input size, nesting depth, element count and the
-//! total length of the element paths are bounded (so neither time nor memory grows faster
-//! than the input), and every error names the line and the element path where it happened.
+//! and character references are expanded, input size, nesting depth, element and attribute
+//! counts and the total length of the element paths are bounded (so neither time nor memory
+//! grows faster than the input), and every error names the line and the element path where
+//! it happened.
 
 use std::collections::HashMap;
 
@@ -16,6 +17,9 @@ use quick_xml::Reader;
 pub const MAX_INPUT_BYTES: usize = 4 * 1024 * 1024;
 /// Deepest element nesting accepted.
 pub const MAX_DEPTH: usize = 64;
+/// Most attributes accepted on one element (libvirt's have a few dozen at most); quick-xml's
+/// duplicate check costs time quadratic in the count.
+pub const MAX_ATTRIBUTES: usize = 256;
 /// Most elements accepted in one document (libvirt domain definitions have hundreds).
 pub const MAX_ELEMENTS: usize = 100_000;
 /// Most bytes of element paths (each element's path repeats its ancestors' names) built for
@@ -235,6 +239,9 @@ fn open(s: &BytesStart<'_>, stack: &mut [Open], line: usize) -> Result<Element, 
     };
     let mut attrs = Vec::new();
     for a in s.attributes().with_checks(true) {
+        if attrs.len() == MAX_ATTRIBUTES {
+            return Err(XmlError { line, path, message: format!("more than {MAX_ATTRIBUTES} attributes") });
+        }
         let a = a.map_err(|e| XmlError { line, path: path.clone(), message: format!("bad attribute: {e}") })?;
         let key = String::from_utf8_lossy(a.key.as_ref()).into_owned();
         let value = a.unescape_value().map_err(|e| XmlError {
@@ -338,6 +345,10 @@ mod tests {
         assert!(doc.len() < MAX_INPUT_BYTES);
         let e = parse(&doc).unwrap_err();
         assert!(e.message.contains("element paths longer than 32 MiB"), "{e}");
+        // Attributes: quick-xml's duplicate check is quadratic (30,000 took 10 s).
+        let attrs: String = (0..=MAX_ATTRIBUTES).map(|i| format!(" a{i}=''")).collect();
+        let e = parse(&format!("<d><e{attrs}/></d>")).unwrap_err();
+        assert_eq!((e.path.as_str(), e.message.as_str()), ("/d/e", "more than 256 attributes"));
     }
 
     #[test]

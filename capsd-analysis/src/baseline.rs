@@ -20,12 +20,31 @@
 //! So anything the baseline states as supported is supported by every input (the property
 //! `tests/baseline.rs` checks with [`crate::check()`]).
 
+use std::collections::{HashMap, HashSet};
+use std::hash::Hash;
+
 use capsd_core::{
     Blockers, Cca, Cpu, CpuModeEnums, CustomModel, CustomModels, Devices, DomainCapabilities, Enum, EnumElement,
     Features, Flag, HostModel, Hyperv, Loader, Os, Sev, Sgx, Support, Usable, Vcpu,
 };
 
 use crate::AnalysisError;
+
+/// The items of `first` that every list holds, in `first`'s order. Each list is hashed once,
+/// so the time is linear in the total length (a hostile document can hold 250,000 values).
+fn common<'a, T: Eq + Hash + 'a>(first: &'a [T], lists: impl IntoIterator<Item = &'a [T]>) -> Vec<&'a T> {
+    let sets: Vec<HashSet<&T>> = lists.into_iter().map(|l| l.iter().collect()).collect();
+    first.iter().filter(|x| sets.iter().all(|s| s.contains(x))).collect()
+}
+
+/// Index items by a key; of several with one key, the first (as a search in order finds).
+fn first_by<'a, T>(items: &'a [T], key: impl Fn(&'a T) -> &'a str) -> HashMap<&'a str, &'a T> {
+    let mut m = HashMap::with_capacity(items.len());
+    for x in items {
+        m.entry(key(x)).or_insert(x);
+    }
+    m
+}
 
 /// The document every input satisfies.
 pub fn baseline(docs: &[DomainCapabilities]) -> Result<DomainCapabilities, AnalysisError> {
@@ -89,13 +108,13 @@ fn flag<'a>(docs: &'a [DomainCapabilities], f: impl Fn(&'a DomainCapabilities) -
 /// Enums present in every list, with the values present in every one of them.
 fn enums(lists: &[&[Enum]]) -> Vec<Enum> {
     let Some(first) = lists.first() else { return Vec::new() };
+    let by_name: Vec<HashMap<&str, &Enum>> = lists[1..].iter().map(|l| first_by(l, |e| &e.name)).collect();
     first
         .iter()
         .filter_map(|e| {
-            let others: Option<Vec<&Enum>> = lists[1..].iter().map(|l| l.iter().find(|o| o.name == e.name)).collect();
-            let others = others?;
-            let values = e.values.iter().filter(|v| others.iter().all(|o| o.values.contains(v))).cloned().collect();
-            Some(Enum { name: e.name.clone(), values })
+            let others: Option<Vec<&Enum>> = by_name.iter().map(|m| m.get(e.name.as_str()).copied()).collect();
+            let values = common(&e.values, others?.into_iter().map(|o| o.values.as_slice()));
+            Some(Enum { name: e.name.clone(), values: values.into_iter().cloned().collect() })
         })
         .collect()
 }
@@ -125,7 +144,7 @@ fn os(docs: &[DomainCapabilities]) -> Option<Os> {
         let parts: Vec<(Support, &[Enum])> = ls.iter().map(|l| (l.supported, l.enums.as_slice())).collect();
         let (supported, enums) = combine(&parts);
         let values = if supported.is_yes() {
-            ls[0].values.iter().filter(|v| ls.iter().all(|l| l.values.contains(v))).cloned().collect()
+            common(&ls[0].values, ls[1..].iter().map(|l| l.values.as_slice())).into_iter().cloned().collect()
         } else {
             Vec::new()
         };
@@ -168,7 +187,7 @@ fn host_model(hs: &[&HostModel]) -> HostModel {
     let vendor = first.vendor.clone().filter(|v| all_same(&|h| h.vendor.as_ref() == Some(v)));
     let maxphysaddr = first.maxphysaddr.clone().filter(|m| all_same(&|h| h.maxphysaddr.as_ref() == Some(m)));
     let features = if supported.is_yes() && model.is_some() {
-        first.features.iter().filter(|f| hs.iter().all(|h| h.features.contains(f))).cloned().collect()
+        common(&first.features, hs[1..].iter().map(|h| h.features.as_slice())).into_iter().cloned().collect()
     } else {
         Vec::new()
     };
@@ -181,13 +200,13 @@ fn host_model(hs: &[&HostModel]) -> HostModel {
 
 fn custom(cs: &[&CustomModels]) -> CustomModels {
     let supported = support(cs.iter().map(|c| c.supported));
+    let by_name: Vec<HashMap<&str, &CustomModel>> = cs.iter().map(|c| first_by(&c.models, |m| &m.name)).collect();
     let models = if supported.is_yes() {
         cs[0]
             .models
             .iter()
             .filter_map(|m| {
-                let same: Option<Vec<&CustomModel>> =
-                    cs.iter().map(|c| c.models.iter().find(|o| o.name == m.name)).collect();
+                let same: Option<Vec<&CustomModel>> = by_name.iter().map(|b| b.get(m.name.as_str()).copied()).collect();
                 let same = same?;
                 let usable = if same.iter().all(|o| o.usable == Usable::Yes) {
                     Usable::Yes
@@ -217,7 +236,7 @@ fn custom(cs: &[&CustomModels]) -> CustomModels {
                     let lists: Vec<&[String]> =
                         same.iter().map(|o| o.blockers.as_ref().map_or(&[][..], |b| b.features.as_slice())).collect();
                     let mut feats: Vec<String> =
-                        lists[0].iter().filter(|f| lists.iter().all(|l| l.contains(f))).cloned().collect();
+                        common(lists[0], lists[1..].iter().copied()).into_iter().cloned().collect();
                     feats.sort();
                     feats.dedup();
                     (!feats.is_empty()).then(|| Blockers { model: m.name.clone(), features: feats })

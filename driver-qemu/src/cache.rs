@@ -415,6 +415,9 @@ pub fn default_dir() -> Option<PathBuf> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Runs<'a> {
     All,
+    /// These runs, when the entry has any of them; an entry that has none (a KVM lookup of a
+    /// binary probed with TCG alone) gives every run it has, which is what such a caller
+    /// reads next.
     Only(&'a [Accel]),
 }
 
@@ -916,7 +919,13 @@ fn decode(f: &File, size: usize, key: &CacheKey, runs: Runs<'_>) -> Result<(Prob
     }
     let mut data =
         ProbeData { format_version: meta.format_version, binary: meta.binary, runs: BTreeMap::new(), host: meta.host };
-    // The runs asked for: checked whole, their replies left to be decoded when read.
+    // The runs asked for: checked whole, their replies left to be decoded when read. None of
+    // them in the file: every run (the caller would otherwise read the file again for them).
+    let has_run = |a: Accel| table.contains_key(run_segment_name(a).as_str());
+    let runs = match runs {
+        Runs::Only(want) if !want.iter().any(|a| has_run(*a)) => Runs::All,
+        r => r,
+    };
     let mut complete = true;
     for name in table.keys() {
         let Some(tag) = name.strip_prefix("run:") else { continue };

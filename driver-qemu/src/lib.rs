@@ -152,7 +152,8 @@ impl QemuDriver {
     /// The probe data a query needs. From the cache, a query that can only be answered with
     /// KVM (the default virt type or `kvm`) first reads the KVM run alone: that is enough when
     /// KVM is enabled there (the query then resolves to `kvm`) and derivation will not read
-    /// the TCG run ([`cpu::kvm_query_reads_tcg_run`]). Otherwise every run is read.
+    /// the TCG run ([`cpu::kvm_query_reads_tcg_run`]). An entry without a KVM run (a foreign
+    /// arch) gives every run at once ([`cache::Runs::Only`]). Otherwise every run is read.
     fn probe_data_for(&self, binary: &Path, query: &Query) -> Result<ProbeData, DriverError> {
         let opts = self.options()?;
         let Some(cache) = &self.cache else { return probe::probe(binary, &opts) };
@@ -164,7 +165,8 @@ impl QemuDriver {
             let kvm = [probe_data::Accel::Kvm];
             let (d, _) =
                 cache.get_or_probe_owned_runs(binary, cache::Runs::Only(&kvm), || probe::probe(binary, &opts))?;
-            let complete = d.runs.len() > 1;
+            // Every run is there when there are several, or when the entry has no KVM run.
+            let complete = d.runs.len() > 1 || !d.runs.contains_key(&probe_data::Accel::Kvm);
             if complete || (resolve::kvm_enabled(&d) && !cpu::kvm_query_reads_tcg_run(&d)) {
                 return Ok(d);
             }

@@ -500,6 +500,47 @@ fn every_recorded_probe_round_trips_through_the_cache() {
 }
 
 #[test]
+fn a_lookup_of_a_run_the_entry_lacks_gives_the_runs_it_has() {
+    // A binary probed with TCG alone (a foreign arch): a KVM lookup gets the TCG run rather
+    // than nothing, so the driver need not read the file a second time.
+    let w = World::new();
+    let mut data = fake_probe(&w.binary, "tcg-only");
+    data.runs.remove(&Accel::Kvm);
+    w.cache().get_or_probe(&w.binary, || Ok(data.clone())).unwrap();
+    let fail = || Err(DriverError::probe_failed("x", "no"));
+    let (got, o) = w.cache().get_or_probe_owned_runs(&w.binary, Runs::Only(&[Accel::Kvm]), fail).unwrap();
+    assert_eq!((o, &got), (CacheOutcome::Hit, &data));
+    let (shared, _) = w.cache().get_or_probe_runs(&w.binary, Runs::Only(&[Accel::Kvm]), fail).unwrap();
+    assert_eq!(*shared, data);
+}
+
+#[test]
+fn the_driver_answers_a_foreign_arch_from_the_cache_as_from_the_probe() {
+    // The aarch64 recording of an x86_64 host has no KVM run: a default (KVM-first) query
+    // reads the TCG run through the KVM lookup; the documents and errors must be the same.
+    use capsd_core::{DomainCapsDriver, Query};
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/qemu-7.2-aarch64.json");
+    let data: ProbeData = serde_json::from_str(&fs::read_to_string(path).unwrap()).unwrap();
+    assert!(!data.runs.contains_key(&Accel::Kvm), "the recording has a KVM run");
+    let w = World::new();
+    w.cache().get_or_probe(&w.binary, || Ok(data.clone())).unwrap();
+    let driver = driver_qemu::QemuDriver::new().with_cache(w.cache());
+    for (virt_type, machine) in [(None, None), (Some("qemu"), Some("virt")), (Some("kvm"), None)] {
+        let q = Query {
+            emulator: Some(w.binary.clone()),
+            arch: None,
+            machine: machine.map(str::to_owned),
+            virt_type: virt_type.map(str::to_owned),
+        };
+        let direct =
+            driver_qemu::resolve::resolve_query(&q, &driver_qemu::host::host_arch(), |_| None, |_| Ok(data.clone()))
+                .and_then(|(r, d)| driver_qemu::derive::domain_capabilities(&d, &r));
+        let cached = driver.domain_capabilities(&q);
+        assert_eq!(format!("{cached:?}"), format!("{direct:?}"), "{virt_type:?} {machine:?}");
+    }
+}
+
+#[test]
 fn the_driver_reads_only_the_runs_a_query_needs_and_answers_the_same() {
     // A KVM query from the cache reads the KVM run alone when that is enough (libvirt's
     // cpu_map present); every document must equal the one derived from the whole probe.

@@ -4,7 +4,8 @@
 //! Routes:
 //! - `GET /v1/domcapabilities?emulatorbin=&arch=&machine=&virttype=&driver=`: the document,
 //!   XML, or JSON with `Accept: application/json`; the same bytes as the CLI prints.
-//! - `GET /v1/drivers`: the drivers and their availability (JSON).
+//! - `GET /v1/drivers`: the drivers, their availability and refused plugins (JSON, the same
+//!   as `capsd drivers --json`).
 //! - `GET /healthz`: `ok`.
 //! - `GET /metrics`: Prometheus text.
 //!
@@ -32,6 +33,7 @@ use capsd_core::{DriverError, Query};
 use serde_json::json;
 
 use super::{metrics, Agent, DocKey};
+use crate::cmd::drivers;
 use crate::registry::IN_TREE;
 
 /// The parameters `/v1/domcapabilities` takes.
@@ -125,25 +127,10 @@ async fn metrics_text(State(agent): State<Arc<Agent>>) -> impl IntoResponse {
 async fn drivers(State(agent): State<Arc<Agent>>) -> Result<Response, ApiError> {
     // `availability()` looks at the host (PATH directories, device nodes) and a plugin's runs
     // foreign code: off the async workers, like a derivation.
-    let body = tokio::task::spawn_blocking(move || drivers_json(&agent.registry)).await.map_err(|e| {
+    let body = tokio::task::spawn_blocking(move || drivers::render(&agent.registry, true)).await.map_err(|e| {
         ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("driver listing failed: {e}"))
     })?;
     Ok(([(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], body).into_response())
-}
-
-/// The `/v1/drivers` body.
-fn drivers_json(reg: &crate::registry::Registry) -> String {
-    let mut v: Vec<serde_json::Value> = reg
-        .all()
-        .iter()
-        .map(|d| json!({"name": d.name(), "built_in": true, "availability": d.availability()}))
-        .collect();
-    for n in IN_TREE {
-        if !reg.all().iter().any(|d| d.name() == n) {
-            v.push(json!({"name": n, "built_in": false}));
-        }
-    }
-    serde_json::to_string_pretty(&v).unwrap_or_default() + "\n"
 }
 
 /// Whether the client asked for JSON (`Accept` naming `application/json` before any XML type).
@@ -433,6 +420,10 @@ mod tests {
         let (healthy_at, health) = get(socket, "/healthz").await;
         let (listed_at, listing) = slow.await.unwrap();
         assert!(health.ends_with("ok\n") && listing.contains("slow-check"), "{health}\n{listing}");
+        // Not an in-tree driver: not "built in" (as `capsd drivers` says of plugins).
+        let body: serde_json::Value = serde_json::from_str(listing.split_once("\r\n\r\n").unwrap().1).unwrap();
+        let entry = body.as_array().unwrap().iter().find(|d| d["name"] == "slow-check").unwrap();
+        assert_eq!(entry["built_in"], false, "{body}");
         assert!(healthy_at < listed_at, "/healthz waited for the driver listing (one async worker)");
     }
 

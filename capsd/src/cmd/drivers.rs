@@ -20,7 +20,8 @@ pub fn run(ctx: &super::Context, args: Args) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn render(reg: &Registry, json: bool) -> String {
+/// The listing: a table, or JSON (also the agent's `/v1/drivers` body).
+pub fn render(reg: &Registry, json: bool) -> String {
     let rows: Vec<(String, Availability)> = reg.all().iter().map(|d| (d.name().to_owned(), d.availability())).collect();
     let missing: Vec<&str> = IN_TREE.iter().copied().filter(|n| !rows.iter().any(|(r, _)| r == n)).collect();
     if json {

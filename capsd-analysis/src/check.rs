@@ -258,7 +258,7 @@ impl Checker<'_> {
                 match &caps.machine {
                     None => self.push(path, m, cap, Verdict::Unknown, Some("element omitted".into())),
                     Some(cm) if cm == m => self.push(path, m, cap, Verdict::Supported, None),
-                    Some(cm) if is_alias_of(m, cm) => self.push(
+                    Some(cm) if capsd_core::machine::is_alias_of(m, cm) => self.push(
                         path,
                         m,
                         cap,
@@ -699,37 +699,5 @@ impl Checker<'_> {
             ),
             _ => {}
         }
-    }
-}
-
-/// QEMU's machine aliases: `pc` names the newest `pc-i440fx-X.Y`, `q35` the newest
-/// `pc-q35-X.Y`, and a versioned family's bare name (`virt`, `pseries`, `s390-ccw-virtio`)
-/// its newest `NAME-X.Y`. The capabilities of the versioned machine answer for the alias.
-fn is_alias_of(alias: &str, machine: &str) -> bool {
-    let family = match alias {
-        "pc" => "pc-i440fx",
-        "q35" => "pc-q35",
-        other => other,
-    };
-    machine
-        .strip_prefix(family)
-        .and_then(|rest| rest.strip_prefix('-'))
-        .is_some_and(|v| !v.is_empty() && v.chars().all(|c| c.is_ascii_digit() || c == '.'))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::is_alias_of;
-
-    #[test]
-    fn machine_aliases() {
-        assert!(is_alias_of("q35", "pc-q35-7.2"));
-        assert!(is_alias_of("pc", "pc-i440fx-11.1"));
-        assert!(is_alias_of("virt", "virt-7.2"));
-        assert!(is_alias_of("s390-ccw-virtio", "s390-ccw-virtio-11.1"));
-        assert!(!is_alias_of("pc", "pc-q35-7.2"));
-        assert!(!is_alias_of("q35", "pc-i440fx-7.2"));
-        assert!(!is_alias_of("virt", "virt"));
-        assert!(!is_alias_of("virt", "virtual-1.0"));
     }
 }

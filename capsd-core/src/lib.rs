@@ -8,6 +8,7 @@
 pub mod arch;
 pub mod driver;
 pub mod json;
+pub mod machine;
 pub mod model;
 pub mod xml;
 

@@ -3,7 +3,7 @@
 //!
 //! # The alias rule
 //! Documents only hold canonical names, so driver-test cannot learn aliases from an
-//! emulator. Instead a fixed rule decides:
+//! emulator. Instead a fixed rule decides (the matching is [`capsd_core::machine`]'s):
 //!
 //! - every name matches itself exactly;
 //! - the *family prefix* of an alias is `pc-i440fx-` for `pc`, `pc-q35-` for `q35`, and
@@ -47,14 +47,8 @@ impl MachineVersion {
     }
 }
 
-/// The prefix the versioned forms of `alias` start with.
-pub fn family_prefix(alias: &str) -> String {
-    match alias {
-        "pc" => "pc-i440fx-".to_owned(),
-        "q35" => "pc-q35-".to_owned(),
-        other => format!("{other}-"),
-    }
-}
+/// The prefix the versioned forms of `alias` start with ([`capsd_core::machine`]'s rule).
+pub use capsd_core::machine::family_prefix;
 
 /// How a requested machine name relates to a canonical one.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -70,8 +64,7 @@ pub fn matches(requested: &str, canonical: &str) -> Option<MachineMatch> {
     if requested == canonical {
         return Some(MachineMatch::Exact);
     }
-    let rest = canonical.strip_prefix(&family_prefix(requested))?;
-    MachineVersion::parse(rest).map(MachineMatch::Alias)
+    capsd_core::machine::alias_version(requested, canonical).and_then(MachineVersion::parse).map(MachineMatch::Alias)
 }
 
 /// The aliases that name `canonical`: the versionless family name (`q35` for `pc-q35-7.2`,

@@ -525,16 +525,7 @@ pub fn host_arch() -> &'static str {
 /// Whether `got` is the machine `requested` names: itself, or a versioned form of it as an
 /// alias (`q35` -> `pc-q35-N.M`, `pc` -> `pc-i440fx-N.M`, `X` -> `X-N.M`).
 pub fn machine_honoured(requested: &str, got: &str) -> bool {
-    if requested == got {
-        return true;
-    }
-    let prefix = match requested {
-        "pc" => "pc-i440fx-".to_owned(),
-        "q35" => "pc-q35-".to_owned(),
-        other => format!("{other}-"),
-    };
-    got.strip_prefix(&prefix)
-        .is_some_and(|v| !v.is_empty() && v.split('.').all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit())))
+    requested == got || capsd_core::machine::is_alias_of(requested, got)
 }
 
 fn honoured(q: &Query, caps: &DomainCapabilities) -> Vec<String> {

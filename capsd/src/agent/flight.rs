@@ -1,6 +1,8 @@
 //! Single flight for async callers: one task at a time per key. Concurrent identical queries
 //! queue behind the first; when it is done they find its answer in the document cache, so
 //! the driver (and the probe behind it) runs once. Different keys never wait on each other.
+//! Each key has a slot (`S`) that lives while someone holds or waits for the key: the
+//! holder leaves what the waiters should know there (the agent: its failure).
 //! A [`Ticket`] owns its hold on the key (no borrow of [`Flights`]), so it can travel with
 //! work that outlives the task that asked for it.
 
@@ -10,31 +12,31 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::OwnedMutexGuard;
 
-type Locks<K> = Mutex<HashMap<K, Arc<tokio::sync::Mutex<()>>>>;
+type Locks<K, S> = Mutex<HashMap<K, Arc<tokio::sync::Mutex<S>>>>;
 
-/// Per-key async locks, dropped when nobody holds or waits for them.
+/// Per-key async locks with their slots, dropped when nobody holds or waits for them.
 #[derive(Debug)]
-pub struct Flights<K> {
-    locks: Arc<Locks<K>>,
+pub struct Flights<K, S = ()> {
+    locks: Arc<Locks<K, S>>,
 }
 
-impl<K> Default for Flights<K> {
+impl<K, S> Default for Flights<K, S> {
     fn default() -> Self {
         Flights { locks: Arc::new(Mutex::new(HashMap::new())) }
     }
 }
 
-/// Held while a key's work runs; releases the key on drop.
+/// Held while a key's work runs; releases the key on drop. Derefs to the key's slot.
 #[derive(Debug)]
-pub struct Ticket<K: Eq + Hash + Clone> {
-    locks: Arc<Locks<K>>,
+pub struct Ticket<K: Eq + Hash + Clone, S = ()> {
+    locks: Arc<Locks<K, S>>,
     key: K,
-    guard: Option<OwnedMutexGuard<()>>,
+    guard: Option<OwnedMutexGuard<S>>,
 }
 
-impl<K: Eq + Hash + Clone> Flights<K> {
+impl<K: Eq + Hash + Clone, S: Default> Flights<K, S> {
     /// Wait until no other task holds `key`, then hold it.
-    pub async fn enter(&self, key: &K) -> Ticket<K> {
+    pub async fn enter(&self, key: &K) -> Ticket<K, S> {
         let lock = self.locks.lock().unwrap_or_else(|e| e.into_inner()).entry(key.clone()).or_default().clone();
         let guard = lock.lock_owned().await;
         Ticket { locks: self.locks.clone(), key: key.clone(), guard: Some(guard) }
@@ -47,7 +49,22 @@ impl<K: Eq + Hash + Clone> Flights<K> {
     }
 }
 
-impl<K: Eq + Hash + Clone> Drop for Ticket<K> {
+impl<K: Eq + Hash + Clone, S> std::ops::Deref for Ticket<K, S> {
+    type Target = S;
+
+    fn deref(&self) -> &S {
+        // Present until drop.
+        self.guard.as_deref().expect("a ticket holds its guard until dropped")
+    }
+}
+
+impl<K: Eq + Hash + Clone, S> std::ops::DerefMut for Ticket<K, S> {
+    fn deref_mut(&mut self) -> &mut S {
+        self.guard.as_deref_mut().expect("a ticket holds its guard until dropped")
+    }
+}
+
+impl<K: Eq + Hash + Clone, S> Drop for Ticket<K, S> {
     fn drop(&mut self) {
         let mut locks = self.locks.lock().unwrap_or_else(|e| e.into_inner());
         drop(self.guard.take());

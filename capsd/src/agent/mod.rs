@@ -10,7 +10,8 @@
 //!
 //! - [`server`]: listeners (Unix socket, loopback TCP), routes, errors as HTTP statuses.
 //! - [`metrics`]: counters and histograms for `/metrics`.
-//! - [`flight`]: one derivation per key at a time.
+//! - [`flight`]: one derivation per key at a time; its failure goes to the requests that
+//!   waited for it.
 
 pub mod flight;
 pub mod metrics;
@@ -20,7 +21,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
 use capsd_core::{DomainCapsDriver, DriverError, Query};
@@ -43,12 +44,16 @@ pub struct Doc {
     generation: u64,
 }
 
+/// A failed derivation: when it ended, and its error.
+type Failure = (Instant, Arc<DriverError>);
+
 /// Shared state of the agent.
 pub struct Agent {
     pub registry: Registry,
     pub metrics: metrics::Metrics,
     docs: RwLock<HashMap<DocKey, Arc<Doc>>>,
-    flights: flight::Flights<DocKey>,
+    /// Per key: the last derivation failure, for the requests that waited for it.
+    flights: flight::Flights<DocKey, Option<Failure>>,
     generation: AtomicU64,
     /// Emulator binaries named by kept documents (their `<path>`), with their identity when
     /// first seen.
@@ -76,7 +81,8 @@ impl Agent {
     /// The document for `key`: from memory when kept and current, else derived by `driver`
     /// (one derivation per key at a time). The derivation finishes and is kept even when
     /// the client that asked goes away, and holds the key until then: a request that comes
-    /// meanwhile waits for it instead of deriving a second time.
+    /// meanwhile waits for it instead of deriving a second time. When it fails, the requests
+    /// that were waiting get its error rather than each deriving (and probing) again in turn.
     pub async fn document(
         self: &Arc<Self>,
         key: DocKey,
@@ -86,16 +92,26 @@ impl Agent {
             self.metrics.doc_hits.fetch_add(1, Ordering::Relaxed);
             return Ok(d);
         }
-        let ticket = self.flights.enter(&key).await;
+        let waiting_since = Instant::now();
+        let mut ticket = self.flights.enter(&key).await;
         if let Some(d) = self.kept(&key) {
             self.metrics.doc_hits.fetch_add(1, Ordering::Relaxed);
             return Ok(d);
+        }
+        if let Some((at, e)) = ticket.as_ref() {
+            if *at >= waiting_since {
+                return Err(share(e));
+            }
         }
         self.metrics.doc_misses.fetch_add(1, Ordering::Relaxed);
         let me = self.clone();
         let driver_name = key.driver.clone();
         tokio::task::spawn_blocking(move || {
             let doc = me.derive(key, driver.as_ref());
+            *ticket = match &doc {
+                Ok(_) => None,
+                Err(e) => Some((Instant::now(), Arc::new(share(e)))),
+            };
             drop(ticket);
             doc
         })
@@ -183,6 +199,25 @@ impl Agent {
     }
 }
 
+/// The same error again, for another request (`DriverError` is not `Clone`: an I/O error is
+/// carried over as its kind and text).
+fn share(e: &DriverError) -> DriverError {
+    match e {
+        DriverError::Unavailable { driver, reason } => {
+            DriverError::Unavailable { driver: driver.clone(), reason: reason.clone() }
+        }
+        DriverError::NotSupported { driver, what } => DriverError::not_supported(driver, what.clone()),
+        DriverError::InvalidInput { field, value, reason } => {
+            DriverError::invalid(field, value.clone(), reason.clone())
+        }
+        DriverError::ProbeFailed { target, reason } => DriverError::probe_failed(target.clone(), reason.clone()),
+        DriverError::Io { path, source } => {
+            DriverError::io(path.clone(), std::io::Error::new(source.kind(), source.to_string()))
+        }
+        other => DriverError::probe_failed("driver", other.to_string()),
+    }
+}
+
 /// Identity of a file (size, times, inode), or `absent`.
 fn file_stamp(p: &std::path::Path) -> String {
     use std::os::unix::fs::MetadataExt;
@@ -238,6 +273,48 @@ mod tests {
             std::thread::sleep(Duration::from_millis(300));
             Ok(capsd_core::DomainCapabilities::default())
         }
+    }
+
+    /// A driver that takes a while to fail and counts its attempts.
+    struct SlowFailure {
+        calls: AtomicUsize,
+    }
+
+    impl DomainCapsDriver for SlowFailure {
+        fn name(&self) -> &str {
+            "slow-failure"
+        }
+
+        fn availability(&self) -> capsd_core::Availability {
+            capsd_core::Availability::Available
+        }
+
+        fn domain_capabilities(&self, _: &Query) -> Result<capsd_core::DomainCapabilities, DriverError> {
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            std::thread::sleep(Duration::from_millis(200));
+            Err(DriverError::probe_failed("/usr/bin/qemu-broken", "timed out"))
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn requests_waiting_for_a_failing_derivation_share_its_error() {
+        let agent = Arc::new(Agent::new(Registry::default()));
+        let failing = Arc::new(SlowFailure { calls: AtomicUsize::new(0) });
+        let key = DocKey { driver: "slow-failure".into(), query: Query::default() };
+        let asks: Vec<_> = (0..4)
+            .map(|_| {
+                let (agent, failing, key) = (agent.clone(), failing.clone(), key.clone());
+                tokio::spawn(async move { agent.document(key, failing).await })
+            })
+            .collect();
+        for a in asks {
+            let e = a.await.unwrap().unwrap_err();
+            assert!(matches!(&e, DriverError::ProbeFailed { target, .. } if target == "/usr/bin/qemu-broken"), "{e}");
+        }
+        assert_eq!(failing.calls.load(Ordering::SeqCst), 1, "each waiting request derived again");
+        // A request that comes after the failure tries again.
+        assert!(agent.document(key, failing.clone()).await.is_err());
+        assert_eq!(failing.calls.load(Ordering::SeqCst), 2);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

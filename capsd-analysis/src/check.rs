@@ -30,7 +30,9 @@
 //! without `device=`) produces no finding. Each finding reads one capability, so a value
 //! `supported` against a [baseline](fn@crate::baseline) is `supported` on every host of it.
 
-use capsd_core::{DomainCapabilities, Enum, EnumElement, EnumList, FeaturePolicy, Flag, Support, Usable};
+use std::collections::HashMap;
+
+use capsd_core::{CpuFeature, DomainCapabilities, Enum, EnumElement, EnumList, FeaturePolicy, Flag, Support, Usable};
 use serde::Serialize;
 
 use crate::tree::{self, Element};
@@ -177,6 +179,33 @@ pub fn check(domain: &Domain, caps: &DomainCapabilities) -> Result<Report, Analy
 }
 
 const CAPS: &str = "/domainCapabilities";
+
+/// What the document says about single CPU features, indexed once per check (a document may
+/// list 250,000 of them; a search per domain feature would be quadratic).
+struct FeatureFacts<'a> {
+    /// Host-model features by name (the first of a name).
+    host_model: HashMap<&'a str, &'a CpuFeature>,
+    /// Features that block some custom model: the first such model.
+    blocked: HashMap<&'a str, &'a str>,
+}
+
+impl<'a> FeatureFacts<'a> {
+    fn of(caps: &'a DomainCapabilities) -> Self {
+        let mut facts = FeatureFacts { host_model: HashMap::new(), blocked: HashMap::new() };
+        let cpu = caps.cpu.as_ref();
+        for f in cpu.and_then(|c| c.host_model.as_ref()).into_iter().flat_map(|h| &h.features) {
+            facts.host_model.entry(f.name.as_str()).or_insert(f);
+        }
+        let blockers =
+            cpu.and_then(|c| c.custom.as_ref()).into_iter().flat_map(|c| &c.models).flat_map(|m| &m.blockers);
+        for b in blockers {
+            for f in &b.features {
+                facts.blocked.entry(f.as_str()).or_insert(b.model.as_str());
+            }
+        }
+        facts
+    }
+}
 
 struct Checker<'a> {
     caps: &'a DomainCapabilities,
@@ -479,6 +508,7 @@ impl Checker<'_> {
             }
             _ => {}
         }
+        let facts = FeatureFacts::of(self.caps);
         for f in cpu.children_named("feature") {
             let (Some(name), policy) = (f.attr("name"), f.attr("policy").unwrap_or("require")) else { continue };
             let wants = match policy {
@@ -487,42 +517,29 @@ impl Checker<'_> {
                 _ => continue,
             };
             let path = format!("{}/feature[@name='{name}']/@policy", cpu.path);
-            self.cpu_feature(path, name, policy, wants);
+            self.cpu_feature(&facts, path, name, policy, wants);
         }
     }
 
     /// What the document says about the host having one CPU feature: the host-model CPU
     /// requires it (has it) or disables it (lacks it); a blocker lists it (lacks it).
-    fn cpu_feature(&mut self, path: String, name: &str, policy: &str, wants: bool) {
+    fn cpu_feature(&mut self, facts: &FeatureFacts<'_>, path: String, name: &str, policy: &str, wants: bool) {
         let hm_base = format!("{CAPS}/cpu/mode[@name='host-model']");
-        let caps_cpu = self.caps.cpu.as_ref();
         let mut has: Option<(bool, String)> = None;
-        if let Some(hm) = caps_cpu.and_then(|c| c.host_model.as_ref()) {
-            if let Some(f) = hm.features.iter().find(|f| f.name == name) {
-                let cap = format!("{hm_base}/feature[@name='{name}']/@policy");
-                match f.policy {
-                    FeaturePolicy::Require | FeaturePolicy::Force => has = Some((true, cap)),
-                    FeaturePolicy::Disable | FeaturePolicy::Forbid => has = Some((false, cap)),
-                    FeaturePolicy::Optional => {}
-                }
+        if let Some(f) = facts.host_model.get(name) {
+            let cap = format!("{hm_base}/feature[@name='{name}']/@policy");
+            match f.policy {
+                FeaturePolicy::Require | FeaturePolicy::Force => has = Some((true, cap)),
+                FeaturePolicy::Disable | FeaturePolicy::Forbid => has = Some((false, cap)),
+                FeaturePolicy::Optional => {}
             }
         }
         if has.is_none() {
-            if let Some(custom) = caps_cpu.and_then(|c| c.custom.as_ref()) {
-                if let Some(b) = custom
-                    .models
-                    .iter()
-                    .filter_map(|m| m.blockers.as_ref())
-                    .find(|b| b.features.iter().any(|f| f == name))
-                {
-                    has = Some((
-                        false,
-                        format!(
-                            "{CAPS}/cpu/mode[@name='custom']/blockers[@model='{}']/feature[@name='{name}']",
-                            b.model
-                        ),
-                    ));
-                }
+            if let Some(model) = facts.blocked.get(name) {
+                has = Some((
+                    false,
+                    format!("{CAPS}/cpu/mode[@name='custom']/blockers[@model='{model}']/feature[@name='{name}']"),
+                ));
             }
         }
         let value = format!("{policy} {name}");

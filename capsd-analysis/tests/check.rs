@@ -427,3 +427,35 @@ mod never_panics {
         }
     }
 }
+
+#[test]
+fn many_cpu_features_are_decided_from_one_index() {
+    // 30,000 host-model features and as many in the domain: each domain feature used to be
+    // searched for in the whole list (quadratic).
+    let n = 30_000;
+    let feats: String = (0..n)
+        .map(|i| format!("<feature policy='{}' name='f{i}'/>", if i % 2 == 0 { "require" } else { "disable" }))
+        .collect();
+    let caps = capsd_core::xml::from_xml(&format!(
+        "<domainCapabilities><domain>kvm</domain><arch>x86_64</arch><cpu>\
+         <mode name='host-model' supported='yes'><model>Skylake-Client</model>{feats}</mode>\
+         <mode name='custom' supported='yes'><model usable='no'>Old</model>\
+         <blockers model='Old'><feature name='gone'/></blockers></mode></cpu></domainCapabilities>"
+    ))
+    .unwrap();
+    let wanted: String = (0..n).map(|i| format!("<feature policy='require' name='f{i}'/>")).collect();
+    let d = Domain::parse(&format!(
+        "<domain type='kvm'><cpu mode='host-model'>{wanted}<feature policy='forbid' name='gone'/>\
+         <feature policy='require' name='unstated'/></cpu></domain>"
+    ))
+    .unwrap();
+    let r = check(&d, &caps).unwrap();
+    // The domain type and the mode, every feature, 'gone' and 'unstated'.
+    assert_eq!(r.findings.len(), 2 + n + 2);
+    assert_eq!((r.count(S), r.count(N), r.count(U)), (2 + n / 2 + 1, n / 2, 1));
+    let gone = r.findings.iter().find(|f| f.path.contains("'gone'")).unwrap();
+    assert_eq!(
+        gone.capability,
+        "/domainCapabilities/cpu/mode[@name='custom']/blockers[@model='Old']/feature[@name='gone']"
+    );
+}

@@ -293,18 +293,63 @@ fn swtpm() -> Option<SwtpmFacts> {
 }
 
 /// The `features` list of a swtpm tool's `--print-capabilities` JSON (empty on failure).
+/// Longest wait for `swtpm ... --print-capabilities` (it answers in milliseconds).
+const PRINT_CAPABILITIES_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 fn print_capabilities(bin: &Path, args: &[&str]) -> Vec<String> {
-    let out = match std::process::Command::new(bin).args(args).stdin(std::process::Stdio::null()).output() {
-        Ok(o) if o.status.success() => o.stdout,
-        Ok(o) => {
-            tracing::warn!(bin = %bin.display(), status = %o.status, "--print-capabilities failed");
-            return Vec::new();
-        }
+    print_capabilities_within(bin, args, PRINT_CAPABILITIES_TIMEOUT)
+}
+
+/// The `features` a program prints with `args`, or none when it fails, prints something
+/// else or takes longer than `timeout` (then it is killed: a hung helper must not hold the
+/// probe, and every query waiting for it, forever).
+fn print_capabilities_within(bin: &Path, args: &[&str], timeout: std::time::Duration) -> Vec<String> {
+    use std::io::Read;
+    use std::os::unix::process::CommandExt;
+    use std::process::{Command, Stdio};
+    let spawned = Command::new(bin)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .process_group(0)
+        .spawn();
+    let mut child = match spawned {
+        Ok(c) => c,
         Err(e) => {
             tracing::warn!(bin = %bin.display(), error = %e, "cannot run");
             return Vec::new();
         }
     };
+    // Read on a thread, so that a full pipe cannot stall the child while we wait for it.
+    let reader = child.stdout.take().map(|mut o| {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            let _ = o.read_to_end(&mut buf);
+            buf
+        })
+    });
+    let deadline = std::time::Instant::now() + timeout;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(st)) => break Some(st),
+            Ok(None) if std::time::Instant::now() < deadline => std::thread::sleep(std::time::Duration::from_millis(5)),
+            _ => break None,
+        }
+    };
+    let Some(status) = status else {
+        // The group too: a wrapper script's children hold the pipe open.
+        let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::SIGKILL);
+        let _ = child.kill();
+        let _ = child.wait();
+        tracing::warn!(bin = %bin.display(), ?timeout, "--print-capabilities did not finish in time; killed");
+        return Vec::new();
+    };
+    let out = reader.and_then(|r| r.join().ok()).unwrap_or_default();
+    if !status.success() {
+        tracing::warn!(bin = %bin.display(), %status, "--print-capabilities failed");
+        return Vec::new();
+    }
     parse_features(&out)
 }
 
@@ -319,6 +364,25 @@ fn parse_features(json: &[u8]) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_hung_capabilities_helper_is_killed_in_time() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let script = |name: &str, body: &str| {
+            let p = dir.path().join(name);
+            std::fs::write(&p, body).unwrap();
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+            p
+        };
+        let good = script("swtpm-good", "#!/bin/sh\necho '{\"type\": \"swtpm\", \"features\": [\"tpm-2.0\"]}'\n");
+        let hung = script("swtpm-hung", "#!/bin/sh\nsleep 1000 &\nexec sleep 1000\n");
+        let t = std::time::Duration::from_millis(300);
+        assert_eq!(print_capabilities_within(&good, &["--print-capabilities"], t), ["tpm-2.0"]);
+        let t0 = std::time::Instant::now();
+        assert!(print_capabilities_within(&hung, &["--print-capabilities"], t).is_empty());
+        assert!(t0.elapsed() < std::time::Duration::from_secs(3), "took {:?}", t0.elapsed());
+    }
 
     #[test]
     fn arch_names() {

@@ -45,7 +45,7 @@ pub struct Doc {
 }
 
 /// A failed derivation: when it ended, and its error.
-type Failure = (Instant, Arc<DriverError>);
+type Failure = (Instant, DriverError);
 
 /// Shared state of the agent.
 pub struct Agent {
@@ -110,7 +110,7 @@ impl Agent {
             let doc = me.derive(key, driver.as_ref());
             *ticket = match &doc {
                 Ok(_) => None,
-                Err(e) => Some((Instant::now(), Arc::new(share(e)))),
+                Err(e) => Some((Instant::now(), share(e))),
             };
             drop(ticket);
             doc

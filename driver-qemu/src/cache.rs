@@ -26,10 +26,10 @@
 //! # When an entry is stale
 //! The [`CacheKey`] is recomputed on every lookup and compared whole: the binary's identity
 //! (size, mtime, ctime, inode, device), QEMU's module directories (listing with sizes and
-//! mtimes), capsd's version and [`PROBE_FORMAT_VERSION`], the kernel release and build, the
-//! first CPU's signature, microcode and flags, `/dev/kvm` presence, usability and access
-//! (mode, owner, group: a probe run as another user sees KVM through them), KVM's
-//! `nested` parameters and VFIO's no-IOMMU mode (read, as they change at run time), the
+//! mtimes), capsd's version, executable and probe user, [`PROBE_FORMAT_VERSION`], the kernel
+//! release and build, the first CPU's signature, microcode and flags, `/dev/kvm` presence,
+//! usability and access (mode, owner, group: a probe run as another user sees KVM through
+//! them), KVM's `nested` parameters and VFIO's no-IOMMU mode (read, as they change at run time), the
 //! firmware descriptor directories (listing with sizes and mtimes), and the
 //! presence/identity of a few other host files the document depends on (swtpm, `/dev/sev`,
 //! libvirt's default loader images, ...). Computing it reads no large file: about 100 µs.
@@ -104,6 +104,11 @@ pub struct KeySources {
     /// The program itself (like libvirt watching its daemon's ctime): a rebuilt or upgraded
     /// capsd may ask QEMU more, so it re-probes even when its version string is unchanged.
     pub app_binary: Option<PathBuf>,
+    /// The user probes run as when capsd runs as root (`CAPSD_PROBE_USER`), `None` when
+    /// they run as capsd itself: whether a probe gets KVM depends on it, and processes with
+    /// different settings share one cache directory. (`QemuDriver::with_probe_user` is not
+    /// seen here: a caller that sets it sets this too.)
+    pub probe_user: Option<String>,
 }
 
 impl KeySources {
@@ -160,6 +165,9 @@ impl KeySources {
             .chain(std::iter::once(crate::cpu::host::cpu_map_dir().join("index.xml")))
             .collect(),
             app_binary: std::env::current_exe().ok(),
+            probe_user: std::env::var(crate::process::PROBE_USER_ENV)
+                .ok()
+                .filter(|u| !u.is_empty() && u != "root" && nix::unistd::geteuid().is_root()),
         }
     }
 }
@@ -225,6 +233,9 @@ pub struct HostKey {
     /// Identity of the program's executable, when known.
     #[serde(default)]
     pub app_binary: Option<FileStamp>,
+    /// [`KeySources::probe_user`].
+    #[serde(default)]
+    pub probe_user: Option<String>,
     pub probe_format: u32,
     /// Per module directory: `None` when absent, else its entries sorted by name.
     pub module_dirs: Vec<(String, Option<Vec<FileStamp>>)>,
@@ -273,6 +284,7 @@ impl HostKey {
                 .as_ref()
                 .and_then(|p| fs::metadata(p).ok())
                 .map(|m| FileStamp::of(String::new(), &m)),
+            probe_user: sources.probe_user.clone(),
             probe_format: PROBE_FORMAT_VERSION,
             module_dirs: dirs(&sources.module_dirs),
             firmware_dirs: dirs(&sources.firmware_dirs),
@@ -947,10 +959,11 @@ fn decode(f: &File, size: usize, key: &CacheKey, runs: Runs<'_>) -> Result<(Prob
 /// The first part of the key that differs, for the log.
 fn key_difference(stored: &CacheKey, now: &CacheKey) -> Option<String> {
     let (a, b) = (&stored.host, &now.host);
-    let checks: [(&str, bool); 12] = [
+    let checks: [(&str, bool); 13] = [
         ("the emulator binary", stored.binary == now.binary),
         ("capsd's version", a.app_version == b.app_version),
         ("capsd's executable", a.app_binary == b.app_binary),
+        ("the probe user (CAPSD_PROBE_USER)", a.probe_user == b.probe_user),
         ("the probe format", a.probe_format == b.probe_format),
         ("the QEMU module directory", a.module_dirs == b.module_dirs),
         ("the firmware descriptors", a.firmware_dirs == b.firmware_dirs),

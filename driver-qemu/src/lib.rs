@@ -70,7 +70,9 @@ impl QemuDriver {
         self
     }
 
-    /// Run probe processes as this user (when running as root).
+    /// Run probe processes as this user (when running as root). The probe cache keys its
+    /// entries by `CAPSD_PROBE_USER` ([`cache::KeySources::probe_user`]): with a cache, set
+    /// the user there too ([`Self::with_cache`]).
     pub fn with_probe_user(mut self, user: ProbeUser) -> Self {
         self.options.process.user = Some(user);
         self

@@ -48,6 +48,7 @@ impl World {
             nested_params: vec![root.join("sys/nested")],
             other_files: vec![root.join("sys/swtpm")],
             app_binary: Some(root.join("capsd")),
+            probe_user: None,
         };
         World { cache_dir: root.join("cache"), root, binary, sources, _tmp: tmp }
     }
@@ -230,6 +231,23 @@ fn a_new_capsd_version_invalidates() {
     get(&w.cache_version("1.0.0"), &w, &n, "a");
     assert_eq!(get(&w.cache_version("1.0.0"), &w, &n, "x").1, CacheOutcome::Hit);
     assert_eq!(get(&w.cache_version("1.0.1"), &w, &n, "b").1, CacheOutcome::Miss);
+    assert_eq!(n.load(Ordering::SeqCst), 2);
+}
+
+#[test]
+fn another_probe_user_invalidates() {
+    // Root probing as root gets KVM where an unprivileged probe user may not: a process with
+    // another CAPSD_PROBE_USER must not take this entry.
+    let w = World::new();
+    let n = AtomicUsize::new(0);
+    let as_user = |u: Option<&str>| {
+        let sources = KeySources { probe_user: u.map(str::to_owned), ..w.sources.clone() };
+        ProbeCache::with_options(w.cache_dir.clone(), CacheOptions { sources, app_version: "1.0.0".into() })
+    };
+    assert_eq!(get(&as_user(None), &w, &n, "root").1, CacheOutcome::Miss);
+    assert_eq!(get(&as_user(None), &w, &n, "x").1, CacheOutcome::Hit);
+    assert_eq!(get(&as_user(Some("capsd")), &w, &n, "capsd").1, CacheOutcome::Miss);
+    assert_eq!(get(&as_user(Some("capsd")), &w, &n, "x").1, CacheOutcome::Hit);
     assert_eq!(n.load(Ordering::SeqCst), 2);
 }
 

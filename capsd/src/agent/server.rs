@@ -181,6 +181,17 @@ pub fn parse_query(params: &[(String, String)]) -> Result<(String, Query), ApiEr
                         "bad path: must be an absolute path to the emulator binary",
                     ));
                 }
+                // Documents and probe cache entries are kept per path as spelled: '.', '..'
+                // and '//' would give one binary endlessly many spellings, each probed and
+                // stored anew.
+                let normal = Path::new(v).components().collect::<PathBuf>();
+                if normal.as_os_str() != v.as_str() || v.split('/').any(|c| c == "..") {
+                    return Err(ApiError::bad_parameter(
+                        k,
+                        v,
+                        "bad path: must be in plain form (no '.', '..', '//' or trailing '/')",
+                    ));
+                }
                 q.emulator = Some(PathBuf::from(v));
             }
             "arch" => {
@@ -344,6 +355,8 @@ mod tests {
 
     #[test]
     fn query_parameters_are_checked() {
+        let (_, q) = parse_query(&p(&[("emulatorbin", "/usr/bin/qemu-system-x86_64")])).unwrap();
+        assert_eq!(q.emulator.as_deref(), Some(Path::new("/usr/bin/qemu-system-x86_64")));
         let (d, q) = parse_query(&p(&[("arch", "x86_64"), ("virttype", "kvm"), ("machine", "pc-q35-7.2")])).unwrap();
         assert_eq!(d, "qemu");
         assert_eq!(
@@ -357,6 +370,10 @@ mod tests {
             (vec![("arch", "x86 64")], "not a valid architecture"),
             (vec![("emulatorbin", "qemu-system-x86_64")], "bad path"),
             (vec![("emulatorbin", "/usr/bin/q\u{0}")], "bad path"),
+            (vec![("emulatorbin", "/usr/bin/../bin/qemu-system-x86_64")], "plain form"),
+            (vec![("emulatorbin", "/usr/bin/./qemu-system-x86_64")], "plain form"),
+            (vec![("emulatorbin", "/usr//bin/qemu-system-x86_64")], "plain form"),
+            (vec![("emulatorbin", "/usr/bin/qemu-system-x86_64/")], "plain form"),
             (vec![("machine", "pc;rm")], "not a valid machine"),
             (vec![("driver", "../x")], "not a valid driver"),
         ] {

@@ -223,7 +223,7 @@ impl Cpu {
             host_passthrough: Some(CpuModeEnums::unsupported()),
             maximum: Some(CpuModeEnums::unsupported()),
             host_model: Some(HostModel::unsupported()),
-            custom: Some(CustomModels { supported: Support::No, models: Vec::new() }),
+            custom: Some(CustomModels::unsupported()),
         }
     }
 }
@@ -359,6 +359,13 @@ pub struct CustomModels {
     pub supported: Support,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub models: Vec<CustomModel>,
+}
+
+impl CustomModels {
+    /// `supported='no'` with no models.
+    pub fn unsupported() -> Self {
+        CustomModels { supported: Support::No, models: Vec::new() }
+    }
 }
 
 /// One `<model usable=... deprecated=... vendor=... canonical=...>NAME</model>`, with the

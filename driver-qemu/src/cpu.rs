@@ -155,30 +155,24 @@ pub fn cpu_capabilities_with(
         values.push("off");
         CpuModeEnums { supported: Support::Yes, enums: vec![Enum::new("hostPassthroughMigratable", values)] }
     } else {
-        CpuModeEnums { supported: Support::No, enums: Vec::new() }
+        CpuModeEnums::unsupported()
     };
 
     let has_max = defs.is_some_and(|d| d.iter().any(|x| def_name(x) == Some("max")));
     let maximum = if has_max && !s390_old_machine {
         CpuModeEnums { supported: Support::Yes, enums: vec![Enum::new("maximumMigratable", ["on", "off"])] }
     } else {
-        CpuModeEnums { supported: Support::No, enums: Vec::new() }
+        CpuModeEnums::unsupported()
     };
 
     let host_model = if native && !s390_old_machine { host_model(data, t, barch, accel) } else { None };
-    let host_model = host_model.unwrap_or(HostModel {
-        supported: Support::No,
-        model: None,
-        vendor: None,
-        maxphysaddr: None,
-        features: Vec::new(),
-    });
+    let host_model = host_model.unwrap_or_else(HostModel::unsupported);
 
     let custom = match defs {
         Some(d) if !d.is_empty() && !s390_old_machine && has_cpu_driver(arch) => {
             custom_models(data, t, arch, d, options)
         }
-        _ => CustomModels { supported: Support::No, models: Vec::new() },
+        _ => CustomModels::unsupported(),
     };
 
     Some(Cpu {

@@ -30,6 +30,10 @@ pub struct Query {
     /// `--virttype`: `kvm`, `qemu`, `xen`, `lxc`, `bhyve`, ...
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub virt_type: Option<String>,
+    /// `--libvirt-version`: the libvirt release whose document is wanted (`X.Y[.Z]`). Drivers
+    /// that reproduce libvirt's output detect the installed libvirt when this is `None`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub libvirt: Option<String>,
 }
 
 impl fmt::Display for Query {
@@ -46,6 +50,9 @@ impl fmt::Display for Query {
         }
         if let Some(v) = &self.virt_type {
             parts.push(format!("virttype={v}"));
+        }
+        if let Some(v) = &self.libvirt {
+            parts.push(format!("libvirt={v}"));
         }
         if parts.is_empty() {
             f.write_str("(defaults)")
@@ -156,6 +163,13 @@ pub trait DomainCapsDriver: Send + Sync {
 
     /// Answer one query. Elements the driver cannot establish are left out of the document.
     fn domain_capabilities(&self, query: &Query) -> Result<DomainCapabilities, DriverError>;
+
+    /// Facts about how this driver answers on this host, as `(name, value)` pairs for
+    /// listings (`capsd drivers`): for example the libvirt release whose documents it
+    /// reproduces and where that was read. None by default.
+    fn details(&self) -> Vec<(String, String)> {
+        Vec::new()
+    }
 }
 
 impl fmt::Debug for dyn DomainCapsDriver {

@@ -22,6 +22,7 @@ fn bhyve_plugin_conforms() {
             arch: Some("x86_64".into()),
             machine: None,
             virt_type: Some("bhyve".into()),
+            libvirt: None,
         },
         Query { arch: Some("i686".into()), ..Query::default() },
     ];

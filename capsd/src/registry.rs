@@ -61,7 +61,7 @@ pub fn embedded_driver(opts: &DriverOptions, name: &str) -> anyhow::Result<Optio
         #[cfg(feature = "qemu")]
         "qemu" => {
             let d = driver_qemu::QemuDriver::new()
-                .with_cpu_options(driver_qemu::cpu::CpuOptions { blockers: opts.cpu_blockers });
+                .with_cpu_options(driver_qemu::cpu::CpuOptions { blockers: opts.cpu_blockers, ..Default::default() });
             Some(Arc::new(match &opts.cache_dir {
                 Some(dir) => d.with_cache_dir(dir.clone()),
                 None => d,

@@ -111,13 +111,23 @@ fn hv_models(defs: &[Value]) -> Vec<x86::HvModel> {
         .collect()
 }
 
-/// Output choices beyond libvirt 9.0's document.
+/// Output choices for `<cpu>`: the libvirt release it is for, and extras beyond it.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct CpuOptions {
     /// Follow each unusable custom model with `<blockers model=...>` listing the features
     /// QEMU cannot provide for it (libvirt's spelling where its cpu_map knows the feature),
-    /// as newer libvirt does. libvirt 9.0 does not print them.
+    /// even when the target release does not print them
+    /// ([`crate::libvirt::Change::CpuBlockers`]).
     pub blockers: bool,
+    /// The libvirt release the element is for (default: 9.0).
+    pub target: crate::libvirt::Target,
+}
+
+impl CpuOptions {
+    /// Whether unusable models get `<blockers>`: asked for, or printed by the target.
+    pub fn print_blockers(&self) -> bool {
+        self.blockers || self.target.has(crate::libvirt::Change::CpuBlockers)
+    }
 }
 
 /// The `<cpu>` element for `arch` (libvirt's name), `machine` and `accel`, or `None` when
@@ -322,7 +332,7 @@ fn custom_models(data: &ProbeData, t: &Transcript, arch: &str, defs: &[Value], o
             Some(_) => Usable::No,
         };
         let model_blockers = match unavailable {
-            Some(b) if options.blockers && !b.is_empty() => Some(Blockers {
+            Some(b) if options.print_blockers() && !b.is_empty() => Some(Blockers {
                 model: name.to_owned(),
                 features: b
                     .iter()

@@ -49,18 +49,20 @@ pub struct ResolvedQuery {
     pub accel: Accel,
 }
 
-/// The domain capabilities document for `q`, from `data` alone, as libvirt 9.0 writes it.
+/// The domain capabilities document for `q`, from `data` alone, as libvirt 9.0 writes it
+/// (see [`domain_capabilities_with`] for other releases).
 pub fn domain_capabilities(data: &ProbeData, q: &ResolvedQuery) -> Result<DomainCapabilities, DriverError> {
     domain_capabilities_with(data, q, crate::cpu::CpuOptions::default())
 }
 
-/// [`domain_capabilities`] with output choices beyond libvirt 9.0's document (newer
-/// schema elements such as CPU `<blockers>`).
+/// [`domain_capabilities`] for the libvirt release `cpu_options.target` (and extra CPU
+/// output such as `<blockers>` when asked for).
 pub fn domain_capabilities_with(
     data: &ProbeData,
     q: &ResolvedQuery,
     cpu_options: crate::cpu::CpuOptions,
 ) -> Result<DomainCapabilities, DriverError> {
+    let _target = cpu_options.target;
     let a = Answers::new(data, q.accel).ok_or_else(|| {
         DriverError::not_supported(
             "qemu",

@@ -16,6 +16,7 @@ pub mod cpu;
 pub mod derive;
 pub mod firmware;
 pub mod host;
+pub mod libvirt;
 pub mod plan;
 pub mod probe;
 pub mod probe_data;
@@ -41,8 +42,10 @@ pub struct QemuDriver {
     options: ProbeOptions,
     /// Overrides `PATH` for finding `qemu-system-*` (tests).
     search_path: Option<Vec<PathBuf>>,
-    /// Output choices for `<cpu>` (default: libvirt 9.0's document).
+    /// Output choices for `<cpu>` beyond the target release (the target is set per query).
     cpu_options: cpu::CpuOptions,
+    /// Where the installed libvirt is looked for (default `/`).
+    libvirt_root: Option<PathBuf>,
 }
 
 impl QemuDriver {
@@ -177,6 +180,25 @@ impl QemuDriver {
     }
 }
 
+impl QemuDriver {
+    /// Look for the installed libvirt under this directory instead of `/` (tests).
+    pub fn with_libvirt_root(mut self, root: PathBuf) -> Self {
+        self.libvirt_root = Some(root);
+        self
+    }
+
+    fn root(&self) -> PathBuf {
+        self.libvirt_root.clone().unwrap_or_else(|| PathBuf::from("/"))
+    }
+
+    /// The libvirt release a query's document is for: its `libvirt` when given, else the
+    /// installed libvirt's, else the newest known ([`libvirt::choose`]).
+    pub fn target(&self, query: &Query) -> Result<libvirt::Detected, DriverError> {
+        libvirt::choose(query.libvirt.as_deref(), &self.root())
+            .map_err(|e| DriverError::invalid("libvirt", query.libvirt.clone().unwrap_or_default(), e.to_string()))
+    }
+}
+
 fn is_executable(p: &Path) -> bool {
     use std::os::unix::fs::PermissionsExt;
     std::fs::metadata(p).map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0).unwrap_or(false)
@@ -197,8 +219,15 @@ impl DomainCapsDriver for QemuDriver {
 
     #[tracing::instrument(skip_all, fields(driver = DRIVER, query = %query))]
     fn domain_capabilities(&self, query: &Query) -> Result<DomainCapabilities, DriverError> {
+        let target = self.target(query)?;
         let (r, data) =
             resolve::resolve_query(query, &host::host_arch(), |n| self.find(n), |b| self.probe_data_for(b, query))?;
-        derive::domain_capabilities_with(&data, &r, self.cpu_options)
+        let options = cpu::CpuOptions { target: libvirt::Target::new(target.version), ..self.cpu_options };
+        derive::domain_capabilities_with(&data, &r, options)
+    }
+
+    fn details(&self) -> Vec<(String, String)> {
+        let d = libvirt::version::detect_or_newest(&self.root());
+        vec![("libvirt_version".into(), d.version.to_string()), ("libvirt_version_source".into(), d.source.to_string())]
     }
 }

@@ -425,6 +425,7 @@ mod tests {
             arch: arch.map(str::to_owned),
             machine: machine.map(str::to_owned),
             virt_type: vt.map(str::to_owned),
+            libvirt: None,
         }
     }
 

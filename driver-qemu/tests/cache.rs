@@ -549,6 +549,7 @@ fn the_driver_answers_a_foreign_arch_from_the_cache_as_from_the_probe() {
             arch: None,
             machine: machine.map(str::to_owned),
             virt_type: virt_type.map(str::to_owned),
+            libvirt: None,
         };
         let direct =
             driver_qemu::resolve::resolve_query(&q, &driver_qemu::host::host_arch(), |_| None, |_| Ok(data.clone()))
@@ -594,6 +595,7 @@ fn the_driver_reads_only_the_runs_a_query_needs_and_answers_the_same() {
                 arch: None,
                 machine: machine.map(str::to_owned),
                 virt_type: virt_type.map(str::to_owned),
+                libvirt: None,
             };
             let host_arch = driver_qemu::host::host_arch();
             let direct = driver_qemu::resolve::resolve_query(&q, &host_arch, |_| None, |_| Ok(data.clone()))

@@ -36,6 +36,7 @@ impl Case {
             arch: self.arg("--arch").map(str::to_owned),
             machine: self.arg("--machine").map(str::to_owned),
             virt_type: self.arg("--virttype").map(str::to_owned),
+            libvirt: None,
         }
     }
 }

@@ -68,6 +68,7 @@ impl Fixture {
             arch: Some(self.caps.arch.clone()),
             machine: self.caps.machine.clone(),
             virt_type: Some(self.caps.domain.clone()),
+            libvirt: None,
         }
     }
 

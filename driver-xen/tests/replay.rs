@@ -28,6 +28,7 @@ fn query(emulator: Option<&str>, arch: Option<&str>, machine: Option<&str>, virt
         arch: arch.map(str::to_owned),
         machine: machine.map(str::to_owned),
         virt_type: virt.map(str::to_owned),
+        libvirt: None,
     }
 }
 

@@ -8,7 +8,13 @@ use capsd_tests::conformance;
 use driver_qemu::QemuDriver;
 
 fn q(arch: &str, virt: &str, machine: Option<&str>) -> Query {
-    Query { emulator: None, arch: Some(arch.into()), machine: machine.map(Into::into), virt_type: Some(virt.into()) }
+    Query {
+        emulator: None,
+        arch: Some(arch.into()),
+        machine: machine.map(Into::into),
+        virt_type: Some(virt.into()),
+        libvirt: None,
+    }
 }
 
 fn have(bin: &str) -> bool {

@@ -11,6 +11,7 @@ fn q(arch: Option<&str>, virt: Option<&str>, machine: Option<&str>) -> Query {
         arch: arch.map(Into::into),
         machine: machine.map(Into::into),
         virt_type: virt.map(Into::into),
+        libvirt: None,
     }
 }
 

@@ -14,6 +14,7 @@ fn q(arch: Option<&str>, machine: Option<&str>) -> Query {
         arch: arch.map(Into::into),
         machine: machine.map(Into::into),
         virt_type: Some("xen".into()),
+        libvirt: None,
     }
 }
 

@@ -52,6 +52,7 @@ fn q(arch: Option<&str>, virt: Option<&str>, machine: Option<&str>, emulator: Op
         arch: arch.map(Into::into),
         machine: machine.map(Into::into),
         virt_type: virt.map(Into::into),
+        libvirt: None,
     }
 }
 

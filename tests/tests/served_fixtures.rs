@@ -94,6 +94,7 @@ fn upstream_aliases_and_defaults() {
             arch: Some(arch.into()),
             machine: machine.map(Into::into),
             virt_type: virt.map(Into::into),
+            libvirt: None,
         };
         match d.resolve(&q) {
             Ok(f) => f.name.clone(),

@@ -2,7 +2,8 @@
 //! and the listeners (a Unix socket with chosen mode and group; loopback TCP on request).
 //!
 //! Routes:
-//! - `GET /v1/domcapabilities?emulatorbin=&arch=&machine=&virttype=&driver=`: the document,
+//! - `GET /v1/domcapabilities?emulatorbin=&arch=&machine=&virttype=&driver=&libvirt=`: the document
+//!   (`libvirt=X.Y[.Z]` asks for that libvirt release's form instead of the installed one's),
 //!   XML, or JSON with `Accept: application/json`; the same bytes as the CLI prints.
 //! - `GET /v1/drivers`: the drivers, their availability and refused plugins (JSON, the same
 //!   as `capsd drivers --json`).
@@ -37,7 +38,7 @@ use crate::cmd::drivers;
 use crate::registry::IN_TREE;
 
 /// The parameters `/v1/domcapabilities` takes.
-const PARAMS: [&str; 5] = ["emulatorbin", "arch", "machine", "virttype", "driver"];
+const PARAMS: [&str; 6] = ["emulatorbin", "arch", "machine", "virttype", "driver", "libvirt"];
 
 /// An error answer: status and JSON body.
 #[derive(Debug)]
@@ -205,6 +206,10 @@ pub fn parse_query(params: &[(String, String)]) -> Result<(String, Query), ApiEr
             "virttype" => {
                 check_token(k, v, |c| c.is_ascii_alphanumeric(), "virtualization type")?;
                 q.virt_type = Some(v.clone());
+            }
+            "libvirt" => {
+                check_token(k, v, |c| c.is_ascii_digit() || c == '.', "libvirt version (X.Y or X.Y.Z)")?;
+                q.libvirt = Some(v.clone());
             }
             _ => {
                 check_token(k, v, |c| c.is_ascii_alphanumeric() || "_-".contains(c), "driver name")?;

@@ -36,6 +36,11 @@ pub struct CapsSource {
     /// Virtualization type for the driver query.
     #[arg(long = "virttype", value_name = "TYPE")]
     virttype: Option<String>,
+    /// The libvirt release whose document to print (X.Y or X.Y.Z, 9.0 or newer). Default:
+    /// the installed libvirt's (read from its library's file name, else dpkg's records),
+    /// else the newest release capsd knows (see `capsd drivers`).
+    #[arg(long = "libvirt-version", value_name = "X.Y[.Z]")]
+    libvirt_version: Option<String>,
     /// driver-test: directory of golden documents to serve.
     #[arg(long, value_name = "DIR")]
     fixtures: Option<PathBuf>,
@@ -70,6 +75,7 @@ impl CapsSource {
             arch: self.arch.clone().or(defaults.arch),
             machine: self.machine.clone().or(defaults.machine),
             virt_type: self.virttype.clone().or(defaults.virt_type),
+            libvirt: self.libvirt_version.clone(),
         };
         driver.domain_capabilities(&query).with_context(|| format!("driver '{driver_name}', query {query}"))
     }
@@ -119,6 +125,7 @@ fn check(ctx: &super::Context, args: &Args) -> Result<ExitCode> {
         arch: domain.arch().map(str::to_owned),
         machine: domain.machine().map(str::to_owned),
         virt_type: Some(domain.virt_type().to_owned()),
+        libvirt: None,
     };
     let caps = args.source.load(ctx, defaults)?;
     let report =

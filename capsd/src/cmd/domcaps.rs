@@ -28,6 +28,11 @@ pub struct Args {
     /// Virtualization type: kvm, qemu, xen, lxc... (default: the best one usable here).
     #[arg(long = "virttype", value_name = "TYPE")]
     virttype: Option<String>,
+    /// The libvirt release whose document to print (X.Y or X.Y.Z, 9.0 or newer). Default:
+    /// the installed libvirt's (read from its library's file name, else dpkg's records),
+    /// else the newest release capsd knows (see `capsd drivers`).
+    #[arg(long = "libvirt-version", value_name = "X.Y[.Z]")]
+    libvirt_version: Option<String>,
     /// Output form.
     #[arg(long, value_enum, default_value_t = Format::Xml)]
     format: Format,
@@ -81,7 +86,13 @@ pub fn run(ctx: &super::Context, args: Args) -> Result<ExitCode> {
         cpu_blockers: args.cpu_blockers,
     };
     let driver = driver(ctx, &opts, &args.driver)?;
-    let query = Query { emulator: args.emulatorbin, arch: args.arch, machine: args.machine, virt_type: args.virttype };
+    let query = Query {
+        emulator: args.emulatorbin,
+        arch: args.arch,
+        machine: args.machine,
+        virt_type: args.virttype,
+        libvirt: args.libvirt_version,
+    };
     let caps =
         driver.domain_capabilities(&query).with_context(|| format!("driver '{}', query {query}", args.driver))?;
     std::io::stdout().lock().write_all(args.format.render(&caps).as_bytes()).context("writing to standard output")?;

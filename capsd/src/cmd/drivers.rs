@@ -22,22 +22,34 @@ pub fn run(ctx: &super::Context, args: Args) -> Result<ExitCode> {
 
 /// The listing: a table, or JSON (also the agent's `/v1/drivers` body).
 pub fn render(reg: &Registry, json: bool) -> String {
-    let rows: Vec<(String, Availability)> = reg.all().iter().map(|d| (d.name().to_owned(), d.availability())).collect();
-    let missing: Vec<&str> = IN_TREE.iter().copied().filter(|n| !rows.iter().any(|(r, _)| r == n)).collect();
+    let rows: Vec<(String, Availability, Vec<(String, String)>)> =
+        reg.all().iter().map(|d| (d.name().to_owned(), d.availability(), d.details())).collect();
+    let missing: Vec<&str> = IN_TREE.iter().copied().filter(|n| !rows.iter().any(|(r, _, _)| r == n)).collect();
     if json {
         let v: Vec<serde_json::Value> = rows
             .iter()
-            .map(|(n, a)| serde_json::json!({"name": n, "built_in": IN_TREE.contains(&n.as_str()), "availability": a}))
+            .map(|(n, a, details)| {
+                let mut v =
+                    serde_json::json!({"name": n, "built_in": IN_TREE.contains(&n.as_str()), "availability": a});
+                if !details.is_empty() {
+                    v["details"] =
+                        details.iter().map(|(k, x)| (k.clone(), serde_json::Value::from(x.as_str()))).collect();
+                }
+                v
+            })
             .chain(missing.iter().map(|n| serde_json::json!({"name": n, "built_in": false})))
             .chain(reg.refused().iter().map(|(f, why)| serde_json::json!({"refused_plugin": f, "reason": why})))
             .collect();
         return serde_json::to_string_pretty(&v).unwrap_or_default() + "\n";
     }
     let mut out = String::new();
-    for (name, a) in &rows {
+    for (name, a, details) in &rows {
         match a {
             Availability::Available => out.push_str(&format!("{name:<12} available\n")),
             Availability::Unavailable { reason } => out.push_str(&format!("{name:<12} unavailable: {reason}\n")),
+        }
+        for (k, v) in details {
+            out.push_str(&format!("{:<12}   {k}: {v}\n", ""));
         }
     }
     for name in missing {

@@ -31,6 +31,7 @@ fn libvirt_query() -> Query {
         arch: Some("x86_64".into()),
         machine: None,
         virt_type: Some("bhyve".into()),
+        libvirt: None,
     }
 }
 

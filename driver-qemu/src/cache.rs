@@ -148,6 +148,12 @@ impl KeySources {
             other_files: [
                 "/usr/bin/swtpm",
                 "/usr/bin/swtpm_setup",
+                "/usr/bin/swtpm_ioctl",
+                "/usr/bin/qemu-rdp",
+                "/usr/local/bin/qemu-rdp",
+                "/dev/iommu",
+                "/sys/module/kvm_amd/parameters/sev_snp",
+                "/sys/module/kvm_intel/parameters/tdx",
                 "/dev/sev",
                 "/dev/vfio/vfio",
                 "/dev/sgx_enclave",

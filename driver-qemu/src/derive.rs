@@ -33,6 +33,7 @@ mod rules_tests;
 
 use capsd_core::{DomainCapabilities, DriverError, EnumElement, Features, Flag, Support, Vcpu};
 
+use crate::libvirt::Change;
 use crate::probe_data::{Accel, ProbeData};
 
 use self::probe::Answers;
@@ -62,7 +63,7 @@ pub fn domain_capabilities_with(
     q: &ResolvedQuery,
     cpu_options: crate::cpu::CpuOptions,
 ) -> Result<DomainCapabilities, DriverError> {
-    let _target = cpu_options.target;
+    let target = cpu_options.target;
     let a = Answers::new(data, q.accel).ok_or_else(|| {
         DriverError::not_supported(
             "qemu",
@@ -97,14 +98,21 @@ pub fn domain_capabilities_with(
     let cpu = crate::cpu::cpu_capabilities_with(data, arch, &info.name, q.accel, cpu_options);
     let hyperv = crate::cpu::hyperv(data, arch, q.accel);
 
+    let sev = features::sev_for(&a, host, target);
     let features = Features {
         gic: Some(features::gic(&a, arch, &info.name, q.accel)),
         vmcoreinfo: Some(features::vmcoreinfo(&a)),
         genid: Some(features::genid(&a)),
         backing_store_input: Some(features::backing_store_input(&a)),
         backup: Some(features::backup(&a)),
-        s390_pv: features::s390_pv(&a, host, arch),
-        sev: Some(features::sev(&a, host)),
+        async_teardown: if target.has(Change::AsyncTeardown) { features::async_teardown(&a) } else { None },
+        s390_pv: features::s390_pv_for(&a, host, arch, target),
+        ps2: if target.has(Change::Ps2) { features::ps2(&a, arch, &info.name) } else { None },
+        tdx: target.has(Change::Tdx).then(|| features::tdx(&a, host, arch, q.accel)),
+        launch_security: target
+            .has(Change::LaunchSecurity)
+            .then(|| features::launch_security(&a, host, arch, &sev, target)),
+        sev: Some(sev),
         sgx: Some(features::sgx(&a)),
         hyperv,
         ..Features::default()
@@ -117,10 +125,16 @@ pub fn domain_capabilities_with(
         arch: arch.to_owned(),
         vcpu: Some(Vcpu { max }),
         iothreads: Some(Flag::new(Support::from_bool(a.has_type("iothread")))),
-        os: Some(os::os_caps(host, arch, &info.name)),
+        os: Some(os::os_caps_for(
+            host,
+            arch,
+            &info.name,
+            target,
+            a.has_any_type(&["uefi-vars-x64", "uefi-vars-sysbus"]),
+        )),
         cpu,
         memory_backing: Some(memory_backing),
-        devices: Some(devices::devices(&a, host, arch, &info.name)),
+        devices: Some(devices::devices(&a, host, arch, &info.name, target)),
         features: Some(features),
     })
 }

@@ -49,6 +49,12 @@ pub struct HostFacts {
     /// LGPL data of the host: recordings committed to the repository must not carry it.
     #[serde(default)]
     pub cpu_map: Option<crate::cpu::cpumap::CpuMap>,
+    /// `/sys/module/kvm_intel/parameters/tdx` is `Y` (KVM runs TDX guests).
+    #[serde(default)]
+    pub tdx: bool,
+    /// A `qemu-rdp` program is in `PATH` (libvirt's RDP helper for the D-Bus display).
+    #[serde(default)]
+    pub qemu_rdp: bool,
     /// The images of [`DEFAULT_LOADERS`] that exist on the host, in that order: libvirt 9.0
     /// lists them as `<loader>` values when no firmware descriptor matches the arch and
     /// machine (its built-in loader list, used when `qemu.conf` sets no `nvram`).
@@ -77,6 +83,9 @@ pub struct VfioFacts {
     pub dev_vfio: bool,
     /// `/sys/module/vfio` exists (module loaded or built in).
     pub module: bool,
+    /// `/dev/iommu` exists (the kernel's IOMMUFD interface).
+    #[serde(default)]
+    pub iommufd_device: bool,
 }
 
 impl VfioFacts {
@@ -99,6 +108,9 @@ pub struct SevFacts {
     /// EDX - 1 from them (0 and 0 when either is 0). `None` off x86 or when the leaf is absent.
     #[serde(default)]
     pub cpuid_asids: Option<(u32, u32)>,
+    /// `/sys/module/kvm_amd/parameters/sev_snp` is `Y` (KVM runs SEV-SNP guests).
+    #[serde(default)]
+    pub snp: bool,
 }
 
 /// CPUID 0x8000001F (ECX, EDX), when the processor has that leaf.
@@ -187,11 +199,13 @@ impl HostFacts {
                 noiommu_mode: read_flag("/sys/module/vfio/parameters/enable_unsafe_noiommu_mode") == Some(true),
                 dev_vfio: Path::new("/dev/vfio/vfio").exists(),
                 module: Path::new("/sys/module/vfio").exists(),
+                iommufd_device: Path::new("/dev/iommu").exists(),
             },
             sev: SevFacts {
                 kvm_amd_sev: read_flag("/sys/module/kvm_amd/parameters/sev"),
                 dev_sev: Path::new("/dev/sev").exists(),
                 cpuid_asids: sev_cpuid_asids(),
+                snp: read_flag("/sys/module/kvm_amd/parameters/sev_snp") == Some(true),
             },
             s390_pv: S390PvFacts {
                 prot_virt_host: read_flag("/sys/firmware/uv/prot_virt_host"),
@@ -203,6 +217,8 @@ impl HostFacts {
             },
             swtpm: swtpm(),
             cpu_map: crate::cpu::host::read_cpu_map(),
+            tdx: read_flag("/sys/module/kvm_intel/parameters/tdx") == Some(true),
+            qemu_rdp: find_in_path("qemu-rdp").is_some(),
             default_loaders_present: DEFAULT_LOADERS
                 .iter()
                 .filter(|p| Path::new(p).exists())

@@ -62,9 +62,12 @@ pub enum Change {
     DiskBusNvme,
     /// `<filesystem><enum name='driverType'>` no longer offers `handle`.
     FilesystemNoHandle,
-    /// Without a firmware descriptor for the arch/machine, libvirt's built-in loader list is
-    /// no longer reported.
-    NoDefaultLoaders,
+    /// A floppy drive (`floppy`, bus `fdc`) only on boards with a floppy controller.
+    FloppyNeedsController,
+    /// `<graphics>` may offer `rdp` (D-Bus display plus a `qemu-rdp` helper).
+    GraphicsRdp,
+    /// `<sev>` states `<cpu0Id>` when QEMU reports it.
+    SevCpu0Id,
 }
 
 /// A row of the table.
@@ -81,28 +84,115 @@ const fn row(change: Change, major: u32, minor: u32, source: &'static str) -> Ro
     Row { change, since: LibvirtVersion::new(major, minor, 0), source }
 }
 
-/// Every version-dependent rule of the QEMU document, oldest first.
+/// Every version-dependent rule of the QEMU document, oldest first. Sources: libvirt's
+/// NEWS (`NEWS vX.Y.0: ...`), its domain capabilities documentation (`formatdomaincaps`,
+/// whose `since` markers date elements), the functions that fill each element in
+/// `src/qemu/qemu_capabilities.c`, and Debian's 9.0 / 11.3 / 12.8 outputs on one host
+/// (`stacks`). Where a release could only be bracketed, the row says so and takes the
+/// release the other evidence points to.
 pub const CHANGES: &[Row] = &[
-    row(Change::Crypto, 9, 0, "provisional"),
-    row(Change::Interface, 9, 0, "provisional"),
-    row(Change::Panic, 9, 0, "provisional"),
-    row(Change::AsyncTeardown, 9, 0, "provisional"),
-    row(Change::Ps2, 9, 0, "provisional"),
-    row(Change::LaunchSecurity, 9, 0, "provisional"),
-    row(Change::HostModelMaxPhysAddr, 9, 0, "provisional"),
-    row(Change::NoDefaultLoaders, 9, 1, "provisional"),
-    row(Change::CpuBlockers, 10, 9, "provisional"),
-    row(Change::CpuVersionedModels, 10, 10, "provisional"),
-    row(Change::CpuModelsSorted, 10, 10, "provisional"),
-    row(Change::Console, 11, 4, "provisional"),
-    row(Change::Tdx, 11, 4, "provisional"),
-    row(Change::S390PvEverywhere, 11, 4, "provisional"),
-    row(Change::FirmwareFeatures, 11, 4, "provisional"),
-    row(Change::Varstore, 11, 4, "provisional"),
-    row(Change::HostdevIommufd, 11, 4, "provisional"),
-    row(Change::DiskBusNvme, 11, 4, "provisional"),
-    row(Change::FilesystemNoHandle, 11, 4, "provisional"),
-    row(Change::HostModelFeaturesSorted, 11, 4, "provisional"),
+    row(Change::Crypto, 9, 1, "NEWS v9.1.0 'qemu: Support crypto device'; virQEMUCapsFillDomainDeviceCryptoCaps"),
+    row(
+        Change::HostModelMaxPhysAddr,
+        9,
+        5,
+        "virQEMUCapsFillDomainCPUCaps sets the host-model address size (absent in 9.0); libvirt-go-xml's element          for it is tagged v1.9005.0; stacks: 11.3 prints it for kvm, 9.0 does not",
+    ),
+    row(
+        Change::AsyncTeardown,
+        9,
+        6,
+        "formatdomain 'async-teardown ... Since 9.6.0'; domCapsTuples maps it to QEMU's run-with async-teardown",
+    ),
+    row(
+        Change::LaunchSecurity,
+        10,
+        5,
+        "NEWS v10.5.0 SEV-SNP support 'reported in domain capabilities'; formatdomaincaps launchSecurity since 10.5.0;          virQEMUCapsFillDomainLaunchSecurity",
+    ),
+    row(
+        Change::Interface,
+        10,
+        6,
+        "NEWS v10.6.0: supported network backends reported in domain capabilities; virQEMUCapsFillDomainDeviceNetCaps          (netdev user -> default, stream -> passt)",
+    ),
+    row(
+        Change::Ps2,
+        10,
+        7,
+        "NEWS v10.7.0 'ability to disable the built-in PS/2 controller'; virQEMUCapsFillDomainFeaturePS2Caps          (generic-pc-machine's i8042 property)",
+    ),
+    row(Change::CpuBlockers, 10, 9, "NEWS v10.9.0 'Report CPU model blockers in domain capabilities'; formatdomaincaps"),
+    row(
+        Change::CpuVersionedModels,
+        10,
+        10,
+        "NEWS v10.10.0 'qemu: Add support for versioned CPU models'; formatdomaincaps canonical since 10.10.0",
+    ),
+    row(
+        Change::CpuModelsSorted,
+        10,
+        10,
+        "virQEMUCapsCPUDefsToModels sorts the custom list in 11.3, not in 9.0; bracketed 10.5-11.3, taken with          versioned models (10.10)",
+    ),
+    row(
+        Change::Panic,
+        10,
+        10,
+        "virQEMUCapsFillDomainDevicePanicCaps (in 11.3, not in 9.0); libvirt-go-xml's panic element tagged v1.10010.0",
+    ),
+    row(Change::SevCpu0Id, 11, 1, "libvirt-go-xml's sev cpu0Id tagged v1.11001.0; upstream fixture qemu_9.2.0+amdsev"),
+    row(
+        Change::GraphicsRdp,
+        11,
+        2,
+        "virQEMUCapsFillDomainDeviceGraphicsCaps offers rdp with the D-Bus display and qemuRdpAvailable (in 11.3);          NEWS v11.3.0 fixes its probing; release approximate",
+    ),
+    row(
+        Change::FloppyNeedsController,
+        11,
+        4,
+        "NEWS v11.4.0 'Improve accuracy of FDC/floppy device support statement in capabilities XML'; stacks: 12.8          drops floppy/fdc on aarch64 virt and s390",
+    ),
+    row(
+        Change::Console,
+        11,
+        5,
+        "NEWS v11.5.0 'Include supported console types in domain capabilities'; virQEMUCapsFillDomainDeviceConsoleCaps",
+    ),
+    row(Change::DiskBusNvme, 11, 5, "NEWS v11.5.0 'qemu: Add support for NVMe disks' (bus nvme with nvme-ns)"),
+    row(
+        Change::Tdx,
+        11,
+        6,
+        "virQEMUCapsFillDomainFeatureTDXCaps; libvirt-go-xml's TDX feature tagged v1.11006.0; stacks: 12.8 prints it",
+    ),
+    row(
+        Change::S390PvEverywhere,
+        11,
+        6,
+        "stacks: 12.8 prints s390-pv on every arch, 11.3 only on s390; bracketed 11.4-12.8, taken with TDX (11.6)",
+    ),
+    row(
+        Change::FirmwareFeatures,
+        12,
+        1,
+        "NEWS v12.1.0 'Advertise firmware features in domain capabilities XML'; formatdomaincaps since 12.1.0",
+    ),
+    row(Change::Varstore, 12, 1, "NEWS v12.1.0 'Add support for uefi-vars device'; formatdomaincaps varstore since 12.1.0"),
+    row(Change::HostdevIommufd, 12, 1, "formatdomaincaps iommufd since 12.1.0; NEWS v12.2.0 bug fix referring to it"),
+    row(
+        Change::FilesystemNoHandle,
+        12,
+        2,
+        "NEWS v12.2.0 'Stop advertising support for handle backend of 9p filesystems'",
+    ),
+    row(
+        Change::HostModelFeaturesSorted,
+        12,
+        5,
+        "the series 'qemu_capabilities: Always sort features in host-model CPU' with NEWS v12.5.0's host-model fixes;          stacks: 12.8 sorts, 11.3 does not",
+    ),
 ];
 
 /// The libvirt release a document is derived for.

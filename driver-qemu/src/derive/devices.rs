@@ -7,6 +7,7 @@ use capsd_core::{Devices, EnumElement, Support};
 use super::machine;
 use super::probe::Answers;
 use crate::host::HostFacts;
+use crate::libvirt::{Change, Target};
 
 /// Keep the values whose condition holds, in the given (canonical) order.
 fn pick<'v>(candidates: &[(&'v str, bool)]) -> Vec<&'v str> {
@@ -24,9 +25,21 @@ fn virtio_models(a: &Answers<'_>) -> Vec<&'static str> {
     pick(&[("virtio", true), ("virtio-transitional", t), ("virtio-non-transitional", t)])
 }
 
+/// Whether a floppy drive (and so the `fdc` bus) is offered. Before
+/// [`Change::FloppyNeedsController`] everything but pSeries; from it, only PC boards that
+/// have a floppy controller: i440FX and isapc always, Q35 when QEMU has `isa-fdc`.
+fn floppy(a: &Answers<'_>, arch: &str, machine_name: &str, target: Target) -> bool {
+    if !target.has(Change::FloppyNeedsController) {
+        return machine::allows_floppy(arch, machine_name);
+    }
+    machine::is_i440fx(arch, machine_name)
+        || (machine::is_x86(arch) && machine_name == "isapc")
+        || (machine::is_q35(arch, machine_name) && a.has_type("isa-fdc"))
+}
+
 /// `<disk>`.
-pub fn disk(a: &Answers<'_>, arch: &str, machine: &str) -> EnumElement {
-    let floppy = machine::allows_floppy(arch, machine);
+pub fn disk(a: &Answers<'_>, arch: &str, machine: &str, target: Target) -> EnumElement {
+    let floppy = floppy(a, arch, machine, target);
     EnumElement::new(Support::Yes)
         .with_enum("diskDevice", pick(&[("disk", true), ("cdrom", true), ("floppy", floppy), ("lun", true)]))
         .with_enum(
@@ -38,23 +51,28 @@ pub fn disk(a: &Answers<'_>, arch: &str, machine: &str) -> EnumElement {
                 ("virtio", true),
                 ("usb", a.has_type("usb-storage")),
                 ("sata", a.has_type("ich9-ahci")),
+                ("nvme", target.has(Change::DiskBusNvme) && a.has_type("nvme-ns")),
             ]),
         )
         .with_enum("model", virtio_models(a))
 }
 
 /// `<graphics>`: display back-ends from the schema (`query-display-options` branches, the
-/// `query-vnc` / `query-spice` commands).
-pub fn graphics(a: &Answers<'_>) -> EnumElement {
+/// `query-vnc` command), spice when QEMU has its option group ([`Answers::has_spice`]), and
+/// `rdp` ([`Change::GraphicsRdp`]) with the D-Bus display and a `qemu-rdp` helper on the host.
+pub fn graphics(a: &Answers<'_>, host: &HostFacts, target: Target) -> EnumElement {
     let s = &a.schema;
+    let dbus = s.ret_has_variant("query-display-options", "dbus");
+    let rdp = dbus && target.has(Change::GraphicsRdp) && host.qemu_rdp;
     EnumElement::new(Support::Yes).with_enum(
         "type",
         pick(&[
             ("sdl", s.ret_has_variant("query-display-options", "sdl")),
             ("vnc", s.has_command("query-vnc")),
-            ("spice", s.has_command("query-spice")),
+            ("rdp", rdp),
+            ("spice", a.has_spice()),
             ("egl-headless", s.ret_has_variant("query-display-options", "egl-headless")),
-            ("dbus", s.ret_has_variant("query-display-options", "dbus")),
+            ("dbus", dbus),
         ]),
     )
 }
@@ -79,14 +97,21 @@ pub fn video(a: &Answers<'_>) -> EnumElement {
 /// `<hostdev>`: subsystem assignment (`pci` and `scsi` always, as libvirt 9.0 states them
 /// even for binaries without either bus; `usb` with `usb-host`); the `vfio` PCI backend only
 /// where the host can do VFIO passthrough and QEMU has `vfio-pci`.
-pub fn hostdev(a: &Answers<'_>, host: &HostFacts) -> EnumElement {
+/// From [`Change::HostdevIommufd`], an `iommufd` enum: `yes` with VFIO passthrough, QEMU's
+/// `iommufd` object and the host's `/dev/iommu`; `no` always.
+pub fn hostdev(a: &Answers<'_>, host: &HostFacts, target: Target) -> EnumElement {
     let vfio = host.vfio.passthrough_supported() && a.has_type("vfio-pci");
-    EnumElement::new(Support::Yes)
+    let e = EnumElement::new(Support::Yes)
         .with_enum("mode", ["subsystem"])
         .with_enum("startupPolicy", ["default", "mandatory", "requisite", "optional"])
         .with_enum("subsysType", pick(&[("usb", a.has_type("usb-host")), ("pci", true), ("scsi", true)]))
         .with_enum("capsType", Vec::<String>::new())
-        .with_enum("pciBackend", pick(&[("default", vfio), ("vfio", vfio)]))
+        .with_enum("pciBackend", pick(&[("default", vfio), ("vfio", vfio)]));
+    if !target.has(Change::HostdevIommufd) {
+        return e;
+    }
+    let iommufd = vfio && a.has_type("iommufd") && host.vfio.iommufd_device;
+    e.with_enum("iommufd", pick(&[("yes", iommufd), ("no", true)]))
 }
 
 /// `<rng>`: always supported (libvirt states the element even where no RNG device exists:
@@ -105,50 +130,51 @@ pub fn rng(a: &Answers<'_>) -> EnumElement {
     )
 }
 
-/// `<filesystem>`: 9p (`path`, `handle`) always; `virtiofs` with `vhost-user-fs-device`.
-pub fn filesystem(a: &Answers<'_>) -> EnumElement {
+/// `<filesystem>`: 9p `path` always, `handle` until [`Change::FilesystemNoHandle`];
+/// `virtiofs` with `vhost-user-fs-device`.
+pub fn filesystem(a: &Answers<'_>, target: Target) -> EnumElement {
     EnumElement::new(Support::Yes).with_enum(
         "driverType",
-        pick(&[("path", true), ("handle", true), ("virtiofs", a.has_type("vhost-user-fs-device"))]),
+        pick(&[
+            ("path", true),
+            ("handle", !target.has(Change::FilesystemNoHandle)),
+            ("virtiofs", a.has_type("vhost-user-fs-device")),
+        ]),
     )
 }
 
-/// `<tpm>`: frontends from `query-tpm-models` (plus the `spapr-tpm-proxy` type),
-/// backends from `query-tpm-types` (`external` goes with `emulator`), versions from what
-/// the host's `swtpm_setup` supports.
+/// `<tpm>`: frontends from `query-tpm-models` (plus the `spapr-tpm-proxy` type); without
+/// any the element is `supported='no'`. Backends from `query-tpm-types`, the emulator ones
+/// (`emulator` with `external`) only with the host's whole swtpm tool set (`swtpm`,
+/// `swtpm_setup`, `swtpm_ioctl`), and the versions `swtpm_setup` says it can create (the
+/// enum is left out when it names none).
 pub fn tpm(a: &Answers<'_>, host: &HostFacts) -> EnumElement {
     let models = a.string_list("query-tpm-models");
     let types = a.string_list("query-tpm-types");
     let has_model = |m: &str| models.contains(&m);
-    let passthrough = types.contains(&"passthrough");
-    let emulator = types.contains(&"emulator");
-    if !passthrough && !emulator {
+    let model_values = pick(&[
+        ("tpm-tis", has_model("tpm-tis")),
+        ("tpm-crb", has_model("tpm-crb")),
+        ("tpm-spapr", has_model("tpm-spapr")),
+        ("spapr-tpm-proxy", a.has_type("spapr-tpm-proxy")),
+    ]);
+    if model_values.is_empty() {
         return EnumElement::unsupported();
     }
-    // Versions are offered only with the whole swtpm tool set (swtpm, swtpm_setup,
-    // swtpm_ioctl), from what swtpm_setup says it can create.
-    let setup_features: &[String] = host
-        .swtpm
-        .as_ref()
-        .filter(|s| s.swtpm_setup.is_some() && s.swtpm_ioctl.is_some())
-        .map(|s| s.swtpm_setup_features.as_slice())
-        .unwrap_or(&[]);
+    let swtpm = host.swtpm.as_ref().filter(|s| s.swtpm_setup.is_some() && s.swtpm_ioctl.is_some());
+    let emulator = swtpm.is_some() && types.contains(&"emulator");
+    let setup_features: &[String] = swtpm.map(|s| s.swtpm_setup_features.as_slice()).unwrap_or(&[]);
     let has_feature = |f: &str| setup_features.iter().any(|x| x == f);
-    EnumElement::new(Support::Yes)
-        .with_enum(
-            "model",
-            pick(&[
-                ("tpm-tis", has_model("tpm-tis")),
-                ("tpm-crb", has_model("tpm-crb")),
-                ("tpm-spapr", has_model("tpm-spapr")),
-                ("spapr-tpm-proxy", a.has_type("spapr-tpm-proxy")),
-            ]),
-        )
-        .with_enum(
-            "backendModel",
-            pick(&[("passthrough", passthrough), ("emulator", emulator), ("external", emulator)]),
-        )
-        .with_enum("backendVersion", pick(&[("1.2", has_feature("tpm-1.2")), ("2.0", has_feature("tpm-2.0"))]))
+    let e = EnumElement::new(Support::Yes).with_enum("model", model_values).with_enum(
+        "backendModel",
+        pick(&[("passthrough", types.contains(&"passthrough")), ("emulator", emulator), ("external", emulator)]),
+    );
+    let versions = pick(&[("1.2", has_feature("tpm-1.2")), ("2.0", has_feature("tpm-2.0"))]);
+    if versions.is_empty() {
+        e
+    } else {
+        e.with_enum("backendVersion", versions)
+    }
 }
 
 /// `<redirdev>`: USB redirection with `usb-redir`.
@@ -159,24 +185,91 @@ pub fn redirdev(a: &Answers<'_>) -> EnumElement {
     EnumElement::new(Support::Yes).with_enum("bus", ["usb"])
 }
 
-/// `<channel>`: `pty` and `unix` always; `spicevmc` when the chardev backend exists.
+/// `<channel>`: `pty` and `unix` always; `spicevmc` with the spice display.
 pub fn channel(a: &Answers<'_>) -> EnumElement {
-    let spicevmc = a.schema.arg_member_has_variant("chardev-add", "backend", "spicevmc");
-    EnumElement::new(Support::Yes).with_enum("type", pick(&[("pty", true), ("unix", true), ("spicevmc", spicevmc)]))
+    EnumElement::new(Support::Yes)
+        .with_enum("type", pick(&[("pty", true), ("unix", true), ("spicevmc", a.has_spice())]))
 }
 
-/// All device elements libvirt 9.0 prints for QEMU.
-pub fn devices(a: &Answers<'_>, host: &HostFacts, arch: &str, machine: &str) -> Devices {
+/// `<crypto>` ([`Change::Crypto`]): the virtio model with QEMU's `virtio-crypto-device`,
+/// the `qemu` type and the `builtin` backend always, `lkcf` with its backend object.
+pub fn crypto(a: &Answers<'_>) -> EnumElement {
+    EnumElement::new(Support::Yes)
+        .with_enum("model", pick(&[("virtio", a.has_type("virtio-crypto-device"))]))
+        .with_enum("type", ["qemu"])
+        .with_enum("backendModel", pick(&[("builtin", true), ("lkcf", a.has_type("cryptodev-backend-lkcf"))]))
+}
+
+/// `<interface>` ([`Change::Interface`]): `default` with QEMU's user-mode (slirp) netdev,
+/// `passt` with its `stream` netdev (the passt program itself is not looked for).
+pub fn interface(a: &Answers<'_>) -> EnumElement {
+    let s = &a.schema;
+    EnumElement::new(Support::Yes).with_enum(
+        "backendType",
+        pick(&[
+            ("default", s.arg_has_variant("netdev_add", "user")),
+            ("passt", s.arg_has_variant("netdev_add", "stream")),
+        ]),
+    )
+}
+
+/// `<panic>` ([`Change::Panic`]): `isa` with the ISA `pvpanic` device, `pseries` on pSeries,
+/// `hyperv` on x86, `s390` on s390, `pvpanic` with `pvpanic-pci`; `supported='no'` when none.
+pub fn panic(a: &Answers<'_>, arch: &str, machine_name: &str) -> EnumElement {
+    let models = pick(&[
+        ("isa", a.has_type("pvpanic")),
+        ("pseries", machine::is_pseries(arch, machine_name)),
+        ("hyperv", machine::is_x86(arch)),
+        ("s390", machine::is_s390(arch)),
+        ("pvpanic", a.has_type("pvpanic-pci")),
+    ]);
+    if models.is_empty() {
+        return EnumElement::unsupported();
+    }
+    EnumElement::new(Support::Yes).with_enum("model", models)
+}
+
+/// `<console>` ([`Change::Console`]): the character device types QEMU always has, the
+/// spice ones with the spice display, `qemu-vdagent` with that chardev backend.
+pub fn console(a: &Answers<'_>) -> EnumElement {
+    let spice = a.has_spice();
+    let vdagent = a.schema.arg_member_has_variant("chardev-add", "backend", "qemu-vdagent");
+    EnumElement::new(Support::Yes).with_enum(
+        "type",
+        pick(&[
+            ("null", true),
+            ("vc", true),
+            ("pty", true),
+            ("dev", true),
+            ("file", true),
+            ("pipe", true),
+            ("stdio", true),
+            ("udp", true),
+            ("tcp", true),
+            ("unix", true),
+            ("spicevmc", spice),
+            ("spiceport", spice),
+            ("qemu-vdagent", vdagent),
+            ("dbus", true),
+        ]),
+    )
+}
+
+/// All device elements the target libvirt prints for QEMU.
+pub fn devices(a: &Answers<'_>, host: &HostFacts, arch: &str, machine: &str, target: Target) -> Devices {
     Devices {
-        disk: Some(disk(a, arch, machine)),
-        graphics: Some(graphics(a)),
+        disk: Some(disk(a, arch, machine, target)),
+        graphics: Some(graphics(a, host, target)),
         video: Some(video(a)),
-        hostdev: Some(hostdev(a, host)),
+        hostdev: Some(hostdev(a, host, target)),
         rng: Some(rng(a)),
-        filesystem: Some(filesystem(a)),
+        filesystem: Some(filesystem(a, target)),
         tpm: Some(tpm(a, host)),
         redirdev: Some(redirdev(a)),
         channel: Some(channel(a)),
-        ..Devices::default()
+        crypto: target.has(Change::Crypto).then(|| crypto(a)),
+        interface: target.has(Change::Interface).then(|| interface(a)),
+        panic: target.has(Change::Panic).then(|| panic(a, arch, machine)),
+        console: target.has(Change::Console).then(|| console(a)),
     }
 }

@@ -7,6 +7,7 @@ use serde_json::Value;
 use super::machine;
 use super::probe::Answers;
 use crate::host::HostFacts;
+use crate::libvirt::{Change, Target};
 use crate::probe_data::Accel;
 
 /// `<gic>`: only for the ARM `virt` board; the versions the accelerator can provide (kernel
@@ -69,11 +70,69 @@ pub fn s390_pv(a: &Answers<'_>, host: &HostFacts, arch: &str) -> Option<Flag> {
     Some(Flag::new(Support::from_bool(qemu && a.kvm_probed && host.s390_pv.enabled())))
 }
 
+/// `<s390-pv>` from [`Change::S390PvEverywhere`] on: [`s390_pv`] on s390, `no` elsewhere.
+pub fn s390_pv_for(a: &Answers<'_>, host: &HostFacts, arch: &str, target: Target) -> Option<Flag> {
+    s390_pv(a, host, arch).or_else(|| target.has(Change::S390PvEverywhere).then(|| Flag::new(Support::No)))
+}
+
+/// `<async-teardown>` ([`Change::AsyncTeardown`]): QEMU's `-run-with async-teardown=on`.
+/// Left out when QEMU did not list its command-line options.
+pub fn async_teardown(a: &Answers<'_>) -> Option<Flag> {
+    a.cmdline_param("run-with", "async-teardown").map(|b| Flag::new(Support::from_bool(b)))
+}
+
+/// `<ps2>` ([`Change::Ps2`]): the PC boards (i440FX, Q35, isapc, xenfv) whose machine type
+/// has the `i8042` switch. Left out when the machine properties were not read.
+pub fn ps2(a: &Answers<'_>, arch: &str, machine_name: &str) -> Option<Flag> {
+    if !machine::is_x86(arch) {
+        return Some(Flag::new(Support::No));
+    }
+    let board = machine::is_i440fx(arch, machine_name)
+        || machine::is_q35(arch, machine_name)
+        || matches!(machine_name, "isapc" | "xenfv")
+        || machine_name.starts_with("xenfv-");
+    let toggle = a.type_has_property("generic-pc-machine", "i8042")?;
+    Some(Flag::new(Support::from_bool(board && toggle)))
+}
+
+/// `<tdx>` ([`Change::Tdx`]): x86_64 KVM guests with QEMU's `tdx-guest` object on a host
+/// whose KVM enables TDX.
+pub fn tdx(a: &Answers<'_>, host: &HostFacts, arch: &str, accel: Accel) -> Flag {
+    Flag::new(Support::from_bool(arch == "x86_64" && accel == Accel::Kvm && a.has_type("tdx-guest") && host.tdx))
+}
+
+/// `<launchSecurity>` ([`Change::LaunchSecurity`]): the confidential guest types usable here,
+/// `supported='no'` when none.
+pub fn launch_security(a: &Answers<'_>, host: &HostFacts, arch: &str, sev: &Sev, target: Target) -> EnumElement {
+    let sev_ok = sev.supported == Support::Yes;
+    let pv = machine::is_s390(arch)
+        && a.has_type("s390-pv-guest")
+        && a.type_has_property("none-machine", "confidential-guest-support").unwrap_or(false)
+        && host.s390_pv.enabled();
+    let tdx = target.has(Change::Tdx) && a.has_type("tdx-guest") && host.tdx;
+    let types = [
+        ("sev", sev_ok && a.has_type("sev-guest")),
+        ("sev-snp", sev_ok && a.has_type("sev-snp-guest") && host.sev.snp),
+        ("s390-pv", pv),
+        ("tdx", tdx),
+    ];
+    let values: Vec<&str> = types.iter().filter(|(_, ok)| *ok).map(|(v, _)| *v).collect();
+    if values.is_empty() {
+        return EnumElement::unsupported();
+    }
+    EnumElement::new(Support::Yes).with_enum("sectype", values)
+}
+
 /// `<sev>`: yes when QEMU answered `query-sev-capabilities`, with its C-bit position and
 /// physical address reduction, and the guest counts from the host's SEV ASID range (CPUID
 /// 0x8000001F: ECX is the highest ASID, EDX the lowest ASID for plain SEV guests; ASIDs
 /// below EDX are for SEV-ES guests). Counts are 0 when the host does not tell.
 pub fn sev(a: &Answers<'_>, host: &HostFacts) -> Sev {
+    sev_for(a, host, Target::default())
+}
+
+/// [`sev`] as the target prints it: from [`Change::SevCpu0Id`], with QEMU's `cpu0-id`.
+pub fn sev_for(a: &Answers<'_>, host: &HostFacts, target: Target) -> Sev {
     let Some(reply) = a.reply("query-sev-capabilities").filter(|v| v.is_object()) else {
         return Sev { supported: Support::No, params: None, cpu0_id: None };
     };
@@ -92,7 +151,11 @@ pub fn sev(a: &Answers<'_>, host: &HostFacts) -> Sev {
             max_guests: Some(max_guests),
             max_es_guests: Some(max_es_guests),
         }),
-        cpu0_id: None,
+        cpu0_id: reply
+            .get("cpu0-id")
+            .and_then(Value::as_str)
+            .filter(|_| target.has(Change::SevCpu0Id))
+            .map(str::to_owned),
     }
 }
 

@@ -9,11 +9,12 @@
 //! (and the firmware enum stays empty). Either way, only files that exist are listed. The
 //! `secure` enum offers `yes` only when a matching descriptor requires SMM.
 
-use capsd_core::{Enum, Loader, Os, Support};
+use capsd_core::{Enum, EnumElement, Flag, Loader, Os, Support};
 
 use super::machine::descriptor_arch_matches;
 use crate::firmware::FirmwareDescriptor;
 use crate::host::HostFacts;
+use crate::libvirt::{Change, Target};
 
 /// Whether descriptor `d` applies to `arch` + `machine`.
 fn applies(d: &FirmwareDescriptor, arch: &str, machine: &str) -> bool {
@@ -32,7 +33,41 @@ fn image_exists(d: &FirmwareDescriptor) -> bool {
     }
 }
 
-/// The `<os>` element for `arch` + canonical `machine`.
+/// `<firmwareFeatures>` ([`Change::FirmwareFeatures`]): `secureBoot` / `enrolledKeys`
+/// offer `yes` when a matching descriptor has the feature and `no` when one lacks it (both
+/// empty without descriptors).
+fn firmware_features(matching: &[&FirmwareDescriptor]) -> EnumElement {
+    let values = |feature: &str| {
+        let mut v = Vec::new();
+        if matching.iter().any(|d| d.has_feature(feature)) {
+            v.push("yes");
+        }
+        if matching.iter().any(|d| !d.has_feature(feature)) {
+            v.push("no");
+        }
+        v
+    };
+    EnumElement::new(Support::Yes)
+        .with_enum("secureBoot", values("secure-boot"))
+        .with_enum("enrolledKeys", values("enrolled-keys"))
+}
+
+/// The `<os>` element for `arch` + canonical `machine`, as the target libvirt prints it.
+/// `uefi_vars_device`: QEMU has a `uefi-vars` device (`<varstore>`).
+pub fn os_caps_for(host: &HostFacts, arch: &str, machine: &str, target: Target, uefi_vars_device: bool) -> Os {
+    let mut os = os_caps(host, arch, machine);
+    let matching: Vec<&FirmwareDescriptor> = host.firmware.iter().filter(|d| applies(d, arch, machine)).collect();
+    if target.has(Change::FirmwareFeatures) {
+        os.firmware_features = Some(firmware_features(&matching));
+    }
+    if target.has(Change::Varstore) {
+        let yes = uefi_vars_device && matching.iter().any(|d| d.has_feature("host-uefi-vars"));
+        os.varstore = Some(Flag::new(Support::from_bool(yes)));
+    }
+    os
+}
+
+/// The `<os>` element for `arch` + canonical `machine` (libvirt 9.0's form).
 pub fn os_caps(host: &HostFacts, arch: &str, machine: &str) -> Os {
     let matching: Vec<&FirmwareDescriptor> = host.firmware.iter().filter(|d| applies(d, arch, machine)).collect();
 

@@ -115,6 +115,38 @@ impl<'a> Answers<'a> {
             .collect()
     }
 
+    /// Whether QEMU has command-line option group `option` (`query-command-line-options`),
+    /// `None` when it was not asked or failed.
+    pub fn cmdline_option(&self, option: &str) -> Option<bool> {
+        let list = self.primary.get("query-command-line-options")?.as_array()?;
+        Some(list.iter().any(|o| o.get("option").and_then(Value::as_str) == Some(option)))
+    }
+
+    /// Whether option group `option` has parameter `param`; `None` when QEMU did not say.
+    pub fn cmdline_param(&self, option: &str, param: &str) -> Option<bool> {
+        let list = self.primary.get("query-command-line-options")?.as_array()?;
+        Some(list.iter().filter(|o| o.get("option").and_then(Value::as_str) == Some(option)).any(|o| {
+            o.get("parameters")
+                .and_then(Value::as_array)
+                .is_some_and(|ps| ps.iter().any(|p| p.get("name").and_then(Value::as_str) == Some(param)))
+        }))
+    }
+
+    /// Whether QOM type `typename` has property `prop`; `None` when its properties were not
+    /// asked (or the question failed).
+    pub fn type_has_property(&self, typename: &str, prop: &str) -> Option<bool> {
+        let args = crate::cpu::plan::qom_list_properties_args(typename);
+        let list = self.primary.reply("qom-list-properties", Some(&args))?.as_array()?;
+        Some(list.iter().any(|p| p.get("name").and_then(Value::as_str) == Some(prop)))
+    }
+
+    /// QEMU has the spice display: its `spice` option group (present once the spice module
+    /// is loaded). Recordings made before capsd asked `query-command-line-options` fall back
+    /// to the schema's `query-spice` command.
+    pub fn has_spice(&self) -> bool {
+        self.cmdline_option("spice").unwrap_or_else(|| self.schema.has_command("query-spice"))
+    }
+
     /// The successful reply of a command in the primary run.
     pub fn reply(&self, command: &str) -> Option<&'a Value> {
         self.primary.get(command)

@@ -100,6 +100,12 @@ impl<'a> Schema<'a> {
         self.command_ret_type(command).is_some_and(|t| self.has_variant(t, case))
     }
 
+    /// Whether the arguments of `command` are a union with branch `case` (`netdev_add`'s
+    /// `Netdev`: `user`, `stream`, ...).
+    pub fn arg_has_variant(&self, command: &str, case: &str) -> bool {
+        self.command_arg_type(command).is_some_and(|t| self.has_variant(t, case))
+    }
+
     /// Whether argument `member` of `command` is a union with branch `case`.
     pub fn arg_member_has_variant(&self, command: &str, member: &str, case: &str) -> bool {
         self.command_arg_type(command)

@@ -187,7 +187,7 @@ fn blockers_on_request() {
     if Path::new(CPU_MAP).join("index.xml").exists() {
         data.host.cpu_map = Some(read_cpu_map_from(Path::new(CPU_MAP)).unwrap());
     }
-    let opts = CpuOptions { blockers: true };
+    let opts = CpuOptions { blockers: true, ..CpuOptions::default() };
     let cpu = cpu_capabilities_with(&data, "x86_64", "pc-i440fx-7.2", Accel::Kvm, opts).unwrap();
     let models = cpu.custom.unwrap().models;
     let qemu64 = models.iter().find(|m| m.name == "qemu64").unwrap();

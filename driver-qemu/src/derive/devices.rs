@@ -148,7 +148,17 @@ pub fn filesystem(a: &Answers<'_>, target: Target) -> EnumElement {
 /// (`emulator` with `external`) only with the host's whole swtpm tool set (`swtpm`,
 /// `swtpm_setup`, `swtpm_ioctl`), and the versions `swtpm_setup` says it can create (the
 /// enum is left out when it names none).
-pub fn tpm(a: &Answers<'_>, host: &HostFacts) -> EnumElement {
+/// Left out when the binary has `query-tpm-models` but its answer is missing (QEMU did not
+/// say); a binary without the command (built without TPM) has no TPM frontends.
+pub fn tpm(a: &Answers<'_>, host: &HostFacts) -> Option<EnumElement> {
+    if a.schema.has_command("query-tpm-models") && a.reply("query-tpm-models").is_none() {
+        tracing::warn!("query-tpm-models was not answered: <tpm> left out");
+        return None;
+    }
+    Some(tpm_from_lists(a, host))
+}
+
+fn tpm_from_lists(a: &Answers<'_>, host: &HostFacts) -> EnumElement {
     let models = a.string_list("query-tpm-models");
     let types = a.string_list("query-tpm-types");
     let has_model = |m: &str| models.contains(&m);
@@ -264,7 +274,7 @@ pub fn devices(a: &Answers<'_>, host: &HostFacts, arch: &str, machine: &str, tar
         hostdev: Some(hostdev(a, host, target)),
         rng: Some(rng(a)),
         filesystem: Some(filesystem(a, target)),
-        tpm: Some(tpm(a, host)),
+        tpm: tpm(a, host),
         redirdev: Some(redirdev(a)),
         channel: Some(channel(a)),
         crypto: target.has(Change::Crypto).then(|| crypto(a)),

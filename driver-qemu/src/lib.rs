@@ -219,10 +219,15 @@ impl DomainCapsDriver for QemuDriver {
 
     #[tracing::instrument(skip_all, fields(driver = DRIVER, query = %query))]
     fn domain_capabilities(&self, query: &Query) -> Result<DomainCapabilities, DriverError> {
-        let target = self.target(query)?;
-        let (r, data) =
-            resolve::resolve_query(query, &host::host_arch(), |n| self.find(n), |b| self.probe_data_for(b, query))?;
-        let options = cpu::CpuOptions { target: libvirt::Target::new(target.version), ..self.cpu_options };
+        let target = libvirt::Target::new(self.target(query)?.version);
+        let (r, data) = resolve::resolve_query_for(
+            query,
+            target,
+            &host::host_arch(),
+            |n| self.find(n),
+            |b| self.probe_data_for(b, query),
+        )?;
+        let options = cpu::CpuOptions { target, ..self.cpu_options };
         derive::domain_capabilities_with(&data, &r, options)
     }
 

@@ -68,6 +68,8 @@ pub enum Change {
     GraphicsRdp,
     /// `<sev>` states `<cpu0Id>` when QEMU reports it.
     SevCpu0Id,
+    /// With no machine asked, ARM and RISC-V guests get the `virt` board.
+    VirtDefaultMachine,
 }
 
 /// A row of the table.
@@ -92,6 +94,13 @@ const fn row(change: Change, major: u32, minor: u32, source: &'static str) -> Ro
 /// release the other evidence points to.
 pub const CHANGES: &[Row] = &[
     row(Change::Crypto, 9, 1, "NEWS v9.1.0 'qemu: Support crypto device'; virQEMUCapsFillDomainDeviceCryptoCaps"),
+    row(
+        Change::VirtDefaultMachine,
+        9,
+        3,
+        "NEWS v9.3.0 'qemu: Change default machine type for ARM and RISC-V' (virt); stacks: 9.0 picks \
+         integratorcp / spike, 11.3 virt",
+    ),
     row(
         Change::HostModelMaxPhysAddr,
         9,

@@ -21,6 +21,7 @@ use std::path::{Path, PathBuf};
 use capsd_core::{DriverError, Query};
 use serde_json::Value;
 
+use crate::libvirt::{Change, Target};
 use crate::probe_data::{Accel, ProbeData};
 
 pub use crate::derive::ResolvedQuery;
@@ -102,6 +103,8 @@ pub struct PreProbe {
     pub emulator: PathBuf,
     pub arch: String,
     pub virt_type: VirtTypeArg,
+    /// The libvirt release whose defaults apply (the default machine changed in 9.3).
+    pub target: Target,
 }
 
 /// Parse `--virttype`.
@@ -163,7 +166,7 @@ pub fn pre_probe(q: &Query, host_arch: &str, find: impl Fn(&str) -> Option<PathB
             )
         })?,
     };
-    Ok(PreProbe { emulator, arch, virt_type })
+    Ok(PreProbe { emulator, arch, virt_type, target: Target::default() })
 }
 
 /// libvirt's arch name for QEMU's `query-target` arch.
@@ -204,8 +207,13 @@ pub struct MachineEntry {
     pub is_default: bool,
 }
 
-/// The machines of one run in libvirt's order: `none` dropped, the default machine first.
+/// The machines of one run in libvirt 9.0's order: `none` dropped, the default machine first.
 pub fn machines(reply: &Value, arch: &str) -> Vec<MachineEntry> {
+    machines_for(reply, arch, Target::default())
+}
+
+/// [`machines`] with the target release's preferred machines ([`preferred_machine_for`]).
+pub fn machines_for(reply: &Value, arch: &str, target: Target) -> Vec<MachineEntry> {
     let mut list: Vec<MachineEntry> = reply
         .as_array()
         .map(|a| a.as_slice())
@@ -220,7 +228,7 @@ pub fn machines(reply: &Value, arch: &str) -> Vec<MachineEntry> {
             })
         })
         .collect();
-    let preferred = preferred_machine(arch);
+    let preferred = preferred_machine_for(arch, target);
     let idx = preferred
         .and_then(|p| list.iter().rposition(|m| m.name == p || m.alias.as_deref() == Some(p)))
         .or_else(|| list.iter().rposition(|m| m.is_default));
@@ -231,7 +239,17 @@ pub fn machines(reply: &Value, arch: &str) -> Vec<MachineEntry> {
     list
 }
 
-/// libvirt's historical default machine per arch (used when the binary has it).
+/// The target release's default machine per arch: from [`Change::VirtDefaultMachine`] on,
+/// `virt` for ARM and RISC-V; otherwise [`preferred_machine`].
+pub fn preferred_machine_for(arch: &str, target: Target) -> Option<&'static str> {
+    let virt = matches!(arch, "armv6l" | "armv7l" | "armv7b" | "aarch64" | "riscv32" | "riscv64");
+    if virt && target.has(Change::VirtDefaultMachine) {
+        return Some("virt");
+    }
+    preferred_machine(arch)
+}
+
+/// libvirt 9.0's default machine per arch (used when the binary has it).
 pub fn preferred_machine(arch: &str) -> Option<&'static str> {
     Some(match arch {
         "alpha" => "clipper",
@@ -339,7 +357,7 @@ pub fn resolve(pre: &PreProbe, machine: Option<&str>, data: &ProbeData) -> Resul
     let run = data.run(accel).ok_or_else(|| {
         DriverError::not_supported(DRIVER, format!("virt type '{}' with '{emu}': it was not probed", accel.virt_type()))
     })?;
-    let list = machines(run.get("query-machines").unwrap_or(&Value::Null), &emu_arch);
+    let list = machines_for(run.get("query-machines").unwrap_or(&Value::Null), &emu_arch, pre.target);
     let machine = match machine {
         Some(m) => list
             .iter()
@@ -355,14 +373,26 @@ pub fn resolve(pre: &PreProbe, machine: Option<&str>, data: &ProbeData) -> Resul
     Ok(ResolvedQuery { emulator: emu, arch: arch.to_owned(), machine, accel })
 }
 
-/// Both phases with a probe function in between (used by the driver and the tests).
+/// Both phases with a probe function in between, with libvirt 9.0's defaults (tests).
 pub fn resolve_query(
     q: &Query,
     host_arch: &str,
     find: impl Fn(&str) -> Option<PathBuf>,
     probe: impl FnOnce(&Path) -> Result<ProbeData, DriverError>,
 ) -> Result<(ResolvedQuery, ProbeData), DriverError> {
-    let pre = pre_probe(q, host_arch, find)?;
+    resolve_query_for(q, Target::default(), host_arch, find, probe)
+}
+
+/// Both phases with a probe function in between, with `target`'s defaults (the driver).
+pub fn resolve_query_for(
+    q: &Query,
+    target: Target,
+    host_arch: &str,
+    find: impl Fn(&str) -> Option<PathBuf>,
+    probe: impl FnOnce(&Path) -> Result<ProbeData, DriverError>,
+) -> Result<(ResolvedQuery, ProbeData), DriverError> {
+    let mut pre = pre_probe(q, host_arch, find)?;
+    pre.target = target;
     let data = probe(&pre.emulator)?;
     let r = resolve(&pre, q.machine.as_deref(), &data)?;
     Ok((r, data))

@@ -26,15 +26,11 @@ fn virtio_models(a: &Answers<'_>) -> Vec<&'static str> {
 }
 
 /// Whether a floppy drive (and so the `fdc` bus) is offered. Before
-/// [`Change::FloppyNeedsController`] everything but pSeries; from it, only PC boards that
-/// have a floppy controller: i440FX and isapc always, Q35 when QEMU has `isa-fdc`.
+/// [`Change::FloppyNeedsController`] everything but pSeries; from it, only when QEMU also
+/// has a floppy controller (`isa-fdc`), as the PC boards, alpha, PReP/PowerMac, PowerNV and
+/// microvm binaries do, and ARM, s390 and RISC-V ones do not.
 fn floppy(a: &Answers<'_>, arch: &str, machine_name: &str, target: Target) -> bool {
-    if !target.has(Change::FloppyNeedsController) {
-        return machine::allows_floppy(arch, machine_name);
-    }
-    machine::is_i440fx(arch, machine_name)
-        || (machine::is_x86(arch) && machine_name == "isapc")
-        || (machine::is_q35(arch, machine_name) && a.has_type("isa-fdc"))
+    machine::allows_floppy(arch, machine_name) && (!target.has(Change::FloppyNeedsController) || a.has_type("isa-fdc"))
 }
 
 /// `<disk>`.

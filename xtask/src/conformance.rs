@@ -12,6 +12,12 @@
 //! The ratchet file (`driver-qemu/tests/data/conformance-ratchet.txt`) lists the cases that
 //! must match (CPU models masked); the task fails when one of them no longer does.
 //! `--ratchet-add` appends the cases that now match and are not listed yet.
+//!
+//! Then the Debian stacks of [`crate::stacks`] (libvirt 9.0 with QEMU 10.0, 11.3, 12.x, each
+//! also without the optional helpers), each with its own ratchet; `--stack NAME` (repeatable)
+//! picks stacks (`bookworm` is this machine's libvirt), `--no-stacks` leaves them out. The
+//! chroots need root and Debian's package mirror; without root the stacks are skipped with
+//! a message, unless `CAPSD_REQUIRE_STACKS=1` (CI) makes that an error.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -69,14 +75,38 @@ pub fn run(args: &[String]) -> Result<()> {
     let mut oracle: Option<PathBuf> = None;
     let mut keep: Option<PathBuf> = None;
     let mut ratchet_add = false;
+    let mut picked: Vec<String> = Vec::new();
+    let mut no_stacks = false;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
             "--oracle" => oracle = Some(PathBuf::from(it.next().context("--oracle needs a directory")?)),
             "--keep" => keep = Some(PathBuf::from(it.next().context("--keep needs a directory")?)),
             "--ratchet-add" => ratchet_add = true,
-            other => bail!("unknown argument '{other}' (usage: cargo xtask conformance [--oracle DIR] [--keep DIR] [--ratchet-add])"),
+            "--stack" => picked.push(it.next().context("--stack needs a stack name")?.clone()),
+            "--no-stacks" => no_stacks = true,
+            other => bail!(
+                "unknown argument '{other}' (usage: cargo xtask conformance [--oracle DIR] [--keep DIR] [--ratchet-add] \
+                 [--stack NAME]... [--no-stacks])"
+            ),
         }
+    }
+    let mut chroot_stacks = Vec::new();
+    for name in &picked {
+        if name == "bookworm" {
+            continue;
+        }
+        chroot_stacks.push(crate::stacks::by_name(name).with_context(|| {
+            let known: Vec<String> = crate::stacks::all().into_iter().map(|s| s.name).collect();
+            format!("unknown stack '{name}' (known: bookworm {})", known.join(" "))
+        })?);
+    }
+    if picked.is_empty() && !no_stacks {
+        chroot_stacks = crate::stacks::all();
+    }
+    let run_host = picked.is_empty() || picked.iter().any(|p| p == "bookworm");
+    if !run_host {
+        return run_stacks(&root, &shared, &chroot_stacks, ratchet_add);
     }
     let cases_file = root.join(CASES);
     let cases = read_cases(&cases_file)?;
@@ -179,8 +209,142 @@ pub fn run(args: &[String]) -> Result<()> {
             println!("matching but not in the ratchet (add with --ratchet-add): {}", new_matches.join(" "));
         }
     }
+    let stacks = run_stacks(&root, &shared, &chroot_stacks, ratchet_add);
     if !regressions.is_empty() {
         bail!("cases in the ratchet that no longer match libvirt: {}", regressions.join(" "));
     }
+    stacks
+}
+
+/// Run the chroot stacks (all at once: building and probing are mostly waiting) and judge
+/// each against its ratchet.
+fn run_stacks(root: &Path, tools: &Path, stacks: &[crate::stacks::Stack], ratchet_add: bool) -> Result<()> {
+    if stacks.is_empty() {
+        return Ok(());
+    }
+    let required = std::env::var("CAPSD_REQUIRE_STACKS").is_ok_and(|v| v == "1");
+    let why_not = if !is_root() {
+        Some("not root (the stacks are chroots)".to_owned())
+    } else if !tools.join("stack-oracle.sh").exists() {
+        Some(format!("{} is missing", tools.join("stack-oracle.sh").display()))
+    } else {
+        None
+    };
+    if let Some(why) = why_not {
+        let names: Vec<&str> = stacks.iter().map(|s| s.name.as_str()).collect();
+        if required {
+            bail!("CAPSD_REQUIRE_STACKS=1 but the stacks cannot run: {why}");
+        }
+        println!("stacks skipped ({why}): {}", names.join(" "));
+        return Ok(());
+    }
+    let cases = read_cases(&root.join(CASES))?;
+    // The debug build: the stacks probe with --no-cache, so QEMU's time dominates.
+    let capsd = build_capsd(root)?;
+    let base = std::env::temp_dir().join(format!("capsd-stacks-{}", std::process::id()));
+    let facts_tool = tools.join("facts.py");
+    let facts = |r: &Path, c: &Path, masked: bool| facts(&facts_tool, r, c, masked);
+    println!(
+        "running {} stacks: {}",
+        stacks.len(),
+        stacks.iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join(" ")
+    );
+    let results: Vec<(crate::stacks::Stack, Result<crate::stacks::StackResult>)> = std::thread::scope(|scope| {
+        let handles: Vec<_> = stacks
+            .iter()
+            .map(|stack| {
+                let out = base.join(&stack.name);
+                let cases = crate::stacks::cases_for(stack, &cases);
+                let (capsd, tools, facts) = (&capsd, tools, &facts);
+                scope.spawn(move || {
+                    let t0 = std::time::Instant::now();
+                    let r = crate::stacks::run_stack(stack, tools, capsd, &cases, &out, facts);
+                    println!("stack {} done in {:.0?}", stack.name, t0.elapsed());
+                    r
+                })
+            })
+            .collect();
+        stacks
+            .iter()
+            .cloned()
+            .zip(handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err(anyhow::anyhow!("panicked")))))
+            .collect()
+    });
+    let mut failures = Vec::new();
+    for (stack, result) in results {
+        let result = match result {
+            Ok(r) => r,
+            Err(e) => {
+                println!("stack {}: {e:#}", stack.name);
+                failures.push(format!("{}: could not run", stack.name));
+                continue;
+            }
+        };
+        println!("== stack {} ({})", stack.name, result.versions);
+        for l in &result.lines {
+            println!("{l}");
+        }
+        let exact = result.cases.values().filter(|(e, _)| *e).count();
+        let masked = result.cases.values().filter(|(_, m)| *m).count();
+        println!(
+            "stack {}: {} cases; identical (or both refuse) {exact}; identical with CPU models masked {masked}",
+            stack.name,
+            result.cases.len()
+        );
+        if result.libvirt_died {
+            failures.push(format!("{}: its libvirtd died during the run (cases without an answer above)", stack.name));
+            continue;
+        }
+        let path = stack.ratchet_path(root);
+        let ratchet = crate::stacks::read_ratchet(&path)?;
+        let (regressions, learnt) = crate::stacks::judge(&ratchet, &result);
+        let moved = ratchet.versions.as_ref().is_some_and(|v| *v != result.versions);
+        if moved {
+            println!(
+                "stack {} changed: ratchet learnt on {}, now {}; re-learning it ({} cases kept){}",
+                stack.name,
+                ratchet.versions.as_deref().unwrap_or("?"),
+                result.versions,
+                learnt.cases.len(),
+                if regressions.is_empty() {
+                    String::new()
+                } else {
+                    format!("; no longer matching: {}", regressions.join(" "))
+                }
+            );
+            crate::stacks::write_ratchet(&path, &stack.name, &learnt)?;
+            continue;
+        }
+        if !regressions.is_empty() {
+            failures.push(format!("{}: {}", stack.name, regressions.join(" ")));
+        }
+        let improved = learnt.cases.iter().any(|(n, e)| ratchet.cases.get(n).is_none_or(|old| *e && !*old));
+        if improved {
+            if ratchet_add || ratchet.versions.is_none() {
+                let mut merged = learnt;
+                for (n, e) in &ratchet.cases {
+                    merged.cases.entry(n.clone()).or_insert(*e);
+                }
+                crate::stacks::write_ratchet(&path, &stack.name, &merged)?;
+                println!("stack {}: ratchet updated ({})", stack.name, path.display());
+            } else {
+                println!(
+                    "stack {}: more cases match than its ratchet requires (record with --ratchet-add)",
+                    stack.name
+                );
+            }
+        }
+    }
+    println!("outputs: {}", base.display());
+    if !failures.is_empty() {
+        bail!("stack cases in the ratchet that no longer match libvirt: {}", failures.join("; "));
+    }
     Ok(())
+}
+
+/// Whether this process runs as root (effective uid 0, from /proc/self/status).
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status").ok().is_some_and(|t| {
+        t.lines().find_map(|l| l.strip_prefix("Uid:")).and_then(|v| v.split_whitespace().nth(1)) == Some("0")
+    })
 }

@@ -3,6 +3,7 @@
 mod bench;
 mod conformance;
 mod record_qemu;
+mod stacks;
 mod test;
 
 use anyhow::{bail, Result};

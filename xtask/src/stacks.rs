@@ -58,6 +58,10 @@ impl Stack {
     }
 }
 
+/// Compares a reference and a candidate document (with the CPU model lists masked or not):
+/// whether they are identical, and facts.py's summary line.
+pub type FactsFn<'a> = dyn Fn(&Path, &Path, bool) -> Result<(bool, String)> + Sync + 'a;
+
 /// The per-case verdicts of one stack run.
 #[derive(Debug, Default)]
 pub struct StackResult {
@@ -106,7 +110,7 @@ pub fn run_stack(
     capsd: &Path,
     cases: &[Case],
     out: &Path,
-    facts: &dyn Fn(&Path, &Path, bool) -> Result<(bool, String)>,
+    facts: &FactsFn<'_>,
 ) -> Result<StackResult> {
     std::fs::create_dir_all(out)?;
     let case_file = out.join("cases.txt");

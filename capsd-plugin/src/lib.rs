@@ -36,8 +36,12 @@
 
 pub mod abi;
 pub mod export;
+pub mod hosted;
 pub mod loader;
 pub mod wire;
 
 pub use capsd_core::{Availability, DomainCapabilities, DomainCapsDriver, DriverError, Query};
-pub use loader::{load_dir, load_file, LoadReport, PluginDriver, PluginError, DEFAULT_PLUGIN_DIR};
+pub use hosted::{HostOptions, HostedPlugin};
+pub use loader::{
+    load_dir, load_file, load_vetted, FileIdentity, LoadReport, PluginDriver, PluginError, DEFAULT_PLUGIN_DIR,
+};

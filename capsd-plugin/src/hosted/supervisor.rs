@@ -178,7 +178,7 @@ impl HostedPlugin {
             None => match self.start(until, &what) {
                 Ok(h) => h,
                 Err(e) => {
-                    turn.failure = Some(e.to_string());
+                    turn.failure = Some(reason_of(&e));
                     return Err(e);
                 }
             },
@@ -198,12 +198,12 @@ impl HostedPlugin {
                 let e = self.id.failure(format!(
                     "its helper process (pid {pid}) answered {what} with an unexpected {other:?} and was killed"
                 ));
-                turn.failure = Some(e.to_string());
+                turn.failure = Some(reason_of(&e));
                 Err(e)
             }
             Err(e) => {
                 let e = self.fail(helper, e, &what);
-                turn.failure = Some(e.to_string());
+                turn.failure = Some(reason_of(&e));
                 Err(e)
             }
         }
@@ -325,6 +325,15 @@ impl HostedPlugin {
             (e, _) => format!("its helper process (pid {pid}) broke the protocol during {what} ({e}) and was ended"),
         };
         self.id.failure(reason)
+    }
+}
+
+/// What went wrong, without the "probing plugin ... failed" every failure of this plugin
+/// starts with (for the "last failure" of a later message).
+fn reason_of(e: &DriverError) -> String {
+    match e {
+        DriverError::ProbeFailed { reason, .. } => reason.clone(),
+        other => other.to_string(),
     }
 }
 

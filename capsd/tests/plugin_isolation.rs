@@ -249,3 +249,19 @@ fn the_cli_reports_a_crashed_or_hung_plugin_as_an_error_naming_it() {
         assert!(stdout.lines().any(|l| l == format!("{plugin:<12} available")), "{stdout}");
     }
 }
+
+#[test]
+fn a_helper_that_died_while_idle_is_replaced_without_failing_a_request() {
+    let plugins = plugin_dir(&["tp_c_minimal"]);
+    let a = start(plugins.path(), 5000);
+    let r = get(&a, "/v1/domcapabilities?driver=c-minimal");
+    assert_eq!(r.status, 200, "{}", r.body);
+    let first = helper_for(a.child.id(), "tp_c_minimal");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(first as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
+    // A query the agent has not kept yet, so it reaches the plugin.
+    let r = get(&a, "/v1/domcapabilities?driver=c-minimal&arch=x86_64");
+    assert_eq!(r.status, 200, "{}", r.body);
+    let second = helper_for(a.child.id(), "tp_c_minimal");
+    assert_ne!(first, second);
+    assert!(!Path::new(&format!("/proc/{first}")).exists(), "the dead helper was not reaped");
+}

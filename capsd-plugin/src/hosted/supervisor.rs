@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use capsd_core::{Availability, DomainCapabilities, DomainCapsDriver, DriverError, Query};
 use nix::sys::signal::{killpg, Signal};
+use nix::sys::wait::{waitid, Id, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
 use super::helper::HELPER_FD;
@@ -67,25 +68,32 @@ impl Helper {
         self.child.id()
     }
 
-    /// Kill the helper's process group (the plugin's own children too) and reap it.
+    /// Whether the helper has ended. It is not reaped: until then its pid, which is also its
+    /// process group's id, cannot be reused, so killing that group never hits a stranger.
+    fn ended(&self) -> bool {
+        let flags = WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT;
+        !matches!(waitid(Id::Pid(Pid::from_raw(self.child.id() as i32)), flags), Ok(WaitStatus::StillAlive))
+    }
+
+    /// Kill the helper's process group (the plugin's own children too), then reap it: its
+    /// exit status (a helper that had ended already keeps its own).
     fn kill(mut self) -> Option<ExitStatus> {
         let _ = killpg(Pid::from_raw(self.child.id() as i32), Signal::SIGKILL);
         self.child.wait().ok()
     }
 
-    /// The helper closed its socket: wait briefly for it to finish dying, then make sure the
-    /// process group is gone. `None`: it was still alive and was killed.
-    fn reap(mut self) -> Option<ExitStatus> {
+    /// The helper closed its socket: wait briefly for it to finish dying, then end its
+    /// process group. `None`: it was still alive and was killed.
+    fn reap(self) -> Option<ExitStatus> {
         let until = Instant::now() + Duration::from_secs(1);
-        while Instant::now() < until {
-            if let Ok(Some(st)) = self.child.try_wait() {
-                let _ = killpg(Pid::from_raw(self.child.id() as i32), Signal::SIGKILL);
-                return Some(st);
+        while !self.ended() {
+            if Instant::now() >= until {
+                self.kill();
+                return None;
             }
             std::thread::sleep(Duration::from_millis(5));
         }
-        self.kill();
-        None
+        self.kill()
     }
 }
 
@@ -171,7 +179,7 @@ impl HostedPlugin {
     fn call(&self, request: Frame, query: Option<&Query>) -> Result<Received, DriverError> {
         let until = Instant::now() + self.opts.timeout;
         let what = call_name(&request, query);
-        let helper = self.take_turn(until)?;
+        let helper = self.take_turn(until)?.and_then(|h| self.alive(h));
         let mut turn = Turn { plugin: self, helper: None, failure: None };
         let mut helper = match helper {
             Some(h) => h,
@@ -207,6 +215,18 @@ impl HostedPlugin {
                 Err(e)
             }
         }
+    }
+
+    /// The idle helper, unless it ended since its last answer (then it is reaped, with its
+    /// process group, and a new one starts).
+    fn alive(&self, helper: Helper) -> Option<Helper> {
+        if !helper.ended() {
+            return Some(helper);
+        }
+        let pid = helper.pid();
+        let how = helper.kill().map(describe).unwrap_or_else(|| "ended".to_owned());
+        tracing::warn!(plugin = %self.id.name, pid, "idle plugin helper {how}; starting a new one");
+        None
     }
 
     /// Wait (within the deadline) until no other call uses the helper, and take it (`None`:

@@ -27,15 +27,15 @@ use super::load::{self, Load, Target};
 
 const QUERY: &str = "/v1/domcapabilities";
 
-fn env_num<T: std::str::FromStr>(name: &str, default: T) -> T {
+pub(super) fn env_num<T: std::str::FromStr>(name: &str, default: T) -> T {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
-fn workspace_root() -> PathBuf {
+pub(super) fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_owned).unwrap_or_else(|| PathBuf::from("."))
 }
 
-fn build_capsd() -> Result<PathBuf> {
+pub(super) fn build_capsd() -> Result<PathBuf> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let st = Command::new(cargo)
         .current_dir(workspace_root())

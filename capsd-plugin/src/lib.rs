@@ -7,6 +7,9 @@
 //! - [`loader`]: capsd's side. [`loader::load_dir`] loads every library of a directory after
 //!   ownership/permission checks and the version handshake, and returns each plugin as a
 //!   [`DomainCapsDriver`] plus the list of refused files with reasons.
+//! - [`hosted`]: how capsd runs each vetted plugin: [`HostedPlugin`] calls it in a helper
+//!   process of its own (one per plugin, started on demand, every call under a deadline),
+//!   so a plugin that crashes, exits or hangs fails only its own requests.
 //! - [`wire`]: the structured error encoding both sides share.
 //!
 //! A complete plugin (crate-type `cdylib`):

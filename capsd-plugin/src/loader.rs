@@ -2,8 +2,9 @@
 //! load, check the ABI handshake, and wrap each plugin as a [`DomainCapsDriver`].
 //!
 //! # What is refused, and why
-//! Loading a library runs its code inside capsd (often root), so a file anyone else could
-//! have written is refused before `dlopen`:
+//! Loading a library runs its code (initialisers, entry point) inside capsd (often root), and
+//! its helper process runs as the same user, so a file anyone else could have written is
+//! refused before `dlopen`:
 //! - the directory (and, for symlinked plugins, the target's directory) must belong to root or
 //!   to the running user and must not be writable by group or others; the same holds for
 //!   every directory above it, except that a sticky one (`/tmp`) may be writable;
@@ -16,7 +17,9 @@
 //! a valid, unused driver name. Every refusal is a [`PluginError`] naming the file; the
 //! caller gets them all in [`LoadReport::refused`] (and each is logged with `tracing::warn!`).
 //!
-//! A loaded plugin keeps its [`Library`] loaded as long as the driver lives.
+//! A loaded plugin keeps its [`Library`] loaded as long as the driver lives. capsd loads
+//! each plugin here once, to check it, and calls it only through a helper process
+//! ([`crate::hosted`]), which loads the same file with [`load_vetted`].
 
 use std::ffi::CStr;
 use std::os::fd::AsRawFd;

@@ -265,3 +265,24 @@ fn a_helper_that_died_while_idle_is_replaced_without_failing_a_request() {
     assert_ne!(first, second);
     assert!(!Path::new(&format!("/proc/{first}")).exists(), "the dead helper was not reaped");
 }
+
+#[test]
+fn a_request_queued_behind_a_hung_call_gets_the_next_helper_within_its_deadline() {
+    let plugins = plugin_dir(&["tp_c_hang"]);
+    let a = start(plugins.path(), 2000);
+    // The helper is up; the next call hangs in it.
+    assert_eq!(get(&a, "/v1/domcapabilities?driver=c-hang").status, 200);
+    std::thread::scope(|s| {
+        let hung = s.spawn(|| get(&a, "/v1/domcapabilities?driver=c-hang&arch=aarch64"));
+        std::thread::sleep(Duration::from_millis(300));
+        // Queued behind it (one call at a time per helper): when the hung call's deadline
+        // kills the helper, a new one starts within this request's own deadline.
+        let t = Instant::now();
+        let queued = get(&a, "/v1/domcapabilities?driver=c-hang&arch=x86_64");
+        assert_eq!(queued.status, 200, "{}", queued.body);
+        assert!(t.elapsed() >= Duration::from_millis(1000), "did not wait for its turn: {:?}", t.elapsed());
+        assert_failed(&hung.join().unwrap(), "c-hang", "no answer to domain_capabilities");
+    });
+    // Another driver meanwhile is unaffected.
+    assert_eq!(get(&a, "/v1/domcapabilities?driver=test").status, 200);
+}

@@ -335,14 +335,15 @@ impl HostedPlugin {
                 ms(self.opts.timeout)
             ));
         }
-        let reason = match (&e, helper.reap()) {
-            (ProtoError::Closed | ProtoError::Io(_), Some(st)) => {
-                format!("its helper process (pid {pid}) {} during {what}", describe(st))
+        let reason = match e {
+            ProtoError::Closed | ProtoError::Io(_) => match helper.reap() {
+                Some(st) => format!("its helper process (pid {pid}) {} during {what}", describe(st)),
+                None => format!("its helper process (pid {pid}) closed its connection during {what} and was killed"),
+            },
+            e => {
+                helper.kill();
+                format!("its helper process (pid {pid}) broke the protocol during {what} ({e}) and was killed")
             }
-            (ProtoError::Closed | ProtoError::Io(_), None) => {
-                format!("its helper process (pid {pid}) closed its connection during {what} and was killed")
-            }
-            (e, _) => format!("its helper process (pid {pid}) broke the protocol during {what} ({e}) and was ended"),
         };
         self.id.failure(reason)
     }

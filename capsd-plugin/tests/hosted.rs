@@ -57,7 +57,7 @@ fn a_helper_that_never_says_hello_is_killed_at_the_deadline_and_the_queued_call_
     // with less time than the restart backoff.
     assert!(
         queued.contains("busy with earlier requests for the whole 400 ms deadline")
-            || queued.contains("failed 1 times in a row (last: no answer to loading the plugin"),
+            || queued.contains("failed on the last call, most recently: no answer to loading the plugin"),
         "{queued}"
     );
     let pid = pid_in(&timed_out);

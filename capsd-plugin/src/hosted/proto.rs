@@ -74,6 +74,18 @@ impl ProtoError {
 }
 
 impl Frame {
+    /// The frame's kind, for messages (never its body, which may be large).
+    pub fn kind_name(&self) -> &'static str {
+        match self {
+            Frame::Hello { .. } => "hello",
+            Frame::LoadFailed { .. } => "load-failed",
+            Frame::Availability => "availability",
+            Frame::DomainCapabilities { .. } => "domain-capabilities",
+            Frame::Reply { .. } => "reply",
+            Frame::HostError { .. } => "host-error",
+        }
+    }
+
     fn tag_and_body(&self) -> (u8, Vec<u8>) {
         match self {
             Frame::Hello { name } => (TAG_HELLO, name.as_bytes().to_vec()),

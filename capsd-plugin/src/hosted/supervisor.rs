@@ -4,7 +4,7 @@
 
 use std::ffi::OsString;
 use std::io::Read;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::PathBuf;
@@ -14,6 +14,7 @@ use std::sync::{Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use capsd_core::{Availability, DomainCapabilities, DomainCapsDriver, DriverError, Query};
+use nix::fcntl::{fcntl, FcntlArg};
 use nix::sys::signal::{killpg, Signal};
 use nix::sys::wait::{waitid, Id, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
@@ -170,11 +171,6 @@ impl HostedPlugin {
         &self.id.path
     }
 
-    /// The process id of the running helper, if one is running and idle.
-    pub fn helper_pid(&self) -> Option<u32> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner()).helper.as_ref().map(Helper::pid)
-    }
-
     /// Send one request and wait for its reply within the deadline.
     fn call(&self, request: Frame, query: Option<&Query>) -> Result<Received, DriverError> {
         let until = Instant::now() + self.opts.timeout;
@@ -204,7 +200,8 @@ impl HostedPlugin {
                 let pid = helper.pid();
                 helper.kill();
                 let e = self.id.failure(format!(
-                    "its helper process (pid {pid}) answered {what} with an unexpected {other:?} and was killed"
+                    "its helper process (pid {pid}) answered {what} with an unexpected {} frame and was killed",
+                    other.kind_name()
                 ));
                 turn.failure = Some(reason_of(&e));
                 Err(e)
@@ -247,9 +244,12 @@ impl HostedPlugin {
         if helper.is_none() {
             if let Some(at) = st.retry_at.filter(|at| *at > Instant::now()) {
                 if at > until {
+                    let calls = match st.failures {
+                        1 => "the last call".to_owned(),
+                        n => format!("the last {n} calls"),
+                    };
                     return Err(self.id.failure(format!(
-                        "its helper process failed {} times in a row (last: {}); the next start is in {} ms, past this request's deadline",
-                        st.failures,
+                        "its helper process failed on {calls}, most recently: {}; the next start is in {} ms, past this request's deadline",
                         st.last_failure,
                         ms(at - Instant::now())
                     )));
@@ -266,9 +266,18 @@ impl HostedPlugin {
 
     /// Start a helper and wait for its hello.
     fn start(&self, until: Instant, what: &str) -> Result<Helper, DriverError> {
-        // Both ends close-on-exec; the child's end is moved to HELPER_FD before exec.
-        let (ours, theirs) = UnixStream::pair()
-            .map_err(|e| self.id.failure(format!("cannot create a socket pair for its helper process: {e}")))?;
+        // Both ends close-on-exec; the child's end is moved to HELPER_FD before exec, from a
+        // number above it (were it 0 to 2, the child's standard streams would replace it).
+        let pair_failed =
+            |e: std::io::Error| self.id.failure(format!("cannot create a socket pair for its helper process: {e}"));
+        let (ours, low) = UnixStream::pair().map_err(pair_failed)?;
+        let theirs =
+            fcntl(low.as_raw_fd(), FcntlArg::F_DUPFD_CLOEXEC(HELPER_FD + 1)).map_err(|e| pair_failed(e.into()))?;
+        // Only the copy may stay open here: capsd sees the helper end when no end of its own
+        // is left open.
+        drop(low);
+        // SAFETY: `theirs` is the descriptor fcntl just created; nothing else owns it.
+        let theirs = unsafe { OwnedFd::from_raw_fd(theirs) };
         let mut cmd = Command::new(&self.opts.program);
         cmd.args(&self.opts.args)
             .arg("--plugin")
@@ -313,7 +322,10 @@ impl HostedPlugin {
             }
             Ok(other) => {
                 helper.kill();
-                Err(self.id.failure(format!("its helper process (pid {pid}) sent {other:?} instead of a hello")))
+                Err(self.id.failure(format!(
+                    "its helper process (pid {pid}) sent a {} frame instead of a hello",
+                    other.kind_name()
+                )))
             }
             Err(e) => Err(self.fail(helper, e, &format!("loading the plugin (before {what})"))),
         }
@@ -447,7 +459,6 @@ impl DomainCapsDriver for HostedPlugin {
 /// socket (moved to [`HELPER_FD`]) and the standard descriptors.
 fn prepare_child(fd: i32, parent: u32) -> std::io::Result<()> {
     use nix::libc;
-    // SAFETY (whole function): plain system calls on integers, async-signal-safe.
     // PR_SET_PDEATHSIG: SIGKILL when the thread that forked us ends (see `spawn_from_keeper`).
     // SAFETY: prctl with integer arguments.
     if unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) } != 0 {
@@ -462,17 +473,10 @@ fn prepare_child(fd: i32, parent: u32) -> std::io::Result<()> {
     if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1 as libc::c_ulong, 0, 0, 0) } != 0 {
         return Err(std::io::Error::last_os_error());
     }
-    if fd == HELPER_FD {
-        // dup2 onto itself keeps close-on-exec: clear it.
-        // SAFETY: fcntl on a descriptor number.
-        if unsafe { libc::fcntl(fd, libc::F_SETFD, 0) } != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-    } else {
-        // SAFETY: dup2 on descriptor numbers; the new descriptor has no close-on-exec.
-        if unsafe { libc::dup2(fd, HELPER_FD) } != HELPER_FD {
-            return Err(std::io::Error::last_os_error());
-        }
+    // `fd` is above HELPER_FD (see `start`).
+    // SAFETY: dup2 on descriptor numbers; the new descriptor has no close-on-exec.
+    if unsafe { libc::dup2(fd, HELPER_FD) } != HELPER_FD {
+        return Err(std::io::Error::last_os_error());
     }
     // Every other descriptor closes at exec, whoever opened it (a plugin capsd loaded, an
     // fd capsd inherited): mark them close-on-exec rather than closing them, so std's own

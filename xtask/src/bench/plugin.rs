@@ -14,27 +14,16 @@
 #[path = "../../../capsd-plugin/tests/support/mod.rs"]
 mod support;
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context as _, Result};
+use anyhow::{Context as _, Result};
 use capsd_core::{DomainCapsDriver, Query};
 use capsd_plugin::{load_file, HostOptions, HostedPlugin};
 
-use super::agent::{build_capsd, env_num, workspace_root};
+use super::agent::{build_capsd, env_num};
 
 pub fn run() -> Result<()> {
-    if cfg!(debug_assertions) && std::env::var_os("CAPSD_BENCH_IN_PLACE").is_none() {
-        println!("bench plugin: xtask is a debug build; re-running with --release");
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        let status = Command::new(cargo)
-            .current_dir(workspace_root())
-            .args(["run", "--release", "--quiet", "--package", "xtask", "--", "bench", "plugin"])
-            .status()
-            .context("running cargo run --release for the plugin benchmark")?;
-        if !status.success() {
-            bail!("release run of bench plugin failed: {status}");
-        }
+    if super::rerun_in_release("plugin")? {
         return Ok(());
     }
     let capsd = build_capsd()?;

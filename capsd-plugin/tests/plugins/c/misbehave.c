@@ -9,7 +9,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "capsd_plugin.h"
+#include "reply.h"
 
 #define SEGV 1
 #define ABORT 2
@@ -30,30 +30,6 @@
 
 static const char DOCUMENT[] = "{\"path\": \"/usr/bin/" NAME "\", \"domain\": \"test\", \"arch\": \"x86_64\"}";
 static const char TRIGGER[] = "\"arch\":\"aarch64\"";
-
-static void put(capsd_reply *out, uint32_t kind, const char *text)
-{
-    size_t len = text ? strlen(text) : 0;
-    out->kind = kind;
-    out->code = 0;
-    out->data = NULL;
-    out->len = 0;
-    if (len > 0) {
-        out->data = malloc(len);
-        if (!out->data) {
-            out->kind = CAPSD_REPLY_NONE;
-            return;
-        }
-        memcpy(out->data, text, len);
-        out->len = len;
-    }
-}
-
-static void availability(void *instance, capsd_reply *out)
-{
-    (void)instance;
-    put(out, CAPSD_REPLY_AVAILABLE, NULL);
-}
 
 static int triggered(const uint8_t *query, size_t len)
 {
@@ -88,13 +64,7 @@ static void domain_capabilities(void *instance, const uint8_t *query, size_t que
     if (triggered(query, query_len)) {
         misbehave();
     }
-    put(out, CAPSD_REPLY_JSON, DOCUMENT);
-}
-
-static void free_buffer(uint8_t *data, size_t len)
-{
-    (void)len;
-    free(data);
+    put(out, CAPSD_REPLY_JSON, 0, DOCUMENT);
 }
 
 static const capsd_plugin_v1_table TABLE = {

@@ -176,6 +176,13 @@ fn a_crash_looping_plugin_backs_off_instead_of_restarting_at_once() {
     // 100, 200, 400, 800 ms of backoff fit in a 1000 ms deadline, 1600 ms does not: after
     // five crashes in a row requests are refused until the backoff has passed.
     assert_eq!((crashes, refused), (5, 7));
+    // The listing says so.
+    let r = get(&a, "/v1/drivers");
+    let listed = r.json().as_array().unwrap().iter().find(|d| d["name"] == "c-segv").cloned().unwrap();
+    assert_eq!(listed["details"]["helper"], "not running (starts on the next call)", "{listed}");
+    let failures = listed["details"]["helper failures in a row"].as_str().unwrap();
+    assert!(failures.starts_with("5, last: its helper process (pid "), "{failures}");
+    assert!(listed["details"]["file"].as_str().unwrap().ends_with("libtp_c_segv.so"), "{listed}");
     // Once it has, a good query starts a helper again and resets the count.
     let t = Instant::now();
     loop {
@@ -186,6 +193,10 @@ fn a_crash_looping_plugin_backs_off_instead_of_restarting_at_once() {
         assert!(t.elapsed() < Duration::from_secs(30), "never came back: {}", r.body);
         std::thread::sleep(Duration::from_millis(200));
     }
+    let r = get(&a, "/v1/drivers");
+    let listed = r.json().as_array().unwrap().iter().find(|d| d["name"] == "c-segv").cloned().unwrap();
+    assert!(listed["details"]["helper"].as_str().unwrap().ends_with(", idle"), "{listed}");
+    assert!(listed["details"].get("helper failures in a row").is_none(), "{listed}");
     let r = get(&a, "/v1/domcapabilities?driver=c-segv&arch=aarch64");
     assert!(r.body.contains("killed by signal SIGSEGV"), "{}", r.body);
 }

@@ -453,6 +453,22 @@ impl DomainCapsDriver for HostedPlugin {
         let got = self.call(Frame::DomainCapabilities { query: json }, Some(query))?;
         self.id.document_from(got)
     }
+
+    /// The plugin's file and the state of its helper process (`capsd drivers`,
+    /// `/v1/drivers`): which process answers, and failures in a row with the last one.
+    fn details(&self) -> Vec<(String, String)> {
+        let st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let helper = match (&st.helper, st.busy) {
+            (_, true) => "answering a call".to_owned(),
+            (Some(h), false) => format!("pid {}, idle", h.pid()),
+            (None, false) => "not running (starts on the next call)".to_owned(),
+        };
+        let mut d = vec![("file".to_owned(), self.id.origin()), ("helper".to_owned(), helper)];
+        if st.failures > 0 {
+            d.push(("helper failures in a row".to_owned(), format!("{}, last: {}", st.failures, st.last_failure)));
+        }
+        d
+    }
 }
 
 /// In the forked child, before exec: die with capsd, never gain privileges, keep only the

@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{Context as _, Result};
+use anyhow::{anyhow, Result};
 use capsd_plugin::hosted::helper;
 use capsd_plugin::FileIdentity;
 
@@ -25,7 +25,11 @@ pub struct Args {
 pub fn run(args: Args) -> Result<ExitCode> {
     let sock = helper::inherited_socket()?;
     let identity = FileIdentity { dev: args.plugin_dev, ino: args.plugin_ino };
-    helper::serve(sock, &args.plugin, identity)
-        .with_context(|| format!("plugin helper for {}", args.plugin.display()))?;
-    Ok(ExitCode::SUCCESS)
+    match helper::serve(sock, &args.plugin, identity) {
+        Ok(()) => Ok(ExitCode::SUCCESS),
+        // Already sent to capsd, which reports it with the plugin's name.
+        Err(helper::HelperError::Load(_)) => Ok(ExitCode::FAILURE),
+        // The error's text holds its causes: no chain to print again.
+        Err(e) => Err(anyhow!("plugin helper for {}: {e}", args.plugin.display())),
+    }
 }

@@ -61,7 +61,7 @@ pub fn serve(mut sock: UnixStream, path: &Path, identity: FileIdentity) -> Resul
         let received = match got {
             Frame::Availability => plugin.call_availability(),
             Frame::DomainCapabilities { query } => plugin.call_domain_capabilities(&query),
-            other => return Err(HelperError::Unexpected(format!("{other:?}"))),
+            other => return Err(HelperError::Unexpected(format!("a {} frame", other.kind_name()))),
         };
         let reply = match received {
             Received { kind, code, data: Ok(data) } => Frame::Reply { kind, code, data },

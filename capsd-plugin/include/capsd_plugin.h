@@ -24,6 +24,11 @@
  *    kind ("reason"; "what"; "field", "value", "reason"; "target", "reason"; "path", "reason",
  *    "os_error").
  * All functions may be called from several threads at once.
+ *
+ * capsd loads the library once in its own process to check the table, then calls
+ * availability and domain_capabilities in a helper process of its own (one per plugin, one
+ * call at a time, each under a deadline): a plugin that crashes, exits or hangs there fails
+ * only its own requests, and its helper is replaced.
  */
 #ifndef CAPSD_PLUGIN_H
 #define CAPSD_PLUGIN_H

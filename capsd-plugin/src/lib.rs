@@ -7,6 +7,9 @@
 //! - [`loader`]: capsd's side. [`loader::load_dir`] loads every library of a directory after
 //!   ownership/permission checks and the version handshake, and returns each plugin as a
 //!   [`DomainCapsDriver`] plus the list of refused files with reasons.
+//! - [`hosted`]: how capsd runs each vetted plugin: [`HostedPlugin`] calls it in a helper
+//!   process of its own (one per plugin, started on demand, every call under a deadline),
+//!   so a plugin that crashes, exits or hangs fails only its own requests.
 //! - [`wire`]: the structured error encoding both sides share.
 //!
 //! A complete plugin (crate-type `cdylib`):
@@ -36,8 +39,12 @@
 
 pub mod abi;
 pub mod export;
+pub mod hosted;
 pub mod loader;
 pub mod wire;
 
 pub use capsd_core::{Availability, DomainCapabilities, DomainCapsDriver, DriverError, Query};
-pub use loader::{load_dir, load_file, LoadReport, PluginDriver, PluginError, DEFAULT_PLUGIN_DIR};
+pub use hosted::{HostOptions, HostedPlugin};
+pub use loader::{
+    load_dir, load_file, load_vetted, FileIdentity, LoadReport, PluginDriver, PluginError, DEFAULT_PLUGIN_DIR,
+};

@@ -2,8 +2,9 @@
 //! load, check the ABI handshake, and wrap each plugin as a [`DomainCapsDriver`].
 //!
 //! # What is refused, and why
-//! Loading a library runs its code inside capsd (often root), so a file anyone else could
-//! have written is refused before `dlopen`:
+//! Loading a library runs its code (initialisers, entry point) inside capsd (often root), and
+//! its helper process runs as the same user, so a file anyone else could have written is
+//! refused before `dlopen`:
 //! - the directory (and, for symlinked plugins, the target's directory) must belong to root or
 //!   to the running user and must not be writable by group or others; the same holds for
 //!   every directory above it, except that a sticky one (`/tmp`) may be writable;
@@ -16,7 +17,9 @@
 //! a valid, unused driver name. Every refusal is a [`PluginError`] naming the file; the
 //! caller gets them all in [`LoadReport::refused`] (and each is logged with `tracing::warn!`).
 //!
-//! A loaded plugin keeps its [`Library`] loaded as long as the driver lives.
+//! A loaded plugin keeps its [`Library`] loaded as long as the driver lives. capsd loads
+//! each plugin here once, to check it, and calls it only through a helper process
+//! ([`crate::hosted`]), which loads the same file with [`load_vetted`].
 
 use std::ffi::CStr;
 use std::os::fd::AsRawFd;
@@ -254,17 +257,63 @@ pub fn load_file(path: &Path) -> Result<PluginDriver, PluginError> {
         });
     }
     drop(file);
+    let lib = open_library(path, &real)?;
+    PluginDriver::from_library(path, lib, FileIdentity::of(&st))
+}
+
+/// `dlopen` a vetted file (`name`: the path, or `/proc/self/fd/N` of the vetted descriptor).
+fn open_library(path: &Path, name: &Path) -> Result<Library, PluginError> {
     // RTLD_NOW: a library with unresolved symbols is refused here rather than failing in the
     // middle of a query. RTLD_LOCAL: its symbols do not leak into other plugins.
     let flags = libloading::os::unix::RTLD_NOW | libloading::os::unix::RTLD_LOCAL;
-    // SAFETY: loading a library runs its initialisers; that is what a plugin is. The file was
-    // checked above to be a regular file owned by root or the running user and not writable by
-    // anyone else, in a directory with the same properties, so its code is as trusted as
+    // SAFETY: loading a library runs its initialisers; that is what a plugin is. Both callers
+    // checked the file to be a regular file owned by root or the running user and not writable
+    // by anyone else, in a directory with the same properties, so its code is as trusted as
     // capsd's own.
-    let lib: Library = unsafe { libloading::os::unix::Library::open(Some(&real), flags) }
-        .map_err(|source| PluginError::Load { path: path.to_owned(), source })?
-        .into();
-    PluginDriver::from_library(path, lib)
+    let lib = unsafe { libloading::os::unix::Library::open(Some(name), flags) }
+        .map_err(|source| PluginError::Load { path: path.to_owned(), source })?;
+    Ok(lib.into())
+}
+
+/// Which file (device and inode) a plugin was vetted as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileIdentity {
+    pub dev: u64,
+    pub ino: u64,
+}
+
+impl FileIdentity {
+    fn of(st: &FileStat) -> Self {
+        #[allow(clippy::unnecessary_cast)] // dev_t and ino_t differ in width across platforms
+        FileIdentity { dev: st.st_dev as u64, ino: st.st_ino as u64 }
+    }
+}
+
+/// Load, in a plugin helper process, the file [`load_file`] vetted in capsd as `identity`.
+/// The file is opened once; its descriptor must still be that file (device and inode) with
+/// the same owner and mode rules, and the library is loaded through that descriptor
+/// (`/proc/self/fd/N`), so what runs is exactly what was checked even if the path has been
+/// replaced since. (A helper loads one library only, so the descriptor-number aliasing that
+/// keeps [`load_file`] from loading this way cannot happen there.)
+pub fn load_vetted(path: &Path, identity: FileIdentity) -> Result<PluginDriver, PluginError> {
+    let file = std::fs::File::open(path).map_err(|source| PluginError::Stat { path: path.to_owned(), source })?;
+    let st = fstat(file.as_raw_fd()).map_err(stat_err(path))?;
+    if FileIdentity::of(&st) != identity {
+        return Err(PluginError::Stat {
+            path: path.to_owned(),
+            source: std::io::Error::other(
+                "the file was replaced after capsd checked it (restart capsd to check the new one)",
+            ),
+        });
+    }
+    if !is_kind(&st, SFlag::S_IFREG) {
+        return Err(PluginError::NotRegularFile { path: path.to_owned() });
+    }
+    check_trust(path, &st)?;
+    let by_fd = PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()));
+    let lib = open_library(path, &by_fd)?;
+    drop(file);
+    PluginDriver::from_library(path, lib, identity)
 }
 
 /// The symbol name of the entry point of ABI version `v`.
@@ -272,10 +321,11 @@ fn entry_symbol(v: u32) -> Vec<u8> {
     format!("capsd_plugin_v{v}\0").into_bytes()
 }
 
-/// A loaded plugin, usable as any other driver.
+/// A loaded plugin, usable as any other driver (in this process: capsd itself runs each
+/// plugin through a helper process, [`crate::hosted`]).
 pub struct PluginDriver {
-    name: String,
-    path: PathBuf,
+    id: PluginId,
+    identity: FileIdentity,
     vtable: CapsdPluginV1,
     /// Declared last so the library is unloaded after everything else is dropped.
     _lib: Library,
@@ -290,19 +340,86 @@ unsafe impl Sync for PluginDriver {}
 
 impl std::fmt::Debug for PluginDriver {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PluginDriver").field("name", &self.name).field("path", &self.path).finish()
+        f.debug_struct("PluginDriver").field("name", &self.id.name).field("path", &self.id.path).finish()
     }
 }
 
-/// A reply copied out of plugin memory (the plugin's buffer is already freed).
-struct Received {
-    kind: u32,
-    code: u32,
-    data: Result<Vec<u8>, String>,
+/// A reply copied out of plugin memory (the plugin's buffer is already freed), or relayed by
+/// a helper process: the `REPLY_*` kind, the `ERR_*` code and the bytes, or why the bytes
+/// could not be taken.
+#[derive(Debug)]
+pub(crate) struct Received {
+    pub kind: u32,
+    pub code: u32,
+    pub data: Result<Vec<u8>, String>,
+}
+
+/// A plugin's name and file: what its errors are reported under, and how its replies are
+/// read (the same in capsd's process and behind a helper process).
+#[derive(Debug, Clone)]
+pub(crate) struct PluginId {
+    pub name: String,
+    pub path: PathBuf,
+}
+
+impl PluginId {
+    pub fn origin(&self) -> String {
+        self.path.display().to_string()
+    }
+
+    /// A failure of the plugin (not of the query), naming it and its file.
+    pub fn failure(&self, reason: impl Into<String>) -> DriverError {
+        DriverError::ProbeFailed {
+            target: format!("plugin '{}' ({})", self.name, self.origin()),
+            reason: reason.into(),
+        }
+    }
+
+    fn error_from(&self, code: u32, data: &[u8]) -> DriverError {
+        let payload: ErrorPayload = serde_json::from_slice(data).unwrap_or_else(|_| ErrorPayload {
+            message: String::from_utf8_lossy(data).into_owned(),
+            ..ErrorPayload::default()
+        });
+        decode_error(&self.name, &self.origin(), code, payload)
+    }
+
+    /// The answer to `availability`.
+    pub fn availability_from(&self, got: Received) -> Availability {
+        let data = match got.data {
+            Ok(d) => d,
+            Err(e) => return Availability::Unavailable { reason: self.failure(e).to_string() },
+        };
+        match got.kind {
+            REPLY_AVAILABLE => Availability::Available,
+            REPLY_UNAVAILABLE => Availability::Unavailable { reason: String::from_utf8_lossy(&data).into_owned() },
+            REPLY_ERROR => Availability::Unavailable { reason: self.error_from(got.code, &data).to_string() },
+            other => Availability::Unavailable {
+                reason: self.failure(format!("availability answered with unknown reply kind {other}")).to_string(),
+            },
+        }
+    }
+
+    /// The answer to `domain_capabilities`: the document, read by capsd-core's strict
+    /// readers (a plugin's bytes are never trusted), or the plugin's error.
+    pub fn document_from(&self, got: Received) -> Result<DomainCapabilities, DriverError> {
+        let data = got.data.map_err(|e| self.failure(e))?;
+        let (form, parsed) = match got.kind {
+            REPLY_XML => ("XML", std::str::from_utf8(&data).map(capsd_core::xml::from_xml)),
+            REPLY_JSON => ("JSON", std::str::from_utf8(&data).map(capsd_core::json::from_json)),
+            REPLY_ERROR => return Err(self.error_from(got.code, &data)),
+            REPLY_NONE => return Err(self.failure("the plugin returned no reply")),
+            other => return Err(self.failure(format!("unknown reply kind {other}"))),
+        };
+        match parsed {
+            Err(e) => Err(self.failure(format!("returned a {form} document that is not UTF-8: {e}"))),
+            Ok(Err(e)) => Err(self.failure(format!("returned an invalid {form} document: {e}"))),
+            Ok(Ok(caps)) => Ok(caps),
+        }
+    }
 }
 
 impl PluginDriver {
-    fn from_library(path: &Path, lib: Library) -> Result<Self, PluginError> {
+    fn from_library(path: &Path, lib: Library, identity: FileIdentity) -> Result<Self, PluginError> {
         // SAFETY: `EntryPointV1` is the documented type of the `capsd_plugin_v1` symbol.
         let entry = match unsafe { lib.get::<EntryPointV1>(ENTRY_SYMBOL) } {
             Ok(sym) => *sym,
@@ -349,16 +466,21 @@ impl PluginDriver {
         let raw = unsafe { CStr::from_ptr(vtable.name) };
         let name =
             validate_name(raw.to_bytes()).map_err(|reason| PluginError::BadName { path: path.to_owned(), reason })?;
-        Ok(PluginDriver { name, path: path.to_owned(), vtable, _lib: lib })
+        Ok(PluginDriver { id: PluginId { name, path: path.to_owned() }, identity, vtable, _lib: lib })
     }
 
     /// The library file the plugin was loaded from.
     pub fn path(&self) -> &Path {
-        &self.path
+        &self.id.path
     }
 
-    fn origin(&self) -> String {
-        self.path.display().to_string()
+    /// The file (device and inode) that was checked and loaded.
+    pub fn identity(&self) -> FileIdentity {
+        self.identity
+    }
+
+    pub(crate) fn id(&self) -> &PluginId {
+        &self.id
     }
 
     /// Copy a reply out of plugin memory and hand the buffer back to the plugin.
@@ -382,21 +504,6 @@ impl PluginDriver {
         }
         Received { kind: reply.kind, code: reply.code, data }
     }
-
-    fn plugin_failure(&self, reason: impl Into<String>) -> DriverError {
-        DriverError::ProbeFailed {
-            target: format!("plugin '{}' ({})", self.name, self.origin()),
-            reason: reason.into(),
-        }
-    }
-
-    fn error_from(&self, code: u32, data: &[u8]) -> DriverError {
-        let payload: ErrorPayload = serde_json::from_slice(data).unwrap_or_else(|_| ErrorPayload {
-            message: String::from_utf8_lossy(data).into_owned(),
-            ..ErrorPayload::default()
-        });
-        decode_error(&self.name, &self.origin(), code, payload)
-    }
 }
 
 /// Driver names: 1 to 64 bytes of `[a-z0-9_-]`, starting with a letter or digit.
@@ -413,53 +520,42 @@ fn validate_name(raw: &[u8]) -> Result<String, String> {
     Ok(name.to_owned())
 }
 
-impl DomainCapsDriver for PluginDriver {
-    fn name(&self) -> &str {
-        &self.name
-    }
-
-    fn availability(&self) -> Availability {
+impl PluginDriver {
+    /// Call the plugin's `availability` and take its reply.
+    pub(crate) fn call_availability(&self) -> Received {
         let mut reply = CapsdReply::empty();
         // SAFETY: the table was validated at load time; `reply` is a valid, writable reply
         // and `instance` is the plugin's own pointer.
         unsafe { (self.vtable.availability)(self.vtable.instance, &mut reply) };
-        let got = self.receive(reply);
-        let data = match got.data {
-            Ok(d) => d,
-            Err(e) => return Availability::Unavailable { reason: self.plugin_failure(e).to_string() },
-        };
-        match got.kind {
-            REPLY_AVAILABLE => Availability::Available,
-            REPLY_UNAVAILABLE => Availability::Unavailable { reason: String::from_utf8_lossy(&data).into_owned() },
-            REPLY_ERROR => Availability::Unavailable { reason: self.error_from(got.code, &data).to_string() },
-            other => Availability::Unavailable {
-                reason: self
-                    .plugin_failure(format!("availability answered with unknown reply kind {other}"))
-                    .to_string(),
-            },
-        }
+        self.receive(reply)
+    }
+
+    /// Call the plugin's `domain_capabilities` with a query (JSON) and take its reply.
+    pub(crate) fn call_domain_capabilities(&self, json: &[u8]) -> Received {
+        let mut reply = CapsdReply::empty();
+        // SAFETY: as in `call_availability`; `json` outlives the call.
+        unsafe { (self.vtable.domain_capabilities)(self.vtable.instance, json.as_ptr(), json.len(), &mut reply) };
+        self.receive(reply)
+    }
+}
+
+/// The query as a plugin reads it (JSON).
+pub(crate) fn query_json(query: &Query) -> Result<Vec<u8>, DriverError> {
+    serde_json::to_vec(query).map_err(|e| DriverError::invalid("query", query.to_string(), e.to_string()))
+}
+
+impl DomainCapsDriver for PluginDriver {
+    fn name(&self) -> &str {
+        &self.id.name
+    }
+
+    fn availability(&self) -> Availability {
+        self.id.availability_from(self.call_availability())
     }
 
     fn domain_capabilities(&self, query: &Query) -> Result<DomainCapabilities, DriverError> {
-        let json =
-            serde_json::to_vec(query).map_err(|e| DriverError::invalid("query", query.to_string(), e.to_string()))?;
-        let mut reply = CapsdReply::empty();
-        // SAFETY: as in `availability`; `json` outlives the call.
-        unsafe { (self.vtable.domain_capabilities)(self.vtable.instance, json.as_ptr(), json.len(), &mut reply) };
-        let got = self.receive(reply);
-        let data = got.data.map_err(|e| self.plugin_failure(e))?;
-        let (form, parsed) = match got.kind {
-            REPLY_XML => ("XML", std::str::from_utf8(&data).map(capsd_core::xml::from_xml)),
-            REPLY_JSON => ("JSON", std::str::from_utf8(&data).map(capsd_core::json::from_json)),
-            REPLY_ERROR => return Err(self.error_from(got.code, &data)),
-            REPLY_NONE => return Err(self.plugin_failure("the plugin returned no reply")),
-            other => return Err(self.plugin_failure(format!("unknown reply kind {other}"))),
-        };
-        match parsed {
-            Err(e) => Err(self.plugin_failure(format!("returned a {form} document that is not UTF-8: {e}"))),
-            Ok(Err(e)) => Err(self.plugin_failure(format!("returned an invalid {form} document: {e}"))),
-            Ok(Ok(caps)) => Ok(caps),
-        }
+        let json = query_json(query)?;
+        self.id.document_from(self.call_domain_capabilities(&json))
     }
 }
 

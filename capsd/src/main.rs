@@ -27,6 +27,12 @@ struct Cli {
     #[arg(long, global = true, env = "CAPSD_PLUGIN_DIR")]
     plugin_dir: Option<PathBuf>,
 
+    /// How long one call into a plugin may take, in milliseconds (each plugin runs in a
+    /// helper process of its own; one past this is killed and the request fails).
+    #[arg(long, global = true, env = "CAPSD_PLUGIN_TIMEOUT_MS", value_name = "MS", default_value_t = 5000,
+          value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
+    plugin_timeout_ms: u64,
+
     /// Probe cache directory (default: /var/cache/capsd for root, else
     /// $XDG_CACHE_HOME/capsd or ~/.cache/capsd).
     #[arg(long, global = true, env = "CAPSD_CACHE_DIR", value_name = "DIR")]
@@ -67,13 +73,20 @@ enum Command {
     Labels(cmd::labels::Args),
     /// Placement traits in OpenStack Nova's conventions.
     Traits(cmd::labels::Args),
+    /// Internal: the helper process one plugin runs in, started by capsd itself.
+    #[command(name = "plugin-host", hide = true)]
+    PluginHost(cmd::plugin_host::Args),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing(cli.verbose);
     let cache_dir = if cli.no_cache { None } else { cli.cache_dir.or_else(registry::default_cache_dir) };
-    let ctx = cmd::Context { plugin_dir: cli.plugin_dir, cache_dir };
+    let ctx = cmd::Context {
+        plugin_dir: cli.plugin_dir,
+        cache_dir,
+        plugin_timeout: std::time::Duration::from_millis(cli.plugin_timeout_ms),
+    };
     let result = match cli.command {
         Command::DomCapabilities(a) => cmd::domcaps::run(&ctx, a),
         Command::Drivers(a) => cmd::drivers::run(&ctx, a),
@@ -85,6 +98,7 @@ fn main() -> ExitCode {
         Command::Baseline(a) => cmd::baseline::run(a),
         Command::Labels(a) => cmd::labels::run_labels(&ctx, a),
         Command::Traits(a) => cmd::labels::run_traits(&ctx, a),
+        Command::PluginHost(a) => cmd::plugin_host::run(a),
     };
     match result {
         Ok(code) => code,

@@ -1,26 +1,49 @@
-//! `cargo xtask bench [core|qemu|agent|stacks]...`: benchmarks with printed figures. Speed targets
+//! `cargo xtask bench [core|qemu|agent|plugin|stacks]...`: benchmarks with printed figures. Speed targets
 //! live here, never in timed tests. Each group is its own module.
 
 mod agent;
 mod core;
 mod load;
+mod plugin;
 mod qemu;
 mod stacks;
 
-use anyhow::{bail, Result};
+use std::process::Command;
+
+use anyhow::{bail, Context as _, Result};
 
 /// Run the named groups, or all of them.
 pub fn run(args: &[String]) -> Result<()> {
-    let all = ["core", "qemu", "agent", "stacks"];
+    let all = ["core", "qemu", "agent", "plugin", "stacks"];
     let groups: Vec<&str> = if args.is_empty() { all.to_vec() } else { args.iter().map(String::as_str).collect() };
     for g in groups {
         match g {
             "core" => core::run()?,
             "qemu" => qemu::run()?,
             "agent" => agent::run()?,
+            "plugin" => plugin::run()?,
             "stacks" => stacks::run()?,
             other => bail!("unknown bench group '{other}' (have: {})", all.join(", ")),
         }
     }
     Ok(())
+}
+
+/// In a debug xtask (unless `CAPSD_BENCH_IN_PLACE` is set), run `bench GROUP` again from a
+/// release build and return `true`: the caller is done. Figures come from release code.
+fn rerun_in_release(group: &str) -> Result<bool> {
+    if !cfg!(debug_assertions) || std::env::var_os("CAPSD_BENCH_IN_PLACE").is_some() {
+        return Ok(false);
+    }
+    println!("bench {group}: xtask is a debug build; re-running with --release");
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let status = Command::new(cargo)
+        .current_dir(agent::workspace_root())
+        .args(["run", "--release", "--quiet", "--package", "xtask", "--", "bench", group])
+        .status()
+        .with_context(|| format!("running cargo run --release for the {group} benchmark"))?;
+    if !status.success() {
+        bail!("release run of bench {group} failed: {status}");
+    }
+    Ok(true)
 }

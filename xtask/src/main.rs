@@ -27,7 +27,8 @@ fn main() -> Result<()> {
 const USAGE: &str = "usage: cargo xtask <task> [args]
 
 tasks:
-  bench [core|qemu|agent]...   run benchmarks (all when none named) and print figures
+  bench [core|qemu|agent|plugin]...
+                               run benchmarks (all when none named) and print figures
   test [--quick]               the whole test suite as CI runs it (fmt, clippy, tests, examples)
   record-qemu [--oracle DIR] BINARY...|all
                                record QEMU probes (and libvirt's answers) as replay fixtures

@@ -1,6 +1,7 @@
 //! Builds the plugin libraries the tests load: the bhyve example
 //! (`examples/driver-bhyve`), the misbehaving test plugins (`capsd-plugin/tests/plugins`) and
-//! the C test plugins (`tests/plugins/c/*.c`, with `cc` or `$CC`).
+//! the C test plugins (`tests/plugins/c/*.c`, with `cc` or `$CC`; among them plugins that
+//! crash, abort, exit or hang on one query).
 //! Both are separate cargo workspaces built with the cargo running the tests into
 //! `target/plugins` (a separate target directory, so the outer `cargo test` lock is not
 //! contended). Shared by capsd-plugin's and capsd's plugin tests (`#[path]` include).
@@ -42,14 +43,25 @@ fn build() -> Result<PathBuf, String> {
         }
     }
     // The C test plugins, built against the C header of the ABI: `c/NAME.c` becomes
-    // `libtp_c_NAME.so`.
+    // `libtp_c_NAME.so`; `c/misbehave.c` is built once per way of misbehaving
+    // (`libtp_c_segv.so`, ...).
     let out_dir = target.join("debug");
-    for name in ["minimal", "unresolved"] {
-        let src = format!("capsd-plugin/tests/plugins/c/{name}.c");
+    let c_plugins = [
+        ("minimal", "minimal", None),
+        ("unresolved", "unresolved", None),
+        ("segv", "misbehave", Some("-DMISBEHAVE=1")),
+        ("abort", "misbehave", Some("-DMISBEHAVE=2")),
+        ("exit", "misbehave", Some("-DMISBEHAVE=3")),
+        ("hang", "misbehave", Some("-DMISBEHAVE=4")),
+    ];
+    for (name, source, define) in c_plugins {
+        let src = format!("capsd-plugin/tests/plugins/c/{source}.c");
         let tmp = out_dir.join(format!(".libtp_c_{name}.so.{}", std::process::id()));
         let out = Command::new(std::env::var_os("CC").unwrap_or_else(|| "cc".into()))
             .current_dir(&root)
-            .args(["-shared", "-fPIC", "-std=c99", "-Wall", "-Wextra", "-Werror", "-I", "capsd-plugin/include", "-o"])
+            .args(["-shared", "-fPIC", "-std=c99", "-D_DEFAULT_SOURCE", "-Wall", "-Wextra", "-Werror"])
+            .args(define)
+            .args(["-I", "capsd-plugin/include", "-o"])
             .arg(&tmp)
             .arg(&src)
             .output()

@@ -47,7 +47,9 @@ pub struct Args {
 
 /// The embedded drivers plus the plugins of `--plugin-dir` / `CAPSD_PLUGIN_DIR`, or of
 /// [`capsd_plugin::DEFAULT_PLUGIN_DIR`] when that exists. Refused plugin files are logged
-/// and recorded in the registry; they never stop capsd.
+/// and recorded in the registry; they never stop capsd. Each plugin that passed the checks
+/// runs in a helper process of its own (this binary, `capsd plugin-host`), for the CLI as
+/// for the agent: a plugin that crashes or hangs fails its own requests only.
 pub fn registry(ctx: &super::Context, opts: &DriverOptions) -> Result<Registry> {
     let mut reg = Registry::embedded(opts)?;
     let dir = match &ctx.plugin_dir {
@@ -60,8 +62,10 @@ pub fn registry(ctx: &super::Context, opts: &DriverOptions) -> Result<Registry> 
         taken.extend(reg.all().iter().map(|d| d.name().to_owned()));
         let taken: Vec<&str> = taken.iter().map(String::as_str).collect();
         let report = capsd_plugin::load_dir(&dir, &taken);
+        let mut host = capsd_plugin::HostOptions::new("/proc/self/exe", ["plugin-host"]);
+        host.timeout = ctx.plugin_timeout;
         for plugin in report.loaded {
-            reg.add(Arc::new(plugin));
+            reg.add(Arc::new(capsd_plugin::HostedPlugin::new(plugin, host.clone())));
         }
         for err in report.refused {
             reg.refuse(err.path().to_owned(), err.to_string());

@@ -20,10 +20,12 @@ pub fn run(ctx: &super::Context, args: Args) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// A listed driver: name, availability and details.
+type Row = (String, Availability, Vec<(String, String)>);
+
 /// The listing: a table, or JSON (also the agent's `/v1/drivers` body).
 pub fn render(reg: &Registry, json: bool) -> String {
-    let rows: Vec<(String, Availability, Vec<(String, String)>)> =
-        reg.all().iter().map(|d| (d.name().to_owned(), d.availability(), d.details())).collect();
+    let rows: Vec<Row> = reg.all().iter().map(|d| (d.name().to_owned(), d.availability(), d.details())).collect();
     let missing: Vec<&str> = IN_TREE.iter().copied().filter(|n| !rows.iter().any(|(r, _, _)| r == n)).collect();
     if json {
         let v: Vec<serde_json::Value> = rows

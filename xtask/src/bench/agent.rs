@@ -27,15 +27,15 @@ use super::load::{self, Load, Target};
 
 const QUERY: &str = "/v1/domcapabilities";
 
-fn env_num<T: std::str::FromStr>(name: &str, default: T) -> T {
+pub(super) fn env_num<T: std::str::FromStr>(name: &str, default: T) -> T {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
-fn workspace_root() -> PathBuf {
+pub(super) fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_owned).unwrap_or_else(|| PathBuf::from("."))
 }
 
-fn build_capsd() -> Result<PathBuf> {
+pub(super) fn build_capsd() -> Result<PathBuf> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let st = Command::new(cargo)
         .current_dir(workspace_root())
@@ -81,17 +81,7 @@ fn free_loopback_port() -> Result<SocketAddr> {
 }
 
 pub fn run() -> Result<()> {
-    if cfg!(debug_assertions) && std::env::var_os("CAPSD_BENCH_IN_PLACE").is_none() {
-        println!("bench agent: xtask is a debug build; re-running with --release");
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        let status = Command::new(cargo)
-            .current_dir(workspace_root())
-            .args(["run", "--release", "--quiet", "--package", "xtask", "--", "bench", "agent"])
-            .status()
-            .context("running cargo run --release for the agent benchmark")?;
-        if !status.success() {
-            bail!("release run of bench agent failed: {status}");
-        }
+    if super::rerun_in_release("agent")? {
         return Ok(());
     }
     let capsd = build_capsd()?;

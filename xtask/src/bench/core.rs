@@ -7,7 +7,6 @@
 
 use std::hint::black_box;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _, Result};
@@ -17,16 +16,7 @@ const BUDGET: Duration = Duration::from_millis(1500);
 const MIN_ITERS: usize = 200;
 
 pub fn run() -> Result<()> {
-    if cfg!(debug_assertions) && std::env::var_os("CAPSD_BENCH_IN_PLACE").is_none() {
-        println!("bench core: xtask is a debug build; re-running with --release");
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        let status = Command::new(cargo)
-            .args(["run", "--release", "--quiet", "--package", "xtask", "--", "bench", "core"])
-            .status()
-            .context("running cargo run --release for the core benchmark")?;
-        if !status.success() {
-            bail!("release run of bench core failed: {status}");
-        }
+    if super::rerun_in_release("core")? {
         return Ok(());
     }
 

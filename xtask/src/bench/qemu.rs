@@ -24,16 +24,7 @@ const X86: &str = "/usr/bin/qemu-system-x86_64";
 const RUNS: usize = 5;
 
 pub fn run() -> Result<()> {
-    if cfg!(debug_assertions) && std::env::var_os("CAPSD_BENCH_IN_PLACE").is_none() {
-        println!("bench qemu: xtask is a debug build; re-running with --release");
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        let status = Command::new(cargo)
-            .args(["run", "--release", "--quiet", "--package", "xtask", "--", "bench", "qemu"])
-            .status()
-            .context("running cargo run --release for the qemu benchmark")?;
-        if !status.success() {
-            bail!("release run of bench qemu failed: {status}");
-        }
+    if super::rerun_in_release("qemu")? {
         return Ok(());
     }
     let x86 = Path::new(X86);

@@ -515,6 +515,20 @@ mod tests {
     }
 
     #[test]
+    fn arm_and_riscv_default_to_virt_from_9_3() {
+        use crate::libvirt::{LibvirtVersion, Target};
+        let reply = json!([{"name": "sx1"}, {"name": "virt-7.2", "alias": "virt"}, {"name": "integratorcp"}]);
+        let first = |v: LibvirtVersion| machines_for(&reply, "aarch64", Target::new(v))[0].name.clone();
+        assert_eq!(first(LibvirtVersion::new(9, 0, 0)), "integratorcp");
+        assert_eq!(first(LibvirtVersion::new(9, 3, 0)), "virt-7.2");
+        let riscv = json!([{"name": "spike", "is-default": true}, {"name": "virt"}]);
+        assert_eq!(machines_for(&riscv, "riscv64", Target::new(LibvirtVersion::new(12, 8, 0)))[0].name, "virt");
+        // x86 is unchanged.
+        let pc = json!([{"name": "pc-q35-7.2", "alias": "q35"}, {"name": "pc-i440fx-7.2", "alias": "pc"}]);
+        assert_eq!(machines_for(&pc, "x86_64", Target::new(LibvirtVersion::new(12, 8, 0)))[0].name, "pc-i440fx-7.2");
+    }
+
+    #[test]
     fn errors_like_libvirt() {
         let msg = |query: Query| run(query).unwrap_err().to_string();
         assert!(msg(q(None, None, None, Some("bogus"))).contains("unknown virttype"));

@@ -357,3 +357,106 @@ fn malformed_replies_are_ignored_not_trusted() {
     assert_eq!(caps.devices.as_ref().unwrap().get("tpm").unwrap().supported, Support::No);
     assert_eq!(caps.iothreads.unwrap().supported, Support::No);
 }
+
+/// Derive for one libvirt release (`X.Y`).
+fn derive_for(release: &str, arch: &str, machine: &str, t: Transcript) -> DomainCapabilities {
+    let target = crate::libvirt::Target::new(release.parse().unwrap());
+    let options = crate::cpu::CpuOptions { target, ..Default::default() };
+    super::domain_capabilities_with(
+        &data(vec![(Accel::Tcg, t)], HostFacts::default()),
+        &query(arch, machine, Accel::Tcg),
+        options,
+    )
+    .unwrap()
+}
+
+fn pc_transcript(extra_types: &[&str], extra: &[(&str, Value)]) -> Transcript {
+    let mut types = vec!["pvpanic", "pvpanic-pci", "virtio-crypto-device", "nvme-ns", "isa-fdc"];
+    types.extend_from_slice(extra_types);
+    transcript(&[("pc-q35-10.0", 4096)], &types, extra)
+}
+
+#[test]
+fn the_target_release_decides_which_elements_exist() {
+    let old = derive_for("9.0", "x86_64", "pc-q35-10.0", pc_transcript(&[], &[]));
+    let new = derive_for("12.8", "x86_64", "pc-q35-10.0", pc_transcript(&[], &[]));
+    let (od, nd) = (old.devices.as_ref().unwrap(), new.devices.as_ref().unwrap());
+    assert!(od.crypto.is_none() && od.interface.is_none() && od.panic.is_none() && od.console.is_none());
+    assert_eq!(nd.crypto.as_ref().unwrap().enums.enum_values("model").unwrap(), ["virtio"]);
+    assert_eq!(nd.panic.as_ref().unwrap().enums.enum_values("model").unwrap(), ["isa", "hyperv", "pvpanic"]);
+    assert!(nd.console.is_some() && nd.interface.is_some());
+    assert!(device_enum(&new, "disk", "bus").contains(&"nvme".to_string()));
+    assert!(!device_enum(&old, "disk", "bus").contains(&"nvme".to_string()));
+    assert!(device_enum(&old, "filesystem", "driverType").contains(&"handle".to_string()));
+    assert!(!device_enum(&new, "filesystem", "driverType").contains(&"handle".to_string()));
+    assert!(old.os.as_ref().unwrap().firmware_features.is_none());
+    assert!(new.os.as_ref().unwrap().firmware_features.is_some());
+    let (of, nf) = (old.features.as_ref().unwrap(), new.features.as_ref().unwrap());
+    assert!(of.launch_security.is_none() && of.tdx.is_none() && of.s390_pv.is_none());
+    assert_eq!(nf.launch_security.as_ref().unwrap().supported, Support::No);
+    assert_eq!(nf.tdx.as_ref().unwrap().supported, Support::No);
+    assert_eq!(nf.s390_pv.as_ref().unwrap().supported, Support::No, "12.x states s390-pv on every arch");
+    // 11.3 is between: panic and crypto yes, console (11.5) and s390-pv everywhere not yet.
+    let mid = derive_for("11.3", "x86_64", "pc-q35-10.0", pc_transcript(&[], &[]));
+    let md = mid.devices.as_ref().unwrap();
+    assert!(md.panic.is_some() && md.console.is_none());
+    assert!(mid.features.as_ref().unwrap().s390_pv.is_none());
+}
+
+#[test]
+fn unread_qemu_facts_leave_new_features_out() {
+    // Neither query-command-line-options nor the machine's properties were answered:
+    // async-teardown and ps2 are left out, never stated "no".
+    let caps = derive_for("12.8", "x86_64", "pc-q35-10.0", pc_transcript(&[], &[]));
+    let f = caps.features.as_ref().unwrap();
+    assert!(f.async_teardown.is_none());
+    assert!(f.ps2.is_none());
+    let t = pc_transcript(
+        &[],
+        &[(
+            "query-command-line-options",
+            json!([{"option": "run-with", "parameters": [{"name": "async-teardown", "type": "boolean"}]}]),
+        )],
+    );
+    let caps = derive_for("12.8", "x86_64", "pc-q35-10.0", t);
+    assert_eq!(caps.features.as_ref().unwrap().async_teardown.as_ref().unwrap().supported, Support::Yes);
+}
+
+#[test]
+fn spice_needs_qemus_spice_option_group() {
+    let schema = json!([{"name": "query-spice", "meta-type": "command", "arg-type": "0", "ret-type": "1"}]);
+    // The module is missing: QEMU still has query-spice in its schema, but no spice options.
+    let without = pc_transcript(
+        &[],
+        &[
+            ("query-qmp-schema", schema.clone()),
+            ("query-command-line-options", json!([{"option": "vnc", "parameters": []}])),
+        ],
+    );
+    let caps = derive_for("9.0", "x86_64", "pc-q35-10.0", without);
+    assert!(!device_enum(&caps, "graphics", "type").contains(&"spice".to_string()));
+    assert_eq!(device_enum(&caps, "channel", "type"), ["pty", "unix"]);
+    let with = pc_transcript(
+        &[],
+        &[
+            ("query-qmp-schema", schema.clone()),
+            ("query-command-line-options", json!([{"option": "spice", "parameters": []}])),
+        ],
+    );
+    let caps = derive_for("9.0", "x86_64", "pc-q35-10.0", with);
+    assert!(device_enum(&caps, "graphics", "type").contains(&"spice".to_string()));
+    // Recordings without the option list fall back to the schema.
+    let caps = derive_for("9.0", "x86_64", "pc-q35-10.0", pc_transcript(&[], &[("query-qmp-schema", schema)]));
+    assert!(device_enum(&caps, "graphics", "type").contains(&"spice".to_string()));
+}
+
+#[test]
+fn floppy_needs_a_controller_from_11_4() {
+    let arm = || transcript(&[("virt-10.0", 512)], &["virtio-blk-pci"], &[]);
+    assert!(device_enum(&derive_for("11.3", "aarch64", "virt-10.0", arm()), "disk", "bus").contains(&"fdc".to_string()));
+    assert!(
+        !device_enum(&derive_for("11.4", "aarch64", "virt-10.0", arm()), "disk", "bus").contains(&"fdc".to_string())
+    );
+    let pc = derive_for("12.8", "x86_64", "pc-q35-10.0", pc_transcript(&[], &[]));
+    assert!(device_enum(&pc, "disk", "diskDevice").contains(&"floppy".to_string()));
+}

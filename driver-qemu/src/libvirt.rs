@@ -70,6 +70,8 @@ pub enum Change {
     SevCpu0Id,
     /// With no machine asked, ARM and RISC-V guests get the `virt` board.
     VirtDefaultMachine,
+    /// The `loongarch64` architecture is known.
+    ArchLoongArch64,
 }
 
 /// A row of the table.
@@ -112,6 +114,12 @@ pub const CHANGES: &[Row] = &[
         9,
         6,
         "formatdomain 'async-teardown ... Since 9.6.0'; domCapsTuples maps it to QEMU's run-with async-teardown",
+    ),
+    row(
+        Change::ArchLoongArch64,
+        10,
+        2,
+        "NEWS v10.2.0 'qemu: Added support for the loongarch64 architecture' (virArch gains loongarch64)",
     ),
     row(
         Change::LaunchSecurity,

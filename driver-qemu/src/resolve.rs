@@ -120,7 +120,18 @@ pub fn parse_virt_type(v: Option<&str>) -> Result<VirtTypeArg, DriverError> {
 
 /// Check an arch name against libvirt's list.
 pub fn parse_arch(a: &str) -> Result<String, DriverError> {
-    if KNOWN_ARCHES.contains(&a) {
+    parse_arch_for(a, Target::default())
+}
+
+/// Whether the target libvirt knows architecture `a` (`loongarch64` from
+/// [`Change::ArchLoongArch64`]).
+pub fn arch_known(a: &str, target: Target) -> bool {
+    KNOWN_ARCHES.contains(&a) || (a == "loongarch64" && target.has(Change::ArchLoongArch64))
+}
+
+/// Parse `--arch` for the target release.
+pub fn parse_arch_for(a: &str, target: Target) -> Result<String, DriverError> {
+    if arch_known(a, target) {
         Ok(a.to_owned())
     } else {
         Err(DriverError::invalid("arch", a, "unknown architecture"))
@@ -132,8 +143,8 @@ pub fn binary_names_for_arch(arch: &str) -> Vec<String> {
     let primary = match arch {
         "i686" => "i386",
         "armv6l" | "armv7l" => "arm",
-        "openrisc" => "or1k",
-        "parisc" => "hppa",
+        // libvirt names OpenRISC's binary `or32` (QEMU's is `or1k`, so libvirt finds none).
+        "openrisc" => "or32",
         other => other,
     };
     let mut names = vec![format!("qemu-system-{primary}")];
@@ -152,9 +163,19 @@ pub fn binary_names_for_arch(arch: &str) -> Vec<String> {
 /// Phase 1: validate names, default the arch, pick the emulator. `find` looks a program
 /// name up in `PATH`.
 pub fn pre_probe(q: &Query, host_arch: &str, find: impl Fn(&str) -> Option<PathBuf>) -> Result<PreProbe, DriverError> {
+    pre_probe_for(q, Target::default(), host_arch, find)
+}
+
+/// [`pre_probe`] for the target release.
+pub fn pre_probe_for(
+    q: &Query,
+    target: Target,
+    host_arch: &str,
+    find: impl Fn(&str) -> Option<PathBuf>,
+) -> Result<PreProbe, DriverError> {
     let virt_type = parse_virt_type(q.virt_type.as_deref())?;
     let arch = match &q.arch {
-        Some(a) => parse_arch(a)?,
+        Some(a) => parse_arch_for(a, target)?,
         None => host_arch.to_owned(),
     };
     let emulator = match &q.emulator {
@@ -166,18 +187,24 @@ pub fn pre_probe(q: &Query, host_arch: &str, find: impl Fn(&str) -> Option<PathB
             )
         })?,
     };
-    Ok(PreProbe { emulator, arch, virt_type, target: Target::default() })
+    Ok(PreProbe { emulator, arch, virt_type, target })
 }
 
-/// libvirt's arch name for QEMU's `query-target` arch.
+/// libvirt's arch name for QEMU's `query-target` arch (libvirt 9.0's names).
 pub fn arch_from_qemu(target: &str) -> Option<String> {
-    let a = match target {
+    arch_from_qemu_for(target, Target::default())
+}
+
+/// [`arch_from_qemu`] for the target release. QEMU's `or1k` is not libvirt's OpenRISC name
+/// (`or32`), so libvirt cannot use an OpenRISC binary (it fails without a reason).
+pub fn arch_from_qemu_for(qemu_arch: &str, target: Target) -> Option<String> {
+    let a = match qemu_arch {
         "i386" => "i686",
         "arm" => "armv7l",
-        "or1k" => "openrisc",
+        "or32" => "openrisc",
         other => other,
     };
-    KNOWN_ARCHES.contains(&a).then(|| a.to_owned())
+    arch_known(a, target).then(|| a.to_owned())
 }
 
 fn family(arch: &str) -> Option<&'static str> {
@@ -288,17 +315,22 @@ pub fn kvm_enabled(data: &ProbeData) -> bool {
 
 /// The binary's own arch (libvirt name), from `query-target` of any run.
 pub fn emulator_arch(data: &ProbeData) -> Result<String, DriverError> {
-    let target = data
+    emulator_arch_for(data, Target::default())
+}
+
+/// [`emulator_arch`] for the target release.
+pub fn emulator_arch_for(data: &ProbeData, target: Target) -> Result<String, DriverError> {
+    let qemu_arch = data
         .runs
         .values()
         .find_map(|t| t.get("query-target"))
         .and_then(|t| t.get("arch"))
         .and_then(Value::as_str)
         .ok_or_else(|| DriverError::probe_failed(&data.binary, "query-target gave no architecture"))?;
-    arch_from_qemu(target).ok_or_else(|| {
+    arch_from_qemu_for(qemu_arch, target).ok_or_else(|| {
         DriverError::not_supported(
             DRIVER,
-            format!("emulator '{}': its architecture '{target}' is unknown to libvirt", data.binary),
+            format!("emulator '{}': its architecture '{qemu_arch}' is unknown to libvirt", data.binary),
         )
     })
 }
@@ -306,7 +338,7 @@ pub fn emulator_arch(data: &ProbeData) -> Result<String, DriverError> {
 /// Phase 2: everything else, from the probe.
 pub fn resolve(pre: &PreProbe, machine: Option<&str>, data: &ProbeData) -> Result<ResolvedQuery, DriverError> {
     let emu = pre.emulator.display().to_string();
-    let emu_arch = emulator_arch(data)?;
+    let emu_arch = emulator_arch_for(data, pre.target)?;
     let arch = pre.arch.as_str();
     if emu_arch != arch && (family(&emu_arch).is_none() || family(&emu_arch) != family(arch)) {
         return Err(DriverError::invalid(
@@ -391,8 +423,7 @@ pub fn resolve_query_for(
     find: impl Fn(&str) -> Option<PathBuf>,
     probe: impl FnOnce(&Path) -> Result<ProbeData, DriverError>,
 ) -> Result<(ResolvedQuery, ProbeData), DriverError> {
-    let mut pre = pre_probe(q, host_arch, find)?;
-    pre.target = target;
+    let pre = pre_probe_for(q, target, host_arch, find)?;
     let data = probe(&pre.emulator)?;
     let r = resolve(&pre, q.machine.as_deref(), &data)?;
     Ok((r, data))

@@ -30,6 +30,10 @@ use crate::test::workspace_root;
 
 pub const RATCHET: &str = "driver-qemu/tests/data/conformance-ratchet.txt";
 
+/// Cases beyond the recorded ones (other machine types, arch-only queries, more arches),
+/// compared live only.
+pub const MORE_CASES: &str = "driver-qemu/tests/data/more-cases.txt";
+
 /// Read the ratchet (one case name per line, `#` comments).
 pub fn read_ratchet(path: &Path) -> Result<BTreeSet<String>> {
     let text = match std::fs::read_to_string(path) {
@@ -109,7 +113,15 @@ pub fn run(args: &[String]) -> Result<()> {
         return run_stacks(&root, &shared, &chroot_stacks, ratchet_add);
     }
     let cases_file = root.join(CASES);
-    let cases = read_cases(&cases_file)?;
+    let mut cases = read_cases(&cases_file)?;
+    cases.extend(read_cases(&root.join(MORE_CASES))?);
+    // The oracle script takes one case file: both lists, written together.
+    let all_cases_file = std::env::temp_dir().join(format!("capsd-conformance-cases-{}.txt", std::process::id()));
+    std::fs::write(
+        &all_cases_file,
+        cases.iter().map(|c| format!("{} {}\n", c.name, c.args.join(" "))).collect::<String>(),
+    )?;
+    let cases_file = all_cases_file;
     let tmp = std::env::temp_dir().join(format!("capsd-conformance-{}", std::process::id()));
     let work = keep.clone().unwrap_or(tmp.clone());
     std::fs::create_dir_all(&work)?;
@@ -238,7 +250,8 @@ fn run_stacks(root: &Path, tools: &Path, stacks: &[crate::stacks::Stack], ratche
         println!("stacks skipped ({why}): {}", names.join(" "));
         return Ok(());
     }
-    let cases = read_cases(&root.join(CASES))?;
+    let mut cases = read_cases(&root.join(CASES))?;
+    cases.extend(read_cases(&root.join(MORE_CASES))?);
     // The debug build: the stacks probe with --no-cache, so QEMU's time dominates.
     let capsd = build_capsd(root)?;
     let base = std::env::temp_dir().join(format!("capsd-stacks-{}", std::process::id()));

@@ -26,8 +26,8 @@ fn blockers_follow_exactly_the_unusable_models() {
         return;
     }
     let cache = tempfile::tempdir().unwrap();
-    let plain = domcaps(cache.path(), &[]);
-    let with = domcaps(cache.path(), &["--cpu-blockers"]);
+    let plain = domcaps(cache.path(), &["--libvirt-version", "9.0"]);
+    let with = domcaps(cache.path(), &["--libvirt-version", "9.0", "--cpu-blockers"]);
     assert!(!plain.contains("<blockers"), "libvirt 9.0's form has no blockers");
 
     let caps = capsd_core::xml::from_xml(&with).unwrap();

@@ -166,6 +166,10 @@ impl KeySources {
             .map(PathBuf::from)
             // Listed as `<loader>` values when no firmware descriptor applies.
             .chain(crate::host::DEFAULT_LOADERS.iter().map(PathBuf::from))
+            // The installed libvirt's library (its file name is the release the documents
+            // are for when none is asked): an upgrade replaces it, and the agent's watcher,
+            // which reads these sources too, then drops the documents it keeps.
+            .chain(crate::libvirt::version::library_links(std::path::Path::new("/")))
             // libvirt's cpu_map (host-model decoding, CPU model vendors): a libvirt upgrade
             // replaces its index.xml.
             .chain(std::iter::once(crate::cpu::host::cpu_map_dir().join("index.xml")))

@@ -142,6 +142,11 @@ fn lib_dirs(root: &Path) -> Vec<PathBuf> {
     dirs
 }
 
+/// The `libvirt.so.0` links [`detect`] looks at under `root`, whether they exist or not.
+pub fn library_links(root: &Path) -> Vec<PathBuf> {
+    lib_dirs(root).into_iter().map(|d| d.join("libvirt.so.0")).collect()
+}
+
 /// `libvirt.so.0.11003.0` -> 11.3.0.
 fn version_of_library_name(name: &str) -> Option<LibvirtVersion> {
     let rest = name.strip_prefix("libvirt.so.0.")?;

@@ -13,6 +13,7 @@
 //! - [`flight`]: one derivation per key at a time; its failure goes to the requests that
 //!   waited for it.
 
+pub mod activation;
 pub mod flight;
 pub mod metrics;
 pub mod server;

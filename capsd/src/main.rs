@@ -9,7 +9,7 @@ mod registry;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{Args as _, CommandFactory, FromArgMatches, Parser, Subcommand};
 
 /// Chosen when a warm `capsd domcapabilities` spent most of its time allocating and freeing
 /// the JSON trees of the cached probe (mimalloc did that about twice as fast as glibc's
@@ -21,8 +21,8 @@ static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// capsd answers what this host's hypervisors can do, as libvirt's `<domainCapabilities>`
 /// document, from real probing of the host.
 #[derive(Debug, Parser)]
-#[command(name = "capsd", version, about, long_about = None)]
-struct Cli {
+#[command(name = "capsd", version = VERSION, long_version = long_version(), about, long_about = None)]
+pub(crate) struct Cli {
     /// Directory of out-of-tree driver plugins to load (shared libraries).
     #[arg(long, global = true, env = "CAPSD_PLUGIN_DIR")]
     plugin_dir: Option<PathBuf>,
@@ -78,8 +78,36 @@ enum Command {
     PluginHost(cmd::plugin_host::Args),
 }
 
+/// `capsd -V`: the version and the git commit built from.
+const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (", env!("CAPSD_GIT_COMMIT"), ")");
+
+/// `capsd --version`: the version, the git commit and the drivers built in.
+fn long_version() -> &'static str {
+    static TEXT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    TEXT.get_or_init(|| {
+        format!(
+            "{}\ncommit: {}\ndrivers built in: {}",
+            env!("CARGO_PKG_VERSION"),
+            env!("CAPSD_GIT_COMMIT"),
+            registry::built_in().join(", ")
+        )
+    })
+}
+
+/// The hidden subcommand that writes man pages and completions: added to the parser only, so
+/// `Cli::command()`, which they are written from, does not list it.
+const GENERATE_ASSETS: &str = "generate-assets";
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let assets = cmd::assets::Args::augment_args(clap::Command::new(GENERATE_ASSETS).hide(true));
+    let matches = Cli::command().subcommand(assets).get_matches();
+    let parsed = match matches.subcommand() {
+        Some((GENERATE_ASSETS, m)) => {
+            return finish(cmd::assets::Args::from_arg_matches(m).map_err(Into::into).and_then(cmd::assets::run))
+        }
+        _ => Cli::from_arg_matches(&matches),
+    };
+    let cli = parsed.unwrap_or_else(|e| e.exit());
     init_tracing(cli.verbose);
     let cache_dir = if cli.no_cache { None } else { cli.cache_dir.or_else(registry::default_cache_dir) };
     let ctx = cmd::Context {
@@ -100,6 +128,10 @@ fn main() -> ExitCode {
         Command::Traits(a) => cmd::labels::run_traits(&ctx, a),
         Command::PluginHost(a) => cmd::plugin_host::run(a),
     };
+    finish(result)
+}
+
+fn finish(result: anyhow::Result<ExitCode>) -> ExitCode {
     match result {
         Ok(code) => code,
         Err(err) => {

@@ -9,6 +9,20 @@ use capsd_core::DomainCapsDriver;
 /// Names of every in-tree driver, whether built in or not.
 pub const IN_TREE: [&str; 4] = ["qemu", "xen", "lxc", "test"];
 
+/// The in-tree drivers this build embeds (its cargo features), in [`IN_TREE`] order.
+pub fn built_in() -> Vec<&'static str> {
+    IN_TREE
+        .into_iter()
+        .filter(|n| match *n {
+            "qemu" => cfg!(feature = "qemu"),
+            "xen" => cfg!(feature = "xen"),
+            "lxc" => cfg!(feature = "lxc"),
+            "test" => cfg!(feature = "test"),
+            _ => false,
+        })
+        .collect()
+}
+
 /// Settings that reach driver constructors.
 #[derive(Debug, Clone, Default)]
 pub struct DriverOptions {

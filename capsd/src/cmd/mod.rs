@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 
+pub mod assets;
 pub mod baseline;
 pub mod check;
 pub mod diff;

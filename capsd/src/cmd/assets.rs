@@ -1,0 +1,48 @@
+//! `capsd generate-assets` (hidden, not in the pages or completions): the man pages and shell completions of this very binary,
+//! written from its clap definitions, so `--help`, the pages and the completions cannot drift
+//! apart. `cargo xtask deb` runs it on the binary it packages (same features, same version).
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{bail, Context as _, Result};
+use clap_complete::Shell;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Write a section 1 man page for capsd and for each subcommand (capsd-SUBCOMMAND.1) here.
+    #[arg(long, value_name = "DIR")]
+    man: Option<PathBuf>,
+    /// Write completions here: capsd.bash, _capsd (zsh) and capsd.fish.
+    #[arg(long, value_name = "DIR")]
+    completions: Option<PathBuf>,
+}
+
+/// Write what `args` asks for, from the CLI's definitions.
+pub fn run(args: Args) -> Result<ExitCode> {
+    let cmd = <crate::Cli as clap::CommandFactory>::command();
+    if args.man.is_none() && args.completions.is_none() {
+        bail!("nothing to write: give --man DIR and/or --completions DIR");
+    }
+    if let Some(dir) = &args.man {
+        existing_dir(dir, "--man")?;
+        clap_mangen::generate_to(cmd.clone(), dir)
+            .with_context(|| format!("writing man pages to {}", dir.display()))?;
+    }
+    if let Some(dir) = &args.completions {
+        existing_dir(dir, "--completions")?;
+        let mut cmd = cmd;
+        for shell in [Shell::Bash, Shell::Zsh, Shell::Fish] {
+            clap_complete::generate_to(shell, &mut cmd, "capsd", dir)
+                .with_context(|| format!("writing {shell} completions to {}", dir.display()))?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn existing_dir(dir: &Path, flag: &str) -> Result<()> {
+    if !dir.is_dir() {
+        bail!("{flag} {}: not an existing directory", dir.display());
+    }
+    Ok(())
+}

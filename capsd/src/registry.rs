@@ -9,18 +9,17 @@ use capsd_core::DomainCapsDriver;
 /// Names of every in-tree driver, whether built in or not.
 pub const IN_TREE: [&str; 4] = ["qemu", "xen", "lxc", "test"];
 
+/// Each in-tree driver, in [`IN_TREE`] order, and whether this build embeds it.
+const EMBEDDED: [(&str, bool); 4] = [
+    ("qemu", cfg!(feature = "qemu")),
+    ("xen", cfg!(feature = "xen")),
+    ("lxc", cfg!(feature = "lxc")),
+    ("test", cfg!(feature = "test")),
+];
+
 /// The in-tree drivers this build embeds (its cargo features), in [`IN_TREE`] order.
 pub fn built_in() -> Vec<&'static str> {
-    IN_TREE
-        .into_iter()
-        .filter(|n| match *n {
-            "qemu" => cfg!(feature = "qemu"),
-            "xen" => cfg!(feature = "xen"),
-            "lxc" => cfg!(feature = "lxc"),
-            "test" => cfg!(feature = "test"),
-            _ => false,
-        })
-        .collect()
+    EMBEDDED.iter().filter(|(_, on)| *on).map(|(name, _)| *name).collect()
 }
 
 /// Settings that reach driver constructors.
@@ -152,5 +151,14 @@ impl Registry {
             )
         }
         anyhow::bail!("unknown driver '{name}'; drivers here: {}", have.join(", "))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn every_in_tree_driver_has_its_feature_listed() {
+        let names: Vec<&str> = super::EMBEDDED.iter().map(|(n, _)| *n).collect();
+        assert_eq!(names, super::IN_TREE);
     }
 }

@@ -1,7 +1,7 @@
 //! `cargo xtask bench [core|qemu|agent|plugin|stacks]...`: benchmarks with printed figures. Speed targets
 //! live here, never in timed tests. Each group is its own module.
 
-mod agent;
+pub(crate) mod agent;
 mod core;
 mod load;
 mod plugin;

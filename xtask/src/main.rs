@@ -2,6 +2,7 @@
 
 mod bench;
 mod conformance;
+mod deb;
 mod record_qemu;
 mod stacks;
 mod test;
@@ -20,6 +21,7 @@ fn main() -> Result<()> {
         Some("test") => test::run(rest),
         Some("record-qemu") => record_qemu::run(rest),
         Some("conformance") => conformance::run(rest),
+        Some("deb") => deb::run(rest),
         Some(other) => bail!("unknown task '{other}'\n\n{USAGE}"),
     }
 }
@@ -33,4 +35,7 @@ tasks:
   record-qemu [--oracle DIR] BINARY...|all
                                record QEMU probes (and libvirt's answers) as replay fixtures
   conformance [--keep DIR]     compare capsd with libvirt on this host, case by case
+  deb [--test] [--suite S]...  build target/debian/capsd_<version>_<arch>.deb; --test installs
+                               and checks it in clean Debian 12/13 chroots (as root; S:
+                               bookworm, trixie; chroots cached in /var/lib/capsd-deb-test)
   help                         this text";

@@ -35,7 +35,7 @@ pub(super) fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_owned).unwrap_or_else(|| PathBuf::from("."))
 }
 
-pub(super) fn build_capsd() -> Result<PathBuf> {
+pub(crate) fn build_capsd() -> Result<PathBuf> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let st = Command::new(cargo)
         .current_dir(workspace_root())

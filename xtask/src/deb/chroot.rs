@@ -388,7 +388,7 @@ fn checks(ctx: &Ctx, report: &mut Report) {
         }
         Ok(())
     });
-    report.check(suite, "systemd-analyze verify capsd.socket capsd.service", || {
+    report.check(suite, "systemd-analyze verify capsd.socket capsd.service; security", || {
         let out = Command::new("chroot")
             .arg(root)
             .args(["systemd-analyze", "verify", "/usr/lib/systemd/system/capsd.socket"])
@@ -404,6 +404,17 @@ fn checks(ctx: &Ctx, report: &mut Report) {
         }
         if !said.trim().is_empty() {
             println!("xtask deb: note: systemd-analyze verify also said (about the chroot itself):\n{}", tail(&said));
+        }
+        // systemd's own rating of the hardening: it must stay in its "OK" band or better.
+        let security = in_chroot(
+            root,
+            "systemd-analyze security --offline=yes --no-pager /usr/lib/systemd/system/capsd.service 2>&1",
+        )?;
+        let verdict = security.lines().find(|l| l.contains("Overall exposure level")).unwrap_or_default().trim();
+        println!("xtask deb: systemd-analyze security: {verdict}");
+        let level = verdict.rsplit(": ").next().and_then(|v| v.split_whitespace().nth(1)).unwrap_or_default();
+        if !["SAFE", "OK"].contains(&level) {
+            bail!("capsd.service is rated worse than OK:\n{}", tail(&security));
         }
         Ok(())
     });

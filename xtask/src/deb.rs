@@ -296,24 +296,22 @@ fn shlibs(stage: &Path, bin: &Path) -> Result<String> {
     Ok(deps.trim().to_owned())
 }
 
-/// Every regular file under `dir`, relative, sorted; `DEBIAN` left out.
-fn files(dir: &Path) -> Result<Vec<PathBuf>> {
+/// Every path under `dir` (directories too), relative and sorted, without the paths in
+/// `skip` and what is below them.
+fn walk(dir: &Path, skip: &[&str]) -> Result<Vec<PathBuf>> {
     let mut out = Vec::new();
     let mut todo = vec![dir.to_path_buf()];
     while let Some(d) = todo.pop() {
         for e in std::fs::read_dir(&d).with_context(|| format!("reading {}", d.display()))? {
             let e = e?;
-            let t = e.file_type()?;
             let rel = e.path().strip_prefix(dir)?.to_path_buf();
-            if rel.starts_with("DEBIAN") {
+            if skip.iter().any(|s| rel == Path::new(s)) {
                 continue;
             }
-            if t.is_dir() {
-                out.push(rel);
+            if e.file_type()?.is_dir() {
                 todo.push(e.path());
-            } else {
-                out.push(rel);
             }
+            out.push(rel);
         }
     }
     out.sort();
@@ -321,14 +319,14 @@ fn files(dir: &Path) -> Result<Vec<PathBuf>> {
 }
 
 fn md5sums(stage: &Path) -> Result<String> {
-    let regular: Vec<PathBuf> = files(stage)?.into_iter().filter(|p| stage.join(p).is_file()).collect();
+    let regular: Vec<PathBuf> = walk(stage, &["DEBIAN"])?.into_iter().filter(|p| stage.join(p).is_file()).collect();
     output(Command::new("md5sum").arg("--").args(&regular).current_dir(stage))
 }
 
 /// `Installed-Size` as dpkg-gencontrol counts it: KiB per file rounded up, one per directory.
 fn installed_size(stage: &Path) -> Result<u64> {
     let mut kib = 0;
-    for rel in files(stage)? {
+    for rel in walk(stage, &["DEBIAN"])? {
         let m = std::fs::symlink_metadata(stage.join(rel))?;
         kib += if m.is_file() { m.len().div_ceil(1024) } else { 1 };
     }

@@ -467,22 +467,10 @@ fn checks(ctx: &Ctx, report: &mut Report) {
 
 /// Every path in the chroot, relative, except the host's file systems bound in and /tmp.
 fn tree(root: &Path) -> Result<BTreeSet<String>> {
-    let mut out = BTreeSet::new();
-    let mut todo = vec![root.to_path_buf()];
-    while let Some(d) = todo.pop() {
-        for e in std::fs::read_dir(&d).with_context(|| format!("reading {}", d.display()))? {
-            let e = e?;
-            let rel = e.path().strip_prefix(root)?.to_string_lossy().into_owned();
-            if ["proc", "sys", "dev", "tmp"].contains(&rel.as_str()) {
-                continue;
-            }
-            if e.file_type()?.is_dir() {
-                todo.push(e.path());
-            }
-            out.insert(rel);
-        }
-    }
-    Ok(out)
+    Ok(super::walk(root, &["proc", "sys", "dev", "tmp"])?
+        .into_iter()
+        .map(|p| p.to_string_lossy().into_owned())
+        .collect())
 }
 
 /// The value of `key=` in a unit file (the last one wins, as in systemd).

@@ -51,7 +51,8 @@ fn man_pages_and_completions_cover_every_subcommand_and_hide_the_generator() {
     assert_eq!(pages, expected);
     // The page says what --help says.
     let page = std::fs::read_to_string(man.join("capsd-serve.1")).unwrap();
-    assert!(page.contains(".TH capsd-serve 1"), "{page}");
+    let version = format!("capsd {} (", env!("CARGO_PKG_VERSION"));
+    assert!(page.contains(&format!(".TH capsd-serve 1  \"{version}")), "{page}");
     assert!(page.contains("LISTEN_FDS"), "the serve page lacks the socket activation note");
 
     for file in ["capsd.bash", "_capsd", "capsd.fish"] {

@@ -26,8 +26,11 @@ pub fn run(args: Args) -> Result<ExitCode> {
     }
     if let Some(dir) = &args.man {
         existing_dir(dir, "--man")?;
-        clap_mangen::generate_to(cmd.clone(), dir)
-            .with_context(|| format!("writing man pages to {}", dir.display()))?;
+        let source = format!("capsd {}", cmd.get_version().unwrap_or_default());
+        let mut pages = cmd.clone().disable_help_subcommand(true);
+        // Gives each subcommand its display name (capsd-serve), which names its page.
+        pages.build();
+        write_pages(pages, dir, &source).with_context(|| format!("writing man pages to {}", dir.display()))?;
     }
     if let Some(dir) = &args.completions {
         existing_dir(dir, "--completions")?;
@@ -38,6 +41,16 @@ pub fn run(args: Args) -> Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The page of `cmd` and of each visible subcommand, each footed with capsd's version
+/// (clap_mangen's own walk would foot a subcommand's page with its bare name).
+fn write_pages(cmd: clap::Command, dir: &Path, source: &str) -> std::io::Result<()> {
+    for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
+        write_pages(sub.clone(), dir, source)?;
+    }
+    clap_mangen::Man::new(cmd).source(source.to_owned()).manual("capsd manual").generate_to(dir)?;
+    Ok(())
 }
 
 fn existing_dir(dir: &Path, flag: &str) -> Result<()> {

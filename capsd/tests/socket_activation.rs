@@ -30,12 +30,25 @@ fn activate(dir: &Path, socket: &Path, opts: &[&str], serve_args: &[&str]) -> Ch
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let t = Instant::now();
-    while !socket.exists() {
-        assert!(t.elapsed() < Duration::from_secs(10), "systemd-socket-activate did not bind {}", socket.display());
-        std::thread::sleep(Duration::from_millis(10));
-    }
     child
+}
+
+/// Connect once systemd-socket-activate listens (the file appears at bind, before listen).
+fn connect(socket: &Path) -> UnixStream {
+    let t = Instant::now();
+    loop {
+        match UnixStream::connect(socket) {
+            Ok(s) => return s,
+            Err(e) if t.elapsed() < Duration::from_secs(10) => {
+                assert!(
+                    matches!(e.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused),
+                    "{e}"
+                );
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(e) => panic!("systemd-socket-activate does not listen on {} after 10 s: {e}", socket.display()),
+        }
+    }
 }
 
 /// Wait for `child` at most 20 s; kill it past that.
@@ -57,7 +70,7 @@ fn serves_on_the_socket_systemd_passes_and_leaves_it_to_systemd() {
     let socket: PathBuf = dir.path().join("capsd.sock");
     let child = activate(dir.path(), &socket, &[], &["--recheck-ms", "0"]);
     // The first connection makes systemd-socket-activate exec capsd, which answers it.
-    let health = http_get(UnixStream::connect(&socket).unwrap(), "/healthz", &[]);
+    let health = http_get(connect(&socket), "/healthz", &[]);
     assert_eq!((health.status, health.body.as_str()), (200, "ok\n"));
     let doc = http_get(UnixStream::connect(&socket).unwrap(), "/v1/domcapabilities?driver=test", &[]);
     let cli = Command::new(env!("CARGO_BIN_EXE_capsd")).args(["domcapabilities", "--driver", "test"]).output().unwrap();
@@ -78,7 +91,7 @@ fn socket_options_next_to_a_passed_socket_are_refused() {
     let socket = dir.path().join("capsd.sock");
     let other = dir.path().join("other.sock");
     let child = activate(dir.path(), &socket, &[], &["--socket", other.to_str().unwrap()]);
-    let _ = UnixStream::connect(&socket).unwrap();
+    let _ = connect(&socket);
     let out = wait(child);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("--socket and --listen cannot be used as well"), "{err}");
@@ -90,7 +103,11 @@ fn a_passed_datagram_socket_is_refused_by_descriptor() {
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("capsd.sock");
     let child = activate(dir.path(), &socket, &["--datagram"], &[]);
-    UnixDatagram::unbound().unwrap().send_to(b"x", &socket).unwrap();
+    let t = Instant::now();
+    while UnixDatagram::unbound().unwrap().send_to(b"x", &socket).is_err() {
+        assert!(t.elapsed() < Duration::from_secs(10), "systemd-socket-activate did not bind {}", socket.display());
+        std::thread::sleep(Duration::from_millis(10));
+    }
     let out = wait(child);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("file descriptor 3 is not a listening stream socket"), "{err}");

@@ -503,13 +503,6 @@ fn socket_activated(root: &Path) -> Result<()> {
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
     let child = Kill(cmd.spawn().context("starting systemd-socket-activate")?);
-    let t = Instant::now();
-    while !socket.exists() {
-        if t.elapsed() > Duration::from_secs(10) {
-            bail!("no socket at {listen} after 10 s");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
     let health = get(&socket, "/healthz")?;
     let test = get(&socket, "/v1/domcapabilities?driver=test")?;
     let qemu = get(&socket, "/v1/domcapabilities")?;
@@ -536,7 +529,20 @@ fn socket_activated(root: &Path) -> Result<()> {
 
 /// One GET on a Unix socket, the whole response as text.
 fn get(socket: &Path, target: &str) -> Result<String> {
-    let mut s = UnixStream::connect(socket).with_context(|| format!("connecting to {}", socket.display()))?;
+    // systemd-socket-activate may not listen yet (the file appears at bind, before listen).
+    let t = Instant::now();
+    let mut s = loop {
+        match UnixStream::connect(socket) {
+            Ok(s) => break s,
+            Err(e) if t.elapsed() < Duration::from_secs(10) => {
+                if !matches!(e.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused) {
+                    bail!("connecting to {}: {e}", socket.display());
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => bail!("nothing listens on {} after 10 s: {e}", socket.display()),
+        }
+    };
     s.set_read_timeout(Some(Duration::from_secs(120)))?;
     write!(s, "GET {target} HTTP/1.1\r\nHost: capsd\r\nConnection: close\r\n\r\n")?;
     let mut out = String::new();

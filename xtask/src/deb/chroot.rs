@@ -14,7 +14,7 @@
 //! dom<TAB>`; `systemd-analyze verify` passes on the units; the system user, group kvm and
 //! directories exist; `capsd serve` started by `systemd-socket-activate` exactly as the
 //! installed units say (socket path, ExecStart, user) answers on the socket; `systemctl
-//! enable capsd.socket`; and `dpkg --purge capsd` leaves no file behind.
+//! enable capsd.socket`; and `dpkg --remove`, then `--purge capsd` leaves no file behind.
 
 use std::collections::BTreeSet;
 use std::io::{Read, Write};
@@ -441,7 +441,11 @@ fn checks(ctx: &Ctx, report: &mut Report) {
         Ok(())
     });
     let owned = in_chroot(root, "dpkg-query -L capsd").unwrap_or_default();
-    report.check(suite, "dpkg --purge capsd leaves nothing behind", || {
+    report.check(suite, "dpkg --remove, then --purge capsd leaves nothing behind", || {
+        in_chroot(root, "dpkg --remove capsd >/dev/null")?;
+        if root.join("usr/bin/capsd").exists() {
+            bail!("dpkg --remove left /usr/bin/capsd");
+        }
         in_chroot(root, "dpkg --purge capsd >/dev/null")?;
         let after = tree(root)?;
         let mut left: Vec<String> = after

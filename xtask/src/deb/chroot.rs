@@ -8,7 +8,8 @@
 //! clean system and the base is never written. The host's /proc, /sys and /dev are bound
 //! into the overlay only while a run lasts. One run at a time (needs root).
 //!
-//! The checks, in order, each reported as passed or failed with the reason: apt installs
+//! The checks, in order, each reported as passed or failed with the reason: Debian's lintian
+//! finds no error or warning in the package; then in each chroot: apt installs
 //! the package; `capsd --version`; `capsd domcapabilities --driver test`; `capsd
 //! domcapabilities` with the chroot's QEMU; `man -w` finds the pages; bash completes `capsd
 //! dom<TAB>`; `systemd-analyze verify` passes on the units; the system user, group kvm and
@@ -52,7 +53,12 @@ pub fn run(root: &Path, deb: &Path, suites: &[String]) -> Result<()> {
     if uid.trim() != "0" {
         bail!("cargo xtask deb --test builds and enters chroots: run it as root");
     }
-    super::require_tools(&[("debootstrap", "debootstrap"), ("chroot", "coreutils"), ("mount", "mount")])?;
+    super::require_tools(&[
+        ("debootstrap", "debootstrap"),
+        ("chroot", "coreutils"),
+        ("mount", "mount"),
+        ("lintian", "lintian"),
+    ])?;
     let dir =
         std::env::var_os("CAPSD_DEB_TEST_DIR").map_or_else(|| PathBuf::from("/var/lib/capsd-deb-test"), PathBuf::from);
     let arch = super::output(Command::new("dpkg").arg("--print-architecture"))?.trim().to_owned();
@@ -60,6 +66,9 @@ pub fn run(root: &Path, deb: &Path, suites: &[String]) -> Result<()> {
         .map(|c| c.trim().to_owned())
         .ok();
     let mut report = Report::default();
+    report.check("host", "lintian: no errors or warnings", || {
+        super::output(Command::new("lintian").args(["--fail-on", "error,warning"]).arg(deb)).map(drop)
+    });
     for suite in suites {
         let t = Instant::now();
         let base = ensure_base(&dir.join(suite), suite, &arch)?;

@@ -27,6 +27,11 @@ use crate::test::workspace_root;
 
 const USAGE: &str = "usage: cargo xtask deb [--test] [--suite bookworm|trixie]...";
 
+const HELP: &str = "Builds the release binary and target/debian/capsd_<version>_<arch>.deb from it and dist/.
+  --test         then (as root) run lintian on it, and install and check it in clean chroots of each
+                 suite (debootstrap bases cached in /var/lib/capsd-deb-test, or $CAPSD_DEB_TEST_DIR)
+  --suite SUITE  only this suite (repeatable; default: bookworm and trixie)";
+
 /// What `--test` installs into when no `--suite` is given: Debian 12 and Debian 13.
 const SUITES: [&str; 2] = ["bookworm", "trixie"];
 
@@ -36,6 +41,10 @@ pub fn run(args: &[String]) -> Result<()> {
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
+            "--help" | "-h" => {
+                println!("{USAGE}\n\n{HELP}");
+                return Ok(());
+            }
             "--test" => test = true,
             "--suite" => {
                 let s = it.next().with_context(|| format!("--suite needs a value\n{USAGE}"))?;

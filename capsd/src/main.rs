@@ -79,7 +79,7 @@ enum Command {
 }
 
 /// `capsd -V`: the version and the git commit built from.
-const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (", env!("CAPSD_GIT_COMMIT"), ")");
+pub(crate) const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (", env!("CAPSD_GIT_COMMIT"), ")");
 
 /// `capsd --version`: the version, the git commit and the drivers built in.
 fn long_version() -> &'static str {

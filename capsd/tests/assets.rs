@@ -60,7 +60,9 @@ fn man_pages_and_completions_cover_every_subcommand_and_hide_the_generator() {
         for s in &subs {
             assert!(text.contains(s.as_str()), "{file} lacks {s}");
         }
-        assert!(!text.contains("generate-assets"), "{file} offers the hidden generator");
+        for hidden in ["generate-assets", "plugin-host"] {
+            assert!(!text.contains(hidden), "{file} offers the hidden {hidden}");
+        }
     }
 }
 

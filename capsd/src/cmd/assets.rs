@@ -34,7 +34,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
     }
     if let Some(dir) = &args.completions {
         existing_dir(dir, "--completions")?;
-        let mut cmd = cmd;
+        let mut cmd = without_hidden_subcommands(&cmd);
         for shell in [Shell::Bash, Shell::Zsh, Shell::Fish] {
             clap_complete::generate_to(shell, &mut cmd, "capsd", dir)
                 .with_context(|| format!("writing {shell} completions to {}", dir.display()))?;
@@ -51,6 +51,16 @@ fn write_pages(cmd: clap::Command, dir: &Path, source: &str) -> std::io::Result<
     }
     clap_mangen::Man::new(cmd).source(source.to_owned()).manual("capsd manual").generate_to(dir)?;
     Ok(())
+}
+
+/// `cmd` with its arguments and visible subcommands only: clap_complete would offer the
+/// hidden ones (`capsd plugin-host`) too, and clap has no way to remove a subcommand.
+fn without_hidden_subcommands(cmd: &clap::Command) -> clap::Command {
+    let mut out = clap::Command::new("capsd").version(crate::VERSION);
+    if let Some(about) = cmd.get_about() {
+        out = out.about(about.clone());
+    }
+    out.args(cmd.get_arguments().cloned()).subcommands(cmd.get_subcommands().filter(|s| !s.is_hide_set()).cloned())
 }
 
 fn existing_dir(dir: &Path, flag: &str) -> Result<()> {

@@ -31,6 +31,22 @@ pub struct DriverOptions {
     pub cache_dir: Option<std::path::PathBuf>,
     /// driver-qemu: follow unusable custom CPU models with `<blockers>` (newer libvirt).
     pub cpu_blockers: bool,
+    /// driver-qemu: pick emulators only from these directories and only those `accept`
+    /// approves of (the agent); `None`: the first executable in `PATH` (the CLI).
+    pub emulator_search: Option<EmulatorSearch>,
+}
+
+/// Where and which emulators a driver may pick by itself.
+#[derive(Debug, Clone)]
+pub struct EmulatorSearch {
+    pub dirs: Vec<std::path::PathBuf>,
+    pub accept: fn(&std::path::Path) -> bool,
+}
+
+/// Whether driver `name` may look at or run the file a query names as its emulator: every
+/// driver but driver-test, whose `emulatorbin` only selects a recorded document.
+pub fn reads_emulator(name: &str) -> bool {
+    name != "test"
 }
 
 /// Fills driver-qemu's probe cache for one emulator binary (`capsd probe`).
@@ -73,8 +89,11 @@ pub fn embedded_driver(opts: &DriverOptions, name: &str) -> anyhow::Result<Optio
     Ok(match name {
         #[cfg(feature = "qemu")]
         "qemu" => {
-            let d = driver_qemu::QemuDriver::new()
+            let mut d = driver_qemu::QemuDriver::new()
                 .with_cpu_options(driver_qemu::cpu::CpuOptions { blockers: opts.cpu_blockers, ..Default::default() });
+            if let Some(s) = &opts.emulator_search {
+                d = d.with_search_path(s.dirs.clone()).with_emulator_filter(s.accept);
+            }
             Some(Arc::new(match &opts.cache_dir {
                 Some(dir) => d.with_cache_dir(dir.clone()),
                 None => d,

@@ -7,9 +7,9 @@ mod agent_support;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::os::unix::net::UnixStream;
 use std::process::{Command, Output};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use agent_support::{http_get, metric, Agent};
+use agent_support::{connect_tcp, free_port, http_get, metric, token_file, Agent};
 
 fn capsd(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_capsd")).args(args).output().unwrap()
@@ -179,7 +179,16 @@ fn refuses_a_live_socket_a_regular_file_and_non_loopback_tcp() {
     assert_eq!(std::fs::read_to_string(&file).unwrap(), "keep me");
 
     let sock2 = a.dir.path().join("two.sock");
-    let out = capsd(&["serve", "--socket", sock2.to_str().unwrap(), "--listen", "0.0.0.0:0"]);
+    let (token, _) = token_file(a.dir.path());
+    let out = capsd(&[
+        "serve",
+        "--socket",
+        sock2.to_str().unwrap(),
+        "--listen",
+        "0.0.0.0:0",
+        "--token-file",
+        token.to_str().unwrap(),
+    ]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("only loopback"), "{}", String::from_utf8_lossy(&out.stderr));
 }
@@ -199,24 +208,54 @@ fn a_stale_socket_file_is_replaced() {
 }
 
 #[test]
-fn loopback_tcp_serves_the_same_api() {
-    // A port that was free a moment ago.
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
-    let a = Agent::start(&["--listen", &format!("127.0.0.1:{port}")]);
-    let t = Instant::now();
-    let s = loop {
-        match std::net::TcpStream::connect(("127.0.0.1", port)) {
-            Ok(s) => break s,
-            Err(_) if t.elapsed() < Duration::from_secs(10) => std::thread::sleep(Duration::from_millis(20)),
-            Err(e) => panic!("{e}"),
-        }
-    };
-    let r = http_get(s, "/v1/domcapabilities?driver=test", &[]);
-    assert_eq!(r.status, 200);
-    assert_eq!(r.body, a.get("/v1/domcapabilities?driver=test").body);
+fn loopback_tcp_needs_the_token_for_the_api_but_not_for_health_and_metrics() {
+    let dir = tempfile::tempdir().unwrap();
+    let (file, token) = token_file(dir.path());
+    let port = free_port();
+    let a = Agent::start_in(dir, &["--listen", &format!("127.0.0.1:{port}"), "--token-file", file.to_str().unwrap()]);
+    let q = "/v1/domcapabilities?driver=test";
+    let bearer = format!("Bearer {token}");
+    let wrong = format!("Bearer {token}x");
+    for (what, path, headers) in [
+        ("no token", q, vec![]),
+        ("wrong token", q, vec![("Authorization", wrong.as_str())]),
+        ("not bearer", q, vec![("Authorization", token.as_str())]),
+        ("no token, drivers", "/v1/drivers", vec![]),
+        ("no token, unknown path", "/v1/nope", vec![]),
+    ] {
+        let r = http_get(connect_tcp(port), path, &headers);
+        assert_eq!(r.status, 401, "{what}: {}", r.body);
+        assert_eq!(r.header("www-authenticate"), Some("Bearer"), "{what}");
+        let j = r.json();
+        assert_eq!(j["error"], "unauthorized", "{what}: {j}");
+        assert!(j["message"].as_str().unwrap().contains("token"), "{what}: {j}");
+    }
+    let r = http_get(connect_tcp(port), q, &[("Authorization", &bearer)]);
+    assert_eq!(r.status, 200, "{}", r.body);
+    // The same document as on the socket, which needs no token (its mode and group guard it).
+    assert_eq!(r.body, a.get(q).body);
+    assert_eq!(http_get(connect_tcp(port), "/healthz", &[]).status, 200);
+    let m = http_get(connect_tcp(port), "/metrics", &[]);
+    assert_eq!(m.status, 200);
+    assert_eq!(metric(&m.body, "capsd_unauthorized_total"), 5, "{}", m.body);
+}
+
+#[test]
+fn tcp_without_a_usable_token_file_does_not_start() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("s.sock");
+    let sock = sock.to_str().unwrap();
+    let out = capsd(&["serve", "--socket", sock, "--listen", "127.0.0.1:0"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--token-file"), "{}", String::from_utf8_lossy(&out.stderr));
+    let (file, _) = token_file(dir.path());
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = capsd(&["serve", "--socket", sock, "--listen", "127.0.0.1:0", "--token-file", file.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(file.to_str().unwrap()) && err.contains("lets others read it"), "{err}");
+    assert!(!dir.path().join("s.sock").exists(), "the socket was bound before the token was checked");
 }
 
 #[test]

@@ -46,6 +46,8 @@ pub struct QemuDriver {
     cpu_options: cpu::CpuOptions,
     /// Where the installed libvirt is looked for (default `/`).
     libvirt_root: Option<PathBuf>,
+    /// Which found `qemu-system-*` files may be picked (all executables when `None`).
+    accept: Option<fn(&Path) -> bool>,
 }
 
 impl QemuDriver {
@@ -87,6 +89,13 @@ impl QemuDriver {
         self
     }
 
+    /// Pick (and list as installed) only the emulators `accept` approves of, e.g. the agent's
+    /// rule of root-owned binaries in root-owned directories.
+    pub fn with_emulator_filter(mut self, accept: fn(&Path) -> bool) -> Self {
+        self.accept = Some(accept);
+        self
+    }
+
     /// Output choices for `<cpu>`, e.g. newer libvirt's `<blockers>` after each unusable
     /// custom model (libvirt 9.0 prints none, so the default leaves them out).
     pub fn with_cpu_options(mut self, options: cpu::CpuOptions) -> Self {
@@ -95,9 +104,17 @@ impl QemuDriver {
     }
 
     fn find(&self, name: &str) -> Option<PathBuf> {
-        match &self.search_path {
+        let found = match &self.search_path {
             Some(dirs) => dirs.iter().map(|d| d.join(name)).find(|p| is_executable(p)),
             None => host::find_in_path(name),
+        };
+        found.filter(|p| self.accepts(p))
+    }
+
+    fn accepts(&self, p: &Path) -> bool {
+        match self.accept {
+            Some(f) => f(p),
+            None => true,
         }
     }
 
@@ -115,6 +132,7 @@ impl QemuDriver {
                 .filter(|p| {
                     p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("qemu-system-"))
                         && is_executable(p)
+                        && self.accepts(p)
                 })
                 .collect();
             here.sort();

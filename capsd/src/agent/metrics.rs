@@ -68,6 +68,16 @@ pub struct Metrics {
     pub driver_err: AtomicU64,
     /// Times the watched inputs changed and the memory cache was dropped.
     pub invalidations: AtomicU64,
+    /// Kept documents dropped to stay within the cache bounds.
+    pub evictions: AtomicU64,
+    /// Connections closed at once because the connection limit was reached.
+    pub connections_refused: AtomicU64,
+    /// Connections closed for a slow request head or idleness.
+    pub connections_timed_out: AtomicU64,
+    /// Requests answered 504 because they took longer than the request timeout.
+    pub requests_timed_out: AtomicU64,
+    /// Requests on loopback TCP refused for a missing or wrong token.
+    pub unauthorized: AtomicU64,
 }
 
 impl Default for Metrics {
@@ -80,6 +90,11 @@ impl Default for Metrics {
             driver_ok: AtomicU64::new(0),
             driver_err: AtomicU64::new(0),
             invalidations: AtomicU64::new(0),
+            evictions: AtomicU64::new(0),
+            connections_refused: AtomicU64::new(0),
+            connections_timed_out: AtomicU64::new(0),
+            requests_timed_out: AtomicU64::new(0),
+            unauthorized: AtomicU64::new(0),
         }
     }
 }
@@ -134,6 +149,35 @@ impl Metrics {
             "Times a watched host input changed and the in-memory documents were dropped.",
             load(&self.invalidations),
         );
+        for (name, help, v) in [
+            (
+                "capsd_document_evictions_total",
+                "Kept documents dropped to stay within --cache-entries/--cache-mib.",
+                &self.evictions,
+            ),
+            (
+                "capsd_connections_refused_total",
+                "Connections closed at once: --max-connections reached.",
+                &self.connections_refused,
+            ),
+            (
+                "capsd_connections_timed_out_total",
+                "Connections closed: request head too slow or idle too long.",
+                &self.connections_timed_out,
+            ),
+            (
+                "capsd_requests_timed_out_total",
+                "Requests answered 504 after --request-timeout-ms.",
+                &self.requests_timed_out,
+            ),
+            (
+                "capsd_unauthorized_total",
+                "Loopback TCP requests refused for a missing or wrong token.",
+                &self.unauthorized,
+            ),
+        ] {
+            counter(&mut out, name, help, load(v));
+        }
         render_probe_cache(&mut out);
         out
     }

@@ -12,8 +12,18 @@
 //! - [`metrics`]: counters and histograms for `/metrics`.
 //! - [`flight`]: one derivation per key at a time; its failure goes to the requests that
 //!   waited for it.
+//! - [`emulators`]: which `emulatorbin` the agent runs.
+//! - [`auth`]: the bearer token of loopback TCP.
+//! - [`conn`]: connections under limits and timeouts.
+//!
+//! Work is bounded: at most [`Limits::max_probes`] derivations (each may probe) run at once,
+//! on blocking threads; more wait for a turn as async tasks, holding no thread. Kept
+//! documents are bounded in count and bytes; past either bound the least recently used go.
 
 pub mod activation;
+pub mod auth;
+pub mod conn;
+pub mod emulators;
 pub mod flight;
 pub mod metrics;
 pub mod server;
@@ -48,11 +58,75 @@ pub struct Doc {
 /// A failed derivation: when it ended, and its error.
 type Failure = (Instant, DriverError);
 
+/// Bounds on the agent's work and memory.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Derivations (and so probes) running at once.
+    pub max_probes: usize,
+    /// Documents kept in memory.
+    pub cache_entries: usize,
+    /// Bytes of kept documents (XML and JSON forms together).
+    pub cache_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_probes: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            cache_entries: 1024,
+            cache_bytes: 64 << 20,
+        }
+    }
+}
+
+/// A kept document and when it was last used (a tick of [`DocCache::clock`]).
+#[derive(Debug)]
+struct Kept {
+    doc: Arc<Doc>,
+    used: AtomicU64,
+}
+
+/// Kept documents, least recently used first out.
+#[derive(Debug, Default)]
+struct DocCache {
+    map: HashMap<DocKey, Kept>,
+    bytes: usize,
+}
+
+impl DocCache {
+    fn insert(&mut self, key: DocKey, doc: Arc<Doc>, now: u64, limits: &Limits) -> usize {
+        self.bytes += doc.size();
+        if let Some(old) = self.map.insert(key, Kept { doc, used: AtomicU64::new(now) }) {
+            self.bytes -= old.doc.size();
+        }
+        let mut evicted = 0;
+        while self.map.len() > limits.cache_entries.max(1) || (self.bytes > limits.cache_bytes && self.map.len() > 1) {
+            let Some(oldest) =
+                self.map.iter().min_by_key(|(_, k)| k.used.load(Ordering::Relaxed)).map(|(k, _)| k.clone())
+            else {
+                break;
+            };
+            if let Some(k) = self.map.remove(&oldest) {
+                self.bytes -= k.doc.size();
+                evicted += 1;
+            }
+        }
+        evicted
+    }
+}
+
 /// Shared state of the agent.
 pub struct Agent {
     pub registry: Registry,
-    pub metrics: metrics::Metrics,
-    docs: RwLock<HashMap<DocKey, Arc<Doc>>>,
+    pub metrics: Arc<metrics::Metrics>,
+    /// Which `emulatorbin` may be run.
+    pub policy: emulators::EmulatorPolicy,
+    limits: Limits,
+    /// Turns to derive (`limits.max_probes`).
+    turns: Arc<tokio::sync::Semaphore>,
+    docs: RwLock<DocCache>,
+    /// Ticks for least-recently-used order.
+    clock: AtomicU64,
     /// Per key: the last derivation failure, for the requests that waited for it.
     flights: flight::Flights<DocKey, Option<Failure>>,
     generation: AtomicU64,
@@ -67,12 +141,29 @@ impl std::fmt::Debug for Agent {
     }
 }
 
+impl Doc {
+    fn size(&self) -> usize {
+        self.xml.len() + self.json.len()
+    }
+}
+
 impl Agent {
+    /// An agent with the default limits and no `--emulator`.
+    #[cfg(test)]
     pub fn new(registry: Registry) -> Self {
+        let policy = emulators::EmulatorPolicy::new(&[]).expect("no configured emulators to check");
+        Self::with_limits(registry, policy, Limits::default())
+    }
+
+    pub fn with_limits(registry: Registry, policy: emulators::EmulatorPolicy, limits: Limits) -> Self {
         Agent {
             registry,
-            metrics: metrics::Metrics::default(),
-            docs: RwLock::new(HashMap::new()),
+            metrics: Arc::default(),
+            policy,
+            limits,
+            turns: Arc::new(tokio::sync::Semaphore::new(limits.max_probes.max(1))),
+            docs: RwLock::new(DocCache::default()),
+            clock: AtomicU64::new(0),
             flights: flight::Flights::default(),
             generation: AtomicU64::new(0),
             watched: Mutex::new(BTreeMap::new()),
@@ -105,10 +196,18 @@ impl Agent {
             }
         }
         self.metrics.doc_misses.fetch_add(1, Ordering::Relaxed);
+        // Wait for a turn without holding a thread.
+        let turn = self
+            .turns
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| DriverError::probe_failed(key.driver.clone(), "the agent is shutting down".to_owned()))?;
         let me = self.clone();
         let driver_name = key.driver.clone();
         tokio::task::spawn_blocking(move || {
             let doc = me.derive(key, driver.as_ref());
+            drop(turn);
             *ticket = match &doc {
                 Ok(_) => None,
                 Err(e) => Some((Instant::now(), share(e))),
@@ -142,19 +241,24 @@ impl Agent {
             w.entry(p).or_insert_with_key(|p| file_stamp(p));
         }
         let doc = Arc::new(Doc { xml, json, generation });
-        self.docs.write().unwrap_or_else(|e| e.into_inner()).insert(key, doc.clone());
+        let now = self.clock.fetch_add(1, Ordering::Relaxed);
+        let evicted = self.docs.write().unwrap_or_else(|e| e.into_inner()).insert(key, doc.clone(), now, &self.limits);
+        self.metrics.evictions.fetch_add(evicted as u64, Ordering::Relaxed);
         Ok(doc)
     }
 
     fn kept(&self, key: &DocKey) -> Option<Arc<Doc>> {
         let g = self.generation.load(Ordering::Acquire);
-        self.docs.read().unwrap_or_else(|e| e.into_inner()).get(key).filter(|d| d.generation == g).cloned()
+        let docs = self.docs.read().unwrap_or_else(|e| e.into_inner());
+        let k = docs.map.get(key).filter(|k| k.doc.generation == g)?;
+        k.used.store(self.clock.fetch_add(1, Ordering::Relaxed), Ordering::Relaxed);
+        Some(k.doc.clone())
     }
 
     /// Drop every kept document.
     pub fn invalidate_all(&self) {
         self.generation.fetch_add(1, Ordering::AcqRel);
-        self.docs.write().unwrap_or_else(|e| e.into_inner()).clear();
+        *self.docs.write().unwrap_or_else(|e| e.into_inner()) = DocCache::default();
         self.metrics.invalidations.fetch_add(1, Ordering::Relaxed);
     }
 

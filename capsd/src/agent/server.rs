@@ -11,15 +11,18 @@
 //! - `GET /metrics`: Prometheus text.
 //!
 //! Errors: `{"error": KIND, "message": TEXT, ...}` with 400 for bad input (unknown or repeated
-//! parameter, malformed value, a value the driver rejects), 404 for a combination the
-//! driver does not offer, 501 for a driver not built in or not working on this host, 502
-//! when probing the hypervisor failed, 500 for other failures.
+//! parameter, malformed value, a value the driver rejects), 401 on loopback TCP without the
+//! token (`auth`), 403 for an `emulatorbin` the agent does not run (`emulators`), 404 for a
+//! combination the driver does not offer, 501 for a driver not built in or not working on
+//! this host, 502 when probing the hypervisor failed, 504 past the request timeout, 500 for
+//! other failures.
 
 use std::net::SocketAddr;
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _, Result};
 use axum::body::Body;
@@ -33,9 +36,10 @@ use axum::Router;
 use capsd_core::{DriverError, Query};
 use serde_json::json;
 
+use super::auth::TokenFile;
 use super::{metrics, Agent, DocKey};
 use crate::cmd::drivers;
-use crate::registry::IN_TREE;
+use crate::registry::{self, IN_TREE};
 
 /// The parameters `/v1/domcapabilities` takes.
 const PARAMS: [&str; 6] = ["emulatorbin", "arch", "machine", "virttype", "driver", "libvirt"];
@@ -86,9 +90,27 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// The router, with request metrics around every route.
-pub fn router(agent: Arc<Agent>) -> Router {
-    Router::new()
+/// How a router guards its routes.
+#[derive(Debug, Clone)]
+pub struct RouterOptions {
+    /// The token every route but `/healthz` and `/metrics` needs (loopback TCP); `None`:
+    /// no token (the Unix socket, guarded by its mode and group).
+    pub token: Option<Arc<TokenFile>>,
+    /// Longest time a request may take before it is answered 504 (a derivation it started
+    /// goes on, and its document is kept).
+    pub request_timeout: Duration,
+}
+
+impl Default for RouterOptions {
+    fn default() -> Self {
+        RouterOptions { token: None, request_timeout: Duration::from_secs(60) }
+    }
+}
+
+/// The router, with request metrics around every route, the request timeout and, when
+/// `opts.token` is set, the token check.
+pub fn router(agent: Arc<Agent>, opts: &RouterOptions) -> Router {
+    let mut r = Router::new()
         .route("/v1/domcapabilities", get(domcapabilities))
         .route("/v1/drivers", get(drivers))
         .route("/healthz", get(|| async { "ok\n" }))
@@ -107,8 +129,50 @@ pub fn router(agent: Arc<Agent>) -> Router {
                 format!("no such endpoint: {} {}", req.method(), req.uri().path()),
             )
         })
-        .layer(middleware::from_fn_with_state(agent.clone(), measure))
-        .with_state(agent)
+        .layer(middleware::from_fn_with_state((agent.clone(), opts.request_timeout), limit_time));
+    if let Some(token) = &opts.token {
+        r = r.layer(middleware::from_fn_with_state((agent.clone(), token.clone()), authorize));
+    }
+    r.layer(middleware::from_fn_with_state(agent.clone(), measure)).with_state(agent)
+}
+
+async fn limit_time(State((agent, limit)): State<(Arc<Agent>, Duration)>, req: Request, next: Next) -> Response {
+    let what = format!("{} {}", req.method(), req.uri().path());
+    match tokio::time::timeout(limit, next.run(req)).await {
+        Ok(r) => r,
+        Err(_) => {
+            agent.metrics.requests_timed_out.fetch_add(1, Ordering::Relaxed);
+            ApiError::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                "timeout",
+                format!("{what}: no answer within {limit:?} (the agent goes on working on it; ask again later)"),
+            )
+            .into_response()
+        }
+    }
+}
+
+/// Everything but `/healthz` and `/metrics` needs `Authorization: Bearer TOKEN`.
+async fn authorize(State((agent, token)): State<(Arc<Agent>, Arc<TokenFile>)>, req: Request, next: Next) -> Response {
+    if matches!(req.uri().path(), "/healthz" | "/metrics")
+        || token.admits(req.headers().get(header::AUTHORIZATION).map(HeaderValue::as_bytes))
+    {
+        return next.run(req).await;
+    }
+    agent.metrics.unauthorized.fetch_add(1, Ordering::Relaxed);
+    let given = if req.headers().contains_key(header::AUTHORIZATION) { "a wrong" } else { "no" };
+    let mut resp = ApiError::new(
+        StatusCode::UNAUTHORIZED,
+        "unauthorized",
+        format!(
+            "{} {}: {given} token; on TCP this needs 'Authorization: Bearer TOKEN' with the token of the agent's --token-file",
+            req.method(),
+            req.uri().path()
+        ),
+    )
+    .into_response();
+    resp.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    resp
 }
 
 async fn measure(State(agent): State<Arc<Agent>>, req: Request, next: Next) -> Response {
@@ -228,7 +292,7 @@ async fn domcapabilities(
     let QueryParams(params) = params.map_err(|e| {
         ApiError::new(StatusCode::BAD_REQUEST, "invalid-parameter", format!("cannot read the query string: {e}"))
     })?;
-    let (driver_name, query) = parse_query(&params)?;
+    let (driver_name, mut query) = parse_query(&params)?;
     let driver = match agent.registry.all().iter().find(|d| d.name() == driver_name) {
         Some(d) => d.clone(),
         None if IN_TREE.contains(&driver_name.as_str()) => {
@@ -247,6 +311,17 @@ async fn domcapabilities(
             ));
         }
     };
+    if let Some(requested) = query.emulator.as_deref().filter(|_| registry::reads_emulator(&driver_name)) {
+        // What runs is the resolved file the policy allowed, whatever a link points to later.
+        let allowed = agent.policy.check(requested).map_err(|why| {
+            let mut e =
+                ApiError::new(StatusCode::FORBIDDEN, "emulator-not-allowed", format!("parameter 'emulatorbin': {why}"));
+            e.body["parameter"] = json!("emulatorbin");
+            e.body["value"] = json!(requested.display().to_string());
+            e
+        })?;
+        query.emulator = Some(allowed);
+    }
     let doc = agent.document(DocKey { driver: driver_name, query }, driver).await?;
     let (body, ctype) = if wants_json(&headers) {
         (doc.json.clone(), "application/json")
@@ -318,10 +393,10 @@ fn resolve_group(g: &str) -> Result<nix::unistd::Gid> {
     }
 }
 
-/// Bind a loopback TCP address; other addresses are refused (the API has no authentication).
+/// Bind a loopback TCP address; other addresses are refused (the token travels in clear).
 pub async fn bind_tcp(addr: SocketAddr) -> Result<tokio::net::TcpListener> {
     if !addr.ip().is_loopback() {
-        bail!("--listen {addr}: only loopback addresses are allowed (the API has no authentication); use the Unix socket or a proxy");
+        bail!("--listen {addr}: only loopback addresses are allowed (the token travels in clear text); use the Unix socket or a TLS proxy");
     }
     tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))
 }
@@ -436,7 +511,8 @@ mod tests {
         let mut reg = crate::registry::Registry::default();
         reg.add(Arc::new(SlowToCheck));
         let listener = bind_unix(&SocketOptions { path: socket.clone(), mode: 0o600, group: None }).unwrap();
-        tokio::spawn(async move { axum::serve(listener, router(Arc::new(Agent::new(reg)))).await });
+        let r = router(Arc::new(Agent::new(reg)), &RouterOptions::default());
+        tokio::spawn(async move { axum::serve(listener, r).await });
         let slow = tokio::spawn(get(socket.clone(), "/v1/drivers"));
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         let (healthy_at, health) = get(socket, "/healthz").await;

@@ -88,6 +88,7 @@ pub fn run(ctx: &super::Context, args: Args) -> Result<ExitCode> {
         test_fixtures: args.fixtures.clone(),
         cache_dir: ctx.cache_dir.clone(),
         cpu_blockers: args.cpu_blockers,
+        ..DriverOptions::default()
     };
     let driver = driver(ctx, &opts, &args.driver)?;
     let query = Query {

@@ -1,6 +1,12 @@
 //! `capsd serve`: run the agent (HTTP on a Unix socket, loopback TCP on request) until
 //! SIGINT/SIGTERM. See `agent` for what it serves and how answers stay current. Started by
 //! a systemd `.socket` unit, it serves the sockets systemd passes instead (`agent::activation`).
+//!
+//! Signals: SIGTERM and SIGINT stop accepting, give requests in flight [`GRACE`] to finish,
+//! then exit whatever still runs (a hung probe is killed with its process group when the
+//! process goes: probe processes have a parent-death signal); the socket file is removed
+//! in every case. SIGHUP reads `--token-file` again (the old token stays when the new one
+//! is not acceptable) and is otherwise only logged.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -11,8 +17,15 @@ use std::time::Duration;
 use anyhow::{Context as _, Result};
 
 use crate::agent::activation::{self, Inherited};
-use crate::agent::{server, Agent};
-use crate::registry::DriverOptions;
+use crate::agent::auth::TokenFile;
+use crate::agent::conn::{self, ConnLimits};
+use crate::agent::emulators::EmulatorPolicy;
+use crate::agent::server::{self, RouterOptions};
+use crate::agent::{Agent, Limits};
+use crate::registry::{DriverOptions, EmulatorSearch};
+
+/// How long requests in flight get to finish after SIGTERM/SIGINT.
+const GRACE: Duration = Duration::from_millis(1000);
 
 #[derive(Debug, clap::Args)]
 #[command(after_help = "Socket activation: started by systemd with sockets passed (LISTEN_FDS, LISTEN_PID; \
@@ -24,8 +37,46 @@ pub struct Args {
     #[arg(long, value_name = "PATH")]
     socket: Option<PathBuf>,
     /// Also serve on this loopback TCP address (127.0.0.1:PORT or [::1]:PORT); repeatable.
-    #[arg(long, value_name = "ADDR")]
+    /// Needs --token-file: every /v1/ request on TCP must carry the token.
+    #[arg(long, value_name = "ADDR", requires = "token_file")]
     listen: Vec<SocketAddr>,
+    /// File holding the bearer token TCP clients send as 'Authorization: Bearer TOKEN' (at
+    /// least 16 printable characters; the file must not be readable by others nor writable
+    /// by group or others). Read again on SIGHUP. /healthz and /metrics need no token.
+    #[arg(long, value_name = "FILE")]
+    token_file: Option<PathBuf>,
+    /// Also run this emulator binary when a query names it (repeatable). Without it the
+    /// agent runs only the qemu-system-* binaries in /usr/bin, /usr/local/bin, /usr/libexec
+    /// and /bin owned by root and not writable by group or others; any other emulatorbin is
+    /// refused with 403. Checked at start-up: an executable file owned by root or this user,
+    /// not writable by group or others, in directories likewise (sticky ones excepted).
+    #[arg(long = "emulator", value_name = "PATH")]
+    emulators: Vec<PathBuf>,
+    /// Derivations (each may probe an emulator) running at once; more requests wait their
+    /// turn. Default: the number of CPUs.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1024))]
+    max_probes: Option<u32>,
+    /// Documents kept in memory (least recently used ones go first).
+    #[arg(long, value_name = "N", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
+    cache_entries: u32,
+    /// Memory for kept documents, in MiB (least recently used ones go first).
+    #[arg(long, value_name = "MIB", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=65536))]
+    cache_mib: u32,
+    /// Connections served at once (Unix socket and TCP together); one more is closed at once.
+    #[arg(long, value_name = "N", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..))]
+    max_connections: u32,
+    /// A client must send a whole request head within this many milliseconds of its first
+    /// byte, or the connection is closed.
+    #[arg(long, value_name = "MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
+    header_timeout_ms: u64,
+    /// A connection with no request in flight is closed after this many milliseconds
+    /// without a byte from the client (keep-alive idle time).
+    #[arg(long, value_name = "MS", default_value_t = 60_000, value_parser = clap::value_parser!(u64).range(1..))]
+    idle_timeout_ms: u64,
+    /// A request not answered within this many milliseconds gets 504 (a derivation it
+    /// started goes on and its document is kept for the next request).
+    #[arg(long, value_name = "MS", default_value_t = 60_000, value_parser = clap::value_parser!(u64).range(1..))]
+    request_timeout_ms: u64,
     /// Permission bits of the socket, octal.
     #[arg(long, value_name = "MODE", default_value = "0660", value_parser = parse_mode)]
     socket_mode: u32,
@@ -38,7 +89,7 @@ pub struct Args {
     /// answers then last until restart).
     #[arg(long, value_name = "MS", default_value_t = 1000)]
     recheck_ms: u64,
-    /// Worker threads (default: one per CPU).
+    /// Async worker threads (default: one per CPU). Derivations run on --max-probes more.
     #[arg(long, value_name = "N")]
     threads: Option<usize>,
     /// driver-test: directory of golden documents to serve.
@@ -75,9 +126,18 @@ pub fn run(ctx: &super::Context, args: Args) -> Result<ExitCode> {
             inherited.len()
         );
     }
+    // Everything that can be refused is checked before anything is bound or started.
+    let policy = EmulatorPolicy::new(&args.emulators)?;
+    let token = args.token_file.as_deref().map(TokenFile::load).transpose().map_err(anyhow::Error::msg)?;
+    if token.is_none() && inherited.iter().any(|l| matches!(l, Inherited::Tcp(_))) {
+        anyhow::bail!(
+            "systemd passed a TCP socket: serving TCP needs --token-file (every /v1/ request there must carry the token)"
+        );
+    }
     let opts = DriverOptions {
         test_fixtures: args.fixtures.clone(),
         cache_dir: ctx.cache_dir.clone(),
+        emulator_search: Some(EmulatorSearch { dirs: policy.system_dirs().to_vec(), accept: EmulatorPolicy::picks }),
         ..DriverOptions::default()
     };
     let registry = super::domcaps::registry(ctx, &opts)?;
@@ -86,34 +146,61 @@ pub fn run(ctx: &super::Context, args: Args) -> Result<ExitCode> {
         (None, true) => Some(default_socket()?),
         (None, false) => None,
     };
+    let limits = Limits {
+        max_probes: args.max_probes.map_or(Limits::default().max_probes, |n| n as usize),
+        cache_entries: args.cache_entries as usize,
+        cache_bytes: (args.cache_mib as usize) << 20,
+    };
     let mut rt = tokio::runtime::Builder::new_multi_thread();
     rt.enable_all();
     if let Some(n) = args.threads {
         rt.worker_threads(n.max(1));
     }
+    // Derivations take at most `max_probes` blocking threads; the rest is the watcher and
+    // the driver listing.
+    rt.max_blocking_threads(limits.max_probes + 4);
     let rt = rt.build().context("starting the async runtime")?;
-    rt.block_on(serve(registry, socket, inherited, args))?;
-    Ok(ExitCode::SUCCESS)
+    let agent = Arc::new(Agent::with_limits(registry, policy, limits));
+    let result = rt.block_on(serve(agent, socket, inherited, token.map(Arc::new), args));
+    // A derivation still blocked (a hung probe) does not hold up the exit.
+    rt.shutdown_timeout(Duration::from_millis(100));
+    result.map(|()| ExitCode::SUCCESS)
+}
+
+/// Removes the socket file when dropped: on a normal stop, an error, or a panic.
+struct SocketFile(PathBuf);
+
+impl Drop for SocketFile {
+    fn drop(&mut self) {
+        server::remove_socket(&self.0);
+    }
 }
 
 /// Serve on `socket` (bound here, removed at exit) or, when socket-activated, on the
 /// `inherited` sockets (systemd's: neither bound nor removed here).
 async fn serve(
-    registry: crate::registry::Registry,
+    agent: Arc<Agent>,
     socket: Option<PathBuf>,
     inherited: Vec<Inherited>,
+    token: Option<Arc<TokenFile>>,
     args: Args,
 ) -> Result<()> {
-    let agent = Arc::new(Agent::new(registry));
+    use tokio::signal::unix::{signal, SignalKind};
+    // Installed first: a signal that comes while starting up is not lost (nor fatal).
+    let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
+    let mut hup = signal(SignalKind::hangup()).context("SIGHUP handler")?;
     let mut unix = Vec::new();
-    let mut tcp = Vec::new();
+    let mut _socket_file = None;
     if let Some(path) = &socket {
         unix.push(server::bind_unix(&server::SocketOptions {
             path: path.clone(),
             mode: args.socket_mode,
             group: args.socket_group.clone(),
         })?);
+        _socket_file = Some(SocketFile(path.clone()));
     }
+    let mut tcp = Vec::new();
     for a in &args.listen {
         tcp.push(server::bind_tcp(*a).await?);
     }
@@ -130,54 +217,66 @@ async fn serve(
             }
         }
     }
+    let limits = ConnLimits {
+        max_connections: args.max_connections as usize,
+        header_timeout: Duration::from_millis(args.header_timeout_ms),
+        idle_timeout: Duration::from_millis(args.idle_timeout_ms),
+    };
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+    let request_timeout = Duration::from_millis(args.request_timeout_ms);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let router = server::router(agent.clone());
     let mut tasks = tokio::task::JoinSet::new();
+    let unix_router = server::router(agent.clone(), &RouterOptions { token: None, request_timeout });
     for l in unix {
-        let mut rx = stop_rx.clone();
-        let r = router.clone();
-        tasks.spawn(async move {
-            axum::serve(l, r)
-                .with_graceful_shutdown(async move {
-                    let _ = rx.changed().await;
-                })
-                .await
-        });
+        tasks.spawn(conn::serve(l, unix_router.clone(), limits, slots.clone(), agent.metrics.clone(), stop_rx.clone()));
     }
+    let tcp_router = server::router(agent.clone(), &RouterOptions { token: token.clone(), request_timeout });
     for l in tcp {
-        let addr = l.local_addr().ok();
-        let mut rx = stop_rx.clone();
-        let r = router.clone();
-        tracing::info!(addr = ?addr, "listening on loopback TCP");
-        tasks.spawn(async move {
-            axum::serve(l, r)
-                .with_graceful_shutdown(async move {
-                    let _ = rx.changed().await;
-                })
-                .await
-        });
+        tracing::info!(addr = ?l.local_addr().ok(), "listening on loopback TCP (token required)");
+        tasks.spawn(conn::serve(l, tcp_router.clone(), limits, slots.clone(), agent.metrics.clone(), stop_rx.clone()));
     }
     if args.recheck_ms > 0 {
         tokio::spawn(agent.clone().watch(Duration::from_millis(args.recheck_ms)));
     }
-    tracing::info!(socket = ?socket, drivers = ?agent.registry, "capsd agent serving");
+    tracing::info!(socket = ?socket, drivers = ?agent.registry, limits = ?agent_limits(&args), "capsd agent serving");
     server::notify_ready();
-    let mut term =
-        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).context("SIGTERM handler")?;
-    let outcome = tokio::select! {
-        _ = tokio::signal::ctrl_c() => Ok(()),
-        _ = term.recv() => Ok(()),
-        Some(r) = tasks.join_next() => match r {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(anyhow::Error::new(e).context("serving")),
-            Err(e) => Err(anyhow::Error::new(e).context("server task")),
-        },
-    };
-    tracing::info!("shutting down");
-    let _ = stop_tx.send(true);
-    let _ = tokio::time::timeout(Duration::from_secs(5), async { while tasks.join_next().await.is_some() {} }).await;
-    if let Some(path) = &socket {
-        server::remove_socket(path);
+    loop {
+        tokio::select! {
+            _ = term.recv() => { tracing::info!("SIGTERM: shutting down"); break; }
+            _ = int.recv() => { tracing::info!("SIGINT: shutting down"); break; }
+            _ = hup.recv() => match &token {
+                Some(t) => match t.reload() {
+                    Ok(()) => tracing::info!(file = %t.path().display(), "SIGHUP: token file read again"),
+                    Err(e) => tracing::error!(error = %e, "SIGHUP: token file not usable; the old token stays"),
+                },
+                None => tracing::info!("SIGHUP: no --token-file to read again; nothing else to do"),
+            },
+            r = tasks.join_next() => {
+                if let Some(Err(e)) = r {
+                    tracing::error!(error = %e, "a listener task failed; shutting down");
+                }
+                break;
+            }
+        }
     }
-    outcome
+    let _ = stop_tx.send(true);
+    // Requests in flight get a short grace; blocked ones (a hung probe) are left behind.
+    if tokio::time::timeout(GRACE, async { while tasks.join_next().await.is_some() {} }).await.is_err() {
+        tracing::warn!("requests still in flight after {GRACE:?}; exiting anyway");
+    }
+    Ok(())
+}
+
+/// The limits as logged at start-up.
+fn agent_limits(args: &Args) -> String {
+    format!(
+        "max-probes {:?}, cache {} documents / {} MiB, {} connections, timeouts: head {} ms, idle {} ms, request {} ms",
+        args.max_probes,
+        args.cache_entries,
+        args.cache_mib,
+        args.max_connections,
+        args.header_timeout_ms,
+        args.idle_timeout_ms,
+        args.request_timeout_ms
+    )
 }

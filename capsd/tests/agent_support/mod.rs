@@ -19,7 +19,11 @@ pub struct Agent {
 impl Agent {
     /// Start `capsd serve` with `extra` arguments and wait for its socket.
     pub fn start(extra: &[&str]) -> Agent {
-        let dir = tempfile::tempdir().unwrap();
+        Self::start_in(tempfile::tempdir().unwrap(), extra)
+    }
+
+    /// The same in a directory the test prepared (files `extra` names).
+    pub fn start_in(dir: tempfile::TempDir, extra: &[&str]) -> Agent {
         let socket = dir.path().join("capsd.sock");
         let child = Command::new(env!("CARGO_BIN_EXE_capsd"))
             .arg("--cache-dir")
@@ -110,6 +114,48 @@ pub fn http_get(mut s: impl Read + Write, target: &str, headers: &[(&str, &str)]
     let headers =
         lines.filter_map(|l| l.split_once(':')).map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned())).collect();
     Resp { status, headers, body: body.to_owned() }
+}
+
+/// A token file (mode 0600) in `dir`, and its token.
+pub fn token_file(dir: &std::path::Path) -> (PathBuf, String) {
+    use std::os::unix::fs::PermissionsExt;
+    let token = format!("t0k3n-{}-{:?}", std::process::id(), std::time::SystemTime::now());
+    let token = token.replace(|c: char| !c.is_ascii_alphanumeric(), "");
+    let p = dir.join("token");
+    std::fs::write(&p, format!("{token}\n")).unwrap();
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+    (p, token)
+}
+
+/// A loopback port that was free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Connect to a loopback port, waiting for the agent to listen.
+pub fn connect_tcp(port: u16) -> std::net::TcpStream {
+    let t = Instant::now();
+    loop {
+        match std::net::TcpStream::connect(("127.0.0.1", port)) {
+            Ok(s) => return s,
+            Err(_) if t.elapsed() < Duration::from_secs(10) => std::thread::sleep(Duration::from_millis(20)),
+            Err(e) => panic!("{e}"),
+        }
+    }
+}
+
+/// A line of a process's `/proc/PID/status` (e.g. `VmHWM`, `Threads`), as a number (kB for
+/// sizes).
+pub fn proc_status(pid: u32, field: &str) -> u64 {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(field).and_then(|r| r.strip_prefix(':')))
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap()
 }
 
 /// The value of a sample line `name{labels} value`.

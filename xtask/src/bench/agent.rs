@@ -127,10 +127,17 @@ fn bench(capsd: &Path, dir: &Path) -> Result<()> {
     // The agent.
     let socket = dir.join("capsd.sock");
     let tcp = free_loopback_port()?;
+    // TCP needs a token (any 16+ printable characters, in a file others cannot read).
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    let token = format!("bench-{}-{nanos}", std::process::id());
+    let token_file = dir.join("token");
+    std::fs::write(&token_file, &token)?;
+    std::fs::set_permissions(&token_file, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
     let child = Command::new(bin)
         .args(["--cache-dir", cache_s, "serve", "--socket"])
         .arg(&socket)
-        .args(["--listen", &tcp.to_string()])
+        .args(["--listen", &tcp.to_string(), "--token-file"])
+        .arg(&token_file)
         .stdout(Stdio::null())
         .spawn()
         .context("starting capsd serve")?;
@@ -153,6 +160,7 @@ fn bench(capsd: &Path, dir: &Path) -> Result<()> {
             connections: 1,
             duration: Duration::from_secs(30),
             max_requests: 1,
+            token: Some(token.clone()),
         })?;
         if warm.requests != 1 {
             bail!("the warm-up request failed ({} errors)", warm.errors);
@@ -163,6 +171,7 @@ fn bench(capsd: &Path, dir: &Path) -> Result<()> {
             connections,
             duration: Duration::from_secs_f64(seconds),
             max_requests,
+            token: Some(token.clone()),
         })?;
         println!(
             "bench agent: serve over {name}, {connections} connections, {:.1} s: {} requests ({} errors), {:.0} req/s, p50 {} us, p99 {} us, max {} us, body {} bytes (targets: p99 <= 1000 us, >= 20000 req/s)",

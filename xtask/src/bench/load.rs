@@ -28,6 +28,8 @@ pub struct Load {
     pub connections: usize,
     pub duration: Duration,
     pub max_requests: u64,
+    /// Sent as `Authorization: Bearer TOKEN` (the agent's TCP listeners need it).
+    pub token: Option<String>,
 }
 
 /// What a load run measured.
@@ -104,7 +106,8 @@ pub fn run(load: &Load) -> Result<Report> {
     let deadline = Instant::now() + load.duration;
     let issued = AtomicU64::new(0);
     let errors = AtomicU64::new(0);
-    let request = format!("GET {} HTTP/1.1\r\nHost: capsd\r\n\r\n", load.path);
+    let auth = load.token.as_ref().map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+    let request = format!("GET {} HTTP/1.1\r\nHost: capsd\r\n{auth}\r\n", load.path);
     let mut streams = Vec::new();
     for _ in 0..load.connections.max(1) {
         streams.push(connect(&load.target)?);

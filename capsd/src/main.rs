@@ -63,7 +63,8 @@ enum Command {
     Probe(cmd::probe::Args),
     /// Run the agent: the same answers over HTTP on a Unix socket (and loopback TCP).
     Serve(cmd::serve::Args),
-    /// Check a libvirt domain definition against the capabilities (exit 1: unsupported parts).
+    /// Check a libvirt domain definition against the capabilities (exit 1: unsupported parts,
+    /// 2: bad input, 3: the capabilities could not be obtained).
     Check(cmd::check::Args),
     /// Compare two capabilities documents fact by fact (exit 1: different).
     Diff(cmd::diff::Args),
@@ -141,8 +142,10 @@ fn finish(result: anyhow::Result<ExitCode>) -> ExitCode {
     }
 }
 
-/// Quiet by default on the CLI (warnings only); `-v`/`RUST_LOG` raise it. Logs go to stderr.
+/// Quiet by default on the CLI (warnings only); `-v`/`RUST_LOG` raise it. Logs go to stderr,
+/// coloured only when stderr is a terminal (not in a journal or a log file).
 fn init_tracing(verbose: u8) {
+    use std::io::IsTerminal;
     use tracing_subscriber::EnvFilter;
     let default = match verbose {
         0 => "warn",
@@ -150,5 +153,9 @@ fn init_tracing(verbose: u8) {
         _ => "debug",
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
 }

@@ -314,3 +314,24 @@ fn tells_systemd_when_ready() {
     // Ready means listening.
     assert_eq!(a.get("/healthz").status, 200);
 }
+
+#[test]
+fn log_lines_have_no_colour_codes_when_stderr_is_not_a_terminal() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("capsd.sock");
+    let child = Command::new(env!("CARGO_BIN_EXE_capsd"))
+        .args(["-v", "serve", "--socket", socket.to_str().unwrap()])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let a = Agent { child, dir, socket };
+    a.wait_ready();
+    let mut a = a;
+    let mut stderr = a.child.stderr.take().unwrap();
+    let pid = nix::unistd::Pid::from_raw(a.child.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    let mut log = String::new();
+    std::io::Read::read_to_string(&mut stderr, &mut log).unwrap();
+    assert!(log.contains("capsd agent serving") && log.contains("SIGTERM"), "{log}");
+    assert!(!log.contains('\x1b'), "ANSI escape codes in a piped log: {log:?}");
+}

@@ -202,3 +202,31 @@ fn labels_and_traits_cli() {
     let o = capsd(&["traits", "--caps", &shared("libvirt-upstream/domaincaps/empty.xml"), "--format", "json"]);
     assert_eq!(out(&o), "[]\n");
 }
+
+#[test]
+fn check_exits_3_when_the_capabilities_cannot_be_obtained() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    // Runs, but is no QEMU: probing fails.
+    let broken = dir.path().join("qemu-system-x86_64");
+    std::fs::write(&broken, "#!/bin/sh\nexit 1\n").unwrap();
+    std::fs::set_permissions(&broken, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let cache = dir.path().join("cache");
+    let cache = cache.to_str().unwrap();
+    let d = domain("spice-q35.xml");
+    for (args, needle) in [
+        (vec!["--emulatorbin", broken.to_str().unwrap()], "qemu-system-x86_64"),
+        // No Xen here (and none in a test machine's build of xl): the driver is unavailable.
+        (vec!["--driver", "xen", "--virttype", "xen"], "xen"),
+    ] {
+        let o = capsd(&[&["--cache-dir", cache, "check", d.as_str()], args.as_slice()].concat());
+        assert_eq!(o.status.code(), Some(3), "{args:?}: {}", err(&o));
+        let e = err(&o);
+        assert!(e.contains("the capabilities could not be obtained") && e.contains(needle), "{e}");
+    }
+    // Input the driver rejects stays bad input.
+    let o = capsd(&["--cache-dir", cache, "check", &d, "--emulatorbin", "/no/such/qemu-system-x86_64"]);
+    assert_eq!(o.status.code(), Some(2), "{}", err(&o));
+    let o = capsd(&["check", &d, "--driver", "nosuch"]);
+    assert_eq!(o.status.code(), Some(2), "{}", err(&o));
+}

@@ -1,6 +1,7 @@
 //! `capsd check DOMAIN.xml`: does a libvirt domain definition ask only for what the
 //! capabilities support? Exit 0: nothing unsupported; 1: something unsupported (or, with
-//! `--strict`, unknown); 2: bad input.
+//! `--strict`, unknown); 2: bad input; 3: the capabilities could not be obtained (driver not
+//! built in or not usable here, a combination it does not offer, probing failed).
 //! Also holds the capabilities source (`--caps FILE` or a driver query) that `labels` and
 //! `traits` share.
 
@@ -10,7 +11,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context as _, Result};
 use capsd_analysis::Domain;
-use capsd_core::{DomainCapabilities, Query};
+use capsd_core::{DomainCapabilities, DriverError, ErrorKind, Query};
 
 use crate::registry::DriverOptions;
 
@@ -69,7 +70,14 @@ impl CapsSource {
             cache_dir: ctx.cache_dir.clone(),
             ..DriverOptions::default()
         };
-        let driver = super::domcaps::driver(ctx, &opts, &driver_name)?;
+        // An in-tree driver left out of this build is unavailable, an unknown name bad input.
+        let driver = super::domcaps::driver(ctx, &opts, &driver_name).map_err(|e| {
+            if crate::registry::IN_TREE.contains(&driver_name.as_str()) {
+                e.context(Unobtainable)
+            } else {
+                e
+            }
+        })?;
         let query = Query {
             emulator: self.emulatorbin.clone().or(defaults.emulator),
             arch: self.arch.clone().or(defaults.arch),
@@ -77,7 +85,25 @@ impl CapsSource {
             virt_type: self.virttype.clone().or(defaults.virt_type),
             libvirt: self.libvirt_version.clone(),
         };
-        driver.domain_capabilities(&query).with_context(|| format!("driver '{driver_name}', query {query}"))
+        driver.domain_capabilities(&query).map_err(|e: DriverError| {
+            let bad_input = e.kind() == ErrorKind::InvalidInput;
+            let e = anyhow::Error::new(e).context(format!("driver '{driver_name}', query {query}"));
+            if bad_input {
+                e
+            } else {
+                e.context(Unobtainable)
+            }
+        })
+    }
+}
+
+/// Marks an error as "the capabilities could not be obtained" (not the input's fault).
+#[derive(Debug)]
+pub struct Unobtainable;
+
+impl std::fmt::Display for Unobtainable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the capabilities could not be obtained")
     }
 }
 
@@ -105,13 +131,16 @@ pub struct Args {
 
 /// Exit code for bad input (unreadable or invalid domain or capabilities).
 pub const BAD_INPUT: u8 = 2;
+/// Exit code when the capabilities could not be obtained ([`Unobtainable`]).
+pub const NO_CAPABILITIES: u8 = 3;
 
 pub fn run(ctx: &super::Context, args: Args) -> Result<ExitCode> {
     match check(ctx, &args) {
         Ok(code) => Ok(code),
         Err(e) => {
             eprintln!("capsd: error: {e:#}");
-            Ok(ExitCode::from(BAD_INPUT))
+            let code = if e.downcast_ref::<Unobtainable>().is_some() { NO_CAPABILITIES } else { BAD_INPUT };
+            Ok(ExitCode::from(code))
         }
     }
 }

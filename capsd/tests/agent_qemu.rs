@@ -68,9 +68,12 @@ fn a_changed_binary_reaches_the_in_memory_answer() {
     if !live() {
         return;
     }
-    let a = Agent::start(&["--recheck-ms", "100"]);
-    let qemu = a.dir.path().join("qemu-system-x86_64");
+    // A copy outside the system directories: the agent runs it because it is named with
+    // --emulator.
+    let dir = tempfile::tempdir().unwrap();
+    let qemu = dir.path().join("qemu-system-x86_64");
     std::fs::copy(X86, &qemu).unwrap();
+    let a = Agent::start_in(dir, &["--recheck-ms", "100", "--emulator", qemu.to_str().unwrap()]);
     let q = format!("/v1/domcapabilities?emulatorbin={}", qemu.display().to_string().replace('/', "%2F"));
     assert_eq!(a.get(&q).status, 200);
     assert_eq!(a.get(&q).status, 200);
@@ -112,9 +115,8 @@ fn bad_qemu_queries_are_400_naming_the_parameter() {
         ("arch=z80", "arch", "unknown architecture"),
         ("machine=nope", "machine", "nope"),
         ("virttype=xen", "virttype", "xen"),
-        ("emulatorbin=%2Fno%2Fsuch%2Fqemu-system-x86_64", "emulatorbin", "/no/such/qemu-system-x86_64"),
-        // A file that is there but is no program: refused before probing, under the same name.
-        ("emulatorbin=%2Fetc%2Fpasswd", "emulatorbin", "not executable"),
+        // Where the agent's own emulators live, but absent.
+        ("emulatorbin=%2Fusr%2Fbin%2Fqemu-system-nosuch", "emulatorbin", "/usr/bin/qemu-system-nosuch"),
     ] {
         let r = a.get(&format!("/v1/domcapabilities?{q}"));
         assert_eq!(r.status, 400, "{q}: {}", r.body);
@@ -122,5 +124,14 @@ fn bad_qemu_queries_are_400_naming_the_parameter() {
         assert_eq!(j["error"], "invalid-input", "{q}: {j}");
         assert_eq!(j["parameter"], param, "{q}: {j}");
         assert!(j["message"].as_str().unwrap().contains(needle), "{q}: {j}");
+    }
+    // Files that are not the agent's emulators are refused before any driver looks at them,
+    // whether they exist or not.
+    for path in ["/no/such/qemu-system-x86_64", "/etc/passwd"] {
+        let r = a.get(&format!("/v1/domcapabilities?emulatorbin={}", path.replace('/', "%2F")));
+        assert_eq!(r.status, 403, "{path}: {}", r.body);
+        let j = r.json();
+        assert_eq!((j["error"].as_str(), j["parameter"].as_str()), (Some("emulator-not-allowed"), Some("emulatorbin")));
+        assert!(j["message"].as_str().unwrap().contains(path), "{j}");
     }
 }

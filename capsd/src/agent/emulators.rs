@@ -202,7 +202,7 @@ mod tests {
         }
         // A directory others may write to (without the sticky bit) is refused too.
         std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
-        let e = EmulatorPolicy::new(&[ok.clone()]).unwrap_err();
+        let e = EmulatorPolicy::new(std::slice::from_ref(&ok)).unwrap_err();
         assert!(e.to_string().contains("writable by group or others"), "{e}");
         std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o1777)).unwrap();
         assert!(EmulatorPolicy::new(&[ok]).is_ok());

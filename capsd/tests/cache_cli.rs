@@ -134,3 +134,37 @@ fn probe_subcommand_fills_the_cache_with_progress_lines() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("FAIL  /no/such/qemu-system-x86_64"), "{err}");
 }
+
+#[test]
+fn probe_draws_a_bar_on_a_terminal_and_plain_lines_otherwise() {
+    use std::io::Read;
+    let dir = tempfile::tempdir().unwrap();
+    let absent = dir.path().join("qemu-system-absent");
+    let args = ["--cache-dir", dir.path().to_str().unwrap(), "probe", "--emulatorbin", absent.to_str().unwrap()];
+    // Not a terminal: numbered lines, no escape codes.
+    let out = Command::new(env!("CARGO_BIN_EXE_capsd")).args(args).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("[1/1] FAIL  ") && !err.contains('\x1b'), "{err:?}");
+    // A terminal: the result line above a bar.
+    let pty = nix::pty::openpty(None, None).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_capsd"))
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::from(pty.slave))
+        .spawn()
+        .unwrap();
+    child.wait().unwrap();
+    let mut master = std::fs::File::from(pty.master);
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 4096];
+    // Reading the master ends with EIO once the child's side is closed.
+    while let Ok(n) = master.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+        raw.extend_from_slice(&buf[..n]);
+    }
+    let tty = String::from_utf8_lossy(&raw);
+    assert!(tty.contains("FAIL  ") && tty.contains("] 1/1"), "{tty:?}");
+    assert!(!tty.contains("[1/1]"), "plain lines on a terminal: {tty:?}");
+}

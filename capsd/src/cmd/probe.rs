@@ -7,7 +7,6 @@ use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
@@ -60,34 +59,48 @@ fn is_executable(p: &Path) -> bool {
     std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
 }
 
-/// Progress output: a redrawn bar on a terminal, plain lines otherwise.
-struct Progress {
-    total: usize,
-    done: AtomicUsize,
-    tty: bool,
-    out: Mutex<std::io::Stderr>,
+/// Progress output: indicatif's bar on a terminal (result lines printed above it), plain
+/// numbered lines otherwise (logs, CI).
+enum Progress {
+    Bar(indicatif::ProgressBar),
+    Lines { total: usize, done: AtomicUsize },
 }
 
 impl Progress {
+    fn new(total: usize) -> Self {
+        if std::io::stderr().is_terminal() {
+            let bar = indicatif::ProgressBar::new(total as u64);
+            if let Ok(style) = indicatif::ProgressStyle::with_template("[{bar:30}] {pos}/{len} {elapsed}") {
+                bar.set_style(style.progress_chars("#>."));
+            }
+            Progress::Bar(bar)
+        } else {
+            Progress::Lines { total, done: AtomicUsize::new(0) }
+        }
+    }
+
     fn finished(&self, binary: &Path, result: &Result<Duration, String>) {
-        let n = self.done.fetch_add(1, Ordering::SeqCst) + 1;
-        let mut err = self.out.lock().unwrap_or_else(|e| e.into_inner());
         let line = match result {
             Ok(d) => format!("ok    {} ({:.2} s)", binary.display(), d.as_secs_f64()),
             Err(e) => format!("FAIL  {}: {e}", binary.display()),
         };
-        if self.tty {
-            const W: usize = 30;
-            let filled = W * n / self.total.max(1);
-            let _ =
-                write!(err, "\r\x1b[2K{line}\n[{}{}] {n}/{}", "#".repeat(filled), ".".repeat(W - filled), self.total);
-            if n == self.total {
-                let _ = writeln!(err);
+        match self {
+            Progress::Bar(bar) => {
+                bar.println(line);
+                bar.inc(1);
             }
-        } else {
-            let _ = writeln!(err, "[{n}/{}] {line}", self.total);
+            Progress::Lines { total, done } => {
+                let n = done.fetch_add(1, Ordering::SeqCst) + 1;
+                let mut err = std::io::stderr().lock();
+                let _ = writeln!(err, "[{n}/{total}] {line}");
+            }
         }
-        let _ = err.flush();
+    }
+
+    fn finish(&self) {
+        if let Progress::Bar(bar) = self {
+            bar.finish_and_clear();
+        }
     }
 }
 
@@ -108,12 +121,7 @@ pub fn run(ctx: &super::Context, args: Args) -> Result<ExitCode> {
         ..DriverOptions::default()
     })?;
     let jobs = args.jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get())).max(1);
-    let progress = Progress {
-        total: binaries.len(),
-        done: AtomicUsize::new(0),
-        tty: std::io::stderr().is_terminal(),
-        out: Mutex::new(std::io::stderr()),
-    };
+    let progress = Progress::new(binaries.len());
     let next = AtomicUsize::new(0);
     let failures = AtomicUsize::new(0);
     let t = Instant::now();
@@ -131,6 +139,7 @@ pub fn run(ctx: &super::Context, args: Args) -> Result<ExitCode> {
             });
         }
     });
+    progress.finish();
     let failed = failures.load(Ordering::SeqCst);
     println!(
         "probed {} emulator(s) in {:.1} s: {} ok, {failed} failed",

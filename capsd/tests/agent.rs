@@ -126,7 +126,8 @@ fn health_drivers_and_metrics_endpoints() {
     assert!(names.contains(&"test"), "{d}");
     let r = a.get("/metrics");
     assert_eq!(r.status, 200);
-    assert!(r.header("content-type").unwrap().starts_with("text/plain"));
+    assert!(r.header("content-type").unwrap().starts_with("application/openmetrics-text"));
+    assert!(r.body.ends_with("# EOF\n"), "{}", r.body);
     assert_eq!(metric(&r.body, "capsd_http_requests_total{endpoint=\"healthz\",code=\"200\"}"), 1);
     assert!(r.body.contains("# TYPE capsd_http_request_duration_seconds histogram"));
     assert!(r.body.contains("capsd_http_request_duration_seconds_count{endpoint=\"drivers\"} 1"), "{}", r.body);

@@ -1,12 +1,18 @@
-//! The agent's counters and latency histograms, rendered in the Prometheus text format
-//! (`GET /metrics`). Plain atomics: a request records in a few nanoseconds and nothing here
-//! allocates on the request path except the first time an (endpoint, status) pair is seen.
+//! The agent's counters and latency histograms, written in the OpenMetrics text format by
+//! prometheus-client (`GET /metrics`). The counting itself stays plain atomics: a request
+//! records in a few nanoseconds, without the lock prometheus-client's `Histogram` takes per
+//! observation; at scrape time [`Snapshot`] hands the values to prometheus-client's encoder.
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
+use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, NoLabelSet};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::MetricType;
 
 /// The endpoints, as metric labels. Anything else is `other`.
 pub const ENDPOINTS: [&str; 5] = ["domcapabilities", "drivers", "healthz", "metrics", "other"];
@@ -15,7 +21,10 @@ pub const ENDPOINTS: [&str; 5] = ["domcapabilities", "drivers", "healthz", "metr
 pub const LATENCY_BUCKETS: [f64; 14] =
     [0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0];
 
-/// A histogram with fixed buckets (cumulated only when rendered).
+/// The content type of [`Metrics::render`]'s text.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// A histogram with fixed buckets (cumulated by the encoder).
 #[derive(Debug)]
 pub struct Histogram {
     bounds: &'static [f64],
@@ -39,19 +48,19 @@ impl Histogram {
         self.sum_micros.fetch_add(u64::try_from(d.as_micros()).unwrap_or(u64::MAX), Ordering::Relaxed);
     }
 
-    fn render(&self, out: &mut String, name: &str, labels: &str) {
-        let sep = if labels.is_empty() { "" } else { "," };
-        let mut cum = 0;
-        for (i, b) in self.bounds.iter().enumerate() {
-            cum += self.counts[i].load(Ordering::Relaxed);
-            let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"{b}\"}} {cum}");
-        }
-        cum += self.counts[self.bounds.len()].load(Ordering::Relaxed);
-        let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {cum}");
-        let sum = self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
-        let braces = if labels.is_empty() { String::new() } else { format!("{{{labels}}}") };
-        let _ = writeln!(out, "{name}_sum{braces} {sum}");
-        let _ = writeln!(out, "{name}_count{braces} {cum}");
+    /// Sum (seconds), count, and (upper bound, count) per bucket, `f64::MAX` standing for
+    /// `+Inf` as prometheus-client wants it.
+    fn snapshot(&self) -> (f64, u64, Vec<(f64, u64)>) {
+        let buckets: Vec<(f64, u64)> = self
+            .bounds
+            .iter()
+            .copied()
+            .chain(std::iter::once(f64::MAX))
+            .zip(&self.counts)
+            .map(|(b, c)| (b, c.load(Ordering::Relaxed)))
+            .collect();
+        let count = buckets.iter().map(|(_, c)| c).sum();
+        (self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6, count, buckets)
     }
 }
 
@@ -118,104 +127,159 @@ impl Metrics {
         *m.entry((endpoint, status)).or_insert(0) += 1;
     }
 
-    /// The Prometheus text exposition of every metric.
-    pub fn render(&self) -> String {
+    /// The OpenMetrics text of every metric ([`CONTENT_TYPE`]).
+    pub fn render(self: &Arc<Self>) -> String {
+        let mut registry = prometheus_client::registry::Registry::default();
+        registry.register_collector(Box::new(Snapshot(self.clone())));
         let mut out = String::with_capacity(8192);
-        out.push_str("# HELP capsd_http_requests_total HTTP requests answered, by endpoint and status code.\n");
-        out.push_str("# TYPE capsd_http_requests_total counter\n");
-        for ((e, code), n) in self.requests.lock().unwrap_or_else(|e| e.into_inner()).iter() {
-            let _ = writeln!(out, "capsd_http_requests_total{{endpoint=\"{e}\",code=\"{code}\"}} {n}");
+        // Writing to a String cannot fail; an encoder error would be a bug in our labels.
+        if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &registry) {
+            tracing::error!(error = %e, "cannot encode the metrics");
         }
-        out.push_str("# HELP capsd_http_request_duration_seconds Time to answer a request, by endpoint.\n");
-        out.push_str("# TYPE capsd_http_request_duration_seconds histogram\n");
-        for (e, h) in ENDPOINTS.iter().zip(&self.latency) {
-            h.render(&mut out, "capsd_http_request_duration_seconds", &format!("endpoint=\"{e}\""));
-        }
-        let counter = |out: &mut String, name: &str, help: &str, v: u64| {
-            let _ = write!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}\n");
-        };
-        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        out.push_str("# HELP capsd_document_cache_total Domain capabilities documents answered from memory (hit) or derived (miss).\n");
-        out.push_str("# TYPE capsd_document_cache_total counter\n");
-        let _ = writeln!(out, "capsd_document_cache_total{{result=\"hit\"}} {}", load(&self.doc_hits));
-        let _ = writeln!(out, "capsd_document_cache_total{{result=\"miss\"}} {}", load(&self.doc_misses));
-        out.push_str("# HELP capsd_driver_calls_total Calls into a driver for a document, by outcome.\n");
-        out.push_str("# TYPE capsd_driver_calls_total counter\n");
-        let _ = writeln!(out, "capsd_driver_calls_total{{result=\"ok\"}} {}", load(&self.driver_ok));
-        let _ = writeln!(out, "capsd_driver_calls_total{{result=\"error\"}} {}", load(&self.driver_err));
-        counter(
-            &mut out,
-            "capsd_invalidations_total",
-            "Times a watched host input changed and the in-memory documents were dropped.",
-            load(&self.invalidations),
-        );
-        for (name, help, v) in [
-            (
-                "capsd_document_evictions_total",
-                "Kept documents dropped to stay within --cache-entries/--cache-mib.",
-                &self.evictions,
-            ),
-            (
-                "capsd_connections_refused_total",
-                "Connections closed at once: --max-connections reached.",
-                &self.connections_refused,
-            ),
-            (
-                "capsd_connections_timed_out_total",
-                "Connections closed: request head too slow or idle too long.",
-                &self.connections_timed_out,
-            ),
-            (
-                "capsd_requests_timed_out_total",
-                "Requests answered 504 after --request-timeout-ms.",
-                &self.requests_timed_out,
-            ),
-            (
-                "capsd_unauthorized_total",
-                "Loopback TCP requests refused for a missing or wrong token.",
-                &self.unauthorized,
-            ),
-        ] {
-            counter(&mut out, name, help, load(v));
-        }
-        render_probe_cache(&mut out);
         out
     }
 }
 
+/// The agent's metrics as prometheus-client reads them at scrape time.
+#[derive(Debug)]
+struct Snapshot(Arc<Metrics>);
+
+/// One counter metric with samples per label set (names without `_total`: the encoder adds it).
+fn counter(enc: &mut DescriptorEncoder, name: &str, help: &str, samples: &[(&[(&str, &str)], u64)]) -> fmt::Result {
+    let mut m = enc.encode_descriptor(name, help, None, MetricType::Counter)?;
+    for (labels, v) in samples {
+        if labels.is_empty() {
+            return ConstCounter::new(*v).encode(m);
+        }
+        ConstCounter::new(*v).encode(m.encode_family(labels)?)?;
+    }
+    Ok(())
+}
+
+/// One histogram metric, per label set.
+fn histogram(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    samples: &[(&[(&str, &str)], &Histogram)],
+) -> fmt::Result {
+    let mut m = enc.encode_descriptor(name, help, None, MetricType::Histogram)?;
+    for (labels, h) in samples {
+        let (sum, count, buckets) = h.snapshot();
+        if labels.is_empty() {
+            return m.encode_histogram::<NoLabelSet>(sum, count, &buckets, None);
+        }
+        m.encode_family(labels)?.encode_histogram::<NoLabelSet>(sum, count, &buckets, None)?;
+    }
+    Ok(())
+}
+
+impl Collector for Snapshot {
+    fn encode(&self, mut enc: DescriptorEncoder) -> fmt::Result {
+        let m = &self.0;
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let requests: Vec<(&str, String, u64)> = m
+            .requests
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|((e, code), n)| (*e, code.to_string(), *n))
+            .collect();
+        let labels: Vec<[(&str, &str); 2]> =
+            requests.iter().map(|(e, code, _)| [("endpoint", *e), ("code", code.as_str())]).collect();
+        let samples: Vec<(&[(&str, &str)], u64)> =
+            labels.iter().zip(&requests).map(|(l, (_, _, n))| (l.as_slice(), *n)).collect();
+        counter(&mut enc, "capsd_http_requests", "HTTP requests answered, by endpoint and status code.", &samples)?;
+        let endpoints: Vec<[(&str, &str); 1]> = ENDPOINTS.iter().map(|e| [("endpoint", *e)]).collect();
+        let samples: Vec<(&[(&str, &str)], &Histogram)> =
+            endpoints.iter().zip(&m.latency).map(|(l, h)| (l.as_slice(), h)).collect();
+        histogram(&mut enc, "capsd_http_request_duration_seconds", "Time to answer a request, by endpoint.", &samples)?;
+        counter(
+            &mut enc,
+            "capsd_document_cache",
+            "Domain capabilities documents answered from memory (hit) or derived (miss).",
+            &[(&[("result", "hit")], load(&m.doc_hits)), (&[("result", "miss")], load(&m.doc_misses))],
+        )?;
+        counter(
+            &mut enc,
+            "capsd_driver_calls",
+            "Calls into a driver for a document, by outcome.",
+            &[(&[("result", "ok")], load(&m.driver_ok)), (&[("result", "error")], load(&m.driver_err))],
+        )?;
+        for (name, help, v) in [
+            (
+                "capsd_invalidations",
+                "Times a watched host input changed and the in-memory documents were dropped.",
+                &m.invalidations,
+            ),
+            (
+                "capsd_document_evictions",
+                "Kept documents dropped to stay within --cache-entries/--cache-mib.",
+                &m.evictions,
+            ),
+            (
+                "capsd_connections_refused",
+                "Connections closed at once: --max-connections reached.",
+                &m.connections_refused,
+            ),
+            (
+                "capsd_connections_timed_out",
+                "Connections closed: request head too slow or idle too long.",
+                &m.connections_timed_out,
+            ),
+            ("capsd_requests_timed_out", "Requests answered 504 after --request-timeout-ms.", &m.requests_timed_out),
+            ("capsd_unauthorized", "Loopback TCP requests refused for a missing or wrong token.", &m.unauthorized),
+        ] {
+            counter(&mut enc, name, help, &[(&[], load(v))])?;
+        }
+        encode_probe_cache(&mut enc)
+    }
+}
+
 #[cfg(feature = "qemu")]
-fn render_probe_cache(out: &mut String) {
+fn encode_probe_cache(enc: &mut DescriptorEncoder) -> fmt::Result {
     use driver_qemu::cache::{stats, PROBE_BUCKETS};
     let s = stats();
     let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
-    out.push_str(
-        "# HELP capsd_probe_cache_lookups_total QEMU probe cache lookups: hits from memory or disk, misses (probed).\n",
-    );
-    out.push_str("# TYPE capsd_probe_cache_lookups_total counter\n");
-    let _ = writeln!(out, "capsd_probe_cache_lookups_total{{result=\"hit\",tier=\"memory\"}} {}", load(&s.memory_hits));
-    let _ = writeln!(out, "capsd_probe_cache_lookups_total{{result=\"hit\",tier=\"disk\"}} {}", load(&s.disk_hits));
-    let _ = writeln!(out, "capsd_probe_cache_lookups_total{{result=\"miss\",tier=\"none\"}} {}", load(&s.misses));
-    out.push_str("# HELP capsd_probe_cache_rejected_total Cache files not used: damaged (checksum/parse) or stale (key changed).\n");
-    out.push_str("# TYPE capsd_probe_cache_rejected_total counter\n");
-    let _ = writeln!(out, "capsd_probe_cache_rejected_total{{reason=\"damaged\"}} {}", load(&s.damaged));
-    let _ = writeln!(out, "capsd_probe_cache_rejected_total{{reason=\"stale\"}} {}", load(&s.stale));
-    out.push_str("# HELP capsd_probes_total QEMU probes run, by result.\n# TYPE capsd_probes_total counter\n");
-    let _ = writeln!(out, "capsd_probes_total{{result=\"ok\"}} {}", load(&s.probes_ok));
-    let _ = writeln!(out, "capsd_probes_total{{result=\"error\"}} {}", load(&s.probes_failed));
-    out.push_str("# HELP capsd_probe_duration_seconds Time one QEMU probe took.\n# TYPE capsd_probe_duration_seconds histogram\n");
-    let mut cum = 0;
-    for (i, b) in PROBE_BUCKETS.iter().enumerate() {
-        cum += load(&s.probe_buckets[i]);
-        let _ = writeln!(out, "capsd_probe_duration_seconds_bucket{{le=\"{b}\"}} {cum}");
-    }
-    cum += load(&s.probe_buckets[PROBE_BUCKETS.len()]);
-    let _ = writeln!(out, "capsd_probe_duration_seconds_bucket{{le=\"+Inf\"}} {cum}");
-    let _ = writeln!(out, "capsd_probe_duration_seconds_sum {}", load(&s.probe_micros_sum) as f64 / 1e6);
-    let _ = writeln!(out, "capsd_probe_duration_seconds_count {cum}");
+    counter(
+        enc,
+        "capsd_probe_cache_lookups",
+        "QEMU probe cache lookups: hits from memory or disk, misses (probed).",
+        &[
+            (&[("result", "hit"), ("tier", "memory")], load(&s.memory_hits)),
+            (&[("result", "hit"), ("tier", "disk")], load(&s.disk_hits)),
+            (&[("result", "miss"), ("tier", "none")], load(&s.misses)),
+        ],
+    )?;
+    counter(
+        enc,
+        "capsd_probe_cache_rejected",
+        "Cache files not used: damaged (checksum/parse) or stale (key changed).",
+        &[(&[("reason", "damaged")], load(&s.damaged)), (&[("reason", "stale")], load(&s.stale))],
+    )?;
+    counter(
+        enc,
+        "capsd_probes",
+        "QEMU probes run, by result.",
+        &[(&[("result", "ok")], load(&s.probes_ok)), (&[("result", "error")], load(&s.probes_failed))],
+    )?;
+    let buckets: Vec<(f64, u64)> = PROBE_BUCKETS
+        .iter()
+        .copied()
+        .chain(std::iter::once(f64::MAX))
+        .zip(s.probe_buckets.iter())
+        .map(|(b, c)| (b, load(c)))
+        .collect();
+    let count = buckets.iter().map(|(_, c)| c).sum();
+    let sum = load(&s.probe_micros_sum) as f64 / 1e6;
+    enc.encode_descriptor("capsd_probe_duration_seconds", "Time one QEMU probe took.", None, MetricType::Histogram)?
+        .encode_histogram::<NoLabelSet>(sum, count, &buckets, None)
 }
 
 #[cfg(not(feature = "qemu"))]
-fn render_probe_cache(_out: &mut String) {}
+fn encode_probe_cache(_: &mut DescriptorEncoder) -> fmt::Result {
+    Ok(())
+}
 
 #[cfg(test)]
 mod tests {
@@ -223,7 +287,7 @@ mod tests {
 
     #[test]
     fn histogram_is_cumulative_and_counts_everything() {
-        let m = Metrics::default();
+        let m = Arc::new(Metrics::default());
         m.record_request("healthz", 200, Duration::from_micros(40));
         m.record_request("healthz", 200, Duration::from_micros(700));
         m.record_request("healthz", 404, Duration::from_secs(100));
@@ -231,17 +295,18 @@ mod tests {
         assert!(text.contains("capsd_http_requests_total{endpoint=\"healthz\",code=\"200\"} 2\n"), "{text}");
         assert!(text.contains("capsd_http_requests_total{endpoint=\"healthz\",code=\"404\"} 1\n"), "{text}");
         assert!(
-            text.contains("capsd_http_request_duration_seconds_bucket{endpoint=\"healthz\",le=\"0.00005\"} 1\n"),
+            text.contains("capsd_http_request_duration_seconds_bucket{le=\"0.00005\",endpoint=\"healthz\"} 1\n"),
             "{text}"
         );
         assert!(
-            text.contains("capsd_http_request_duration_seconds_bucket{endpoint=\"healthz\",le=\"0.001\"} 2\n"),
+            text.contains("capsd_http_request_duration_seconds_bucket{le=\"0.001\",endpoint=\"healthz\"} 2\n"),
             "{text}"
         );
         assert!(
-            text.contains("capsd_http_request_duration_seconds_bucket{endpoint=\"healthz\",le=\"+Inf\"} 3\n"),
+            text.contains("capsd_http_request_duration_seconds_bucket{le=\"+Inf\",endpoint=\"healthz\"} 3\n"),
             "{text}"
         );
         assert!(text.contains("capsd_http_request_duration_seconds_count{endpoint=\"healthz\"} 3\n"), "{text}");
+        assert!(text.contains("# TYPE capsd_http_requests counter\n") && text.ends_with("# EOF\n"), "{text}");
     }
 }

@@ -8,7 +8,7 @@
 //! - `GET /v1/drivers`: the drivers, their availability and refused plugins (JSON, the same
 //!   as `capsd drivers --json`).
 //! - `GET /healthz`: `ok`.
-//! - `GET /metrics`: Prometheus text.
+//! - `GET /metrics`: OpenMetrics text (Prometheus reads it).
 //!
 //! Errors: `{"error": KIND, "message": TEXT, ...}` with 400 for bad input (unknown or repeated
 //! parameter, malformed value, a value the driver rejects), 401 on loopback TCP without the
@@ -186,7 +186,7 @@ async fn measure(State(agent): State<Arc<Agent>>, req: Request, next: Next) -> R
 }
 
 async fn metrics_text(State(agent): State<Arc<Agent>>) -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"))], agent.metrics.render())
+    ([(header::CONTENT_TYPE, HeaderValue::from_static(metrics::CONTENT_TYPE))], agent.metrics.render())
 }
 
 async fn drivers(State(agent): State<Arc<Agent>>) -> Result<Response, ApiError> {

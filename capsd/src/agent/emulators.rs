@@ -101,18 +101,23 @@ impl EmulatorPolicy {
         if self.configured.iter().any(|(_, r)| *r == resolved) {
             return configured_binary(&resolved).map(|_| resolved).map_err(|e| e.to_string());
         }
-        let in_dir = resolved.parent().is_some_and(|d| self.dirs.iter().any(|s| s == d));
-        if !(in_dir && emulator_name(&resolved)) {
+        // Named as an emulator in a system directory: the link (root's, as the directory is)
+        // or the file it resolves to.
+        let own =
+            |p: &Path, dirs: &[PathBuf]| emulator_name(p) && p.parent().is_some_and(|d| dirs.iter().any(|s| s == d));
+        let system: Vec<PathBuf> = SYSTEM_DIRS.iter().map(PathBuf::from).collect();
+        if !(own(&resolved, &self.dirs) || own(requested, &system)) {
             return Err(refused());
         }
         trusted_system_binary(&resolved).map_err(|why| format!("{}: {why}", refused()))?;
         Ok(resolved)
     }
 
-    /// Whether `path` is a binary the agent would pick itself (for the qemu driver's
-    /// emulator search).
+    /// Whether `path`, a `qemu-system-*` found in a system directory, is one the agent would
+    /// pick itself: what it resolves to passes the same ownership and mode checks as a
+    /// requested one (for the qemu driver's emulator search).
     pub fn picks(path: &Path) -> bool {
-        emulator_name(path) && trusted_system_binary(path).is_ok()
+        emulator_name(path) && std::fs::canonicalize(path).is_ok_and(|r| trusted_system_binary(&r).is_ok())
     }
 }
 

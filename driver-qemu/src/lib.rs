@@ -254,3 +254,30 @@ impl DomainCapsDriver for QemuDriver {
         vec![("libvirt_version".into(), d.version.to_string()), ("libvirt_version_source".into(), d.source.to_string())]
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn refuse_aarch64(p: &Path) -> bool {
+        !p.ends_with("qemu-system-aarch64")
+    }
+
+    #[test]
+    fn the_emulator_filter_decides_what_the_driver_picks_and_lists() {
+        let tmp = tempfile::tempdir().unwrap();
+        for name in ["qemu-system-x86_64", "qemu-system-aarch64"] {
+            let p = tmp.path().join(name);
+            std::fs::write(&p, "#!/bin/sh\nexit 1\n").unwrap();
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        let all = QemuDriver::new().with_search_path(vec![tmp.path().to_owned()]);
+        assert_eq!(all.installed_emulators().len(), 2);
+        assert!(all.find("qemu-system-aarch64").is_some());
+        let some = QemuDriver::new().with_search_path(vec![tmp.path().to_owned()]).with_emulator_filter(refuse_aarch64);
+        assert_eq!(some.installed_emulators(), vec![tmp.path().join("qemu-system-x86_64")]);
+        assert_eq!(some.find("qemu-system-aarch64"), None);
+        assert_eq!(some.find("qemu-system-x86_64"), Some(tmp.path().join("qemu-system-x86_64")));
+    }
+}

@@ -96,13 +96,18 @@ struct DocCache {
 impl DocCache {
     fn insert(&mut self, key: DocKey, doc: Arc<Doc>, now: u64, limits: &Limits) -> usize {
         self.bytes += doc.size();
-        if let Some(old) = self.map.insert(key, Kept { doc, used: AtomicU64::new(now) }) {
+        if let Some(old) = self.map.insert(key.clone(), Kept { doc, used: AtomicU64::new(now) }) {
             self.bytes -= old.doc.size();
         }
         let mut evicted = 0;
+        // The new document stays (ties in recency must not evict it).
         while self.map.len() > limits.cache_entries.max(1) || (self.bytes > limits.cache_bytes && self.map.len() > 1) {
-            let Some(oldest) =
-                self.map.iter().min_by_key(|(_, k)| k.used.load(Ordering::Relaxed)).map(|(k, _)| k.clone())
+            let Some(oldest) = self
+                .map
+                .iter()
+                .filter(|(k, _)| **k != key)
+                .min_by_key(|(_, k)| k.used.load(Ordering::Relaxed))
+                .map(|(k, _)| k.clone())
             else {
                 break;
             };
@@ -125,7 +130,7 @@ pub struct Agent {
     /// Turns to derive (`limits.max_probes`).
     turns: Arc<tokio::sync::Semaphore>,
     docs: RwLock<DocCache>,
-    /// Ticks for least-recently-used order.
+    /// Ticks for least-recently-used order: one per kept insert.
     clock: AtomicU64,
     /// Per key: the last derivation failure, for the requests that waited for it.
     flights: flight::Flights<DocKey, Option<Failure>>,
@@ -251,7 +256,12 @@ impl Agent {
         let g = self.generation.load(Ordering::Acquire);
         let docs = self.docs.read().unwrap_or_else(|e| e.into_inner());
         let k = docs.map.get(key).filter(|k| k.doc.generation == g)?;
-        k.used.store(self.clock.fetch_add(1, Ordering::Relaxed), Ordering::Relaxed);
+        // Recency in ticks of inserts (the only time anything is evicted): a hit reads the
+        // clock and writes only when the stamp changes, so hot documents stay read-shared.
+        let now = self.clock.load(Ordering::Relaxed);
+        if k.used.load(Ordering::Relaxed) != now {
+            k.used.store(now, Ordering::Relaxed);
+        }
         Some(k.doc.clone())
     }
 
@@ -399,6 +409,20 @@ mod tests {
             std::thread::sleep(Duration::from_millis(200));
             Err(DriverError::probe_failed("/usr/bin/qemu-broken", "timed out"))
         }
+    }
+
+    #[test]
+    fn the_newest_document_survives_a_tie_in_recency() {
+        let limits = Limits { max_probes: 1, cache_entries: 2, cache_bytes: usize::MAX };
+        let key = |m: &str| DocKey { driver: "t".into(), query: Query { machine: Some(m.into()), ..Query::default() } };
+        let doc = || Arc::new(Doc { xml: Bytes::from_static(b"<x/>"), json: Bytes::from_static(b"{}"), generation: 0 });
+        let mut c = DocCache::default();
+        c.insert(key("a"), doc(), 5, &limits);
+        c.insert(key("b"), doc(), 5, &limits);
+        // All three equally recent: one of the older two goes.
+        assert_eq!(c.insert(key("c"), doc(), 5, &limits), 1);
+        assert!(c.map.contains_key(&key("c")));
+        assert_eq!((c.map.len(), c.bytes), (2, 12));
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -137,7 +137,8 @@ pub fn router(agent: Arc<Agent>, opts: &RouterOptions) -> Router {
 }
 
 async fn limit_time(State((agent, limit)): State<(Arc<Agent>, Duration)>, req: Request, next: Next) -> Response {
-    let what = format!("{} {}", req.method(), req.uri().path());
+    // Cheap clones (shared bytes); the message is written only on a timeout.
+    let (method, uri) = (req.method().clone(), req.uri().clone());
     match tokio::time::timeout(limit, next.run(req)).await {
         Ok(r) => r,
         Err(_) => {
@@ -145,7 +146,10 @@ async fn limit_time(State((agent, limit)): State<(Arc<Agent>, Duration)>, req: R
             ApiError::new(
                 StatusCode::GATEWAY_TIMEOUT,
                 "timeout",
-                format!("{what}: no answer within {limit:?} (the agent goes on working on it; ask again later)"),
+                format!(
+                    "{method} {}: no answer within {limit:?} (the agent goes on working on it; ask again later)",
+                    uri.path()
+                ),
             )
             .into_response()
         }

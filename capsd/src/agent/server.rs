@@ -110,7 +110,7 @@ impl Default for RouterOptions {
 /// The router, with request metrics around every route, the request timeout and, when
 /// `opts.token` is set, the token check.
 pub fn router(agent: Arc<Agent>, opts: &RouterOptions) -> Router {
-    let mut r = Router::new()
+    Router::new()
         .route("/v1/domcapabilities", get(domcapabilities))
         .route("/v1/drivers", get(drivers))
         .route("/healthz", get(|| async { "ok\n" }))
@@ -129,20 +129,45 @@ pub fn router(agent: Arc<Agent>, opts: &RouterOptions) -> Router {
                 format!("no such endpoint: {} {}", req.method(), req.uri().path()),
             )
         })
-        .layer(middleware::from_fn_with_state((agent.clone(), opts.request_timeout), limit_time));
-    if let Some(token) = &opts.token {
-        r = r.layer(middleware::from_fn_with_state((agent.clone(), token.clone()), authorize));
-    }
-    r.layer(middleware::from_fn_with_state(agent.clone(), measure)).with_state(agent)
+        // One middleware for all of it: each layer costs a boxed future per request.
+        .layer(middleware::from_fn_with_state(
+            Arc::new(Guard { agent: agent.clone(), token: opts.token.clone(), request_timeout: opts.request_timeout }),
+            guard,
+        ))
+        .with_state(agent)
 }
 
-async fn limit_time(State((agent, limit)): State<(Arc<Agent>, Duration)>, req: Request, next: Next) -> Response {
+/// What [`guard`] needs.
+#[derive(Debug)]
+struct Guard {
+    agent: Arc<Agent>,
+    token: Option<Arc<TokenFile>>,
+    request_timeout: Duration,
+}
+
+/// Around every request: the token check (when the router has a token), the request
+/// timeout, and the request's metrics.
+async fn guard(State(g): State<Arc<Guard>>, req: Request, next: Next) -> Response {
+    let t = Instant::now();
+    let endpoint = metrics::endpoint_of(req.uri().path());
+    let resp = match unauthorized(&g, &req) {
+        Some(refusal) => refusal,
+        None => limit_time(&g, req, next).await,
+    };
+    let took = t.elapsed();
+    g.agent.metrics.record_request(endpoint, resp.status().as_u16(), took);
+    tracing::debug!(endpoint, status = resp.status().as_u16(), micros = took.as_micros() as u64, "request");
+    resp
+}
+
+async fn limit_time(g: &Guard, req: Request, next: Next) -> Response {
     // Cheap clones (shared bytes); the message is written only on a timeout.
     let (method, uri) = (req.method().clone(), req.uri().clone());
+    let limit = g.request_timeout;
     match tokio::time::timeout(limit, next.run(req)).await {
         Ok(r) => r,
         Err(_) => {
-            agent.metrics.requests_timed_out.fetch_add(1, Ordering::Relaxed);
+            g.agent.metrics.requests_timed_out.fetch_add(1, Ordering::Relaxed);
             ApiError::new(
                 StatusCode::GATEWAY_TIMEOUT,
                 "timeout",
@@ -156,14 +181,16 @@ async fn limit_time(State((agent, limit)): State<(Arc<Agent>, Duration)>, req: R
     }
 }
 
-/// Everything but `/healthz` and `/metrics` needs `Authorization: Bearer TOKEN`.
-async fn authorize(State((agent, token)): State<(Arc<Agent>, Arc<TokenFile>)>, req: Request, next: Next) -> Response {
+/// With a token, everything but `/healthz` and `/metrics` needs `Authorization: Bearer TOKEN`:
+/// the 401 answer when it is missing or wrong.
+fn unauthorized(g: &Guard, req: &Request) -> Option<Response> {
+    let token = g.token.as_ref()?;
     if matches!(req.uri().path(), "/healthz" | "/metrics")
         || token.admits(req.headers().get(header::AUTHORIZATION).map(HeaderValue::as_bytes))
     {
-        return next.run(req).await;
+        return None;
     }
-    agent.metrics.unauthorized.fetch_add(1, Ordering::Relaxed);
+    g.agent.metrics.unauthorized.fetch_add(1, Ordering::Relaxed);
     let given = if req.headers().contains_key(header::AUTHORIZATION) { "a wrong" } else { "no" };
     let mut resp = ApiError::new(
         StatusCode::UNAUTHORIZED,
@@ -176,17 +203,7 @@ async fn authorize(State((agent, token)): State<(Arc<Agent>, Arc<TokenFile>)>, r
     )
     .into_response();
     resp.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-    resp
-}
-
-async fn measure(State(agent): State<Arc<Agent>>, req: Request, next: Next) -> Response {
-    let t = Instant::now();
-    let endpoint = metrics::endpoint_of(req.uri().path());
-    let resp = next.run(req).await;
-    let took = t.elapsed();
-    agent.metrics.record_request(endpoint, resp.status().as_u16(), took);
-    tracing::debug!(endpoint, status = resp.status().as_u16(), micros = took.as_micros() as u64, "request");
-    resp
+    Some(resp)
 }
 
 async fn metrics_text(State(agent): State<Arc<Agent>>) -> impl IntoResponse {

@@ -2,7 +2,7 @@
 //! closed as soon as it is accepted), a client must send a request's head within
 //! `header_timeout` of its first byte, and a connection with no request in flight is closed
 //! after `idle_timeout` without a byte from the client. (How long a request may take is
-//! the router's `request_timeout`.) On stop, connections finish the request in flight and
+//! the agent's request timeout.) On stop, connections finish the request in flight and
 //! close; the caller decides how long to wait for that.
 
 use std::io;

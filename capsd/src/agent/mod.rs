@@ -67,6 +67,9 @@ pub struct Limits {
     pub cache_entries: usize,
     /// Bytes of kept documents (XML and JSON forms together).
     pub cache_bytes: usize,
+    /// How long a request may wait for a derivation (or the driver listing) before it is
+    /// answered 504; the derivation goes on.
+    pub request_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -75,6 +78,7 @@ impl Default for Limits {
             max_probes: std::thread::available_parallelism().map_or(2, |n| n.get()),
             cache_entries: 1024,
             cache_bytes: 64 << 20,
+            request_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -185,8 +189,7 @@ impl Agent {
         key: DocKey,
         driver: Arc<dyn DomainCapsDriver>,
     ) -> Result<Arc<Doc>, DriverError> {
-        if let Some(d) = self.kept(&key) {
-            self.metrics.doc_hits.fetch_add(1, Ordering::Relaxed);
+        if let Some(d) = self.hit(&key) {
             return Ok(d);
         }
         let waiting_since = Instant::now();
@@ -250,6 +253,17 @@ impl Agent {
         let evicted = self.docs.write().unwrap_or_else(|e| e.into_inner()).insert(key, doc.clone(), now, &self.limits);
         self.metrics.evictions.fetch_add(evicted as u64, Ordering::Relaxed);
         Ok(doc)
+    }
+
+    /// The kept, current document for `key`, counted as a hit.
+    pub fn hit(&self, key: &DocKey) -> Option<Arc<Doc>> {
+        let d = self.kept(key)?;
+        self.metrics.doc_hits.fetch_add(1, Ordering::Relaxed);
+        Some(d)
+    }
+
+    pub fn request_timeout(&self) -> Duration {
+        self.limits.request_timeout
     }
 
     fn kept(&self, key: &DocKey) -> Option<Arc<Doc>> {
@@ -413,7 +427,7 @@ mod tests {
 
     #[test]
     fn the_newest_document_survives_a_tie_in_recency() {
-        let limits = Limits { max_probes: 1, cache_entries: 2, cache_bytes: usize::MAX };
+        let limits = Limits { max_probes: 1, cache_entries: 2, cache_bytes: usize::MAX, ..Limits::default() };
         let key = |m: &str| DocKey { driver: "t".into(), query: Query { machine: Some(m.into()), ..Query::default() } };
         let doc = || Arc::new(Doc { xml: Bytes::from_static(b"<x/>"), json: Bytes::from_static(b"{}"), generation: 0 });
         let mut c = DocCache::default();

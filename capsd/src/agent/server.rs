@@ -22,7 +22,7 @@ use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::{bail, Context as _, Result};
 use axum::body::Body;
@@ -91,24 +91,16 @@ impl IntoResponse for ApiError {
 }
 
 /// How a router guards its routes.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct RouterOptions {
     /// The token every route but `/healthz` and `/metrics` needs (loopback TCP); `None`:
     /// no token (the Unix socket, guarded by its mode and group).
     pub token: Option<Arc<TokenFile>>,
-    /// Longest time a request may take before it is answered 504 (a derivation it started
-    /// goes on, and its document is kept).
-    pub request_timeout: Duration,
 }
 
-impl Default for RouterOptions {
-    fn default() -> Self {
-        RouterOptions { token: None, request_timeout: Duration::from_secs(60) }
-    }
-}
-
-/// The router, with request metrics around every route, the request timeout and, when
-/// `opts.token` is set, the token check.
+/// The router, with request metrics around every route and, when `opts.token` is set, the
+/// token check. Routes that wait (a derivation, the driver listing) answer 504 past the
+/// agent's request timeout ([`within`]); a warm answer sets no timer.
 pub fn router(agent: Arc<Agent>, opts: &RouterOptions) -> Router {
     Router::new()
         .route("/v1/domcapabilities", get(domcapabilities))
@@ -131,7 +123,7 @@ pub fn router(agent: Arc<Agent>, opts: &RouterOptions) -> Router {
         })
         // One middleware for all of it: each layer costs a boxed future per request.
         .layer(middleware::from_fn_with_state(
-            Arc::new(Guard { agent: agent.clone(), token: opts.token.clone(), request_timeout: opts.request_timeout }),
+            Arc::new(Guard { agent: agent.clone(), token: opts.token.clone() }),
             guard,
         ))
         .with_state(agent)
@@ -142,17 +134,16 @@ pub fn router(agent: Arc<Agent>, opts: &RouterOptions) -> Router {
 struct Guard {
     agent: Arc<Agent>,
     token: Option<Arc<TokenFile>>,
-    request_timeout: Duration,
 }
 
-/// Around every request: the token check (when the router has a token), the request
-/// timeout, and the request's metrics.
+/// Around every request: the token check (when the router has a token) and the request's
+/// metrics.
 async fn guard(State(g): State<Arc<Guard>>, req: Request, next: Next) -> Response {
     let t = Instant::now();
     let endpoint = metrics::endpoint_of(req.uri().path());
     let resp = match unauthorized(&g, &req) {
         Some(refusal) => refusal,
-        None => limit_time(&g, req, next).await,
+        None => next.run(req).await,
     };
     let took = t.elapsed();
     g.agent.metrics.record_request(endpoint, resp.status().as_u16(), took);
@@ -160,25 +151,18 @@ async fn guard(State(g): State<Arc<Guard>>, req: Request, next: Next) -> Respons
     resp
 }
 
-async fn limit_time(g: &Guard, req: Request, next: Next) -> Response {
-    // Cheap clones (shared bytes); the message is written only on a timeout.
-    let (method, uri) = (req.method().clone(), req.uri().clone());
-    let limit = g.request_timeout;
-    match tokio::time::timeout(limit, next.run(req)).await {
-        Ok(r) => r,
-        Err(_) => {
-            g.agent.metrics.requests_timed_out.fetch_add(1, Ordering::Relaxed);
-            ApiError::new(
-                StatusCode::GATEWAY_TIMEOUT,
-                "timeout",
-                format!(
-                    "{method} {}: no answer within {limit:?} (the agent goes on working on it; ask again later)",
-                    uri.path()
-                ),
-            )
-            .into_response()
-        }
-    }
+/// `work`'s output, or 504 once the agent's request timeout has passed (the work itself,
+/// a derivation on its own task, goes on and keeps its document).
+async fn within<T>(agent: &Agent, what: &str, work: impl std::future::Future<Output = T>) -> Result<T, ApiError> {
+    let limit = agent.request_timeout();
+    tokio::time::timeout(limit, work).await.map_err(|_| {
+        agent.metrics.requests_timed_out.fetch_add(1, Ordering::Relaxed);
+        ApiError::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            "timeout",
+            format!("{what}: no answer within {limit:?} (the agent goes on working on it; ask again later)"),
+        )
+    })
 }
 
 /// With a token, everything but `/healthz` and `/metrics` needs `Authorization: Bearer TOKEN`:
@@ -213,7 +197,9 @@ async fn metrics_text(State(agent): State<Arc<Agent>>) -> impl IntoResponse {
 async fn drivers(State(agent): State<Arc<Agent>>) -> Result<Response, ApiError> {
     // `availability()` looks at the host (PATH directories, device nodes) and a plugin's runs
     // foreign code: off the async workers, like a derivation.
-    let body = tokio::task::spawn_blocking(move || drivers::render(&agent.registry, true)).await.map_err(|e| {
+    let me = agent.clone();
+    let listing = tokio::task::spawn_blocking(move || drivers::render(&me.registry, true));
+    let body = within(&agent, "GET /v1/drivers", listing).await?.map_err(|e| {
         ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("driver listing failed: {e}"))
     })?;
     Ok(([(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], body).into_response())
@@ -343,7 +329,11 @@ async fn domcapabilities(
         })?;
         query.emulator = Some(allowed);
     }
-    let doc = agent.document(DocKey { driver: driver_name, query }, driver).await?;
+    let key = DocKey { driver: driver_name, query };
+    let doc = match agent.hit(&key) {
+        Some(doc) => doc,
+        None => within(&agent, "GET /v1/domcapabilities", agent.document(key, driver)).await??,
+    };
     let (body, ctype) = if wants_json(&headers) {
         (doc.json.clone(), "application/json")
     } else {

@@ -150,6 +150,7 @@ pub fn run(ctx: &super::Context, args: Args) -> Result<ExitCode> {
         max_probes: args.max_probes.map_or(Limits::default().max_probes, |n| n as usize),
         cache_entries: args.cache_entries as usize,
         cache_bytes: (args.cache_mib as usize) << 20,
+        request_timeout: Duration::from_millis(args.request_timeout_ms),
     };
     let mut rt = tokio::runtime::Builder::new_multi_thread();
     rt.enable_all();
@@ -223,14 +224,13 @@ async fn serve(
         idle_timeout: Duration::from_millis(args.idle_timeout_ms),
     };
     let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
-    let request_timeout = Duration::from_millis(args.request_timeout_ms);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut tasks = tokio::task::JoinSet::new();
-    let unix_router = server::router(agent.clone(), &RouterOptions { token: None, request_timeout });
+    let unix_router = server::router(agent.clone(), &RouterOptions { token: None });
     for l in unix {
         tasks.spawn(conn::serve(l, unix_router.clone(), limits, slots.clone(), agent.metrics.clone(), stop_rx.clone()));
     }
-    let tcp_router = server::router(agent.clone(), &RouterOptions { token: token.clone(), request_timeout });
+    let tcp_router = server::router(agent.clone(), &RouterOptions { token: token.clone() });
     for l in tcp {
         tracing::info!(addr = ?l.local_addr().ok(), "listening on loopback TCP (token required)");
         tasks.spawn(conn::serve(l, tcp_router.clone(), limits, slots.clone(), agent.metrics.clone(), stop_rx.clone()));

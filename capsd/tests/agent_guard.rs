@@ -32,9 +32,25 @@ fn client_helper() {
     println!("<<<{} {}\n{}>>>", nix::unistd::geteuid(), r.status, r.body);
 }
 
+/// This test program, copied where `nobody` can run it (the build directory may be under a
+/// home directory others cannot enter).
+fn client_program() -> &'static Path {
+    static COPY: std::sync::OnceLock<(tempfile::TempDir, PathBuf)> = std::sync::OnceLock::new();
+    &COPY
+        .get_or_init(|| {
+            let dir = tempfile::tempdir().unwrap();
+            std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+            let exe = dir.path().join("client");
+            std::fs::copy(std::env::current_exe().unwrap(), &exe).unwrap();
+            std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
+            (dir, exe)
+        })
+        .1
+}
+
 /// One request made by a process running as `nobody` (uid and gid 65534, no other group).
 fn as_nobody(target: &str, path: &str, token: Option<&str>) -> Resp {
-    let mut cmd = Command::new(std::env::current_exe().unwrap());
+    let mut cmd = Command::new(client_program());
     cmd.args(["--exact", "client_helper", "--nocapture", "--test-threads=1", "--quiet"])
         .env("CAPSD_TEST_CLIENT", target)
         .env("CAPSD_TEST_PATH", path)

@@ -62,10 +62,6 @@ enum Command {
     /// Fill the probe cache for some or all emulators, with progress.
     Probe(cmd::probe::Args),
     /// Run the agent: the same answers over HTTP on a Unix socket (and loopback TCP).
-    #[command(after_help = "Access: whoever can open the socket (--socket-mode, --socket-group) may ask; \
-        on loopback TCP every /v1/ request needs the --token-file token.\n\
-        Signals: SIGTERM/SIGINT stop (requests in flight get 1 s, then the agent exits anyway and \
-        removes its socket); SIGHUP reads --token-file again.")]
     Serve(cmd::serve::Args),
     /// Check a libvirt domain definition against the capabilities (exit 1: unsupported parts,
     /// 2: bad input, 3: the capabilities could not be obtained).

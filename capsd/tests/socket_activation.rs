@@ -112,3 +112,26 @@ fn a_passed_datagram_socket_is_refused_by_descriptor() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("file descriptor 3 is not a listening stream socket"), "{err}");
 }
+
+#[test]
+fn a_passed_tcp_socket_needs_the_token_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let addr = format!("127.0.0.1:{}", agent_support::free_port());
+    // Without --token-file: refused, naming the flag.
+    let child = activate(dir.path(), Path::new(&addr), &[], &[]);
+    let port: u16 = addr.rsplit_once(':').unwrap().1.parse().unwrap();
+    let _ = agent_support::connect_tcp(port);
+    let out = wait(child);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("--token-file"), "{err}");
+    // With it: /v1/ needs the token, /healthz does not.
+    let (file, token) = agent_support::token_file(dir.path());
+    let child = activate(dir.path(), Path::new(&addr), &[], &["--token-file", file.to_str().unwrap()]);
+    assert_eq!(http_get(agent_support::connect_tcp(port), "/healthz", &[]).status, 200);
+    let q = "/v1/domcapabilities?driver=test";
+    assert_eq!(http_get(agent_support::connect_tcp(port), q, &[]).status, 401);
+    let bearer = format!("Bearer {token}");
+    assert_eq!(http_get(agent_support::connect_tcp(port), q, &[("Authorization", &bearer)]).status, 200);
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
+    assert!(wait(child).status.success());
+}

@@ -28,9 +28,13 @@ use crate::registry::{DriverOptions, EmulatorSearch};
 const GRACE: Duration = Duration::from_millis(1000);
 
 #[derive(Debug, clap::Args)]
-#[command(after_help = "Socket activation: started by systemd with sockets passed (LISTEN_FDS, LISTEN_PID; \
+#[command(after_help = "Access: whoever can open the socket (--socket-mode, --socket-group) may ask; \
+on TCP every /v1/ request needs the --token-file token.\n\
+Signals: SIGTERM/SIGINT stop (requests in flight get 1 s, then the agent exits anyway and removes the \
+socket it bound); SIGHUP reads --token-file again.\n\
+Socket activation: started by systemd with sockets passed (LISTEN_FDS, LISTEN_PID; \
 capsd.socket), capsd serves those and binds nothing itself; --socket and --listen are then refused, and \
-the socket's mode and group are the .socket unit's.")]
+the socket's mode and group are the .socket unit's; a TCP socket passed needs --token-file too.")]
 pub struct Args {
     /// Unix socket to serve on (default: /run/capsd/capsd.sock for root, else
     /// $XDG_RUNTIME_DIR/capsd.sock).

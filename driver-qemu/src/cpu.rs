@@ -54,11 +54,13 @@
 //!   `unknown`.
 //!
 //! # Hyper-V (libvirt `virQEMUCapsProbeHypervCapabilities`)
-//! From the KVM run's full expansion of `host`: every `hv-*` property that is a true
-//! boolean, a positive number or a string, named as libvirt names its Hyper-V features,
-//! in libvirt's order. Stated for both virt types of an x86 binary when KVM was probed;
-//! absent otherwise. No `<defaults>` inside it (libvirt 11.9 prints them when known; not
-//! derived yet).
+//! From the KVM run's full expansion of `host` with `hv-passthrough` (every enlightenment
+//! KVM supports): every `hv-*` property that is a true boolean, a positive number or a
+//! string, named as libvirt names its Hyper-V features, in libvirt's order
+//! (`emsr_bitmap`, `xmm_input` from 10.7). Stated for both virt types of an x86 binary when
+//! KVM was probed; absent otherwise. From 11.9 on `<defaults>` follows the enum: the
+//! spinlock retries (unless "never"), `stimer_direct`, `tlbflush_direct`/`_extended` and a
+//! non-empty vendor id, each only when its feature is listed; omitted when empty.
 
 pub mod cpumap;
 pub mod host;
@@ -72,7 +74,7 @@ use crate::libvirt::Change;
 use crate::probe_data::{Accel, ProbeData, Transcript};
 use capsd_core::{
     Blockers, Cpu, CpuModeEnums, CpuModelName, CustomModel, CustomModels, Enum, Fallback, HostModel, Hyperv,
-    MaxPhysAddr, MaxPhysAddrMode, Support, Usable,
+    HypervDefaults, MaxPhysAddr, MaxPhysAddrMode, Support, Usable,
 };
 
 /// libvirt's arch name for QEMU's `query-target` arch.
@@ -521,11 +523,24 @@ pub fn hyperv_with(data: &ProbeData, arch: &str, accel: Accel, options: CpuOptio
     if options.target.has(Change::HypervEmsrXmm) {
         names.extend(HYPERV_FEATURES_10_7);
     }
-    let reply = t.reply("query-cpu-model-expansion", Some(&plan::full_expansion_args("host")))?;
+    let reply = t.reply("query-cpu-model-expansion", Some(&plan::hyperv_expansion_args()))?;
     let props = reply.get("model")?.get("props")?.as_object()?;
     let mut present = vec![false; names.len()];
+    // What a guest gets by default where libvirt leaves the value to QEMU (11.9 on).
+    let mut defaults = HypervDefaults::default();
     for (name, value) in props {
         let Some(hv) = name.strip_prefix("hv-") else { continue };
+        match (hv, value) {
+            // QEMU's "never retry" (0xffffffff) states no default.
+            ("spinlocks", Value::Number(n)) => {
+                defaults.spinlocks = n.as_u64().and_then(|n| u32::try_from(n).ok()).filter(|&n| n != u32::MAX)
+            }
+            ("stimer-direct", Value::Bool(b)) => defaults.stimer_direct = Some(*b),
+            ("tlbflush-direct", Value::Bool(b)) => defaults.tlbflush_direct = Some(*b),
+            ("tlbflush-ext", Value::Bool(b)) => defaults.tlbflush_extended = Some(*b),
+            ("vendor-id", Value::String(s)) if !s.is_empty() => defaults.vendor_id = Some(s.clone()),
+            _ => {}
+        }
         let idx = names.iter().position(|f| *f == hv).or_else(|| names.iter().position(|f| *f == hv.replace('-', "_")));
         let Some(idx) = idx else { continue };
         let on = match value {
@@ -540,7 +555,18 @@ pub fn hyperv_with(data: &ProbeData, arch: &str, accel: Accel, options: CpuOptio
     if values.is_empty() {
         return None;
     }
-    Some(Hyperv { supported: Support::Yes, enums: vec![Enum::new("features", values)], defaults: None })
+    // Each default is stated only with the feature it belongs to.
+    let has = |f: &str| values.contains(&f);
+    let defaults = HypervDefaults {
+        spinlocks: defaults.spinlocks.filter(|&n| n != 0 && has("spinlocks")),
+        stimer_direct: defaults.stimer_direct.filter(|_| has("stimer")),
+        tlbflush_direct: defaults.tlbflush_direct.filter(|_| has("tlbflush")),
+        tlbflush_extended: defaults.tlbflush_extended.filter(|_| has("tlbflush")),
+        vendor_id: defaults.vendor_id.filter(|_| has("vendor_id")),
+    };
+    let defaults =
+        (options.target.has(Change::HypervDefaults) && defaults != HypervDefaults::default()).then_some(defaults);
+    Some(Hyperv { supported: Support::Yes, enums: vec![Enum::new("features", values)], defaults })
 }
 
 #[cfg(test)]
@@ -568,7 +594,7 @@ mod tests {
     fn full_host(props: Value) -> Exchange {
         Exchange {
             execute: "query-cpu-model-expansion".into(),
-            arguments: Some(plan::full_expansion_args("host")),
+            arguments: Some(plan::hyperv_expansion_args()),
             reply: Reply::ok(json!({"model": {"name": "host", "props": props}})),
         }
     }
@@ -585,6 +611,37 @@ mod tests {
         let hv = hyperv(&d, "x86_64", Accel::Tcg).unwrap();
         assert_eq!(hv.supported, Support::Yes);
         assert_eq!(hv.enums, vec![Enum::new("features", ["relaxed", "vendor_id", "tlbflush"])]);
+    }
+
+    #[test]
+    fn hyperv_defaults_from_11_9() {
+        let d = data(
+            "x86_64",
+            vec![full_host(json!({
+                "hv-spinlocks": 4095, "hv-stimer": true, "hv-stimer-direct": true, "hv-tlbflush": true,
+                "hv-tlbflush-direct": false, "hv-tlbflush-ext": true, "hv-vendor-id": "Linux KVM Hv"
+            }))],
+        );
+        let hv = |v: &str| hyperv_with(&d, "x86_64", Accel::Kvm, target(v)).unwrap().defaults;
+        assert_eq!(hv("11.8"), None);
+        let want = HypervDefaults {
+            spinlocks: Some(4095),
+            stimer_direct: Some(true),
+            tlbflush_direct: Some(false),
+            tlbflush_extended: Some(true),
+            vendor_id: Some("Linux KVM Hv".into()),
+        };
+        assert_eq!(hv("11.9"), Some(want));
+        // The test host's answer: never-retry spinlocks, empty vendor id, no stimer or
+        // tlbflush: no <defaults> at all.
+        let d = data(
+            "x86_64",
+            vec![full_host(json!({"hv-spinlocks": 4294967295u64, "hv-vendor-id": "", "hv-stimer": false,
+                "hv-stimer-direct": false, "hv-tlbflush-direct": false}))],
+        );
+        let hv = hyperv_with(&d, "x86_64", Accel::Kvm, target("12.8")).unwrap();
+        assert_eq!(hv.enums, vec![Enum::new("features", ["spinlocks", "vendor_id"])]);
+        assert_eq!(hv.defaults, None);
     }
 
     #[test]
@@ -618,7 +675,7 @@ mod tests {
             vec![
                 ex(plan::static_expansion_args("host", None), odd.clone()),
                 ex(plan::static_expansion_args("host", Some(false)), json!("garbage")),
-                ex(plan::full_expansion_args("host"), odd),
+                ex(plan::hyperv_expansion_args(), odd),
                 Exchange {
                     execute: "query-cpu-definitions".into(),
                     arguments: None,

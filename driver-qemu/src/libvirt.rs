@@ -36,6 +36,8 @@ pub enum Change {
     HostModelFeaturesSorted,
     /// `<hyperv>`'s features enum may name `emsr_bitmap` and `xmm_input`.
     HypervEmsrXmm,
+    /// `<hyperv>` states QEMU's defaults (`<defaults>`: spinlocks, stimer_direct, ...).
+    HypervDefaults,
     /// s390 custom models of the machine generations (`z*`, `gen*`) say `vendor='IBM'`.
     S390ModelVendor,
     /// `<devices><crypto>` (virtio crypto device, qemu type, builtin backend).
@@ -221,6 +223,13 @@ pub const CHANGES: &[Row] = &[
         11,
         6,
         "stacks: 12.8 prints s390-pv on every arch, 11.3 only on s390; bracketed 11.4-12.8, taken with TDX (11.6)",
+    ),
+    row(
+        Change::HypervDefaults,
+        11,
+        9,
+        "formatdomaincaps.rst <hyperv> <defaults> '(since 11.9.0)'; NEWS v11.9.0 'Introduce \
+         Hyper-V host-model mode'; libvirt-go-xml-module 029b57b (tag v1.11009.0)",
     ),
     row(
         Change::FirmwareFeatures,

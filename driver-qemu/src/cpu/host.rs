@@ -71,10 +71,10 @@ pub fn phys_addr_bits(path: &Path) -> Option<u32> {
 }
 
 fn parse_phys_addr_bits(cpuinfo: &str) -> Option<u32> {
-    let line = cpuinfo.lines().find(|l| l.split(':').next().is_some_and(|k| k.trim() == "address sizes"))?;
-    let value = line.split_once(':')?.1.trim();
-    let (bits, rest) = value.split_once(' ')?;
-    rest.trim_start().starts_with("bits physical").then(|| bits.parse().ok()).flatten()
+    let line = cpuinfo.lines().find(|l| l.get(..13).is_some_and(|k| k.eq_ignore_ascii_case("address sizes")))?;
+    let value = line.split_once(':')?.1.trim_start();
+    let digits = value.find(|c: char| !c.is_ascii_digit()).map_or(value, |end| &value[..end]);
+    digits.parse().ok()
 }
 
 #[cfg(test)]

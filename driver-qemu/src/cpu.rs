@@ -12,8 +12,8 @@
 //!   `max` (TCG) into a named model plus `require`/`disable` features (see [`x86`]); when
 //!   QEMU's `max-x86_64-cpu` type lacks an `unavailable-features` property (the i386 binary
 //!   has no such type) libvirt leaves out the features that are MSR bits (`rdctl-no`, ...).
-//!   s390x takes QEMU's expansion as it is. Other arches have none (libvirt asks the host's
-//!   CPU directly there, which a QEMU probe cannot tell).
+//!   s390x takes QEMU's expansion as it is. ppc64 is omitted (libvirt decodes the host's
+//!   own CPU there, which a QEMU probe cannot tell); other arches have none.
 //! * `custom`: only for arches libvirt has a CPU driver for (x86, ppc64, s390, ARM; so not
 //!   32-bit ppc, riscv, ...). QEMU's `query-cpu-definitions` without `host`; for x86 and
 //!   ppc64 only the models libvirt's cpu_map knows (ppc64 names matched case-insensitively
@@ -295,7 +295,14 @@ fn host_model(data: &ProbeData, t: &Transcript, barch: &str, accel: Accel, optio
         };
         return Some(s390_host_model(reply).unwrap_or_else(HostModel::unsupported));
     }
+    if is_ppc64(barch) {
+        // libvirt decodes the host's own CPU (its PVR) against its ppc64 map here: a fact
+        // no QEMU probe states.
+        tracing::warn!(arch = barch, "host-model of a native ppc64 guest comes from the host CPU; omitted");
+        return None;
+    }
     if !plan::is_x86(barch) {
+        // ARM: libvirt takes no host-model from QEMU; others: no libvirt CPU driver.
         return Some(HostModel::unsupported());
     }
     let (Ok(mig), Ok(nonmig)) = (answer(&mig_args), answer(&nonmig_args)) else { return None };
@@ -690,6 +697,19 @@ mod tests {
         assert_eq!(custom.models.len(), 1);
         assert_eq!(custom.models[0].deprecated, Some(true));
         assert!(hyperv(&d, "x86_64", Accel::Kvm).is_none());
+    }
+
+    #[test]
+    fn native_ppc64_host_model_is_omitted_and_arm_has_none() {
+        let defs = defs_reply(Reply::ok(json!([{"name": "power10_v2.0"}, {"name": "cortex-a57"}])));
+        let mut d = data("ppc64", vec![defs.clone()]);
+        d.host.host_arch = "ppc64le".into();
+        let cpu = cpu_capabilities(&d, "ppc64", "pseries", Accel::Kvm).unwrap();
+        assert!(cpu.host_model.is_none());
+        let mut d = data("aarch64", vec![defs]);
+        d.host.host_arch = "aarch64".into();
+        let cpu = cpu_capabilities(&d, "aarch64", "virt", Accel::Kvm).unwrap();
+        assert_eq!(cpu.host_model.unwrap().supported, Support::No);
     }
 
     #[test]

@@ -14,8 +14,8 @@
 //!   has no such type) libvirt leaves out the features that are MSR bits (`rdctl-no`, ...).
 //!   s390x takes QEMU's expansion as it is. ppc64 is omitted (libvirt decodes the host's
 //!   own CPU there, which a QEMU probe cannot tell); other arches have none.
-//! * `custom`: only for arches libvirt has a CPU driver for (x86, ppc64, s390, ARM; so not
-//!   32-bit ppc, riscv, ...). QEMU's `query-cpu-definitions` without `host`; for x86 and
+//! * `custom`: only for arches libvirt has a CPU driver for (x86, ppc64, s390, ARM; riscv64
+//!   and loongarch64 in later releases; so never 32-bit ppc, mips, ...). QEMU's `query-cpu-definitions` without `host`; for x86 and
 //!   ppc64 only the models libvirt's cpu_map knows (ppc64 names matched case-insensitively
 //!   and spelled as in the map; from 10.10 on the x86 map has QEMU's versioned `-vN` names
 //!   too). `usable` from `unavailable-features` (`unknown` when QEMU does not say), `vendor`
@@ -36,7 +36,8 @@
 //! # Omission
 //! A mode that depends on an answer QEMU did not give (a CPU query that failed with an
 //! error other than "no such command/type", or was not asked) is omitted with a warning,
-//! never stated `supported='no'`; so are host-model (x86) and the x86/ppc64 custom models
+//! never stated `supported='no'` (a `GenericError` to `query-cpu-definitions` is an answer:
+//! targets without CPU models give it, and libvirt reads it as "no models"); so are host-model (x86) and the x86/ppc64 custom models
 //! when libvirt's cpu_map is there but could not be used
 //! ([`crate::host::HostFacts::cpu_map_error`]).
 //!
@@ -97,13 +98,17 @@ pub fn guest_is_native(host: &str, guest: &str) -> bool {
         || (is_ppc64(host) && is_ppc64(guest))
 }
 
-/// Whether libvirt 9.0 has a CPU driver for `arch` (x86, ppc64, s390, ARM). Without one
-/// it cannot list CPU models, so the custom mode is unsupported whatever QEMU offers.
-pub fn has_cpu_driver(arch: &str) -> bool {
-    matches!(
-        arch,
-        "i686" | "x86_64" | "ppc64" | "ppc64le" | "s390" | "s390x" | "armv6l" | "armv7l" | "armv7b" | "aarch64"
-    )
+/// Whether the target libvirt has a CPU driver for `arch`: x86, ppc64, s390 and ARM in 9.0,
+/// riscv64 and loongarch64 later ([`Change::CpuDriverRiscv64`],
+/// [`Change::CpuDriverLoongArch64`]). Without one libvirt cannot list CPU models, so the
+/// custom mode is unsupported whatever QEMU offers.
+pub fn has_cpu_driver(arch: &str, target: crate::libvirt::Target) -> bool {
+    match arch {
+        "i686" | "x86_64" | "ppc64" | "ppc64le" | "s390" | "s390x" | "armv6l" | "armv7l" | "armv7b" | "aarch64" => true,
+        "riscv64" => target.has(Change::CpuDriverRiscv64),
+        "loongarch64" => target.has(Change::CpuDriverLoongArch64),
+        _ => false,
+    }
 }
 
 /// The binary's architecture in libvirt's names (`query-target`, else the queried arch).
@@ -138,13 +143,18 @@ fn said<'a>(t: &'a Transcript, execute: &str, arguments: Option<&Value>) -> Said
     }
 }
 
-/// `query-cpu-definitions`: `Ok(None)` when QEMU has no such command, `Err(())` when it
-/// did not say.
+/// `query-cpu-definitions`: `Ok(None)` when QEMU has no such command or answers it with a
+/// `GenericError` (targets without CPU models do: "CPU model definitions are not supported
+/// on this target"; libvirt takes that error as "no models"), `Err(())` when it did not say
+/// (no reply, a damaged cache entry, not asked).
 fn definitions(t: &Transcript) -> Result<Option<&Vec<Value>>, ()> {
-    match said(t, "query-cpu-definitions", None) {
-        Said::Yes(v) => Ok(v.as_array()),
-        Said::Lacks => Ok(None),
-        Said::Unknown => Err(()),
+    match t.exchange("query-cpu-definitions", None).map(|e| e.reply.get()) {
+        Some(Err(e)) if e.class == "GenericError" => Ok(None),
+        _ => match said(t, "query-cpu-definitions", None) {
+            Said::Yes(v) => Ok(v.as_array()),
+            Said::Lacks => Ok(None),
+            Said::Unknown => Err(()),
+        },
     }
 }
 
@@ -241,7 +251,7 @@ pub fn cpu_capabilities_with(
     };
 
     let custom = match defs {
-        _ if s390_old_machine || !has_cpu_driver(arch) => Some(CustomModels::unsupported()),
+        _ if s390_old_machine || !has_cpu_driver(arch, options.target) => Some(CustomModels::unsupported()),
         Err(()) => None,
         Ok(Some(d)) if !d.is_empty() => custom_models(data, t, arch, d, options),
         Ok(_) => Some(CustomModels::unsupported()),
@@ -713,6 +723,19 @@ mod tests {
     }
 
     #[test]
+    fn riscv64_and_loongarch64_models_with_their_cpu_drivers() {
+        let defs = defs_reply(Reply::ok(json!([{"name": "rv64"}, {"name": "max"}])));
+        for (arch, since) in [("riscv64", "9.10"), ("loongarch64", "10.2")] {
+            let d = data(arch, vec![defs.clone()]);
+            let custom = |v: &str| {
+                cpu_capabilities_with(&d, arch, "virt", Accel::Kvm, target(v)).unwrap().custom.unwrap().supported
+            };
+            assert_eq!(custom("9.0"), Support::No, "{arch}");
+            assert_eq!(custom(since), Support::Yes, "{arch}");
+        }
+    }
+
+    #[test]
     fn native_guests() {
         assert!(guest_is_native("x86_64", "i686"));
         assert!(!guest_is_native("i686", "x86_64"));
@@ -743,16 +766,22 @@ mod tests {
 
     #[test]
     fn a_failing_qmp_command_omits_what_depends_on_it() {
-        let failed = QmpError { class: "GenericError".into(), desc: "out of memory".into() };
+        let failed = QmpError { class: "NoReply".into(), desc: String::new() };
         let d = data("s390x", vec![defs_reply(Reply::err(failed))]);
         let cpu = cpu_capabilities(&d, "s390x", "s390-ccw-virtio", Accel::Kvm).unwrap();
         assert!(cpu.maximum.is_none() && cpu.custom.is_none(), "{cpu:?}");
-        // QEMU saying it has no such command is an answer: the binary offers no models.
-        let missing = QmpError { class: "CommandNotFound".into(), desc: "The command has not been found".into() };
-        let d = data("s390x", vec![defs_reply(Reply::err(missing))]);
-        let cpu = cpu_capabilities(&d, "s390x", "s390-ccw-virtio", Accel::Kvm).unwrap();
-        assert_eq!(cpu.maximum.unwrap().supported, Support::No);
-        assert_eq!(cpu.custom.unwrap().supported, Support::No);
+        // QEMU saying it has no such command, or that the target has no CPU models, is an
+        // answer: the binary offers no models.
+        for (class, desc) in [
+            ("CommandNotFound", "The command query-cpu-definitions has not been found"),
+            ("GenericError", "CPU model definitions are not supported on this target"),
+        ] {
+            let missing = QmpError { class: class.into(), desc: desc.into() };
+            let d = data("s390x", vec![defs_reply(Reply::err(missing))]);
+            let cpu = cpu_capabilities(&d, "s390x", "s390-ccw-virtio", Accel::Kvm).unwrap();
+            assert_eq!(cpu.maximum.unwrap().supported, Support::No);
+            assert_eq!(cpu.custom.unwrap().supported, Support::No);
+        }
     }
 
     #[test]

@@ -38,6 +38,10 @@ pub enum Change {
     HypervEmsrXmm,
     /// `<hyperv>` states QEMU's defaults (`<defaults>`: spinlocks, stimer_direct, ...).
     HypervDefaults,
+    /// libvirt has a CPU driver for riscv64: its custom mode lists QEMU's models.
+    CpuDriverRiscv64,
+    /// libvirt has a CPU driver for loongarch64: its custom mode lists QEMU's models.
+    CpuDriverLoongArch64,
     /// s390 custom models of the machine generations (`z*`, `gen*`) say `vendor='IBM'`.
     S390ModelVendor,
     /// `<devices><crypto>` (virtio crypto device, qemu type, builtin backend).
@@ -125,10 +129,25 @@ pub const CHANGES: &[Row] = &[
         "formatdomain 'async-teardown ... Since 9.6.0'; domCapsTuples maps it to QEMU's run-with async-teardown",
     ),
     row(
+        Change::CpuDriverRiscv64,
+        9,
+        10,
+        "src/cpu/cpu_riscv64.c (Copyright 2023 Ventana Micro; registered in cpu.c's driver table) is in \
+         11.3, not in 9.0; stacks: 11.3 and 12.8 list riscv64 models, 9.0 says no; release not found \
+         (bracket 9.1..10.2): the last 2023 release",
+    ),
+    row(
         Change::ArchLoongArch64,
         10,
         2,
         "NEWS v10.2.0 'qemu: Added support for the loongarch64 architecture' (virArch gains loongarch64)",
+    ),
+    row(
+        Change::CpuDriverLoongArch64,
+        10,
+        2,
+        "src/cpu/cpu_loongarch.c (Copyright 2024 Loongson, no model list) came with NEWS v10.2.0 'qemu: \
+         Added support for the loongarch64 architecture'; stacks: 11.3 and 12.8 list its models",
     ),
     row(
         Change::LaunchSecurity,

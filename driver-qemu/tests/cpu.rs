@@ -270,15 +270,16 @@ fn document_11_3(data: &ProbeData, accel: Accel) -> (String, String) {
     (capsd_core::xml::to_xml(&doc), log)
 }
 
-/// A recorded transcript where QEMU failed `query-cpu-definitions`: the modes that depend
-/// on it are omitted (never `supported='no'`) and the failure is logged.
+/// A recorded transcript where QEMU failed `query-cpu-definitions` (gave no reply, as when it
+/// dies mid-probe): the modes that depend on it are omitted (never `supported='no'`) and the
+/// failure is logged.
 #[test]
 fn a_failed_qmp_command_omits_the_modes_it_decides() {
     use driver_qemu::probe_data::{QmpError, Reply};
     let mut data = recording("x86_64");
     for t in data.runs.values_mut() {
         let e = t.exchanges.iter_mut().find(|e| e.execute == "query-cpu-definitions").unwrap();
-        e.reply = Reply::err(QmpError { class: "GenericError".into(), desc: "injected failure".into() });
+        e.reply = Reply::err(QmpError { class: "NoReply".into(), desc: "injected failure".into() });
     }
     for accel in [Accel::Kvm, Accel::Tcg] {
         let (xml, log) = document_11_3(&data, accel);

@@ -101,6 +101,9 @@ pub struct KeySources {
     pub nested_params: Vec<PathBuf>,
     /// Other files whose presence or identity decides part of the document.
     pub other_files: Vec<PathBuf>,
+    /// libvirt's cpu_map directory: every file of it counts (`index.xml` and the per-model
+    /// files it includes, which an upgrade may change without touching the index).
+    pub cpu_map_dir: PathBuf,
     /// The program itself (like libvirt watching its daemon's ctime): a rebuilt or upgraded
     /// capsd may ask QEMU more, so it re-probes even when its version string is unchanged.
     pub app_binary: Option<PathBuf>,
@@ -170,10 +173,8 @@ impl KeySources {
             // are for when none is asked): an upgrade replaces it, and the agent's watcher,
             // which reads these sources too, then drops the documents it keeps.
             .chain(crate::libvirt::version::library_links(std::path::Path::new("/")))
-            // libvirt's cpu_map (host-model decoding, CPU model vendors): a libvirt upgrade
-            // replaces its index.xml.
-            .chain(std::iter::once(crate::cpu::host::cpu_map_dir().join("index.xml")))
             .collect(),
+            cpu_map_dir: crate::cpu::host::cpu_map_dir(),
             app_binary: std::env::current_exe().ok(),
             probe_user: std::env::var(crate::process::PROBE_USER_ENV)
                 .ok()
@@ -267,6 +268,9 @@ pub struct HostKey {
     pub nested: Vec<(String, Option<String>)>,
     /// Per other file: its stamp, `None` when absent.
     pub other_files: Vec<(String, Option<FileStamp>)>,
+    /// [`KeySources::cpu_map_dir`]'s entries, `None` when it cannot be listed.
+    #[serde(default)]
+    pub cpu_map: Option<Vec<FileStamp>>,
 }
 
 /// The whole invalidation key of one binary's entry.
@@ -313,6 +317,7 @@ impl HostKey {
                 .iter()
                 .map(|p| (p.display().to_string(), fs::metadata(p).ok().map(|m| FileStamp::of(String::new(), &m))))
                 .collect(),
+            cpu_map: dir_listing(&sources.cpu_map_dir),
         }
     }
 }
@@ -348,8 +353,17 @@ fn dir_listing(dir: &Path) -> Option<Vec<FileStamp>> {
 /// The lines of the first processor in `/proc/cpuinfo` that identify the CPU and its
 /// microcode. Reads only the first 16 KiB (the first processor's block).
 fn cpu_signature(path: &Path) -> Vec<String> {
-    const KEYS: [&str; 8] =
-        ["vendor_id", "cpu family", "model", "model name", "stepping", "microcode", "flags", "CPU implementer"];
+    const KEYS: [&str; 9] = [
+        "vendor_id",
+        "cpu family",
+        "model",
+        "model name",
+        "stepping",
+        "microcode",
+        "flags",
+        "CPU implementer",
+        "address sizes",
+    ];
     let mut buf = Vec::with_capacity(16 * 1024);
     let Ok(f) = File::open(path) else { return Vec::new() };
     if f.take(16 * 1024).read_to_end(&mut buf).is_err() {
@@ -969,7 +983,7 @@ fn decode(f: &File, size: usize, key: &CacheKey, runs: Runs<'_>) -> Result<(Prob
 /// The first part of the key that differs, for the log.
 fn key_difference(stored: &CacheKey, now: &CacheKey) -> Option<String> {
     let (a, b) = (&stored.host, &now.host);
-    let checks: [(&str, bool); 13] = [
+    let checks: [(&str, bool); 14] = [
         ("the emulator binary", stored.binary == now.binary),
         ("capsd's version", a.app_version == b.app_version),
         ("capsd's executable", a.app_binary == b.app_binary),
@@ -982,6 +996,7 @@ fn key_difference(stored: &CacheKey, now: &CacheKey) -> Option<String> {
         ("/dev/kvm", a.kvm_present == b.kvm_present && a.kvm_usable == b.kvm_usable && a.kvm_access == b.kvm_access),
         ("a module parameter (KVM nested, VFIO no-IOMMU)", a.nested == b.nested),
         ("a host file (swtpm, /dev/sev, ...)", a.other_files == b.other_files),
+        ("libvirt's cpu_map", a.cpu_map == b.cpu_map),
         ("the key", stored == now),
     ];
     checks.iter().find(|(_, same)| !same).map(|(what, _)| (*what).to_owned())

@@ -1,5 +1,6 @@
-//! The `<cpu>` element and the `<hyperv>` feature of the document, as libvirt 9.0 prints
-//! them, derived from the probe transcript (QMP answers) and the host facts. Pure: no I/O.
+//! The `<cpu>` element and the `<hyperv>` feature of the document, as the target libvirt
+//! release prints them ([`CpuOptions::target`], 9.0 by default), derived from the probe
+//! transcript (QMP answers) and the host facts. Pure: no I/O.
 //!
 //! # Modes (libvirt `virQEMUCapsFillDomainCPUCaps`)
 //! * `host-passthrough`: KVM and a guest architecture native to the host (same arch,
@@ -11,17 +12,34 @@
 //!   `max` (TCG) into a named model plus `require`/`disable` features (see [`x86`]); when
 //!   QEMU's `max-x86_64-cpu` type lacks an `unavailable-features` property (the i386 binary
 //!   has no such type) libvirt leaves out the features that are MSR bits (`rdctl-no`, ...).
-//!   s390x takes QEMU's expansion as it is. Other arches have none (libvirt asks the host's
-//!   CPU directly there, which a QEMU probe cannot tell).
-//!   libvirt 9.0 prints no `<maxphysaddr>` in host-model (later versions do), so neither
-//!   does this module.
-//! * `custom`: only for arches libvirt has a CPU driver for (x86, ppc64, s390, ARM; so not
-//!   32-bit ppc, riscv, ...). QEMU's `query-cpu-definitions` in QEMU's order, without `host`; for x86 and
+//!   s390x takes QEMU's expansion as it is. ppc64 is omitted (libvirt decodes the host's
+//!   own CPU there, which a QEMU probe cannot tell); other arches have none.
+//! * `custom`: only for arches libvirt has a CPU driver for (x86, ppc64, s390, ARM; riscv64
+//!   and loongarch64 in later releases; so never 32-bit ppc, mips, ...). QEMU's `query-cpu-definitions` without `host`; for x86 and
 //!   ppc64 only the models libvirt's cpu_map knows (ppc64 names matched case-insensitively
-//!   and spelled as in the map). `usable` from `unavailable-features` (`unknown` when QEMU
-//!   does not say), `vendor` from the cpu_map model (`unknown` otherwise), `deprecated='yes'`
-//!   when QEMU marks the model deprecated. libvirt 9.0 prints no `<blockers>`; newer libvirt's
-//!   blockers are available with [`CpuOptions::blockers`].
+//!   and spelled as in the map; from 10.10 on the x86 map has QEMU's versioned `-vN` names
+//!   too). `usable` from `unavailable-features` (`unknown` when QEMU does not say), `vendor`
+//!   from the cpu_map model (`unknown` otherwise), `deprecated='yes'` when QEMU marks the
+//!   model deprecated. [`CpuOptions::blockers`] adds `<blockers>` to older releases.
+//!
+//! # What changed after 9.0 (rows of [`crate::libvirt::CHANGES`])
+//! * host-model: `<maxphysaddr mode='passthrough' limit='N'/>` for KVM on an x86 host, `N`
+//!   from the host's `/proc/cpuinfo` (9.5); features sorted by name instead of the map's
+//!   order (12.5). Which features appear is QEMU's answer: QEMU 10.1 and later stop
+//!   enabling the arch-capabilities MSR features in `host` on AMD, so they vanish there
+//!   without a rule of libvirt's.
+//! * custom: `<blockers>` after each unusable model (10.9); `canonical='X-vN'` on a model
+//!   the map's versioned alias names (10.10); models sorted by name in byte order, each
+//!   model's blockers sorted and without repeats (10.10, see the row); s390 models of the
+//!   machine generations (`z*`, `gen*`) say `vendor='IBM'` (by 11.3).
+//!
+//! # Omission
+//! A mode that depends on an answer QEMU did not give (a CPU query that failed with an
+//! error other than "no such command/type", or was not asked) is omitted with a warning,
+//! never stated `supported='no'` (a `GenericError` to `query-cpu-definitions` is an answer:
+//! targets without CPU models give it, and libvirt reads it as "no models"); so are host-model (x86) and the x86/ppc64 custom models
+//! when libvirt's cpu_map is there but could not be used
+//! ([`crate::host::HostFacts::cpu_map_error`]).
 //!
 //! # Without libvirt's cpu_map
 //! libvirt itself cannot run without its cpu_map; capsd answers from QEMU alone then:
@@ -29,17 +47,21 @@
 //!   ([`qemu_only`]); feature names are QEMU's spellings, sorted by name, and include
 //!   features libvirt does not know (paravirtual `kvm-*` ones, for example); the chosen
 //!   model can differ where libvirt's copy of a model differs from QEMU's.
-//! * custom (x86): QEMU's named models (unversioned names, no `max`/`base`) instead of the
-//!   map's subset; `vendor` is the vendor of QEMU's (TCG) definition of the model (so
-//!   generic models such as `qemu64` say `AMD` where libvirt says `unknown`).
+//! * custom (x86): QEMU's named models (unversioned names, no `max`/`base`, whatever the
+//!   target) instead of the map's subset; `vendor` is the vendor of QEMU's (TCG) definition
+//!   of the model (so generic models such as `qemu64` say `AMD` where libvirt says
+//!   `unknown`).
 //! * custom (ppc64): QEMU's names as QEMU spells them (lower case), all of them, vendor
 //!   `unknown`.
 //!
 //! # Hyper-V (libvirt `virQEMUCapsProbeHypervCapabilities`)
-//! From the KVM run's full expansion of `host`: every `hv-*` property that is a true
-//! boolean, a positive number or a string, named as libvirt names its Hyper-V features,
-//! in libvirt's order. Stated for both virt types of an x86 binary when KVM was probed;
-//! absent otherwise. libvirt 9.0 prints no `<defaults>` inside it.
+//! From the KVM run's full expansion of `host` with `hv-passthrough` (every enlightenment
+//! KVM supports): every `hv-*` property that is a true boolean, a positive number or a
+//! string, named as libvirt names its Hyper-V features, in libvirt's order
+//! (`emsr_bitmap`, `xmm_input` from 10.7). Stated for both virt types of an x86 binary when
+//! KVM was probed; absent otherwise. From 11.9 on `<defaults>` follows the enum: the
+//! spinlock retries (unless "never"), `stimer_direct`, `tlbflush_direct`/`_extended` and a
+//! non-empty vendor id, each only when its feature is listed; omitted when empty.
 
 pub mod cpumap;
 pub mod host;
@@ -49,10 +71,11 @@ pub mod x86;
 
 use serde_json::Value;
 
+use crate::libvirt::Change;
 use crate::probe_data::{Accel, ProbeData, Transcript};
 use capsd_core::{
-    Blockers, Cpu, CpuModeEnums, CpuModelName, CustomModel, CustomModels, Enum, Fallback, HostModel, Hyperv, Support,
-    Usable,
+    Blockers, Cpu, CpuModeEnums, CpuModelName, CustomModel, CustomModels, Enum, Fallback, HostModel, Hyperv,
+    HypervDefaults, MaxPhysAddr, MaxPhysAddrMode, Support, Usable,
 };
 
 /// libvirt's arch name for QEMU's `query-target` arch.
@@ -75,13 +98,17 @@ pub fn guest_is_native(host: &str, guest: &str) -> bool {
         || (is_ppc64(host) && is_ppc64(guest))
 }
 
-/// Whether libvirt 9.0 has a CPU driver for `arch` (x86, ppc64, s390, ARM). Without one
-/// it cannot list CPU models, so the custom mode is unsupported whatever QEMU offers.
-pub fn has_cpu_driver(arch: &str) -> bool {
-    matches!(
-        arch,
-        "i686" | "x86_64" | "ppc64" | "ppc64le" | "s390" | "s390x" | "armv6l" | "armv7l" | "armv7b" | "aarch64"
-    )
+/// Whether the target libvirt has a CPU driver for `arch`: x86, ppc64, s390 and ARM in 9.0,
+/// riscv64 and loongarch64 later ([`Change::CpuDriverRiscv64`],
+/// [`Change::CpuDriverLoongArch64`]). Without one libvirt cannot list CPU models, so the
+/// custom mode is unsupported whatever QEMU offers.
+pub fn has_cpu_driver(arch: &str, target: crate::libvirt::Target) -> bool {
+    match arch {
+        "i686" | "x86_64" | "ppc64" | "ppc64le" | "s390" | "s390x" | "armv6l" | "armv7l" | "armv7b" | "aarch64" => true,
+        "riscv64" => target.has(Change::CpuDriverRiscv64),
+        "loongarch64" => target.has(Change::CpuDriverLoongArch64),
+        _ => false,
+    }
 }
 
 /// The binary's architecture in libvirt's names (`query-target`, else the queried arch).
@@ -89,8 +116,46 @@ fn binary_arch<'a>(t: &'a Transcript, arch: &'a str) -> &'a str {
     plan::target_arch(t).map(libvirt_arch).unwrap_or(arch)
 }
 
-fn definitions(t: &Transcript) -> Option<&Vec<Value>> {
-    t.get("query-cpu-definitions").and_then(Value::as_array)
+/// What QEMU answered to one command.
+#[derive(Debug, Clone, Copy)]
+enum Said<'a> {
+    /// The reply.
+    Yes(&'a Value),
+    /// QEMU has no such command or type (`CommandNotFound`, `DeviceNotFound`): a definite
+    /// "this binary cannot", as libvirt sees it too.
+    Lacks,
+    /// Not asked, or failed otherwise: QEMU did not say. What depends on it is omitted.
+    Unknown,
+}
+
+fn said<'a>(t: &'a Transcript, execute: &str, arguments: Option<&Value>) -> Said<'a> {
+    match t.exchange(execute, arguments).map(|e| e.reply.get()) {
+        Some(Ok(v)) => Said::Yes(v),
+        Some(Err(e)) if matches!(e.class.as_str(), "CommandNotFound" | "DeviceNotFound") => Said::Lacks,
+        Some(Err(e)) => {
+            tracing::warn!(command = execute, class = %e.class, desc = %e.desc, "QEMU failed a CPU query; what depends on it is omitted");
+            Said::Unknown
+        }
+        None => {
+            tracing::warn!(command = execute, "QEMU was not asked a CPU query; what depends on it is omitted");
+            Said::Unknown
+        }
+    }
+}
+
+/// `query-cpu-definitions`: `Ok(None)` when QEMU has no such command or answers it with a
+/// `GenericError` (targets without CPU models do: "CPU model definitions are not supported
+/// on this target"; libvirt takes that error as "no models"), `Err(())` when it did not say
+/// (no reply, a damaged cache entry, not asked).
+fn definitions(t: &Transcript) -> Result<Option<&Vec<Value>>, ()> {
+    match t.exchange("query-cpu-definitions", None).map(|e| e.reply.get()) {
+        Some(Err(e)) if e.class == "GenericError" => Ok(None),
+        _ => match said(t, "query-cpu-definitions", None) {
+            Said::Yes(v) => Ok(v.as_array()),
+            Said::Lacks => Ok(None),
+            Said::Unknown => Err(()),
+        },
+    }
 }
 
 fn def_name(d: &Value) -> Option<&str> {
@@ -131,7 +196,8 @@ impl CpuOptions {
 }
 
 /// The `<cpu>` element for `arch` (libvirt's name), `machine` and `accel`, or `None` when
-/// this accelerator was not probed. Exactly libvirt 9.0's element.
+/// this accelerator was not probed. Exactly libvirt 9.0's element
+/// ([`cpu_capabilities_with`] for other releases).
 pub fn cpu_capabilities(data: &ProbeData, arch: &str, machine: &str, accel: Accel) -> Option<Cpu> {
     cpu_capabilities_with(data, arch, machine, accel, CpuOptions::default())
 }
@@ -168,29 +234,42 @@ pub fn cpu_capabilities_with(
         CpuModeEnums::unsupported()
     };
 
-    let has_max = defs.is_some_and(|d| d.iter().any(|x| def_name(x) == Some("max")));
-    let maximum = if has_max && !s390_old_machine {
-        CpuModeEnums { supported: Support::Yes, enums: vec![Enum::new("maximumMigratable", ["on", "off"])] }
-    } else {
-        CpuModeEnums::unsupported()
+    // Without QEMU's model list (the command failed) nothing says whether `max` exists.
+    let maximum = match defs {
+        _ if s390_old_machine => Some(CpuModeEnums::unsupported()),
+        Err(()) => None,
+        Ok(d) if d.is_some_and(|d| d.iter().any(|x| def_name(x) == Some("max"))) => {
+            Some(CpuModeEnums { supported: Support::Yes, enums: vec![Enum::new("maximumMigratable", ["on", "off"])] })
+        }
+        Ok(_) => Some(CpuModeEnums::unsupported()),
     };
 
-    let host_model = if native && !s390_old_machine { host_model(data, t, barch, accel) } else { None };
-    let host_model = host_model.unwrap_or_else(HostModel::unsupported);
+    let host_model = if native && !s390_old_machine {
+        host_model(data, t, barch, accel, options)
+    } else {
+        Some(HostModel::unsupported())
+    };
 
     let custom = match defs {
-        Some(d) if !d.is_empty() && !s390_old_machine && has_cpu_driver(arch) => {
-            custom_models(data, t, arch, d, options)
-        }
-        _ => CustomModels::unsupported(),
+        _ if s390_old_machine || !has_cpu_driver(arch, options.target) => Some(CustomModels::unsupported()),
+        Err(()) => None,
+        Ok(Some(d)) if !d.is_empty() => custom_models(data, t, arch, d, options),
+        Ok(_) => Some(CustomModels::unsupported()),
     };
 
-    Some(Cpu {
-        host_passthrough: Some(host_passthrough),
-        maximum: Some(maximum),
-        host_model: Some(host_model),
-        custom: Some(custom),
-    })
+    Some(Cpu { host_passthrough: Some(host_passthrough), maximum, host_model, custom })
+}
+
+/// libvirt's cpu_map could not be used (see [`crate::host::HostFacts::cpu_map_error`]):
+/// what depends on it is omitted, with a warning naming the mode.
+fn map_unusable(data: &ProbeData, mode: &str) -> bool {
+    match &data.host.cpu_map_error {
+        Some(e) => {
+            tracing::warn!(mode, error = %e, "libvirt cpu_map unusable: <mode name='{mode}'> is omitted");
+            true
+        }
+        None => false,
+    }
 }
 
 /// Whether deriving a `kvm` document from `data` reads its TCG run: only for the vendors of
@@ -207,19 +286,39 @@ fn qom_has_property(t: &Transcript, typename: &str, prop: &str) -> bool {
         .is_some_and(|a| a.iter().any(|p| p.get("name").and_then(Value::as_str) == Some(prop)))
 }
 
-/// host-model for a native guest, `None` when it cannot be derived.
-fn host_model(data: &ProbeData, t: &Transcript, barch: &str, accel: Accel) -> Option<HostModel> {
+/// host-model for a native guest: `None` (the mode omitted) when QEMU or libvirt's
+/// cpu_map did not say what it needs, `supported='no'` when it cannot be offered.
+fn host_model(data: &ProbeData, t: &Transcript, barch: &str, accel: Accel, options: CpuOptions) -> Option<HostModel> {
     let source = plan::host_model_source(accel);
-    let mig = t.reply("query-cpu-model-expansion", Some(&plan::static_expansion_args(source, None)));
-    let nonmig = t.reply("query-cpu-model-expansion", Some(&plan::static_expansion_args(source, Some(false))));
+    let mig_args = plan::static_expansion_args(source, None);
+    let nonmig_args = plan::static_expansion_args(source, Some(false));
+    let answer = |args: &Value| match said(t, "query-cpu-model-expansion", Some(args)) {
+        Said::Yes(v) => Ok(Some(v)),
+        Said::Lacks => Ok(None),
+        Said::Unknown => Err(()),
+    };
     if barch == "s390x" {
-        return s390_host_model(mig.or(nonmig)?);
+        let reply = match (answer(&mig_args), answer(&nonmig_args)) {
+            (Ok(Some(v)), _) | (_, Ok(Some(v))) => v,
+            (Err(()), _) | (_, Err(())) => return None,
+            _ => return Some(HostModel::unsupported()),
+        };
+        return Some(s390_host_model(reply).unwrap_or_else(HostModel::unsupported));
     }
-    if !plan::is_x86(barch) {
+    if is_ppc64(barch) {
+        // libvirt decodes the host's own CPU (its PVR) against its ppc64 map here: a fact
+        // no QEMU probe states.
+        tracing::warn!(arch = barch, "host-model of a native ppc64 guest comes from the host CPU; omitted");
         return None;
     }
-    let cpu = x86::ExpandedCpu::from_replies(mig, nonmig)?;
-    let defs = definitions(t)?;
+    if !plan::is_x86(barch) {
+        // ARM: libvirt takes no host-model from QEMU; others: no libvirt CPU driver.
+        return Some(HostModel::unsupported());
+    }
+    let (Ok(mig), Ok(nonmig)) = (answer(&mig_args), answer(&nonmig_args)) else { return None };
+    let Ok(defs) = definitions(t) else { return None };
+    let Some(cpu) = x86::ExpandedCpu::from_replies(mig, nonmig) else { return Some(HostModel::unsupported()) };
+    let Some(defs) = defs else { return Some(HostModel::unsupported()) };
     let hv = hv_models(defs);
     let decoded = match data.host.cpu_map.as_ref().and_then(|m| m.x86.as_ref()) {
         Some(map) => x86::decode(map, &cpu, &hv).map(|mut d| {
@@ -230,17 +329,30 @@ fn host_model(data: &ProbeData, t: &Transcript, barch: &str, accel: Accel) -> Op
             }
             d
         }),
+        None if map_unusable(data, "host-model") => return None,
         None => {
             let names = plan::named_models(defs);
             qemu_only::decode(&cpu, &qemu_only::qemu_models(t, &names), &hv)
         }
     };
-    let decoded = decoded?;
+    let Some(mut decoded) = decoded else { return Some(HostModel::unsupported()) };
+    let target = options.target;
+    if target.has(Change::HostModelFeaturesSorted) {
+        decoded.features.sort_by(|a, b| a.name.cmp(&b.name));
+    }
+    // libvirt states the host's physical address size for accelerated guests, read from
+    // the host's /proc/cpuinfo, which states it on x86.
+    let maxphysaddr =
+        (target.has(Change::HostModelMaxPhysAddr) && accel == Accel::Kvm && plan::is_x86(&data.host.host_arch))
+            .then_some(data.host.phys_addr_bits)
+            .flatten()
+            .filter(|&b| b > 0)
+            .map(|limit| MaxPhysAddr { mode: MaxPhysAddrMode::Passthrough, bits: None, limit: Some(limit) });
     Some(HostModel {
         supported: Support::Yes,
         model: Some(CpuModelName { name: decoded.model, fallback: Some(Fallback::Forbid), vendor_id: None }),
         vendor: decoded.vendor,
-        maxphysaddr: None,
+        maxphysaddr,
         features: decoded.features,
     })
 }
@@ -275,13 +387,24 @@ fn s390_host_model(reply: &Value) -> Option<HostModel> {
     })
 }
 
-/// The custom mode's model list.
-fn custom_models(data: &ProbeData, t: &Transcript, arch: &str, defs: &[Value], options: CpuOptions) -> CustomModels {
+/// The custom mode's model list; `None` (the mode omitted) when it depends on libvirt's
+/// cpu_map and that map could not be used.
+fn custom_models(
+    data: &ProbeData,
+    t: &Transcript,
+    arch: &str,
+    defs: &[Value],
+    options: CpuOptions,
+) -> Option<CustomModels> {
     let map = data.host.cpu_map.as_ref();
     let x86_map = map.and_then(|m| m.x86.as_ref());
     let ppc_map = map.and_then(|m| m.ppc64.as_ref());
     let x86 = plan::is_x86(arch);
     let ppc = is_ppc64(arch);
+    if (x86 || ppc) && map_unusable(data, "custom") {
+        return None;
+    }
+    let target = options.target;
     let qemu_named: Vec<&str> = if x86 && x86_map.is_none() { plan::named_models(defs) } else { Vec::new() };
 
     let mut models = Vec::new();
@@ -297,10 +420,16 @@ fn custom_models(data: &ProbeData, t: &Transcript, arch: &str, defs: &[Value], o
         if name == "host" {
             continue;
         }
+        let mut canonical = None;
         let vendor = if x86 {
             match x86_map {
                 Some(xm) => match xm.model(name) {
-                    Some(m) => m.vendor.clone(),
+                    Some(m) => {
+                        if target.has(Change::CpuVersionedModels) {
+                            canonical = m.canonical.clone();
+                        }
+                        m.vendor.clone()
+                    }
                     None => continue,
                 },
                 None => {
@@ -322,6 +451,9 @@ fn custom_models(data: &ProbeData, t: &Transcript, arch: &str, defs: &[Value], o
                 },
                 None => None,
             }
+        } else if arch.starts_with("s390") && target.has(Change::S390ModelVendor) {
+            // libvirt's s390 CPU driver names IBM for the machine generations' models.
+            (name.starts_with('z') || name.starts_with("gen")).then(|| "IBM".to_owned())
         } else {
             None
         };
@@ -348,13 +480,22 @@ fn custom_models(data: &ProbeData, t: &Transcript, arch: &str, defs: &[Value], o
             name: name.to_owned(),
             usable,
             deprecated,
-            canonical: None,
+            canonical,
             vendor: Some(vendor.unwrap_or_else(|| "unknown".to_owned())),
             blockers: model_blockers,
         });
     }
+    if target.has(Change::CpuModelsSorted) {
+        // Byte order (upper case first), as C's strcmp; each model's blockers likewise,
+        // without repeats.
+        models.sort_by(|a, b| a.name.cmp(&b.name));
+        for b in models.iter_mut().filter_map(|m| m.blockers.as_mut()) {
+            b.features.sort();
+            b.features.dedup();
+        }
+    }
     // libvirt states the mode unsupported when no model is left to list.
-    CustomModels { supported: Support::from_bool(!models.is_empty()), models }
+    Some(CustomModels { supported: Support::from_bool(!models.is_empty()), models })
 }
 
 /// libvirt 9.0's Hyper-V feature names, in its order.
@@ -376,9 +517,18 @@ pub const HYPERV_FEATURES: [&str; 15] = [
     "avic",
 ];
 
+/// Hyper-V feature names libvirt 10.7 added after [`HYPERV_FEATURES`], in its order
+/// ([`Change::HypervEmsrXmm`]).
+pub const HYPERV_FEATURES_10_7: [&str; 2] = ["emsr_bitmap", "xmm_input"];
+
+/// The `<hyperv>` feature as libvirt 9.0 states it ([`hyperv_with`] for other releases).
+pub fn hyperv(data: &ProbeData, arch: &str, accel: Accel) -> Option<Hyperv> {
+    hyperv_with(data, arch, accel, CpuOptions::default())
+}
+
 /// The `<hyperv>` feature: `None` when it is not stated (no KVM probe of an x86 binary, or
 /// QEMU expanded no Hyper-V property).
-pub fn hyperv(data: &ProbeData, arch: &str, accel: Accel) -> Option<Hyperv> {
+pub fn hyperv_with(data: &ProbeData, arch: &str, accel: Accel, options: CpuOptions) -> Option<Hyperv> {
     // libvirt probes it once per binary, from the KVM run, and states it for every virt type.
     let _ = accel;
     let t = data.run(Accel::Kvm)?;
@@ -386,15 +536,29 @@ pub fn hyperv(data: &ProbeData, arch: &str, accel: Accel) -> Option<Hyperv> {
     if !(plan::is_x86(barch) || barch == "aarch64" || barch.starts_with("arm")) {
         return None;
     }
-    let reply = t.reply("query-cpu-model-expansion", Some(&plan::full_expansion_args("host")))?;
+    let mut names: Vec<&str> = HYPERV_FEATURES.to_vec();
+    if options.target.has(Change::HypervEmsrXmm) {
+        names.extend(HYPERV_FEATURES_10_7);
+    }
+    let reply = t.reply("query-cpu-model-expansion", Some(&plan::hyperv_expansion_args()))?;
     let props = reply.get("model")?.get("props")?.as_object()?;
-    let mut present = [false; HYPERV_FEATURES.len()];
+    let mut present = vec![false; names.len()];
+    // What a guest gets by default where libvirt leaves the value to QEMU (11.9 on).
+    let mut defaults = HypervDefaults::default();
     for (name, value) in props {
         let Some(hv) = name.strip_prefix("hv-") else { continue };
-        let idx = HYPERV_FEATURES
-            .iter()
-            .position(|f| *f == hv)
-            .or_else(|| HYPERV_FEATURES.iter().position(|f| *f == hv.replace('-', "_")));
+        match (hv, value) {
+            // QEMU's "never retry" (0xffffffff) states no default.
+            ("spinlocks", Value::Number(n)) => {
+                defaults.spinlocks = n.as_u64().and_then(|n| u32::try_from(n).ok()).filter(|&n| n != u32::MAX)
+            }
+            ("stimer-direct", Value::Bool(b)) => defaults.stimer_direct = Some(*b),
+            ("tlbflush-direct", Value::Bool(b)) => defaults.tlbflush_direct = Some(*b),
+            ("tlbflush-ext", Value::Bool(b)) => defaults.tlbflush_extended = Some(*b),
+            ("vendor-id", Value::String(s)) if !s.is_empty() => defaults.vendor_id = Some(s.clone()),
+            _ => {}
+        }
+        let idx = names.iter().position(|f| *f == hv).or_else(|| names.iter().position(|f| *f == hv.replace('-', "_")));
         let Some(idx) = idx else { continue };
         let on = match value {
             Value::Bool(b) => *b,
@@ -404,18 +568,29 @@ pub fn hyperv(data: &ProbeData, arch: &str, accel: Accel) -> Option<Hyperv> {
         };
         present[idx] |= on;
     }
-    let values: Vec<&str> = HYPERV_FEATURES.iter().zip(present).filter(|(_, p)| *p).map(|(f, _)| *f).collect();
+    let values: Vec<&str> = names.iter().zip(present).filter(|(_, p)| *p).map(|(f, _)| *f).collect();
     if values.is_empty() {
         return None;
     }
-    Some(Hyperv { supported: Support::Yes, enums: vec![Enum::new("features", values)], defaults: None })
+    // Each default is stated only with the feature it belongs to.
+    let has = |f: &str| values.contains(&f);
+    let defaults = HypervDefaults {
+        spinlocks: defaults.spinlocks.filter(|&n| n != 0 && has("spinlocks")),
+        stimer_direct: defaults.stimer_direct.filter(|_| has("stimer")),
+        tlbflush_direct: defaults.tlbflush_direct.filter(|_| has("tlbflush")),
+        tlbflush_extended: defaults.tlbflush_extended.filter(|_| has("tlbflush")),
+        vendor_id: defaults.vendor_id.filter(|_| has("vendor_id")),
+    };
+    let defaults =
+        (options.target.has(Change::HypervDefaults) && defaults != HypervDefaults::default()).then_some(defaults);
+    Some(Hyperv { supported: Support::Yes, enums: vec![Enum::new("features", values)], defaults })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::host::HostFacts;
-    use crate::probe_data::{Exchange, Reply};
+    use crate::probe_data::{Exchange, QmpError, Reply};
     use serde_json::json;
     use std::collections::BTreeMap;
 
@@ -436,7 +611,7 @@ mod tests {
     fn full_host(props: Value) -> Exchange {
         Exchange {
             execute: "query-cpu-model-expansion".into(),
-            arguments: Some(plan::full_expansion_args("host")),
+            arguments: Some(plan::hyperv_expansion_args()),
             reply: Reply::ok(json!({"model": {"name": "host", "props": props}})),
         }
     }
@@ -453,6 +628,45 @@ mod tests {
         let hv = hyperv(&d, "x86_64", Accel::Tcg).unwrap();
         assert_eq!(hv.supported, Support::Yes);
         assert_eq!(hv.enums, vec![Enum::new("features", ["relaxed", "vendor_id", "tlbflush"])]);
+    }
+
+    #[test]
+    fn hyperv_defaults_from_11_9() {
+        let d = data(
+            "x86_64",
+            vec![full_host(json!({
+                "hv-spinlocks": 4095, "hv-stimer": true, "hv-stimer-direct": true, "hv-tlbflush": true,
+                "hv-tlbflush-direct": false, "hv-tlbflush-ext": true, "hv-vendor-id": "Linux KVM Hv"
+            }))],
+        );
+        let hv = |v: &str| hyperv_with(&d, "x86_64", Accel::Kvm, target(v)).unwrap().defaults;
+        assert_eq!(hv("11.8"), None);
+        let want = HypervDefaults {
+            spinlocks: Some(4095),
+            stimer_direct: Some(true),
+            tlbflush_direct: Some(false),
+            tlbflush_extended: Some(true),
+            vendor_id: Some("Linux KVM Hv".into()),
+        };
+        assert_eq!(hv("11.9"), Some(want));
+        // The test host's answer: never-retry spinlocks, empty vendor id, no stimer or
+        // tlbflush: no <defaults> at all.
+        let d = data(
+            "x86_64",
+            vec![full_host(json!({"hv-spinlocks": 4294967295u64, "hv-vendor-id": "", "hv-stimer": false,
+                "hv-stimer-direct": false, "hv-tlbflush-direct": false}))],
+        );
+        let hv = hyperv_with(&d, "x86_64", Accel::Kvm, target("12.8")).unwrap();
+        assert_eq!(hv.enums, vec![Enum::new("features", ["spinlocks", "vendor_id"])]);
+        assert_eq!(hv.defaults, None);
+    }
+
+    #[test]
+    fn hyperv_names_of_10_7() {
+        let d = data("x86_64", vec![full_host(json!({"hv-xmm-input": true, "hv-emsr-bitmap": true, "hv-ipi": true}))]);
+        let hv = |v: &str| hyperv_with(&d, "x86_64", Accel::Kvm, target(v)).unwrap().enums;
+        assert_eq!(hv("10.6"), vec![Enum::new("features", ["ipi"])]);
+        assert_eq!(hv("10.7"), vec![Enum::new("features", ["ipi", "emsr_bitmap", "xmm_input"])]);
     }
 
     #[test]
@@ -478,7 +692,7 @@ mod tests {
             vec![
                 ex(plan::static_expansion_args("host", None), odd.clone()),
                 ex(plan::static_expansion_args("host", Some(false)), json!("garbage")),
-                ex(plan::full_expansion_args("host"), odd),
+                ex(plan::hyperv_expansion_args(), odd),
                 Exchange {
                     execute: "query-cpu-definitions".into(),
                     arguments: None,
@@ -496,6 +710,32 @@ mod tests {
     }
 
     #[test]
+    fn native_ppc64_host_model_is_omitted_and_arm_has_none() {
+        let defs = defs_reply(Reply::ok(json!([{"name": "power10_v2.0"}, {"name": "cortex-a57"}])));
+        let mut d = data("ppc64", vec![defs.clone()]);
+        d.host.host_arch = "ppc64le".into();
+        let cpu = cpu_capabilities(&d, "ppc64", "pseries", Accel::Kvm).unwrap();
+        assert!(cpu.host_model.is_none());
+        let mut d = data("aarch64", vec![defs]);
+        d.host.host_arch = "aarch64".into();
+        let cpu = cpu_capabilities(&d, "aarch64", "virt", Accel::Kvm).unwrap();
+        assert_eq!(cpu.host_model.unwrap().supported, Support::No);
+    }
+
+    #[test]
+    fn riscv64_and_loongarch64_models_with_their_cpu_drivers() {
+        let defs = defs_reply(Reply::ok(json!([{"name": "rv64"}, {"name": "max"}])));
+        for (arch, since) in [("riscv64", "9.10"), ("loongarch64", "10.2")] {
+            let d = data(arch, vec![defs.clone()]);
+            let custom = |v: &str| {
+                cpu_capabilities_with(&d, arch, "virt", Accel::Kvm, target(v)).unwrap().custom.unwrap().supported
+            };
+            assert_eq!(custom("9.0"), Support::No, "{arch}");
+            assert_eq!(custom(since), Support::Yes, "{arch}");
+        }
+    }
+
+    #[test]
     fn native_guests() {
         assert!(guest_is_native("x86_64", "i686"));
         assert!(!guest_is_native("i686", "x86_64"));
@@ -504,17 +744,179 @@ mod tests {
         assert!(!guest_is_native("x86_64", "aarch64"));
     }
 
+    fn target(v: &str) -> CpuOptions {
+        CpuOptions { blockers: false, target: crate::libvirt::Target::new(v.parse().unwrap()) }
+    }
+
+    fn defs_reply(reply: Reply) -> Exchange {
+        Exchange { execute: "query-cpu-definitions".into(), arguments: None, reply }
+    }
+
     #[test]
-    fn modes_without_answers() {
-        // KVM run that answered nothing CPU related: passthrough only, without `on`.
+    fn modes_without_answers_are_omitted() {
+        // KVM run that answered nothing CPU related: passthrough only, without `on`; the
+        // modes QEMU was to say something about are omitted, never "no".
         let d = data("x86_64", vec![]);
         let cpu = cpu_capabilities(&d, "x86_64", "pc", Accel::Kvm).unwrap();
         let hp = cpu.host_passthrough.unwrap();
         assert_eq!(hp.enums, vec![Enum::new("hostPassthroughMigratable", ["off"])]);
-        assert_eq!(cpu.maximum.unwrap().supported, Support::No);
-        assert_eq!(cpu.host_model.unwrap().supported, Support::No);
-        assert_eq!(cpu.custom.unwrap().supported, Support::No);
+        assert!(cpu.maximum.is_none() && cpu.host_model.is_none() && cpu.custom.is_none());
         assert!(cpu_capabilities(&d, "x86_64", "pc", Accel::Tcg).is_none());
+    }
+
+    #[test]
+    fn a_failing_qmp_command_omits_what_depends_on_it() {
+        let failed = QmpError { class: "NoReply".into(), desc: String::new() };
+        let d = data("s390x", vec![defs_reply(Reply::err(failed))]);
+        let cpu = cpu_capabilities(&d, "s390x", "s390-ccw-virtio", Accel::Kvm).unwrap();
+        assert!(cpu.maximum.is_none() && cpu.custom.is_none(), "{cpu:?}");
+        // QEMU saying it has no such command, or that the target has no CPU models, is an
+        // answer: the binary offers no models.
+        for (class, desc) in [
+            ("CommandNotFound", "The command query-cpu-definitions has not been found"),
+            ("GenericError", "CPU model definitions are not supported on this target"),
+        ] {
+            let missing = QmpError { class: class.into(), desc: desc.into() };
+            let d = data("s390x", vec![defs_reply(Reply::err(missing))]);
+            let cpu = cpu_capabilities(&d, "s390x", "s390-ccw-virtio", Accel::Kvm).unwrap();
+            assert_eq!(cpu.maximum.unwrap().supported, Support::No);
+            assert_eq!(cpu.custom.unwrap().supported, Support::No);
+        }
+    }
+
+    #[test]
+    fn an_unusable_cpu_map_omits_the_modes_that_need_it() {
+        let defs = defs_reply(Reply::ok(json!([{"name": "qemu64", "unavailable-features": []}])));
+        let host = Exchange {
+            execute: "query-cpu-model-expansion".into(),
+            arguments: Some(plan::static_expansion_args("host", None)),
+            reply: Reply::ok(json!({"model": {"name": "base", "props": {"fpu": true}}})),
+        };
+        let host_nonmig =
+            Exchange { arguments: Some(plan::static_expansion_args("host", Some(false))), ..host.clone() };
+        let mut d = data("x86_64", vec![defs.clone(), host, host_nonmig]);
+        d.host.cpu_map_error = Some("cpu_map index.xml: unknown format: unexpected <set> in <arch>".into());
+        let cpu = cpu_capabilities(&d, "x86_64", "pc", Accel::Kvm).unwrap();
+        assert!(cpu.host_model.is_none() && cpu.custom.is_none(), "{cpu:?}");
+        assert_eq!(cpu.maximum.unwrap().supported, Support::No);
+        // s390 models do not come from the map.
+        let mut d = data("s390x", vec![defs]);
+        d.host.cpu_map_error = Some("unreadable".into());
+        let cpu = cpu_capabilities(&d, "s390x", "s390-ccw-virtio", Accel::Tcg);
+        assert!(cpu.is_none());
+        let cpu = cpu_capabilities(&d, "s390x", "s390-ccw-virtio", Accel::Kvm).unwrap();
+        assert_eq!(cpu.custom.unwrap().supported, Support::Yes);
+    }
+
+    const VERSIONED_INDEX: &str = "<cpus><arch name='x86'><include filename='v.xml'/><include filename='f.xml'/>\
+        <group name='generic'><include filename='m.xml'/></group></arch></cpus>";
+    const VERSIONED_MODELS: &str = "<cpus>\
+        <model name='qemu64'><decode host='on' guest='on'/><feature name='fpu'/></model>\
+        <model name='qemu64-v1'><decode host='on' guest='off'/><model name='qemu64'/></model>\
+        <model name='Opteron'><decode host='on' guest='on'/><vendor name='AMD'/><feature name='fpu'/>\
+        <feature name='sse' added='yes'/></model>\
+        <model name='Opteron-v1'><decode host='on' guest='off'/><model name='Opteron'/></model></cpus>";
+
+    fn versioned_map() -> cpumap::CpuMap {
+        let files: std::collections::BTreeMap<String, String> = [
+            ("index.xml", VERSIONED_INDEX),
+            ("v.xml", "<cpus><vendor name='AMD' string='AuthenticAMD'/></cpus>"),
+            (
+                "f.xml",
+                "<cpus><feature name='fpu'><cpuid eax_in='0x01' edx='0x00000001'/></feature>\
+                 <feature name='sse'><cpuid eax_in='0x01' edx='0x02000000'/></feature>\
+                 <feature name='abm'><cpuid eax_in='0x80000001' ecx='0x00000020'/></feature></cpus>",
+            ),
+            ("m.xml", VERSIONED_MODELS),
+        ]
+        .into_iter()
+        .map(|(a, b)| (a.to_owned(), b.to_owned()))
+        .collect();
+        cpumap::parse("/x", &files).unwrap()
+    }
+
+    #[test]
+    fn custom_models_per_release() {
+        let defs = defs_reply(Reply::ok(json!([
+            {"name": "qemu64", "unavailable-features": ["sse", "fpu", "sse"]},
+            {"name": "Opteron-v1", "unavailable-features": []},
+            {"name": "qemu64-v1", "unavailable-features": ["fpu"]},
+            {"name": "Opteron", "unavailable-features": []},
+            {"name": "host"}, {"name": "unknown-to-the-map"},
+        ])));
+        let mut d = data("x86_64", vec![defs]);
+        d.host.cpu_map = Some(versioned_map());
+        let list = |v: &str| {
+            let cpu = cpu_capabilities_with(&d, "x86_64", "pc", Accel::Kvm, target(v)).unwrap();
+            cpu.custom.unwrap().models
+        };
+        let names = |m: &[CustomModel]| m.iter().map(|m| m.name.clone()).collect::<Vec<_>>();
+        // 9.0: QEMU's order, no canonical names, no blockers.
+        let old = list("9.0");
+        assert_eq!(names(&old), ["qemu64", "Opteron-v1", "qemu64-v1", "Opteron"]);
+        assert!(old.iter().all(|m| m.canonical.is_none() && m.blockers.is_none()));
+        // 11.3: sorted by byte order, canonical names of the aliases, sorted blockers.
+        let new = list("11.3");
+        assert_eq!(names(&new), ["Opteron", "Opteron-v1", "qemu64", "qemu64-v1"]);
+        assert_eq!(new[0].canonical.as_deref(), Some("Opteron-v1"));
+        assert_eq!(new[1].canonical, None);
+        assert_eq!(new[1].vendor.as_deref(), Some("AMD"));
+        assert_eq!(new[2].canonical.as_deref(), Some("qemu64-v1"));
+        assert_eq!(new[2].blockers.as_ref().unwrap().features, ["fpu", "sse"]);
+        // 10.9 has blockers in QEMU's order, not yet versioned names or sorting.
+        let mid = list("10.9");
+        assert_eq!(mid[0].blockers.as_ref().unwrap().features, ["sse", "fpu", "sse"]);
+        assert!(mid.iter().all(|m| m.canonical.is_none()));
+    }
+
+    #[test]
+    fn s390_models_name_ibm_from_11_3() {
+        let defs = defs_reply(Reply::ok(json!([{"name": "z13"}, {"name": "qemu"}, {"name": "gen16a-base"}])));
+        let d = data("s390x", vec![defs]);
+        let vendors = |v: &str| {
+            let cpu = cpu_capabilities_with(&d, "s390x", "s390-ccw-virtio", Accel::Kvm, target(v)).unwrap();
+            cpu.custom.unwrap().models.into_iter().map(|m| (m.name, m.vendor.unwrap())).collect::<Vec<_>>()
+        };
+        let s = |a: &str, b: &str| (a.to_owned(), b.to_owned());
+        assert_eq!(vendors("9.0"), [s("z13", "unknown"), s("qemu", "unknown"), s("gen16a-base", "unknown")]);
+        assert_eq!(vendors("11.3"), [s("gen16a-base", "IBM"), s("qemu", "unknown"), s("z13", "IBM")]);
+    }
+
+    #[test]
+    fn host_model_address_size_and_feature_order_per_release() {
+        let expansion = |args: Value| Exchange {
+            execute: "query-cpu-model-expansion".into(),
+            arguments: Some(args),
+            reply: Reply::ok(json!({"model": {"name": "base", "props": {
+                "vendor": "AuthenticAMD", "fpu": true, "sse": true, "abm": true,
+                "family": 23, "model": 1, "stepping": 0
+            }}})),
+        };
+        let defs = defs_reply(Reply::ok(json!([{"name": "qemu64", "unavailable-features": []}])));
+        let mut exchanges = vec![defs];
+        for accel in ["host", "max"] {
+            exchanges.push(expansion(plan::static_expansion_args(accel, None)));
+            exchanges.push(expansion(plan::static_expansion_args(accel, Some(false))));
+        }
+        let mut d = data("x86_64", exchanges.clone());
+        d.runs.insert(Accel::Tcg, Transcript { greeting: Value::Null, exchanges });
+        d.host.cpu_map = Some(versioned_map());
+        d.host.phys_addr_bits = Some(48);
+        let hm =
+            |v: &str, accel| cpu_capabilities_with(&d, "x86_64", "pc", accel, target(v)).unwrap().host_model.unwrap();
+        assert_eq!(hm("9.0", Accel::Kvm).maxphysaddr, None);
+        let kvm = hm("9.5", Accel::Kvm);
+        assert_eq!(kvm.model.as_ref().unwrap().name, "qemu64");
+        assert_eq!(
+            kvm.maxphysaddr,
+            Some(MaxPhysAddr { mode: MaxPhysAddrMode::Passthrough, bits: None, limit: Some(48) })
+        );
+        let names = |h: HostModel| h.features.into_iter().map(|f| f.name).collect::<Vec<_>>();
+        assert_eq!(names(kvm), ["sse", "abm"], "map order");
+        let tcg = hm("11.3", Accel::Tcg);
+        assert_eq!(tcg.maxphysaddr, None);
+        assert_eq!(names(tcg), ["sse", "abm"]);
+        assert_eq!(names(hm("12.5", Accel::Kvm)), ["abm", "sse"], "sorted by name");
     }
 
     #[test]

@@ -96,7 +96,7 @@ pub fn domain_capabilities_with(
 
     // The CPU-side parts are derived by crate::cpu.
     let cpu = crate::cpu::cpu_capabilities_with(data, arch, &info.name, q.accel, cpu_options);
-    let hyperv = crate::cpu::hyperv(data, arch, q.accel);
+    let hyperv = crate::cpu::hyperv_with(data, arch, q.accel, cpu_options);
 
     let sev = features::sev_for(&a, host, target);
     let features = Features {

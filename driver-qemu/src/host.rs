@@ -55,6 +55,17 @@ pub struct HostFacts {
     /// A `qemu-rdp` program is in `PATH` (libvirt's RDP helper for the D-Bus display).
     #[serde(default)]
     pub qemu_rdp: bool,
+    /// Why libvirt's cpu_map is there but could not be used (unreadable, or a format this
+    /// capsd does not know). `cpu_map` is `None` then, and the CPU derivation omits what
+    /// depends on the map instead of answering from QEMU alone (libvirt itself would
+    /// answer from that map, so a QEMU-only answer would silently differ).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_map_error: Option<String>,
+    /// The host CPU's physical address bits (`address sizes: N bits physical` in
+    /// `/proc/cpuinfo`), `None` when not stated there: libvirt reports them as the
+    /// host-model `<maxphysaddr mode='passthrough' limit='N'/>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phys_addr_bits: Option<u32>,
     /// The images of [`DEFAULT_LOADERS`] that exist on the host, in that order: libvirt 9.0
     /// lists them as `<loader>` values when no firmware descriptor matches the arch and
     /// machine (its built-in loader list, used when `qemu.conf` sets no `nvram`).
@@ -189,6 +200,10 @@ impl HostFacts {
                 Vec::new()
             }
         };
+        let (cpu_map, cpu_map_error) = match crate::cpu::host::read_cpu_map() {
+            Ok(m) => (m, None),
+            Err(e) => (None, Some(e)),
+        };
         HostFacts {
             host_arch: host_arch(),
             kvm_usable: kvm_usable(),
@@ -216,7 +231,9 @@ impl HostFacts {
                 dev_sgx_provision: Path::new("/dev/sgx_provision").exists(),
             },
             swtpm: swtpm(),
-            cpu_map: crate::cpu::host::read_cpu_map(),
+            cpu_map,
+            cpu_map_error,
+            phys_addr_bits: crate::cpu::host::phys_addr_bits(Path::new("/proc/cpuinfo")),
             tdx: read_flag("/sys/module/kvm_intel/parameters/tdx") == Some(true),
             qemu_rdp: find_in_path("qemu-rdp").is_some(),
             default_loaders_present: DEFAULT_LOADERS

@@ -34,6 +34,16 @@ pub enum Change {
     HostModelMaxPhysAddr,
     /// host-model features are listed sorted by name.
     HostModelFeaturesSorted,
+    /// `<hyperv>`'s features enum may name `emsr_bitmap` and `xmm_input`.
+    HypervEmsrXmm,
+    /// `<hyperv>` states QEMU's defaults (`<defaults>`: spinlocks, stimer_direct, ...).
+    HypervDefaults,
+    /// libvirt has a CPU driver for riscv64: its custom mode lists QEMU's models.
+    CpuDriverRiscv64,
+    /// libvirt has a CPU driver for loongarch64: its custom mode lists QEMU's models.
+    CpuDriverLoongArch64,
+    /// s390 custom models of the machine generations (`z*`, `gen*`) say `vendor='IBM'`.
+    S390ModelVendor,
     /// `<devices><crypto>` (virtio crypto device, qemu type, builtin backend).
     Crypto,
     /// `<devices><interface>` with the `backendType` enum (default, passt).
@@ -107,7 +117,10 @@ pub const CHANGES: &[Row] = &[
         Change::HostModelMaxPhysAddr,
         9,
         5,
-        "virQEMUCapsFillDomainCPUCaps sets the host-model address size (absent in 9.0); libvirt-go-xml's element          for it is tagged v1.9005.0; stacks: 11.3 prints it for kvm, 9.0 does not",
+        "libvirt-go-xml-module 737591d 'Add domain capabilities CPU max phys addr element' (tag v1.9005.0); \
+         NEWS v9.5.0 'Include maximum physical address size in baseline CPU'; 11.3's \
+         virQEMUCapsFillDomainCPUCaps sets the host-model address size (absent in 9.0): \
+         /proc/cpuinfo 'address sizes' of an x86 host, accelerated guests only; stacks: 11.3 prints it for kvm",
     ),
     row(
         Change::AsyncTeardown,
@@ -116,10 +129,25 @@ pub const CHANGES: &[Row] = &[
         "formatdomain 'async-teardown ... Since 9.6.0'; domCapsTuples maps it to QEMU's run-with async-teardown",
     ),
     row(
+        Change::CpuDriverRiscv64,
+        9,
+        10,
+        "src/cpu/cpu_riscv64.c (Copyright 2023 Ventana Micro; registered in cpu.c's driver table) is in \
+         11.3, not in 9.0; stacks: 11.3 and 12.8 list riscv64 models, 9.0 says no; release not found \
+         (bracket 9.1..10.2): the last 2023 release",
+    ),
+    row(
         Change::ArchLoongArch64,
         10,
         2,
         "NEWS v10.2.0 'qemu: Added support for the loongarch64 architecture' (virArch gains loongarch64)",
+    ),
+    row(
+        Change::CpuDriverLoongArch64,
+        10,
+        2,
+        "src/cpu/cpu_loongarch.c (Copyright 2024 Loongson, no model list) came with NEWS v10.2.0 'qemu: \
+         Added support for the loongarch64 architecture'; stacks: 11.3 and 12.8 list its models",
     ),
     row(
         Change::LaunchSecurity,
@@ -139,18 +167,36 @@ pub const CHANGES: &[Row] = &[
         7,
         "NEWS v10.7.0 'ability to disable the built-in PS/2 controller'; virQEMUCapsFillDomainFeaturePS2Caps          (generic-pc-machine's i8042 property)",
     ),
-    row(Change::CpuBlockers, 10, 9, "NEWS v10.9.0 'Report CPU model blockers in domain capabilities'; formatdomaincaps"),
+    row(
+        Change::HypervEmsrXmm,
+        10,
+        7,
+        "NEWS v10.7.0 'qemu: Add support for hyperv enlightenment feature hv-emsr-bitmap' and \
+         '... hv-xmm-input'; virDomainHyperv enum in 11.3 ends with emsr_bitmap, xmm_input",
+    ),
+    row(
+        Change::CpuBlockers,
+        10,
+        9,
+        "NEWS v10.9.0 'Report CPU model blockers in domain capabilities'; formatdomaincaps.rst \
+         <blockers> 'Since 10.9.0'",
+    ),
     row(
         Change::CpuVersionedModels,
         10,
         10,
-        "NEWS v10.10.0 'qemu: Add support for versioned CPU models'; formatdomaincaps canonical since 10.10.0",
+        "NEWS v10.10.0 'qemu: Add support for versioned CPU models' (cpu_map X-vN models, \
+         index.xml <group>s); formatdomaincaps.rst canonical attribute 'since 10.10.0'; \
+         virCPUx86GetCanonicalModel",
     ),
     row(
         Change::CpuModelsSorted,
         10,
         10,
-        "virQEMUCapsCPUDefsToModels sorts the custom list in 11.3, not in 9.0; bracketed 10.5-11.3, taken with          versioned models (10.10)",
+        "virDomainCapsCPUModelsSort (models and each model's blockers, strcmp order, blockers \
+         de-duplicated) called from virQEMUCapsCPUDefsToModels in 11.3, absent in 9.0; release \
+         bracketed 10.5..11.3 (a June 2024 report of ~10.4 still lists QEMU's order), placed \
+         with the versioned models of 10.10",
     ),
     row(
         Change::Panic,
@@ -164,6 +210,13 @@ pub const CHANGES: &[Row] = &[
         11,
         2,
         "virQEMUCapsFillDomainDeviceGraphicsCaps offers rdp with the D-Bus display and qemuRdpAvailable (in 11.3);          NEWS v11.3.0 fixes its probing; release approximate",
+    ),
+    row(
+        Change::S390ModelVendor,
+        11,
+        3,
+        "virCPUs390GetVendorForModel ('z*'/'gen*' -> IBM) in 11.3's cpu_s390.c, absent in 9.0; \
+         first release not found (bracket 9.1..11.3): the newest bound, confirmed by 11.3's output",
     ),
     row(
         Change::FloppyNeedsController,
@@ -191,6 +244,13 @@ pub const CHANGES: &[Row] = &[
         "stacks: 12.8 prints s390-pv on every arch, 11.3 only on s390; bracketed 11.4-12.8, taken with TDX (11.6)",
     ),
     row(
+        Change::HypervDefaults,
+        11,
+        9,
+        "formatdomaincaps.rst <hyperv> <defaults> '(since 11.9.0)'; NEWS v11.9.0 'Introduce \
+         Hyper-V host-model mode'; libvirt-go-xml-module 029b57b (tag v1.11009.0)",
+    ),
+    row(
         Change::FirmwareFeatures,
         12,
         1,
@@ -208,7 +268,9 @@ pub const CHANGES: &[Row] = &[
         Change::HostModelFeaturesSorted,
         12,
         5,
-        "the series 'qemu_capabilities: Always sort features in host-model CPU' with NEWS v12.5.0's host-model fixes;          stacks: 12.8 sorts, 11.3 does not",
+        "devel list series 'qemu_capabilities: Always sort features in host-model CPU' (with the \
+         SUPPORTED_CPU_FEATURES flag of NEWS v12.5.0); virCPUDefSortFeatures is in 12.8's \
+         libvirt.so, not in 11.3's; stacks: 12.8 sorts, 11.3 does not",
     ),
 ];
 

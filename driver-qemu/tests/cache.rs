@@ -27,7 +27,7 @@ impl World {
     fn new() -> Self {
         let tmp = tempfile::tempdir().unwrap();
         let root = tmp.path().to_owned();
-        for d in ["bin", "modules", "firmware", "cache", "sys"] {
+        for d in ["bin", "modules", "firmware", "cache", "sys", "cpu_map"] {
             fs::create_dir_all(root.join(d)).unwrap();
         }
         let binary = root.join("bin/qemu-system-x86_64");
@@ -39,6 +39,8 @@ impl World {
         fs::write(root.join("sys/kvm"), "").unwrap();
         fs::write(root.join("sys/nested"), "Y\n").unwrap();
         fs::write(root.join("capsd"), "capsd 1").unwrap();
+        fs::write(root.join("cpu_map/index.xml"), "<cpus/>").unwrap();
+        fs::write(root.join("cpu_map/x86_Broadwell.xml"), "<cpus/>").unwrap();
         let sources = KeySources {
             module_dirs: vec![root.join("modules")],
             firmware_dirs: vec![root.join("firmware"), root.join("no-such-firmware-dir")],
@@ -47,6 +49,7 @@ impl World {
             kvm_device: root.join("sys/kvm"),
             nested_params: vec![root.join("sys/nested")],
             other_files: vec![root.join("sys/swtpm")],
+            cpu_map_dir: root.join("cpu_map"),
             app_binary: Some(root.join("capsd")),
             probe_user: None,
         };
@@ -185,6 +188,12 @@ fn adding_a_firmware_directory_invalidates() {
     assert_invalidated_by(|w| {
         fs::create_dir(w.root.join("no-such-firmware-dir")).unwrap();
     });
+}
+
+#[test]
+fn changing_a_cpu_map_model_file_invalidates() {
+    // A libvirt update may change one model's file and leave index.xml as it was.
+    assert_invalidated_by(|w| fs::write(w.root.join("cpu_map/x86_Broadwell.xml"), "<cpus><!-- v2 --></cpus>").unwrap());
 }
 
 #[test]

@@ -227,3 +227,111 @@ fn no_recording_carries_libvirt_cpu_map() {
     }
     assert!(checked > 0);
 }
+
+/// What `f` logs at warning level and above, and its result.
+fn warnings<R>(f: impl FnOnce() -> R) -> (R, String) {
+    #[derive(Clone, Default)]
+    struct Buf(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+    impl std::io::Write for Buf {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let buf = Buf::default();
+    let writer = buf.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::WARN)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    let r = tracing::subscriber::with_default(subscriber, f);
+    let text = String::from_utf8_lossy(&buf.0.lock().unwrap()).into_owned();
+    (r, text)
+}
+
+/// The whole document of the x86_64 recording for `accel`, for libvirt 11.3, as XML, and
+/// the warnings logged while deriving it.
+fn document_11_3(data: &ProbeData, accel: Accel) -> (String, String) {
+    use driver_qemu::cpu::CpuOptions;
+    use driver_qemu::derive::{domain_capabilities_with, ResolvedQuery};
+    use driver_qemu::libvirt::{LibvirtVersion, Target};
+    let q = ResolvedQuery {
+        emulator: "/usr/bin/qemu-system-x86_64".into(),
+        arch: "x86_64".into(),
+        machine: "pc-i440fx-7.2".into(),
+        accel,
+    };
+    let opts = CpuOptions { target: Target::new(LibvirtVersion::new(11, 3, 0)), ..Default::default() };
+    let (doc, log) = warnings(|| domain_capabilities_with(data, &q, opts).unwrap());
+    (capsd_core::xml::to_xml(&doc), log)
+}
+
+/// A recorded transcript where QEMU failed `query-cpu-definitions` (gave no reply, as when it
+/// dies mid-probe): the modes that depend on it are omitted (never `supported='no'`) and the
+/// failure is logged.
+#[test]
+fn a_failed_qmp_command_omits_the_modes_it_decides() {
+    use driver_qemu::probe_data::{QmpError, Reply};
+    let mut data = recording("x86_64");
+    for t in data.runs.values_mut() {
+        let e = t.exchanges.iter_mut().find(|e| e.execute == "query-cpu-definitions").unwrap();
+        e.reply = Reply::err(QmpError { class: "NoReply".into(), desc: "injected failure".into() });
+    }
+    for accel in [Accel::Kvm, Accel::Tcg] {
+        let (xml, log) = document_11_3(&data, accel);
+        for mode in ["maximum", "host-model", "custom"] {
+            assert!(!xml.contains(&format!("<mode name='{mode}'")), "{accel:?} {mode}:\n{xml}");
+        }
+        assert!(xml.contains("<mode name='host-passthrough'"), "{xml}");
+        assert!(
+            log.contains("WARN") && log.contains("query-cpu-definitions") && log.contains("injected failure"),
+            "{log}"
+        );
+    }
+}
+
+/// libvirt's cpu_map there but unusable: host-model and the custom models are omitted with
+/// a warning, instead of an answer from QEMU alone or a false "no".
+#[test]
+fn an_unusable_cpu_map_omits_host_model_and_custom() {
+    use driver_qemu::cpu::host::read_cpu_map_in;
+    let garbage = tempfile::tempdir().unwrap();
+    std::fs::write(garbage.path().join("index.xml"), "\u{0}\u{1}<<not xml").unwrap();
+    let unknown = tempfile::tempdir().unwrap();
+    std::fs::write(
+        unknown.path().join("index.xml"),
+        "<cpus><arch name='x86'><models vendor='all'><include filename='x86_all.xml'/></models></arch></cpus>",
+    )
+    .unwrap();
+    let unreadable = tempfile::tempdir().unwrap();
+    std::fs::create_dir(unreadable.path().join("index.xml")).unwrap();
+    let mut dirs = vec![garbage.path(), unknown.path(), unreadable.path()];
+    // Permission 000 stops everyone but root.
+    let denied = tempfile::tempdir().unwrap();
+    std::fs::write(denied.path().join("index.xml"), "<cpus/>").unwrap();
+    if !nix::unistd::geteuid().is_root() {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(denied.path(), std::fs::Permissions::from_mode(0o000)).unwrap();
+        dirs.push(denied.path());
+    }
+    for dir in dirs {
+        let (read, log) = warnings(|| read_cpu_map_in(dir));
+        let error = read.expect_err("an unusable map is an error, not an absent map");
+        assert!(log.contains("WARN") && log.contains("cpu_map"), "{log}");
+        let mut data = recording("x86_64");
+        data.host.cpu_map_error = Some(error.clone());
+        for accel in [Accel::Kvm, Accel::Tcg] {
+            let (xml, log) = document_11_3(&data, accel);
+            assert!(!xml.contains("<mode name='host-model'"), "{error}: {xml}");
+            assert!(!xml.contains("<mode name='custom'"), "{error}: {xml}");
+            assert!(xml.contains("<mode name='maximum' supported='yes'>"), "{xml}");
+            assert!(log.contains("WARN") && log.contains(&error), "{log}");
+        }
+    }
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(denied.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+}

@@ -71,7 +71,7 @@ fn recording(binary: &str) -> Option<ProbeData> {
     let text = std::fs::read_to_string(&path).ok()?;
     let mut data: ProbeData = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     // Recordings carry no libvirt cpu_map (LGPL data); use this machine's, as a probe here would.
-    data.host.cpu_map = driver_qemu::cpu::host::read_cpu_map();
+    data.host.cpu_map = driver_qemu::cpu::host::read_cpu_map().expect("this machine's libvirt cpu_map is readable");
     Some(data)
 }
 

@@ -101,6 +101,7 @@ pub fn run(args: &[String]) -> Result<()> {
         // libvirt's cpu_map is LGPL data of the recording host: it must not be committed.
         // Replays read it from the machine they run on (`driver_qemu::cpu::host`).
         data.host.cpu_map = None;
+        data.host.cpu_map_error = None;
         let path = out.join(fixture_name(&data));
         let mut text = serde_json::to_string(&data)?;
         text.push('\n');

@@ -4,6 +4,12 @@
 //! models (decode flags, signatures, vendor, features, removed features); for ppc64 the
 //! models and their vendor.
 //!
+//! Both layouts of `index.xml` are read: the flat `<include>` list of libvirt up to 10.9
+//! and the `<group>`ed one of 10.10 on, whose model files include versioned aliases
+//! (`Broadwell-v1` is `<model name='Broadwell'/>` and nothing else: `Broadwell`'s canonical
+//! name) and features marked `added='yes'` (not part of the model's definition). Any other
+//! layout is refused ([`CpuMapError::UnknownFormat`]) rather than guessed at.
+//!
 //! The map is read at probe time from the host (see [`super::host`]); nothing of it is
 //! part of this repository.
 
@@ -22,6 +28,10 @@ pub enum CpuMapError {
     Invalid { file: String, message: String },
     #[error("cpu_map: {file} is included by index.xml but was not read")]
     Missing { file: String },
+    /// `index.xml` is not laid out as any libvirt release lays it out (a format this capsd
+    /// does not know): guessing what it means could state models that do not exist.
+    #[error("cpu_map index.xml: unknown format: {message}")]
+    UnknownFormat { message: String },
 }
 
 /// The parsed cpu_map, per architecture family. `None` for a family the map does not cover.
@@ -155,6 +165,11 @@ pub struct X86Model {
     /// Features removed from the model in later libvirt versions.
     #[serde(default)]
     pub removed: Vec<String>,
+    /// The versioned name this model is an alias of (`Broadwell` -> `Broadwell-v1`): set
+    /// when a later model of the map names this one as its ancestor and changes nothing
+    /// (no signature, vendor or feature of its own). libvirt prints it as `canonical`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canonical: Option<String>,
 }
 
 /// The x86 part of the map, in the map's order.
@@ -275,19 +290,62 @@ fn parse_u32(file: &str, what: &str, s: &str) -> Result<u32, CpuMapError> {
     r.map_err(|_| CpuMapError::Invalid { file: file.to_owned(), message: format!("bad number {what}='{s}'") })
 }
 
+/// The families [`parse`] reads.
+const FAMILIES: [&str; 2] = ["x86", "ppc64"];
+
+/// The files an `<arch>` of `index.xml` includes, in order. libvirt up to 10.9 lists
+/// `<include filename=.../>` directly in `<arch>`; from 10.10 on the model files sit in
+/// `<group name=...>` wrappers (one group per vendor). Anything else is a format this
+/// capsd does not know.
+fn arch_includes(arch: &Elem) -> Result<Vec<&str>, CpuMapError> {
+    fn walk<'a>(el: &'a Elem, depth: usize, out: &mut Vec<&'a str>) -> Result<(), CpuMapError> {
+        for c in &el.children {
+            match c.name.as_str() {
+                "include" => out.push(
+                    c.attr("filename")
+                        .ok_or_else(|| CpuMapError::UnknownFormat { message: "<include> without filename".into() })?,
+                ),
+                "group" if depth == 0 => walk(c, depth + 1, out)?,
+                other => {
+                    return Err(CpuMapError::UnknownFormat {
+                        message: format!("unexpected <{other}> in <{}>", el.name),
+                    })
+                }
+            }
+        }
+        Ok(())
+    }
+    let mut out = Vec::new();
+    walk(arch, 0, &mut out)?;
+    Ok(out)
+}
+
+/// The `<arch>` elements of `index.xml` for the families [`parse`] reads.
+fn index_arches(index: &Elem) -> Result<Vec<&Elem>, CpuMapError> {
+    if index.name != "cpus" {
+        return Err(CpuMapError::UnknownFormat { message: format!("root element <{}>, not <cpus>", index.name) });
+    }
+    let mut arches = Vec::new();
+    for c in &index.children {
+        if c.name != "arch" {
+            return Err(CpuMapError::UnknownFormat { message: format!("unexpected <{}> in <cpus>", c.name) });
+        }
+        if c.attr("name").is_some_and(|n| FAMILIES.contains(&n)) {
+            arches.push(c);
+        }
+    }
+    Ok(arches)
+}
+
 /// Parse a cpu_map directory's content: `files` maps file names (as `index.xml` includes
 /// them) to their text. Only the x86 and ppc64 families are read.
 pub fn parse(dir: &str, files: &BTreeMap<String, String>) -> Result<CpuMap, CpuMapError> {
     let index_text = files.get("index.xml").ok_or_else(|| CpuMapError::Missing { file: "index.xml".into() })?;
     let index = parse_tree("index.xml", index_text)?;
     let mut map = CpuMap { dir: dir.to_owned(), x86: None, ppc64: None };
-    for arch in index.elems("arch") {
-        if !matches!(arch.attr("name"), Some("x86") | Some("ppc64")) {
-            continue;
-        }
-        let includes: Vec<&str> = arch.elems("include").filter_map(|i| i.attr("filename")).collect();
+    for arch in index_arches(&index)? {
         let mut docs = Vec::new();
-        for inc in includes {
+        for inc in arch_includes(arch)? {
             let text = files.get(inc).ok_or_else(|| CpuMapError::Missing { file: inc.to_owned() })?;
             docs.push((inc, parse_tree(inc, text)?));
         }
@@ -303,11 +361,11 @@ pub fn parse(dir: &str, files: &BTreeMap<String, String>) -> Result<CpuMap, CpuM
 /// The file names `index.xml` includes for the families [`parse`] reads.
 pub fn included_files(index_text: &str) -> Result<Vec<String>, CpuMapError> {
     let index = parse_tree("index.xml", index_text)?;
-    Ok(index
-        .elems("arch")
-        .filter(|a| matches!(a.attr("name"), Some("x86") | Some("ppc64")))
-        .flat_map(|a| a.elems("include").filter_map(|i| i.attr("filename")).map(str::to_owned).collect::<Vec<_>>())
-        .collect())
+    let mut out = Vec::new();
+    for arch in index_arches(&index)? {
+        out.extend(arch_includes(arch)?.into_iter().map(str::to_owned));
+    }
+    Ok(out)
 }
 
 fn parse_x86(docs: &[(&str, Elem)]) -> Result<X86Map, CpuMapError> {
@@ -350,7 +408,19 @@ fn parse_x86(docs: &[(&str, Elem)]) -> Result<X86Map, CpuMapError> {
                     map.features.push(X86Feature { name, aliases, migratable, data });
                 }
                 "model" => {
-                    let model = parse_x86_model(file, el, name, &map)?;
+                    if map.model(&name).is_some() {
+                        return Err(invalid(format!("model {name} defined twice")));
+                    }
+                    let (model, alias_of) = parse_x86_model(file, el, name, &map)?;
+                    if let Some(anc) = alias_of {
+                        let ancestor = map.models.iter_mut().find(|m| m.name == anc);
+                        if let Some(a) = ancestor {
+                            if let Some(c) = &a.canonical {
+                                return Err(invalid(format!("model {}: {anc} is already an alias of {c}", model.name)));
+                            }
+                            a.canonical = Some(model.name.clone());
+                        }
+                    }
                     map.models.push(model);
                 }
                 other => return Err(invalid(format!("unexpected <{other}>"))),
@@ -371,7 +441,15 @@ fn parse_x86(docs: &[(&str, Elem)]) -> Result<X86Map, CpuMapError> {
     Ok(map)
 }
 
-fn parse_x86_model(file: &str, el: &Elem, name: String, map: &X86Map) -> Result<X86Model, CpuMapError> {
+/// One `<model>` of the x86 map, and the name of its ancestor when the model only renames
+/// it (no signature, vendor or feature element of its own: a versioned alias such as
+/// `Broadwell-v1` of `Broadwell`).
+fn parse_x86_model(
+    file: &str,
+    el: &Elem,
+    name: String,
+    map: &X86Map,
+) -> Result<(X86Model, Option<String>), CpuMapError> {
     let invalid = |m: String| CpuMapError::Invalid { file: file.to_owned(), message: m };
     let mut model = X86Model {
         name,
@@ -381,6 +459,7 @@ fn parse_x86_model(file: &str, el: &Elem, name: String, map: &X86Map) -> Result<
         signatures: Vec::new(),
         features: Vec::new(),
         removed: Vec::new(),
+        canonical: None,
     };
     if let Some(d) = el.elems("decode").next() {
         model.decode_host = d.attr("host") != Some("off");
@@ -412,11 +491,18 @@ fn parse_x86_model(file: &str, el: &Elem, name: String, map: &X86Map) -> Result<
         let fname = f.attr("name").ok_or_else(|| invalid(format!("model {}: feature without name", model.name)))?;
         if f.attr("removed") == Some("yes") {
             model.removed.push(fname.to_owned());
+        } else if f.attr("added") == Some("yes") {
+            // Added to libvirt's copy of the model after QEMU's: not part of what the
+            // model name stands for (libvirt keeps such features out of the model's data).
+            continue;
         } else if !model.features.iter().any(|x| x == fname) {
             model.features.push(fname.to_owned());
         }
     }
-    Ok(model)
+    let ancestor = el.elems("model").next().and_then(|a| a.attr("name"));
+    let own = ["signature", "vendor", "feature"].iter().any(|n| el.elems(n).next().is_some());
+    let alias_of = ancestor.filter(|_| !own).map(str::to_owned);
+    Ok((model, alias_of))
 }
 
 /// A stepping list such as `0-3,5`.
@@ -529,6 +615,63 @@ mod tests {
         assert!(e.to_string().contains("nope"), "{e}");
         let e = parse("/x", &files(&[("index.xml", "<cpus><arch")])).unwrap_err();
         assert!(matches!(e, CpuMapError::Xml { .. }), "{e}");
+    }
+
+    /// libvirt 10.10 on: model files in `<group>`s, versioned aliases, `added` features.
+    #[test]
+    fn grouped_index_and_versioned_models() {
+        let index = "<cpus><arch name='x86'><include filename='v.xml'/><include filename='f.xml'/>\
+            <group name='AMD CPU models'><include filename='m.xml'/><include filename='m1.xml'/></group>\
+            <group name='Hygon CPU models'></group></arch>\
+            <arch name='ppc64'><group name='IBM-based CPU models'><include filename='p.xml'/></group></arch>\
+            <arch name='arm'><group name='ARM-based CPU models'><include filename='arm.xml'/></group></arch></cpus>";
+        let models =
+            MODELS.replace("<feature name='invtsc'/>", "<feature name='invtsc'/><feature name='pni' added='yes'/>");
+        let m1 = "<cpus><model name='child-v1'><decode host='on' guest='off'/><model name='child'/></model>\
+            <model name='child-v2'><decode host='on' guest='off'/><model name='child'/><feature name='pni'/></model></cpus>";
+        let f = files(&[
+            ("index.xml", index),
+            ("v.xml", VENDORS),
+            ("f.xml", FEATURES),
+            ("m.xml", &models),
+            ("m1.xml", m1),
+            ("p.xml", "<cpus><model name='POWER10'><vendor name='IBM'/></model></cpus>"),
+        ]);
+        assert_eq!(
+            included_files(index).unwrap(),
+            ["v.xml", "f.xml", "m.xml", "m1.xml", "p.xml"],
+            "only the families capsd reads"
+        );
+        let m = parse("/x", &f).unwrap();
+        let x = m.x86.unwrap();
+        let child = x.model("child").unwrap();
+        assert_eq!(child.canonical.as_deref(), Some("child-v1"), "an ancestor with nothing changed is an alias");
+        assert_eq!(child.features, ["fpu", "invtsc"], "added features are not the model's");
+        let v2 = x.model("child-v2").unwrap();
+        assert_eq!((v2.canonical.as_deref(), v2.vendor.as_deref()), (None, Some("AMD")));
+        assert_eq!(v2.features, ["fpu", "invtsc", "pni"]);
+        assert_eq!(m.ppc64.unwrap().models[0].name, "POWER10");
+        // A second alias of one model is an error in libvirt too.
+        let m1 = "<cpus><model name='a-v1'><model name='child'/></model><model name='a-v2'><model name='child'/></model></cpus>";
+        let f =
+            files(&[("index.xml", index), ("v.xml", VENDORS), ("f.xml", FEATURES), ("m.xml", &models), ("m1.xml", m1)]);
+        assert!(parse("/x", &f).unwrap_err().to_string().contains("already an alias"));
+    }
+
+    #[test]
+    fn unknown_index_formats_are_refused() {
+        for index in [
+            "<cpus><arch name='x86'><models><include filename='v.xml'/></models></arch></cpus>",
+            "<cpus><arch name='x86'><group name='a'><group name='b'><include filename='v.xml'/></group></group></arch></cpus>",
+            "<cpus><arch name='x86'><include file='v.xml'/></arch></cpus>",
+            "<cpumap><arch name='x86'><include filename='v.xml'/></arch></cpumap>",
+            "<cpus><family name='x86'/></cpus>",
+        ] {
+            let e = included_files(index).unwrap_err();
+            assert!(matches!(e, CpuMapError::UnknownFormat { .. }), "{index}: {e}");
+            let e = parse("/x", &files(&[("index.xml", index), ("v.xml", VENDORS)])).unwrap_err();
+            assert!(e.to_string().contains("unknown format"), "{index}: {e}");
+        }
     }
 
     #[test]

@@ -40,21 +40,41 @@ pub fn read_cpu_map_from(dir: &Path) -> Result<CpuMap, CpuMapReadError> {
     Ok(cpumap::parse(&dir.display().to_string(), &files)?)
 }
 
-/// The host's cpu_map, `None` (logged) when the directory is absent or unreadable: the CPU
-/// derivation then answers from QEMU alone.
-pub fn read_cpu_map() -> Option<CpuMap> {
-    let dir = cpu_map_dir();
-    if !dir.join("index.xml").exists() {
-        tracing::debug!(dir = %dir.display(), "no libvirt cpu_map; CPU models are derived from QEMU alone");
-        return None;
-    }
-    match read_cpu_map_from(&dir) {
-        Ok(m) => Some(m),
-        Err(e) => {
-            tracing::warn!(error = %e, "libvirt cpu_map unusable; CPU models are derived from QEMU alone");
-            None
+/// The host's cpu_map: `Ok(None)` when there is none (no `cpu_map` directory: libvirt is
+/// not installed, and the CPU derivation answers from QEMU alone), `Err` (logged) when the
+/// directory is there but its map cannot be read or is in a format this capsd does not
+/// know: the CPU derivation then omits what depends on the map.
+pub fn read_cpu_map() -> Result<Option<CpuMap>, String> {
+    read_cpu_map_in(&cpu_map_dir())
+}
+
+/// [`read_cpu_map`] for the directory `dir`.
+pub fn read_cpu_map_in(dir: &Path) -> Result<Option<CpuMap>, String> {
+    match std::fs::metadata(dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            tracing::debug!(dir = %dir.display(), "no libvirt cpu_map; CPU models are derived from QEMU alone");
+            return Ok(None);
         }
+        _ => {}
     }
+    read_cpu_map_from(dir).map(Some).map_err(|e| {
+        tracing::warn!(error = %e, "libvirt cpu_map unusable; the CPU modes that depend on it are omitted");
+        e.to_string()
+    })
+}
+
+/// The physical address bits `/proc/cpuinfo` (at `path`) states for the first processor
+/// (`address sizes : 48 bits physical, 48 bits virtual`), `None` when it states none.
+pub fn phys_addr_bits(path: &Path) -> Option<u32> {
+    let text = std::fs::read_to_string(path).ok()?;
+    parse_phys_addr_bits(&text)
+}
+
+fn parse_phys_addr_bits(cpuinfo: &str) -> Option<u32> {
+    let line = cpuinfo.lines().find(|l| l.get(..13).is_some_and(|k| k.eq_ignore_ascii_case("address sizes")))?;
+    let value = line.split_once(':')?.1.trim_start();
+    let digits = value.find(|c: char| !c.is_ascii_digit()).map_or(value, |end| &value[..end]);
+    digits.parse().ok()
 }
 
 #[cfg(test)]
@@ -80,6 +100,27 @@ mod tests {
         let m = read_cpu_map_from(d.path()).unwrap();
         assert_eq!(m.ppc64.unwrap().models[0].name, "POWER9");
         assert!(m.x86.is_none());
+    }
+
+    #[test]
+    fn absent_directory_is_no_map_and_unreadable_one_is_an_error() {
+        assert_eq!(read_cpu_map_in(Path::new("/nonexistent/cpu_map")), Ok(None));
+        let d = tempfile::tempdir().unwrap();
+        // index.xml that cannot be read, even by root.
+        std::fs::create_dir(d.path().join("index.xml")).unwrap();
+        assert!(read_cpu_map_in(d.path()).unwrap_err().contains("index.xml"));
+        // A directory without index.xml is a broken map, not an absent one.
+        let d = tempfile::tempdir().unwrap();
+        assert!(read_cpu_map_in(d.path()).is_err());
+    }
+
+    #[test]
+    fn physical_address_bits() {
+        let text = "processor\t: 0\naddress sizes\t: 48 bits physical, 48 bits virtual\npower management:\n\n\
+                    processor\t: 1\naddress sizes\t: 40 bits physical, 48 bits virtual\n";
+        assert_eq!(parse_phys_addr_bits(text), Some(48));
+        assert_eq!(parse_phys_addr_bits("processor\t: 0\nBogoMIPS\t: 50.00\n"), None);
+        assert_eq!(parse_phys_addr_bits("address sizes\t: many\n"), None);
     }
 
     /// The real map, where libvirt is installed (CI installs it).

@@ -4,7 +4,9 @@
 //!   targets the static expansion of the CPU that host-model is computed from (`host` under
 //!   KVM, `max` under TCG) once migratable and once with `migratable=false` (libvirt merges
 //!   the two: a feature on only in the second is present but not migratable), the full
-//!   expansion of `host` under KVM (its `hv-*` properties are the Hyper-V enlightenments),
+//!   expansion of `host` with `migratable=false` and `hv-passthrough=true` under KVM, as
+//!   libvirt asks it (its `hv-*` properties are the Hyper-V enlightenments KVM supports;
+//!   without `hv-passthrough` QEMU reports them all off),
 //!   and `qom-list-properties` of `max-x86_64-cpu` (a `migratable` property there is what
 //!   makes libvirt offer `hostPassthroughMigratable=on`).
 //! * [`stage_models`]: on x86 targets, the static expansion of every named CPU model
@@ -46,9 +48,10 @@ pub fn static_expansion_args(model: &str, migratable: Option<bool>) -> Value {
     }
 }
 
-/// Arguments of a full expansion of `model`.
-pub fn full_expansion_args(model: &str) -> Value {
-    json!({"type": "full", "model": {"name": model}})
+/// Arguments of the full expansion the Hyper-V enlightenments are read from: `host` with
+/// every enlightenment KVM supports turned on, non-migratable (libvirt's question).
+pub fn hyperv_expansion_args() -> Value {
+    json!({"type": "full", "model": {"name": "host", "props": {"migratable": false, "hv-passthrough": true}}})
 }
 
 /// Arguments of `qom-list-properties` for `typename`.
@@ -67,7 +70,7 @@ pub fn stage_host(accel: Accel, t: &Transcript) -> Vec<Request> {
     out.push(Request::with_args("query-cpu-model-expansion", static_expansion_args(source, None)));
     out.push(Request::with_args("query-cpu-model-expansion", static_expansion_args(source, Some(false))));
     if accel == Accel::Kvm {
-        out.push(Request::with_args("query-cpu-model-expansion", full_expansion_args("host")));
+        out.push(Request::with_args("query-cpu-model-expansion", hyperv_expansion_args()));
     }
     out.push(Request::with_args("qom-list-properties", qom_list_properties_args(MAX_X86_64_CPU_TYPE)));
     out
@@ -119,10 +122,10 @@ mod tests {
         let r = stage_host(Accel::Kvm, &t);
         let names: Vec<_> = r.iter().map(|r| (r.execute.as_str(), r.arguments.clone())).collect();
         assert!(names.contains(&("query-cpu-model-expansion", Some(static_expansion_args("host", Some(false))))));
-        assert!(names.contains(&("query-cpu-model-expansion", Some(full_expansion_args("host")))));
+        assert!(names.contains(&("query-cpu-model-expansion", Some(hyperv_expansion_args()))));
         let tcg = stage_host(Accel::Tcg, &t);
         assert!(tcg.iter().any(|r| r.arguments == Some(static_expansion_args("max", None))));
-        assert!(!tcg.iter().any(|r| r.arguments == Some(full_expansion_args("host"))));
+        assert!(!tcg.iter().any(|r| r.arguments == Some(hyperv_expansion_args())));
     }
 
     #[test]

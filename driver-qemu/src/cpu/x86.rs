@@ -308,6 +308,7 @@ mod tests {
             signatures: vec![],
             features: features.iter().map(|s| s.to_string()).collect(),
             removed: vec![],
+            canonical: None,
         }
     }
 

@@ -153,19 +153,19 @@ pub const CHANGES: &[Row] = &[
         Change::LaunchSecurity,
         10,
         5,
-        "NEWS v10.5.0 SEV-SNP support 'reported in domain capabilities'; formatdomaincaps launchSecurity since 10.5.0;          virQEMUCapsFillDomainLaunchSecurity",
+        "NEWS v10.5.0 SEV-SNP support 'reported in domain capabilities'; formatdomaincaps launchSecurity since 10.5.0; virQEMUCapsFillDomainLaunchSecurity",
     ),
     row(
         Change::Interface,
         10,
         6,
-        "NEWS v10.6.0: supported network backends reported in domain capabilities; virQEMUCapsFillDomainDeviceNetCaps          (netdev user -> default, stream -> passt)",
+        "NEWS v10.6.0: supported network backends reported in domain capabilities; virQEMUCapsFillDomainDeviceNetCaps (netdev user -> default, stream -> passt)",
     ),
     row(
         Change::Ps2,
         10,
         7,
-        "NEWS v10.7.0 'ability to disable the built-in PS/2 controller'; virQEMUCapsFillDomainFeaturePS2Caps          (generic-pc-machine's i8042 property)",
+        "NEWS v10.7.0 'ability to disable the built-in PS/2 controller'; virQEMUCapsFillDomainFeaturePS2Caps (generic-pc-machine's i8042 property)",
     ),
     row(
         Change::HypervEmsrXmm,
@@ -209,7 +209,7 @@ pub const CHANGES: &[Row] = &[
         Change::GraphicsRdp,
         11,
         2,
-        "virQEMUCapsFillDomainDeviceGraphicsCaps offers rdp with the D-Bus display and qemuRdpAvailable (in 11.3);          NEWS v11.3.0 fixes its probing; release approximate",
+        "virQEMUCapsFillDomainDeviceGraphicsCaps offers rdp with the D-Bus display and qemuRdpAvailable (in 11.3); NEWS v11.3.0 fixes its probing; release approximate",
     ),
     row(
         Change::S390ModelVendor,
@@ -222,7 +222,7 @@ pub const CHANGES: &[Row] = &[
         Change::FloppyNeedsController,
         11,
         4,
-        "NEWS v11.4.0 'Improve accuracy of FDC/floppy device support statement in capabilities XML'; stacks: 12.8          drops floppy/fdc on aarch64 virt and s390",
+        "NEWS v11.4.0 'Improve accuracy of FDC/floppy device support statement in capabilities XML'; stacks: 12.8 drops floppy/fdc on aarch64 virt and s390",
     ),
     row(
         Change::Console,

@@ -169,8 +169,19 @@ fn check_binary(binary: &Path) -> Result<(), DriverError> {
     Ok(())
 }
 
-/// One QEMU process: start, connect, run every stage, kill.
+/// One QEMU process: start, connect, run every stage, kill. A run whose QMP session QEMU
+/// restarted midway ([`ProcessError::is_session_restart`]) is run once more in a new process.
 pub fn run_one(binary: &Path, accel: Accel, opts: &ProbeOptions) -> Result<Transcript, ProcessError> {
+    match run_once(binary, accel, opts) {
+        Err(e) if e.is_session_restart() => {
+            tracing::warn!(binary = %binary.display(), ?accel, error = %e, "QEMU restarted its QMP session; probing again");
+            run_once(binary, accel, opts)
+        }
+        other => other,
+    }
+}
+
+fn run_once(binary: &Path, accel: Accel, opts: &ProbeOptions) -> Result<Transcript, ProcessError> {
     let t0 = Instant::now();
     let mut proc = ProbeProcess::start(binary, accel, &opts.process)?;
     let mut qmp = proc.connect(&opts.process)?;

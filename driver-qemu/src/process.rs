@@ -56,6 +56,16 @@ pub enum ProcessError {
     UnknownUser(String),
 }
 
+impl ProcessError {
+    /// QEMU began a second QMP session on the probe's connection (a greeting came where a
+    /// reply was due): seen once on a loaded host with a GLib assertion on QEMU's stderr. The
+    /// binary is fine; a new process answers.
+    pub fn is_session_restart(&self) -> bool {
+        matches!(self, ProcessError::Qmp { source: QmpClientError::Garbage { line, .. }, .. }
+            if serde_json::from_str::<serde_json::Value>(line).is_ok_and(|v| v.get("QMP").is_some()))
+    }
+}
+
 fn stderr_suffix(s: &str) -> String {
     let s = s.trim();
     if s.is_empty() {
@@ -347,5 +357,34 @@ mod tests {
         assert!(e.to_string().contains("sleep"), "{e}");
         drop(std::mem::replace(p, ProbeProcess::start(Path::new("/bin/true"), Accel::Tcg, &opts).unwrap()));
         assert!(!dir.exists());
+    }
+}
+
+#[cfg(test)]
+mod session_restart_tests {
+    use super::*;
+
+    fn garbage(line: &str) -> ProcessError {
+        ProcessError::Qmp {
+            binary: "/usr/bin/qemu-system-sh4".into(),
+            source: QmpClientError::Garbage {
+                during: "waiting for the reply to 'qmp_capabilities'".into(),
+                line: line.into(),
+            },
+            stderr: String::new(),
+        }
+    }
+
+    #[test]
+    fn only_a_second_greeting_is_a_session_restart() {
+        assert!(garbage(r#"{"QMP":{"capabilities":["oob"],"version":{}}}"#).is_session_restart());
+        assert!(!garbage("not json at all").is_session_restart());
+        assert!(!garbage(r#"{"return":{}}"#).is_session_restart());
+        let eof = ProcessError::Qmp {
+            binary: "/bin/true".into(),
+            source: QmpClientError::Eof { during: "reading".into() },
+            stderr: String::new(),
+        };
+        assert!(!eof.is_session_restart());
     }
 }

@@ -40,7 +40,18 @@
 //! A file that does not parse, whose checksums disagree, or whose version differs is logged
 //! (`tracing::warn!`) and re-probed; a lookup never returns data it could not verify.
 //! Files are written atomically (temporary file, `fsync`, `rename`, `fsync` of the directory);
-//! the temporary file of a writer killed midway is removed by a later store.
+//! the temporary file of a writer killed midway is removed by a later store (at once when its
+//! name's pid no longer runs, else after 10 minutes).
+//!
+//! # Trust
+//! The cache is believed only when it is ours: the directory and each file must be owned by
+//! this user or root and writable by nobody else (a world-writable directory, sticky or not,
+//! is not ours; the checksums are not secret, so a file another user could write may say
+//! anything). Files are opened relative to the checked directory, with `O_NOFOLLOW |
+//! O_NONBLOCK`, and must be regular files (a symlink, FIFO or device in an entry's place is
+//! refused at once instead of followed or blocked on). Anything refused is logged and
+//! re-probed; a directory that is not ours is neither read nor written, and an entry is only
+//! ever replaced by `rename` of a temporary file created `O_EXCL` in a directory that is.
 //!
 //! # Single flight
 //! Concurrent lookups of one binary in this process probe once (a per-binary lock; the
@@ -50,6 +61,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -504,6 +516,8 @@ enum FileProblem {
     OtherVersion(String),
     #[error("stale: {0} changed")]
     Stale(String),
+    #[error("not trusted: {0}")]
+    Untrusted(String),
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -529,17 +543,7 @@ impl ProbeCache {
 
     /// The file that holds `binary`'s entry: `<dir>/<file name>-<hash of the path>.probe`.
     pub fn file_for(&self, binary: &Path) -> PathBuf {
-        let name: String = binary
-            .file_name()
-            .map(|n| {
-                n.to_string_lossy()
-                    .chars()
-                    .map(|c| if c.is_ascii_alphanumeric() || "-_.".contains(c) { c } else { '_' })
-                    .collect()
-            })
-            .unwrap_or_else(|| "binary".to_owned());
-        let h = checksum(binary.as_os_str().as_encoded_bytes());
-        self.inner.dir.join(format!("{name}-{h:016x}.probe"))
+        self.inner.dir.join(entry_name(binary))
     }
 
     /// The current invalidation key of `binary`.
@@ -626,7 +630,7 @@ impl ProbeCache {
             return Ok((d, CacheOutcome::Hit));
         }
         let file = self.file_for(binary);
-        let _flock = self.lock_file(&file);
+        let _flock = self.lock_file(binary);
         // And across processes.
         if let Some(d) = self.lookup_with(binary, &key, runs, keep) {
             return Ok((d, CacheOutcome::Hit));
@@ -646,11 +650,8 @@ impl ProbeCache {
         tracing::info!(binary = %binary.display(), elapsed_ms = t.elapsed().as_millis() as u64, "probed");
         // The key as it was before probing: if the binary changed during the probe, the
         // next lookup sees a different key and probes again.
-        match self.store(&file, &key, &data) {
-            Ok(()) => {}
-            Err(e) => {
-                tracing::warn!(file = %file.display(), error = %e, "cannot write probe cache; answering without it")
-            }
+        if let Err(e) = self.store(binary, &key, &data) {
+            tracing::warn!(file = %file.display(), problem = %e, "cannot write probe cache; answering without it")
         }
         let data = Arc::new(data);
         if keep {
@@ -693,7 +694,8 @@ impl ProbeCache {
             }
         }
         let file = self.file_for(binary);
-        match read_file(&file, key, runs) {
+        let read = open_dir(&self.inner.dir, false).and_then(|d| read_file(&d, &entry_name(binary), key, runs));
+        match read {
             Ok((data, complete)) => {
                 STATS.disk_hits.fetch_add(1, Ordering::Relaxed);
                 let data = Arc::new(data);
@@ -713,6 +715,11 @@ impl ProbeCache {
                 tracing::info!(file = %file.display(), changed = %what, "probe cache entry is stale; re-probing");
                 None
             }
+            Err(e @ FileProblem::Untrusted(_)) => {
+                STATS.damaged.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(file = %file.display(), problem = %e, "probe cache entry ignored; re-probing");
+                None
+            }
             Err(e @ FileProblem::OtherVersion(_)) => {
                 tracing::info!(file = %file.display(), problem = %e, "probe cache entry not usable; re-probing");
                 None
@@ -725,49 +732,85 @@ impl ProbeCache {
         }
     }
 
-    /// An exclusive `flock` on `<file>.lock`, or nothing when it cannot be taken (then
-    /// processes may probe twice, never answer wrong).
-    fn lock_file(&self, file: &Path) -> Option<nix::fcntl::Flock<File>> {
-        if let Err(e) = fs::create_dir_all(&self.inner.dir) {
-            tracing::debug!(dir = %self.inner.dir.display(), error = %e, "cannot create cache directory");
+    /// An exclusive `flock` on `<entry>.lock`, or nothing when it cannot be taken (then
+    /// processes may probe twice, never answer wrong). The lock file is opened like a cache
+    /// file: in a trusted directory, never through a symlink, never blocking on a FIFO.
+    fn lock_file(&self, binary: &Path) -> Option<nix::fcntl::Flock<File>> {
+        use nix::fcntl::OFlag;
+        let dir = match open_dir(&self.inner.dir, true) {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::debug!(dir = %self.inner.dir.display(), problem = %e, "no cache directory to lock in");
+                return None;
+            }
+        };
+        let name = entry_name(binary).replace(".probe", ".lock");
+        let flags = OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC;
+        let fd = nix::fcntl::openat(
+            Some(dir.as_raw_fd()),
+            name.as_str(),
+            flags,
+            nix::sys::stat::Mode::from_bits_truncate(0o644),
+        )
+        .ok()?;
+        // SAFETY: openat returned a new descriptor that nothing else owns.
+        let f = unsafe { File::from_raw_fd(fd) };
+        if let Err(e) = check_regular_and_ours(&f) {
+            tracing::warn!(file = %self.inner.dir.join(&name).display(), problem = %e, "probe cache lock file ignored");
             return None;
         }
-        let path = file.with_extension("lock");
-        let f = OpenOptions::new().create(true).truncate(false).write(true).mode(0o644).open(&path).ok()?;
         nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusive).ok()
     }
 
-    fn store(&self, file: &Path, key: &CacheKey, data: &ProbeData) -> io::Result<()> {
-        fs::create_dir_all(&self.inner.dir)?;
-        remove_abandoned_temporaries(&self.inner.dir);
+    fn store(&self, binary: &Path, key: &CacheKey, data: &ProbeData) -> Result<(), FileProblem> {
+        let dir = open_dir(&self.inner.dir, true)?;
+        remove_abandoned_temporaries(&dir, &self.inner.dir);
         let bytes = encode(key, data)?;
-        write_atomic(file, &bytes)
+        Ok(write_atomic(&dir, &entry_name(binary), &bytes)?)
     }
+}
+
+/// The name of `binary`'s entry in the cache directory (see [`ProbeCache::file_for`]).
+fn entry_name(binary: &Path) -> String {
+    let name: String = binary
+        .file_name()
+        .map(|n| {
+            n.to_string_lossy()
+                .chars()
+                .map(|c| if c.is_ascii_alphanumeric() || "-_.".contains(c) { c } else { '_' })
+                .collect()
+        })
+        .unwrap_or_else(|| "binary".to_owned());
+    let h = checksum(binary.as_os_str().as_encoded_bytes());
+    format!("{name}-{h:016x}.probe")
 }
 
 /// A temporary file this old was left by a writer that died between creating and renaming
 /// it (a write takes milliseconds).
 const ABANDONED_AFTER: Duration = Duration::from_secs(600);
 
-/// Remove the temporary files of [`write_atomic`] that a killed process left in `dir`;
-/// young ones may be another writer's, in progress, and stay. Runs only when storing (after
-/// a probe), so it costs nothing on a lookup.
-fn remove_abandoned_temporaries(dir: &Path) {
-    let Ok(rd) = fs::read_dir(dir) else { return };
+/// Remove the temporary files of [`write_atomic`] that a killed process left in `dir`: those
+/// whose writer has ended ([`crate::process::owner_gone`]), and any older than
+/// [`ABANDONED_AFTER`] (an earlier naming). A live writer's stay. Runs only when storing
+/// (after a probe), so it costs nothing on a lookup.
+fn remove_abandoned_temporaries(dir: &File, path: &Path) {
+    let Ok(rd) = fs::read_dir(path) else { return };
     for e in rd.filter_map(Result::ok) {
         let name = e.file_name();
         let name = name.to_string_lossy();
-        if !(name.starts_with(TMP_PREFIX) && name.ends_with(TMP_SUFFIX)) {
-            continue;
-        }
-        let old = e
-            .metadata()
-            .and_then(|m| m.modified())
-            .ok()
-            .and_then(|t| t.elapsed().ok())
-            .is_some_and(|age| age > ABANDONED_AFTER);
-        if old {
-            match fs::remove_file(e.path()) {
+        let Some(tag) = name.strip_prefix(TMP_PREFIX).filter(|_| name.ends_with(TMP_SUFFIX)) else { continue };
+        let old = || {
+            e.metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age > ABANDONED_AFTER)
+        };
+        if crate::process::owner_gone(tag) || old() {
+            // Relative to the directory checked as ours; unlink never follows a symlink.
+            let gone =
+                nix::unistd::unlinkat(Some(dir.as_raw_fd()), name.as_ref(), nix::unistd::UnlinkatFlags::NoRemoveDir);
+            match gone {
                 Ok(()) => tracing::info!(file = %e.path().display(), "removed an abandoned temporary cache file"),
                 Err(err) => tracing::debug!(file = %e.path().display(), error = %err, "cannot remove"),
             }
@@ -850,14 +893,14 @@ fn encode(key: &CacheKey, data: &ProbeData) -> io::Result<Vec<u8>> {
     Ok(out)
 }
 
-/// Read and verify a cache file against `key`; read the segments `runs` asks for (each into
-/// its own buffer of exactly its size: the other runs are never read). Returns the data and
-/// whether every run in the file was read.
-fn read_file(file: &Path, key: &CacheKey, runs: Runs<'_>) -> Result<(ProbeData, bool), FileProblem> {
-    let f = match File::open(file) {
+/// Read and verify the cache file `name` of the directory `dir` against `key`; read the
+/// segments `runs` asks for (each into its own buffer of exactly its size: the other runs are
+/// never read). Returns the data and whether every run in the file was read.
+fn read_file(dir: &File, name: &str, key: &CacheKey, runs: Runs<'_>) -> Result<(ProbeData, bool), FileProblem> {
+    let f = match open_trusted(dir, name) {
         Ok(f) => f,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(FileProblem::Absent),
-        Err(e) => return Err(e.into()),
+        Err(FileProblem::Io(e)) if e.kind() == io::ErrorKind::NotFound => return Err(FileProblem::Absent),
+        Err(e) => return Err(e),
     };
     let size = f.metadata()?.len();
     if size > MAX_FILE {
@@ -865,6 +908,76 @@ fn read_file(file: &Path, key: &CacheKey, runs: Runs<'_>) -> Result<(ProbeData, 
     }
     // `size` fits in memory: it is at most MAX_FILE.
     decode(&f, usize::try_from(size).unwrap_or(usize::MAX), key, runs)
+}
+
+/// Why a cache directory or file with this status is not ours to trust, `None` when it is:
+/// owned by this user or root, and writable by nobody else (a world-writable directory, sticky
+/// or not, lets anyone place or replace entries; a file another user owns or may write can say
+/// anything, checksums included, since they are not secret).
+fn distrust(st: &nix::sys::stat::FileStat) -> Option<String> {
+    let me = nix::unistd::geteuid().as_raw();
+    if st.st_uid != me && st.st_uid != 0 {
+        return Some(format!("owned by uid {}, not by this user ({me}) or root", st.st_uid));
+    }
+    if st.st_mode & 0o022 != 0 {
+        return Some(format!("writable by group or others (mode {:o})", st.st_mode & 0o7777));
+    }
+    None
+}
+
+/// The cache directory, opened, when it is ours ([`distrust`]); created (0755) when
+/// `create` and absent. Files are then opened, created and renamed relative to it, so a
+/// directory swapped after the check is never used.
+fn open_dir(dir: &Path, create: bool) -> Result<File, FileProblem> {
+    use std::os::unix::fs::DirBuilderExt;
+    if create {
+        fs::DirBuilder::new().recursive(true).mode(0o755).create(dir)?;
+    }
+    let d = match OpenOptions::new().read(true).custom_flags(nix::libc::O_DIRECTORY).open(dir) {
+        Ok(d) => d,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(FileProblem::Absent),
+        Err(e) => return Err(e.into()),
+    };
+    match distrust(&nix::sys::stat::fstat(d.as_raw_fd()).map_err(io::Error::from)?) {
+        Some(why) => Err(FileProblem::Untrusted(format!("the directory is {why}"))),
+        None => Ok(d),
+    }
+}
+
+/// Open the regular file `name` of `dir` for reading without following a symlink and
+/// without blocking (a FIFO or device in its place opens at once and is then refused), and
+/// only when it is ours ([`distrust`]).
+fn open_trusted(dir: &File, name: &str) -> Result<File, FileProblem> {
+    use nix::fcntl::OFlag;
+    let flags = OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC;
+    let f = match nix::fcntl::openat(Some(dir.as_raw_fd()), name, flags, nix::sys::stat::Mode::empty()) {
+        // SAFETY: openat returned a new descriptor that nothing else owns.
+        Ok(fd) => unsafe { File::from_raw_fd(fd) },
+        Err(nix::errno::Errno::ELOOP) => return Err(FileProblem::Untrusted("it is a symbolic link".into())),
+        Err(e) => return Err(io::Error::from(e).into()),
+    };
+    check_regular_and_ours(&f)?;
+    Ok(f)
+}
+
+/// Refuse an open file that is not a regular file or not ours.
+fn check_regular_and_ours(f: &File) -> Result<(), FileProblem> {
+    let st = nix::sys::stat::fstat(f.as_raw_fd()).map_err(io::Error::from)?;
+    let kind = st.st_mode & nix::libc::S_IFMT;
+    if kind != nix::libc::S_IFREG {
+        let what = match kind {
+            nix::libc::S_IFIFO => "a FIFO",
+            nix::libc::S_IFCHR | nix::libc::S_IFBLK => "a device",
+            nix::libc::S_IFSOCK => "a socket",
+            nix::libc::S_IFDIR => "a directory",
+            _ => "not a regular file",
+        };
+        return Err(FileProblem::Untrusted(format!("it is {what}")));
+    }
+    match distrust(&st) {
+        Some(why) => Err(FileProblem::Untrusted(format!("it is {why}"))),
+        None => Ok(()),
+    }
 }
 
 /// `len` bytes of `f` at `offset`; a file shorter than that is damaged.
@@ -1002,18 +1115,42 @@ fn key_difference(stored: &CacheKey, now: &CacheKey) -> Option<String> {
     checks.iter().find(|(_, same)| !same).map(|(what, _)| (*what).to_owned())
 }
 
-/// Write `bytes` to `path` atomically: a temporary file in the same directory, `fsync`,
-/// `rename` over `path`, `fsync` of the directory.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let dir = path.parent().ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no directory"))?;
-    let mut tmp = tempfile::Builder::new().prefix(TMP_PREFIX).suffix(TMP_SUFFIX).tempfile_in(dir)?;
-    tmp.write_all(bytes)?;
-    tmp.as_file().sync_all()?;
-    // Readable by the group/others like any cache file (the tempfile default is 0600).
-    fs::set_permissions(tmp.path(), std::os::unix::fs::PermissionsExt::from_mode(0o644))?;
-    tmp.persist(path).map_err(|e| e.error)?;
-    File::open(dir)?.sync_all()?;
-    Ok(())
+/// Write `bytes` as the file `name` of the directory `dir` atomically: a new temporary file
+/// (created exclusively, never through an existing name or symlink, named with this
+/// process's [`crate::process::owner_tag`]), `fsync`, `rename` over `name` (which replaces
+/// the directory entry, whatever it was, without following it), `fsync` of the directory.
+/// On failure the temporary file is removed.
+fn write_atomic(dir: &File, name: &str, bytes: &[u8]) -> io::Result<()> {
+    use nix::fcntl::OFlag;
+    use nix::sys::stat::Mode;
+    static SEQ: AtomicU64 = AtomicU64::new(0);
+    let flags = OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+    let (tmp, fd) = loop {
+        let nanos = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+        let tmp = format!(
+            "{TMP_PREFIX}{}-{nanos:08x}{:x}{TMP_SUFFIX}",
+            crate::process::owner_tag(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        );
+        match nix::fcntl::openat(Some(dir.as_raw_fd()), tmp.as_str(), flags, Mode::from_bits_truncate(0o600)) {
+            Ok(fd) => break (tmp, fd),
+            Err(nix::errno::Errno::EEXIST) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    };
+    // SAFETY: openat returned a new descriptor that nothing else owns.
+    let mut f = unsafe { File::from_raw_fd(fd) };
+    let unlink = |e: io::Error| {
+        let _ = nix::unistd::unlinkat(Some(dir.as_raw_fd()), tmp.as_str(), nix::unistd::UnlinkatFlags::NoRemoveDir);
+        e
+    };
+    f.write_all(bytes).map_err(unlink)?;
+    // Readable by the group/others like any cache file, whatever the umask.
+    f.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644)).map_err(unlink)?;
+    f.sync_all().map_err(unlink)?;
+    nix::fcntl::renameat(Some(dir.as_raw_fd()), tmp.as_str(), Some(dir.as_raw_fd()), name)
+        .map_err(|e| unlink(e.into()))?;
+    dir.sync_all()
 }
 
 /// A 64-bit checksum for damage detection (not for adversaries): eight bytes per step,

@@ -273,6 +273,34 @@ impl Drop for ProbeProcess {
     }
 }
 
+/// This process's identity in names of files and directories it creates and may leave
+/// behind when killed: `<pid>.<start time>` (the start time in clock ticks since boot, from
+/// `/proc/self/stat`, so a reused pid is not taken for this process).
+pub fn owner_tag() -> &'static str {
+    static TAG: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    TAG.get_or_init(|| {
+        let pid = std::process::id();
+        format!("{pid}.{}", start_time(pid).unwrap_or(0))
+    })
+}
+
+/// The start time of process `pid` (field 22 of `/proc/PID/stat`), `None` when it is gone.
+fn start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces and parentheses: fields resume after the last ')'.
+    let rest = stat.rsplit_once(')')?.1;
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// Whether the process named by an [`owner_tag`] at the start of `name` has ended
+/// (`false` when `name` holds no tag: it is not ours to judge).
+pub fn owner_gone(name: &str) -> bool {
+    let mut parts = name.splitn(3, ['.', '-']);
+    let (Some(pid), Some(start)) = (parts.next(), parts.next()) else { return false };
+    let (Ok(pid), Ok(start)) = (pid.parse::<u32>(), start.parse::<u64>()) else { return false };
+    start_time(pid) != Some(start)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -619,3 +619,174 @@ fn the_driver_reads_only_the_runs_a_query_needs_and_answers_the_same() {
         }
     }
 }
+
+/// A temporary file of a writer that was killed (a pid that no longer runs) is removed by the
+/// next store at once, whatever its age; a live writer's (this process's) stays.
+#[test]
+fn temporary_files_of_dead_writers_are_removed_at_once() {
+    let w = World::new();
+    fs::create_dir_all(&w.cache_dir).unwrap();
+    // A child that has exited and been reaped: its pid runs nothing (or something else).
+    let mut child = std::process::Command::new("true").spawn().unwrap();
+    let dead = child.id();
+    child.wait().unwrap();
+    let abandoned = w.cache_dir.join(format!(".tmp-{dead}.12345-00ab.probe"));
+    let me = fs::read_to_string("/proc/self/stat").unwrap();
+    let start = me.rsplit_once(')').unwrap().1.split_whitespace().nth(19).unwrap().to_owned();
+    let live = w.cache_dir.join(format!(".tmp-{}.{start}-00cd.probe", std::process::id()));
+    for f in [&abandoned, &live] {
+        fs::write(f, b"partial").unwrap();
+    }
+    let n = AtomicUsize::new(0);
+    get(&w.cache(), &w, &n, "a");
+    assert!(!abandoned.exists(), "a dead writer's temporary file is left");
+    assert!(live.exists(), "a live writer's temporary file was removed");
+}
+
+/// Whether tests that need another real user can run (they chown to `nobody`).
+fn as_root() -> bool {
+    if nix::unistd::geteuid().is_root() {
+        return true;
+    }
+    eprintln!("skipped: needs root to give files to another user");
+    false
+}
+
+fn nobody() -> (nix::unistd::Uid, nix::unistd::Gid) {
+    let u = nix::unistd::User::from_name("nobody").unwrap().expect("user nobody");
+    (u.uid, u.gid)
+}
+
+/// A valid entry for `w.binary` whose TCG run says `tag`, written where the cache would
+/// read it, owned by `nobody` (as if that user had written it).
+fn plant_foreign_entry(w: &World, dir: &Path, tag: &str) -> PathBuf {
+    let elsewhere = World::new();
+    let forged = ProbeCache::with_options(
+        elsewhere.cache_dir.clone(),
+        CacheOptions { sources: w.sources.clone(), app_version: "1.0.0".into() },
+    );
+    forged.get_or_probe(&w.binary, || Ok(fake_probe(&w.binary, tag))).unwrap();
+    let cache = ProbeCache::with_options(
+        dir.to_owned(),
+        CacheOptions { sources: w.sources.clone(), app_version: "1.0.0".into() },
+    );
+    let target = cache.file_for(&w.binary);
+    fs::copy(forged.file_for(&w.binary), &target).unwrap();
+    let (uid, gid) = nobody();
+    nix::unistd::chown(&target, Some(uid), Some(gid)).unwrap();
+    target
+}
+
+#[test]
+fn an_entry_another_user_wrote_in_a_world_writable_directory_is_not_trusted() {
+    // The reproduction: a sticky, world-writable cache directory (like /tmp), a valid
+    // entry (checksums recomputed) owned by an unprivileged user. It must not be answered.
+    if !as_root() {
+        return;
+    }
+    let w = World::new();
+    let shared = w.root.join("shared-cache");
+    fs::create_dir(&shared).unwrap();
+    fs::set_permissions(&shared, std::os::unix::fs::PermissionsExt::from_mode(0o1777)).unwrap();
+    let planted = plant_foreign_entry(&w, &shared, "attacker");
+    let cache = ProbeCache::with_options(
+        shared.clone(),
+        CacheOptions { sources: w.sources.clone(), app_version: "1.0.0".into() },
+    );
+    let n = AtomicUsize::new(0);
+    let (d, o) = cache
+        .get_or_probe(&w.binary, || {
+            n.fetch_add(1, Ordering::SeqCst);
+            Ok(fake_probe(&w.binary, "ours"))
+        })
+        .unwrap();
+    assert_eq!((o, tag_of(&d)), (CacheOutcome::Miss, "ours".to_owned()));
+    // Nothing is written in a directory that is not ours either: the planted file is as it was.
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(fs::metadata(&planted).unwrap().uid(), nobody().0.as_raw());
+}
+
+#[test]
+fn an_entry_owned_by_another_user_in_our_directory_is_reprobed_and_replaced() {
+    if !as_root() {
+        return;
+    }
+    let w = World::new();
+    fs::create_dir_all(&w.cache_dir).unwrap();
+    let planted = plant_foreign_entry(&w, &w.cache_dir, "attacker");
+    let n = AtomicUsize::new(0);
+    let (d, o) = get(&w.cache(), &w, &n, "ours");
+    assert_eq!((o, tag_of(&d)), (CacheOutcome::Miss, "ours".to_owned()));
+    // Replaced by our own file, which the next lookup trusts.
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(fs::metadata(&planted).unwrap().uid(), nix::unistd::geteuid().as_raw());
+    let (d, o) = get(&w.cache(), &w, &n, "unused");
+    assert_eq!((o, tag_of(&d), n.load(Ordering::SeqCst)), (CacheOutcome::Hit, "ours".to_owned(), 1));
+}
+
+#[test]
+fn an_entry_writable_by_others_is_not_trusted() {
+    let w = World::new();
+    let n = AtomicUsize::new(0);
+    get(&w.cache(), &w, &n, "first");
+    let file = w.cache().file_for(&w.binary);
+    fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(0o666)).unwrap();
+    let (_, o) = get(&w.cache(), &w, &n, "second");
+    assert_eq!((o, n.load(Ordering::SeqCst)), (CacheOutcome::Miss, 2));
+}
+
+/// Run `f` on a thread; fail if it does not return within 20 s (instead of hanging).
+fn within_20s<T: Send + 'static>(what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv_timeout(Duration::from_secs(20)).unwrap_or_else(|_| panic!("{what} blocked for 20 s"))
+}
+
+#[test]
+fn a_fifo_in_place_of_the_entry_does_not_block_and_is_replaced() {
+    let w = World::new();
+    fs::create_dir_all(&w.cache_dir).unwrap();
+    let file = w.cache().file_for(&w.binary);
+    nix::unistd::mkfifo(&file, nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap();
+    let cache = w.cache();
+    let binary = w.binary.clone();
+    let (d, o) = within_20s("a lookup with a FIFO as the cache file", move || {
+        cache.get_or_probe(&binary, || Ok(fake_probe(&binary, "probed"))).unwrap()
+    });
+    assert_eq!((o, tag_of(&d)), (CacheOutcome::Miss, "probed".to_owned()));
+    assert!(fs::symlink_metadata(&file).unwrap().is_file(), "the FIFO was not replaced by the entry");
+    // The lock file too: a FIFO there must not block either.
+    let lock = file.with_extension("lock");
+    fs::remove_file(&lock).unwrap();
+    nix::unistd::mkfifo(&lock, nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap();
+    w.cache().invalidate(&w.binary).unwrap();
+    let cache = w.cache();
+    let binary = w.binary.clone();
+    let (_, o) = within_20s("a probe with a FIFO as the lock file", move || {
+        cache.get_or_probe(&binary, || Ok(fake_probe(&binary, "again"))).unwrap()
+    });
+    assert_eq!(o, CacheOutcome::Miss);
+}
+
+#[test]
+fn a_symlink_in_place_of_the_entry_is_neither_followed_nor_written_through() {
+    let w = World::new();
+    fs::create_dir_all(&w.cache_dir).unwrap();
+    // A valid entry elsewhere, and a file the link would have us overwrite.
+    let elsewhere = World::new();
+    let other = ProbeCache::with_options(
+        elsewhere.cache_dir.clone(),
+        CacheOptions { sources: w.sources.clone(), app_version: "1.0.0".into() },
+    );
+    other.get_or_probe(&w.binary, || Ok(fake_probe(&w.binary, "linked"))).unwrap();
+    let file = w.cache().file_for(&w.binary);
+    std::os::unix::fs::symlink(other.file_for(&w.binary), &file).unwrap();
+    let n = AtomicUsize::new(0);
+    let (d, o) = get(&w.cache(), &w, &n, "ours");
+    assert_eq!((o, tag_of(&d)), (CacheOutcome::Miss, "ours".to_owned()));
+    assert!(fs::symlink_metadata(&file).unwrap().is_file(), "the link was written through, not replaced");
+    let (d, _) = get(&other, &w, &n, "unused");
+    assert_eq!(tag_of(&d), "linked", "the link's target was changed");
+}

@@ -119,9 +119,9 @@ pub struct KeySources {
     /// The program itself (like libvirt watching its daemon's ctime): a rebuilt or upgraded
     /// capsd may ask QEMU more, so it re-probes even when its version string is unchanged.
     pub app_binary: Option<PathBuf>,
-    /// The user probes run as when capsd runs as root (`CAPSD_PROBE_USER`), `None` when
-    /// they run as capsd itself: whether a probe gets KVM depends on it, and processes with
-    /// different settings share one cache directory. (`QemuDriver::with_probe_user` is not
+    /// The user probes run as ([`crate::process::choose_probe_user`]: `CAPSD_PROBE_USER`,
+    /// libvirt's QEMU user, ...), `None` when they run as capsd itself: whether a probe gets
+    /// KVM depends on it, and processes with different settings share one cache directory. (`QemuDriver::with_probe_user` is not
     /// seen here: a caller that sets it sets this too.)
     pub probe_user: Option<String>,
 }
@@ -176,6 +176,9 @@ impl KeySources {
                 "/sys/firmware/uv/prot_virt_host",
                 "/sys/module/kvm_amd/parameters/sev",
                 "/sys/module/kvm/parameters/prot_virt",
+                // Who probes (libvirt's QEMU user and group) and that user's groups.
+                crate::process::LIBVIRT_QEMU_CONF,
+                "/etc/group",
             ]
             .iter()
             .map(PathBuf::from)
@@ -188,9 +191,8 @@ impl KeySources {
             .collect(),
             cpu_map_dir: crate::cpu::host::cpu_map_dir(),
             app_binary: std::env::current_exe().ok(),
-            probe_user: std::env::var(crate::process::PROBE_USER_ENV)
-                .ok()
-                .filter(|u| !u.is_empty() && u != "root" && nix::unistd::geteuid().is_root()),
+            // As the driver chooses it; an unknown CAPSD_PROBE_USER fails the query anyway.
+            probe_user: crate::process::choose_probe_user().ok().flatten().map(|u| u.label()),
         }
     }
 }
@@ -1100,7 +1102,7 @@ fn key_difference(stored: &CacheKey, now: &CacheKey) -> Option<String> {
         ("the emulator binary", stored.binary == now.binary),
         ("capsd's version", a.app_version == b.app_version),
         ("capsd's executable", a.app_binary == b.app_binary),
-        ("the probe user (CAPSD_PROBE_USER)", a.probe_user == b.probe_user),
+        ("the probe user", a.probe_user == b.probe_user),
         ("the probe format", a.probe_format == b.probe_format),
         ("the QEMU module directory", a.module_dirs == b.module_dirs),
         ("the firmware descriptors", a.firmware_dirs == b.firmware_dirs),

@@ -23,6 +23,7 @@ pub mod probe_data;
 pub mod process;
 pub mod qmp;
 pub mod resolve;
+pub mod spawn;
 
 use std::path::{Path, PathBuf};
 
@@ -152,7 +153,7 @@ impl QemuDriver {
     fn options(&self) -> Result<ProbeOptions, DriverError> {
         let mut o = self.options.clone();
         if o.process.user.is_none() {
-            o.process.user = ProbeUser::from_env().map_err(|e| {
+            o.process.user = process::choose_probe_user().map_err(|e| {
                 DriverError::invalid(
                     process::PROBE_USER_ENV,
                     std::env::var(process::PROBE_USER_ENV).unwrap_or_default(),

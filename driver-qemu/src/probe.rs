@@ -29,9 +29,10 @@ pub fn probe(binary: &Path, opts: &ProbeOptions) -> Result<ProbeData, DriverErro
         let host = s.spawn(HostFacts::read);
         let kvm_usable = kvm_usable_by_probe(opts);
         let runs = probe_runs(binary, kvm_usable, opts);
-        let host = host
+        let mut host = host
             .join()
             .map_err(|_| DriverError::probe_failed(binary.display().to_string(), "reading host facts panicked"))?;
+        host.kvm_usable = kvm_usable;
         Ok(ProbeData { format_version: PROBE_FORMAT_VERSION, binary: binary.display().to_string(), runs: runs?, host })
     })
 }
@@ -64,7 +65,9 @@ pub fn probe_many(binaries: &[PathBuf], opts: &ProbeOptions) -> Vec<Result<Probe
         for h in pool {
             let _ = h.join();
         }
-        host.join().unwrap_or_default()
+        let mut host = host.join().unwrap_or_default();
+        host.kvm_usable = kvm_usable;
+        host
     });
     let runs: Vec<_> = slots
         .into_iter()
@@ -137,19 +140,12 @@ fn probe_runs(
 }
 
 /// Whether the probe processes will be able to open `/dev/kvm`: as ourselves, we try; as
-/// a configured unprivileged user (no supplementary groups), its mode bits decide.
+/// the probe user, a child with its identity tries (libvirt decides the same way, and then
+/// does not probe KVM).
 fn kvm_usable_by_probe(opts: &ProbeOptions) -> bool {
-    use std::os::unix::fs::MetadataExt;
-    match opts.process.user.filter(|_| nix::unistd::geteuid().is_root()) {
+    match opts.process.user.as_ref().filter(|_| nix::unistd::geteuid().is_root()) {
         None => crate::host::kvm_usable(),
-        Some(u) => std::fs::metadata("/dev/kvm")
-            .map(|m| {
-                let mode = m.mode();
-                (m.uid() == u.uid && mode & 0o600 == 0o600)
-                    || (m.gid() == u.gid && mode & 0o060 == 0o060)
-                    || mode & 0o006 == 0o006
-            })
-            .unwrap_or(false),
+        Some(u) => u.can_open(std::path::Path::new("/dev/kvm")),
     }
 }
 

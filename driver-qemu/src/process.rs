@@ -1,33 +1,51 @@
 //! Running an emulator binary as a capability probe: the command line libvirt uses for the
 //! same purpose (`-S -no-user-config -nodefaults -nographic -machine none,accel=...`), a QMP
-//! socket in a private 0700 temporary directory, stderr captured to a file there, and a
-//! guarantee that the process is gone when the [`ProbeProcess`] is dropped (SIGKILL to its
-//! whole process group, then reap), on every path including panics.
+//! socket in a private temporary directory, stderr captured to a file there, and a guarantee
+//! that the process and everything it started are gone when the [`ProbeProcess`] is dropped,
+//! on every path including panics (see [`crate::spawn`]: a PID namespace where the kernel
+//! allows one, else the process group).
 //!
 //! Differences from libvirt, on purpose: no `-daemonize`/pidfile (we own the child and poll
 //! for the socket instead), and one accelerator per process (`accel=kvm` or `accel=tcg`)
 //! so that the KVM and TCG probes can run at the same time.
 //!
-//! Privileges: when running as root the probe can be started as an unprivileged user
-//! ([`ProbeUser`], or `CAPSD_PROBE_USER`), with `PR_SET_NO_NEW_PRIVS` and no supplementary
-//! groups. The default is to stay root, because `/dev/kvm` is often root-only (it is on the
-//! development host: `crw------- root root`), and a KVM probe as another user then fails.
+//! Privileges ([`choose_probe_user`]): when capsd runs as root, probes run as the user and
+//! group libvirt runs QEMU as (`user`/`group` of `/etc/libvirt/qemu.conf`, default
+//! `libvirt-qemu`, Debian's build) when libvirt's QEMU driver is installed, so that KVM is
+//! usable for capsd's probe exactly when it is for libvirt's; else as the user `capsd` when
+//! it exists; else as `nobody`. `CAPSD_PROBE_USER` overrides (`root` keeps root). The
+//! probe always gets `PR_SET_NO_NEW_PRIVS`, the user's supplementary groups (as libvirt
+//! gives them) and no descriptor of capsd's but stdin, stdout and stderr.
+//!
+//! Leftovers: the private directory is named `capsd-probe-<pid>.<start time>-XXXXXX` after
+//! the process that made it; a later probe removes those of processes that have ended
+//! (killed before they could clean up), and [`abort_all`] (the CLI's SIGINT/SIGTERM path)
+//! kills the running probes and removes their directories at once.
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::os::unix::net::UnixStream;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
-
-use nix::sys::signal::{killpg, Signal};
-use nix::unistd::Pid;
 
 use crate::probe_data::Accel;
 use crate::qmp::{QmpClient, QmpClientError, Timeouts};
+use crate::spawn::{Creds, Spawned};
 
-/// Environment variable naming the user to run probes as (when capsd runs as root).
+/// Environment variable naming the user to run probes as (when capsd runs as root); `root`
+/// keeps root.
 pub const PROBE_USER_ENV: &str = "CAPSD_PROBE_USER";
+
+/// libvirt's QEMU driver configuration, read for the user and group it runs QEMU as.
+pub const LIBVIRT_QEMU_CONF: &str = "/etc/libvirt/qemu.conf";
+
+/// The user and group libvirt runs QEMU as when `qemu.conf` does not say (Debian builds
+/// libvirt with `qemu_user` and `qemu_group` both `libvirt-qemu`; README.Debian says so).
+pub const LIBVIRT_DEFAULT_QEMU_USER: &str = "libvirt-qemu";
+
+/// The dedicated probe user used when libvirt is not installed.
+pub const CAPSD_USER: &str = "capsd";
 
 /// Why a probe process failed.
 #[derive(Debug, thiserror::Error)]
@@ -54,6 +72,8 @@ pub enum ProcessError {
     },
     #[error("unknown probe user '{0}'")]
     UnknownUser(String),
+    #[error("unknown probe group '{0}'")]
+    UnknownGroup(String),
 }
 
 impl ProcessError {
@@ -75,29 +95,159 @@ fn stderr_suffix(s: &str) -> String {
     }
 }
 
-/// An unprivileged identity for probe processes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The identity of probe processes: a user, a group and the user's supplementary groups.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProbeUser {
+    /// The user's name (as configured), for logs and the cache key.
+    pub name: String,
     pub uid: u32,
     pub gid: u32,
+    /// Supplementary groups: the user's groups in the group database (with `gid`), as
+    /// libvirt gives QEMU; empty when they cannot be read.
+    pub groups: Vec<u32>,
 }
 
 impl ProbeUser {
-    /// Look a user up by name (its primary group is used).
+    /// A user by name (or `+UID`), with its primary group.
     pub fn from_name(name: &str) -> Result<ProbeUser, ProcessError> {
-        match nix::unistd::User::from_name(name) {
-            Ok(Some(u)) => Ok(ProbeUser { uid: u.uid.as_raw(), gid: u.gid.as_raw() }),
-            _ => Err(ProcessError::UnknownUser(name.to_owned())),
-        }
+        Self::with_group(name, None)
     }
 
-    /// The user named by `CAPSD_PROBE_USER`, when set, non-empty and not `root`.
-    pub fn from_env() -> Result<Option<ProbeUser>, ProcessError> {
+    /// A user by name (or `+UID`) with `group` (name or `+GID`; `None`: the user's primary
+    /// group), as libvirt's `qemu.conf` names them.
+    pub fn with_group(name: &str, group: Option<&str>) -> Result<ProbeUser, ProcessError> {
+        use nix::unistd::{Gid, Group, Uid, User};
+        let unknown = || ProcessError::UnknownUser(name.to_owned());
+        let user = match name.strip_prefix('+') {
+            Some(n) => User::from_uid(Uid::from_raw(n.parse().map_err(|_| unknown())?)),
+            None => User::from_name(name),
+        };
+        let user = user.ok().flatten().ok_or_else(unknown)?;
+        let gid = match group {
+            None => user.gid,
+            Some(g) => {
+                let unknown = || ProcessError::UnknownGroup(g.to_owned());
+                let found = match g.strip_prefix('+') {
+                    Some(n) => Group::from_gid(Gid::from_raw(n.parse().map_err(|_| unknown())?)),
+                    None => Group::from_name(g),
+                };
+                found.ok().flatten().ok_or_else(unknown)?.gid
+            }
+        };
+        let groups = std::ffi::CString::new(user.name.as_str())
+            .ok()
+            .and_then(|n| nix::unistd::getgrouplist(&n, gid).ok())
+            .map(|gs| gs.into_iter().map(Gid::as_raw).collect())
+            .unwrap_or_default();
+        Ok(ProbeUser { name: name.to_owned(), uid: user.uid.as_raw(), gid: gid.as_raw(), groups })
+    }
+
+    /// `name:gid` for logs and the cache key.
+    pub fn label(&self) -> String {
+        format!("{}:{}", self.name, self.gid)
+    }
+
+    /// Whether this user can open `device` read-write: tried for real, in a child with this
+    /// identity (as libvirt decides whether its QEMU user can use `/dev/kvm`), so modes,
+    /// groups and ACLs all count. Only root can take another identity: elsewhere `false`.
+    pub fn can_open(&self, device: &Path) -> bool {
+        crate::spawn::can_open_as(device, &self.creds())
+    }
+
+    fn creds(&self) -> Creds {
+        Creds { uid: self.uid, gid: self.gid, groups: self.groups.clone() }
+    }
+
+    /// The user named by `CAPSD_PROBE_USER`: `None` when unset or empty, `Some(None)` for
+    /// `root`, `Some(Some(user))` otherwise.
+    pub fn from_env() -> Result<Option<Option<ProbeUser>>, ProcessError> {
         match std::env::var(PROBE_USER_ENV) {
-            Ok(n) if !n.is_empty() && n != "root" => ProbeUser::from_name(&n).map(Some),
+            Ok(n) if n == "root" => Ok(Some(None)),
+            Ok(n) if !n.is_empty() => ProbeUser::from_name(&n).map(|u| Some(Some(u))),
             _ => Ok(None),
         }
     }
+}
+
+/// Where [`choose_probe_user_from`] looks.
+#[derive(Debug, Clone)]
+pub struct UserSources {
+    /// `CAPSD_PROBE_USER`'s value.
+    pub env: Option<String>,
+    /// libvirt's `qemu.conf`.
+    pub qemu_conf: PathBuf,
+    /// Whether libvirt's QEMU driver is installed (it then runs QEMU as the default user
+    /// even without `qemu.conf`).
+    pub libvirt_installed: bool,
+}
+
+impl UserSources {
+    /// The real host.
+    pub fn host() -> Self {
+        let triplet = format!("{}-linux-gnu", std::env::consts::ARCH);
+        let module = |dir: &str| Path::new(dir).join("libvirt/connection-driver/libvirt_driver_qemu.so").exists();
+        UserSources {
+            env: std::env::var(PROBE_USER_ENV).ok().filter(|v| !v.is_empty()),
+            qemu_conf: PathBuf::from(LIBVIRT_QEMU_CONF),
+            libvirt_installed: Path::new(LIBVIRT_QEMU_CONF).exists()
+                || module(&format!("/usr/lib/{triplet}"))
+                || module("/usr/lib64"),
+        }
+    }
+}
+
+/// Who probe processes run as on this host: `None` for capsd's own identity (not root, or
+/// root by configuration). See the module docs for the order.
+pub fn choose_probe_user() -> Result<Option<ProbeUser>, ProcessError> {
+    if !nix::unistd::geteuid().is_root() {
+        return Ok(None);
+    }
+    choose_probe_user_from(&UserSources::host())
+}
+
+/// [`choose_probe_user`] reading `src` (as root).
+pub fn choose_probe_user_from(src: &UserSources) -> Result<Option<ProbeUser>, ProcessError> {
+    if let Some(name) = &src.env {
+        return if name == "root" { Ok(None) } else { ProbeUser::from_name(name).map(Some) };
+    }
+    if src.libvirt_installed {
+        let conf = std::fs::read_to_string(&src.qemu_conf).unwrap_or_default();
+        let user = conf_value(&conf, "user").unwrap_or_else(|| LIBVIRT_DEFAULT_QEMU_USER.to_owned());
+        let group = conf_value(&conf, "group").unwrap_or_else(|| LIBVIRT_DEFAULT_QEMU_USER.to_owned());
+        if matches!(user.as_str(), "root" | "+0") {
+            return Ok(None);
+        }
+        match ProbeUser::with_group(&user, Some(&group)) {
+            Ok(u) => return Ok(Some(u)),
+            Err(e) => tracing::warn!(
+                conf = %src.qemu_conf.display(), error = %e,
+                "libvirt's QEMU user does not exist here (libvirt could not start QEMU either); not probing as it"
+            ),
+        }
+    }
+    if let Ok(u) = ProbeUser::from_name(CAPSD_USER) {
+        return Ok(Some(u));
+    }
+    tracing::warn!(
+        "probing as 'nobody': no libvirt QEMU user and no user '{CAPSD_USER}' here (create '{CAPSD_USER}' \
+         in the group that may open /dev/kvm, or set {PROBE_USER_ENV}=root)"
+    );
+    ProbeUser::from_name("nobody").map(Some)
+}
+
+/// The value of `key = "value"` in a libvirt configuration file (last one wins, as there),
+/// `None` when absent or commented out.
+fn conf_value(text: &str, key: &str) -> Option<String> {
+    text.lines()
+        .filter_map(|l| {
+            let (k, v) = l.split_once('=')?;
+            if k.trim() != key {
+                return None;
+            }
+            let v = v.split('#').next()?.trim();
+            Some(v.strip_prefix('"')?.strip_suffix('"')?.to_owned())
+        })
+        .next_back()
 }
 
 /// How probe processes are started.
@@ -119,12 +269,60 @@ impl Default for ProcessOptions {
     }
 }
 
-/// A running probe process. Dropping it kills the process group and reaps the child.
+/// A running probe process. Dropping it kills it (and all it started) and removes its
+/// private directory.
 #[derive(Debug)]
 pub struct ProbeProcess {
     binary: PathBuf,
-    child: Option<Child>,
+    child: Spawned,
+    /// The private directory: `stderr` (ours) and `run/` (the probe user's: socket, HOME).
     dir: tempfile::TempDir,
+    /// Key in [`LIVE`].
+    live_id: u64,
+}
+
+/// A running probe as [`abort_all`] needs it: emulator pid, leader pid, private directory.
+type LiveProbe = (u32, u32, PathBuf);
+
+/// Running probes of this process.
+static LIVE: Mutex<Option<HashMap<u64, LiveProbe>>> = Mutex::new(None);
+
+fn live() -> std::sync::MutexGuard<'static, Option<HashMap<u64, LiveProbe>>> {
+    LIVE.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Kill every running probe of this process and remove its private directory, without
+/// waiting: for a process about to exit on a signal (the CLI's SIGINT/SIGTERM handling).
+pub fn abort_all() {
+    let probes: Vec<_> = live().take().map(|m| m.into_values().collect()).unwrap_or_default();
+    for (emulator, leader, dir) in probes {
+        for pid in [emulator, leader] {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::SIGKILL);
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
+const DIR_PREFIX: &str = "capsd-probe-";
+
+/// Remove the private directories under `root` that a capsd process left when it was killed
+/// (its pid, from the name, no longer runs that process): only directories this user owns.
+fn remove_abandoned_dirs(root: &Path) {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(rd) = std::fs::read_dir(root) else { return };
+    let me = nix::unistd::geteuid().as_raw();
+    for e in rd.filter_map(Result::ok) {
+        let name = e.file_name();
+        let Some(tag) = name.to_str().and_then(|n| n.strip_prefix(DIR_PREFIX)) else { continue };
+        // Not followed: a link or another user's directory is not ours to remove.
+        let ours = e.metadata().is_ok_and(|m| m.is_dir() && m.uid() == me);
+        if ours && owner_gone(tag) {
+            match std::fs::remove_dir_all(e.path()) {
+                Ok(()) => tracing::info!(dir = %e.path().display(), "removed a killed probe's directory"),
+                Err(err) => tracing::debug!(dir = %e.path().display(), error = %err, "cannot remove"),
+            }
+        }
+    }
 }
 
 /// The arguments of a capability probe run.
@@ -148,59 +346,57 @@ pub fn probe_args(accel: Accel, socket: &Path) -> Vec<String> {
 impl ProbeProcess {
     /// Start `binary` for probing with `accel`.
     pub fn start(binary: &Path, accel: Accel, opts: &ProcessOptions) -> Result<ProbeProcess, ProcessError> {
+        let root = opts.temp_root.clone().unwrap_or_else(std::env::temp_dir);
+        remove_abandoned_dirs(&root);
         let mut b = tempfile::Builder::new();
-        b.prefix("capsd-probe-");
-        b.permissions(std::os::unix::fs::PermissionsExt::from_mode(0o700));
-        let dir = match &opts.temp_root {
-            Some(root) => b.tempdir_in(root),
-            None => b.tempdir(),
-        }
-        .map_err(ProcessError::TempDir)?;
-        let socket = dir.path().join("qmp.sock");
-        let stderr_path = dir.path().join("stderr");
-        let stderr = File::create(&stderr_path).map_err(ProcessError::TempDir)?;
-        let as_user = opts.user.filter(|_| nix::unistd::geteuid().is_root());
+        let prefix = format!("{DIR_PREFIX}{}-", owner_tag());
+        b.prefix(&prefix);
+        // Traversable, so that the probe user reaches `run/`; nothing else to read here.
+        b.permissions(std::os::unix::fs::PermissionsExt::from_mode(0o711));
+        let dir = b.tempdir_in(&root).map_err(ProcessError::TempDir)?;
+        let run = dir.path().join("run");
+        std::fs::DirBuilder::new().create(&run).map_err(ProcessError::TempDir)?;
+        std::fs::set_permissions(&run, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+            .map_err(ProcessError::TempDir)?;
+        let socket = run.join("qmp.sock");
+        let stderr = File::create(dir.path().join("stderr")).map_err(ProcessError::TempDir)?;
+        let as_user = opts.user.as_ref().filter(|_| nix::unistd::geteuid().is_root());
         if let Some(u) = as_user {
             let own = Some(nix::unistd::Uid::from_raw(u.uid));
             let grp = Some(nix::unistd::Gid::from_raw(u.gid));
-            nix::unistd::chown(dir.path(), own, grp).map_err(|e| ProcessError::TempDir(e.into()))?;
-            nix::unistd::chown(&stderr_path, own, grp).map_err(|e| ProcessError::TempDir(e.into()))?;
+            nix::unistd::chown(&run, own, grp).map_err(|e| ProcessError::TempDir(e.into()))?;
         }
-
-        let mut cmd = Command::new(binary);
-        cmd.args(probe_args(accel, &socket))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(stderr)
-            .env_clear()
-            .env("PATH", std::env::var_os("PATH").unwrap_or_else(|| "/usr/bin:/bin".into()))
-            .env("LC_ALL", "C")
-            .env("HOME", dir.path())
-            .current_dir(dir.path())
-            .process_group(0);
-        if let Some(u) = as_user {
-            cmd.uid(u.uid).gid(u.gid);
-        }
-        let drop_privs = as_user.is_some();
-        // SAFETY: the closure runs in the forked child before exec and only makes
-        // async-signal-safe system calls (prctl); it touches no locks or allocations.
-        unsafe {
-            cmd.pre_exec(move || {
-                nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(std::io::Error::from)?;
-                if drop_privs {
-                    nix::sys::prctl::set_no_new_privs().map_err(std::io::Error::from)?;
-                }
-                Ok(())
-            });
-        }
-        let child = cmd.spawn().map_err(|source| ProcessError::Spawn { binary: binary.to_owned(), source })?;
-        tracing::debug!(binary = %binary.display(), pid = child.id(), ?accel, "probe process started");
-        Ok(ProbeProcess { binary: binary.to_owned(), child: Some(child), dir })
+        let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/bin:/bin".into());
+        let env = [("PATH", path.as_os_str()), ("LC_ALL", "C".as_ref()), ("HOME", run.as_os_str())];
+        let creds = as_user.map(ProbeUser::creds);
+        let spec = crate::spawn::Spec {
+            program: binary,
+            args: &probe_args(accel, &socket),
+            env: &env,
+            cwd: &run,
+            stderr: &stderr,
+            creds: creds.as_ref(),
+        };
+        let child =
+            crate::spawn::spawn(&spec).map_err(|source| ProcessError::Spawn { binary: binary.to_owned(), source })?;
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let live_id = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        live()
+            .get_or_insert_with(HashMap::new)
+            .insert(live_id, (child.emulator_pid(), child.pid(), dir.path().to_owned()));
+        tracing::debug!(binary = %binary.display(), pid = child.emulator_pid(), ?accel, "probe process started");
+        Ok(ProbeProcess { binary: binary.to_owned(), child, dir, live_id })
     }
 
-    /// The process id.
+    /// The process id of the probe's leader (our child; the emulator itself when no PID
+    /// namespace is used).
     pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(Child::id)
+        Some(self.child.pid())
+    }
+
+    /// The emulator's process id.
+    pub fn emulator_pid(&self) -> u32 {
+        self.child.emulator_pid()
     }
 
     /// The private directory (socket, stderr).
@@ -217,11 +413,11 @@ impl ProbeProcess {
 
     /// Wait for the QMP socket and complete the QMP handshake.
     pub fn connect(&mut self, opts: &ProcessOptions) -> Result<QmpClient, ProcessError> {
-        let socket = self.dir.path().join("qmp.sock");
+        let socket = self.dir.path().join("run/qmp.sock");
         let start = Instant::now();
         let mut pause = Duration::from_micros(500);
         let stream = loop {
-            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+            if let Some(status) = self.child.try_wait() {
                 return Err(ProcessError::ExitedEarly {
                     binary: self.binary.clone(),
                     status: status.to_string(),
@@ -254,22 +450,18 @@ impl ProbeProcess {
         ProcessError::Qmp { binary: self.binary.clone(), source, stderr: self.stderr() }
     }
 
-    /// Kill the process group and reap the child. Idempotent.
+    /// Kill the probe (and all it started) and reap it. Idempotent.
     pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let pid = child.id() as i32;
-            // The child leads its own process group (process_group(0)), so this also
-            // reaches anything it forked.
-            let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        self.child.kill();
     }
 }
 
 impl Drop for ProbeProcess {
     fn drop(&mut self) {
         self.kill();
+        if let Some(m) = live().as_mut() {
+            m.remove(&self.live_id);
+        }
     }
 }
 
@@ -366,19 +558,35 @@ mod tests {
     }
 
     #[test]
+    fn libvirt_conf_values() {
+        let conf = "# user = \"qemu\"\n#group=\"kvm\"\nuser = \"libvirt-qemu\"  # the default\ngroup=\"+64055\"\nuser = \"root\"\n";
+        assert_eq!(conf_value(conf, "user").as_deref(), Some("root"));
+        assert_eq!(conf_value(conf, "group").as_deref(), Some("+64055"));
+        assert_eq!(conf_value("#user = \"x\"\nuser_ns = \"y\"\n", "user"), None);
+    }
+
+    #[test]
+    fn owner_tags_name_live_processes_only() {
+        assert!(!owner_gone(&format!("{}-abc", owner_tag())));
+        assert!(owner_gone(&format!("{}.{}-abc", std::process::id(), 1)));
+        assert!(!owner_gone("not-a-tag"));
+    }
+
+    #[test]
     fn unknown_user() {
         assert!(matches!(ProbeUser::from_name("no-such-user-capsd"), Err(ProcessError::UnknownUser(_))));
         assert_eq!(ProbeUser::from_name("root").unwrap().uid, 0);
     }
 
     #[test]
-    fn private_dir_removed_and_mode_0700() {
+    fn private_dir_removed_and_modes() {
         use std::os::unix::fs::PermissionsExt;
         let mut p = ProbeProcess::start(Path::new("/bin/sleep"), Accel::Tcg, &ProcessOptions::default());
         // /bin/sleep rejects the QEMU arguments and exits; the directory still exists until drop.
         let p = p.as_mut().unwrap();
         let dir = p.dir().to_owned();
-        assert_eq!(std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777, 0o700);
+        assert_eq!(std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777, 0o711);
+        assert_eq!(std::fs::metadata(dir.join("run")).unwrap().permissions().mode() & 0o777, 0o700);
         let opts = ProcessOptions { start_timeout: Duration::from_secs(5), ..Default::default() };
         let e = p.connect(&opts).unwrap_err();
         assert!(matches!(e, ProcessError::ExitedEarly { .. }), "{e}");

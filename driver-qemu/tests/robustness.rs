@@ -144,8 +144,8 @@ os._exit(3)"#,
     let data = d.join("data.bin");
     std::fs::write(&data, [0x7fu8, b'E', b'L', b'F', 0, 1, 2, 3]).unwrap();
     std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755)).unwrap();
-    // execvp hands a file the kernel cannot run to /bin/sh, which fails on it.
-    expect_err(&data, &["exited"]);
+    // execve, not execvp: a file the kernel cannot run is not handed to /bin/sh.
+    expect_err(&data, &["cannot start", "Exec format error"]);
     expect_err(d, &["not a regular file"]);
     // Bad paths are input errors naming the query parameter (`emulatorbin`, as the cache
     // key check and the agent name it), not probe failures.

@@ -5,6 +5,7 @@ mod agent;
 mod cmd;
 mod output;
 mod registry;
+mod signals;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -116,6 +117,13 @@ fn main() -> ExitCode {
         cache_dir,
         plugin_timeout: std::time::Duration::from_millis(cli.plugin_timeout_ms),
     };
+    // The agent handles its signals itself, the plugin helper needs no cleanup; every other
+    // command removes its probes on them.
+    if !matches!(cli.command, Command::Serve(_) | Command::PluginHost(_)) {
+        if let Err(e) = signals::cleanup_on_signals() {
+            tracing::warn!(error = %format!("{e:#}"), "an interrupted probe may leave files behind");
+        }
+    }
     let result = match cli.command {
         Command::DomCapabilities(a) => cmd::domcaps::run(&ctx, a),
         Command::Drivers(a) => cmd::drivers::run(&ctx, a),

@@ -72,6 +72,13 @@ pub fn qemu_cache_filler(opts: &DriverOptions) -> anyhow::Result<CacheFiller> {
     }
 }
 
+/// Kill the probes running in this process and remove their private directories (the
+/// CLI's SIGINT/SIGTERM path); nothing without driver-qemu.
+pub fn abort_probes() {
+    #[cfg(feature = "qemu")]
+    driver_qemu::process::abort_all();
+}
+
 /// The default probe cache directory (driver-qemu's rule), `None` without driver-qemu.
 pub fn default_cache_dir() -> Option<std::path::PathBuf> {
     #[cfg(feature = "qemu")]

@@ -74,6 +74,8 @@ pub enum ProcessError {
     UnknownUser(String),
     #[error("unknown probe group '{0}'")]
     UnknownGroup(String),
+    #[error("probing was aborted (capsd is stopping)")]
+    Aborted,
 }
 
 impl ProcessError {
@@ -281,24 +283,30 @@ pub struct ProbeProcess {
     live_id: u64,
 }
 
-/// A running probe as [`abort_all`] needs it: emulator pid, leader pid, private directory.
-type LiveProbe = (u32, u32, PathBuf);
+/// The running probes of this process, for [`abort_all`]: per probe, its emulator and
+/// leader pids and its private directory. `closed` once aborted: no probe starts after that.
+#[derive(Default)]
+struct Live {
+    closed: bool,
+    probes: HashMap<u64, (u32, u32, PathBuf)>,
+}
 
-/// Running probes of this process.
-static LIVE: Mutex<Option<HashMap<u64, LiveProbe>>> = Mutex::new(None);
+static LIVE: Mutex<Option<Live>> = Mutex::new(None);
 
-fn live() -> std::sync::MutexGuard<'static, Option<HashMap<u64, LiveProbe>>> {
+fn live() -> std::sync::MutexGuard<'static, Option<Live>> {
     LIVE.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Kill every running probe of this process and remove its private directory, without
-/// waiting: for a process about to exit on a signal (the CLI's SIGINT/SIGTERM handling).
+/// Kill every running probe of this process (waiting until it and all it started are gone)
+/// and remove its private directory; probes starting afterwards fail. For a process about
+/// to exit on a signal (the CLI's SIGINT/SIGTERM handling). A probe being started waits for
+/// this, or this for it (both hold the same lock), so none is missed.
 pub fn abort_all() {
-    let probes: Vec<_> = live().take().map(|m| m.into_values().collect()).unwrap_or_default();
-    for (emulator, leader, dir) in probes {
-        for pid in [emulator, leader] {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::SIGKILL);
-        }
+    let mut guard = live();
+    let state = guard.get_or_insert_with(Live::default);
+    state.closed = true;
+    for (_, (emulator, leader, dir)) in state.probes.drain() {
+        crate::spawn::kill_and_reap(emulator, leader);
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
@@ -348,6 +356,13 @@ impl ProbeProcess {
     pub fn start(binary: &Path, accel: Accel, opts: &ProcessOptions) -> Result<ProbeProcess, ProcessError> {
         let root = opts.temp_root.clone().unwrap_or_else(std::env::temp_dir);
         remove_abandoned_dirs(&root);
+        // Held until the probe is registered: `abort_all` either sees it or runs first (and
+        // then nothing starts).
+        let mut guard = live();
+        let state = guard.get_or_insert_with(Live::default);
+        if state.closed {
+            return Err(ProcessError::Aborted);
+        }
         let mut b = tempfile::Builder::new();
         let prefix = format!("{DIR_PREFIX}{}-", owner_tag());
         b.prefix(&prefix);
@@ -381,9 +396,8 @@ impl ProbeProcess {
             crate::spawn::spawn(&spec).map_err(|source| ProcessError::Spawn { binary: binary.to_owned(), source })?;
         static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let live_id = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        live()
-            .get_or_insert_with(HashMap::new)
-            .insert(live_id, (child.emulator_pid(), child.pid(), dir.path().to_owned()));
+        state.probes.insert(live_id, (child.emulator_pid(), child.pid(), dir.path().to_owned()));
+        drop(guard);
         tracing::debug!(binary = %binary.display(), pid = child.emulator_pid(), ?accel, "probe process started");
         Ok(ProbeProcess { binary: binary.to_owned(), child, dir, live_id })
     }
@@ -459,8 +473,8 @@ impl ProbeProcess {
 impl Drop for ProbeProcess {
     fn drop(&mut self) {
         self.kill();
-        if let Some(m) = live().as_mut() {
-            m.remove(&self.live_id);
+        if let Some(state) = live().as_mut() {
+            state.probes.remove(&self.live_id);
         }
     }
 }

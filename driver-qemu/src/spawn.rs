@@ -414,31 +414,34 @@ impl Spawned {
         if self.status.is_some() {
             return;
         }
-        if self.emulator != self.leader {
-            // The namespace's init: its death kills the rest of the namespace, and the leader
-            // ends once it has reaped it. Only the leader reaps it, and only once it ended; a
-            // leader that has not ended has not reaped it (but for the instant between its
-            // wait and its exit), so the pid is still the emulator's.
-            if self.try_wait().is_some() {
-                return;
-            }
-            let _ = nix::sys::signal::kill(self.emulator, Signal::SIGKILL);
-        } else {
-            let _ = nix::sys::signal::killpg(self.leader, Signal::SIGKILL);
-            let _ = nix::sys::signal::kill(self.leader, Signal::SIGKILL);
+        // Only the leader reaps the emulator, and only once it ended; a leader that has not
+        // ended has not reaped it (but for the instant between its wait and its exit), so
+        // the pid is still the emulator's.
+        if self.emulator != self.leader && self.try_wait().is_some() {
+            return;
         }
-        loop {
-            match wait_raw(self.leader, 0) {
-                Ok(Some(st)) => {
-                    self.status = Some(ExitStatus::from_raw(st));
-                    return;
-                }
-                Err(Errno::EINTR) | Ok(None) => continue,
-                Err(_) => {
-                    self.status = Some(ExitStatus::from_raw(0));
-                    return;
-                }
-            }
+        let st = kill_and_reap(self.emulator.as_raw() as u32, self.leader.as_raw() as u32);
+        self.status = Some(st.unwrap_or_else(|| ExitStatus::from_raw(0)));
+    }
+}
+
+/// Kill a probe started by [`spawn`] (its emulator and leader pids) and reap the leader:
+/// when this returns, nothing the probe started runs. With a PID namespace the emulator is
+/// its init: its death kills the rest of the namespace, and the leader ends once it has
+/// reaped it. `None` when the leader was reaped elsewhere.
+pub(crate) fn kill_and_reap(emulator: u32, leader: u32) -> Option<ExitStatus> {
+    let (emulator, leader) = (Pid::from_raw(emulator as i32), Pid::from_raw(leader as i32));
+    if emulator != leader {
+        let _ = nix::sys::signal::kill(emulator, Signal::SIGKILL);
+    } else {
+        let _ = nix::sys::signal::killpg(leader, Signal::SIGKILL);
+        let _ = nix::sys::signal::kill(leader, Signal::SIGKILL);
+    }
+    loop {
+        match wait_raw(leader, 0) {
+            Ok(Some(st)) => return Some(ExitStatus::from_raw(st)),
+            Err(Errno::EINTR) | Ok(None) => continue,
+            Err(_) => return None,
         }
     }
 }

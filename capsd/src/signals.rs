@@ -1,0 +1,32 @@
+//! The CLI's end on SIGINT, SIGTERM and SIGHUP: the running probes are killed and their
+//! private directories removed before capsd dies of the signal (with the default action, so
+//! the exit status still says which signal). The signals are blocked in every thread and
+//! taken by one thread with `sigwait`, so the cleanup runs as ordinary code, not in a
+//! signal handler. The agent (`serve`) has its own shutdown and does not use this.
+
+use anyhow::{Context, Result};
+use nix::sys::signal::{self, SigHandler, SigSet, Signal};
+
+/// Block the signals in this thread (and so in every thread it starts afterwards: call it
+/// before any) and start the thread that handles them.
+pub fn cleanup_on_signals() -> Result<()> {
+    let mut set = SigSet::empty();
+    for s in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
+        set.add(s);
+    }
+    set.thread_block().context("blocking SIGINT/SIGTERM/SIGHUP")?;
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            let Ok(sig) = set.wait() else { return };
+            tracing::info!(signal = %sig, "interrupted: stopping probes");
+            crate::registry::abort_probes();
+            // SAFETY: restores the default action of one signal; no handler is involved.
+            let _ = unsafe { signal::signal(sig, SigHandler::SigDfl) };
+            let _ = set.thread_unblock();
+            let _ = signal::raise(sig);
+            std::process::exit(128 + sig as i32);
+        })
+        .context("starting the signal thread")?;
+    Ok(())
+}

@@ -8,8 +8,8 @@
 //! aliases); [`derive::domain_capabilities`] turns the data into the document. Derivation
 //! never touches QEMU or the host, so recorded probes replay exactly (`tests/replay.rs`).
 //!
-//! Architecture invariant: only `probe`, `process`, `qmp`, `host` and `firmware` touch the
-//! system; everything downstream of [`probe_data::ProbeData`] is pure.
+//! Architecture invariant: only `probe`, `process`, `spawn`, `qmp`, `host`, `firmware`,
+//! `cpu::host` and `cache` touch the system; everything downstream of [`probe_data::ProbeData`] is pure.
 
 pub mod cache;
 pub mod cpu;
@@ -52,8 +52,9 @@ pub struct QemuDriver {
 }
 
 impl QemuDriver {
-    /// A driver that probes on every query, as the current user unless `CAPSD_PROBE_USER`
-    /// names another (an unknown name there is reported at query time).
+    /// A driver that probes on every query, as [`process::choose_probe_user`] decides
+    /// (`CAPSD_PROBE_USER`, libvirt's QEMU user, ...; an unknown name is reported at query
+    /// time).
     pub fn new() -> Self {
         QemuDriver::default()
     }
@@ -77,7 +78,7 @@ impl QemuDriver {
     }
 
     /// Run probe processes as this user (when running as root). The probe cache keys its
-    /// entries by `CAPSD_PROBE_USER` ([`cache::KeySources::probe_user`]): with a cache, set
+    /// entries by the chosen user ([`cache::KeySources::probe_user`]): with a cache, set
     /// the user there too ([`Self::with_cache`]).
     pub fn with_probe_user(mut self, user: ProbeUser) -> Self {
         self.options.process.user = Some(user);

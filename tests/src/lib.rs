@@ -22,11 +22,13 @@
 //!
 //! and review the diff. Tests that read libvirt's upstream data find it under
 //! `../shared` beside the workspace (or `$CAPSD_SHARED_DIR`); those files are read in place,
-//! never copied into this repository.
+//! never copied into this repository, and a test whose data is absent is skipped, or fails
+//! with `CAPSD_REQUIRE_REFERENCE=1` ([`reference`]).
 
 pub mod conformance;
 pub mod enums;
 pub mod presence;
+pub mod reference;
 pub mod schema;
 
 pub use conformance::{assert_conforms, assert_unavailable, run, Report, Rule};

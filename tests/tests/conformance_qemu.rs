@@ -3,6 +3,8 @@
 //! Runs wherever `qemu-system-x86_64` exists; without it the test says it skipped, unless
 //! `CAPSD_REQUIRE_LIVE=1` (set by CI, which installs QEMU), where a missing QEMU fails.
 
+use capsd_tests::reference;
+
 use capsd_core::Query;
 use capsd_tests::conformance;
 use driver_qemu::QemuDriver;
@@ -23,6 +25,7 @@ fn have(bin: &str) -> bool {
 
 #[test]
 fn qemu_live() {
+    let Some(_) = reference::need("fixtures") else { return };
     if !have("qemu-system-x86_64") {
         if std::env::var("CAPSD_REQUIRE_LIVE").as_deref() == Ok("1") {
             panic!("qemu-system-x86_64 is not installed and CAPSD_REQUIRE_LIVE=1");

@@ -1,8 +1,9 @@
 //! Shared helpers for capsd-core's integration tests: locating the reference fixtures.
 //!
-//! The fixtures live outside the repository, in `<repo>/../shared/fixtures`. A missing
-//! fixture directory fails the test instead of skipping it; the oracle directory
-//! `/tmp/oracle` (outputs of this machine's libvirt) is used when it exists.
+//! The fixtures live outside the repository, in `<repo>/../shared/fixtures`. Tests that
+//! need them ask `reference::need` first (skipped without them, failed with
+//! `CAPSD_REQUIRE_REFERENCE=1`); the oracle directory `/tmp/oracle` (outputs of this
+//! machine's libvirt) is used when it exists.
 
 #![allow(dead_code)]
 

@@ -5,6 +5,9 @@
 //!
 //! This binary holds a single test because it sets process-wide environment variables.
 
+#[path = "../../../tests/src/reference.rs"]
+mod reference;
+
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
@@ -13,6 +16,7 @@ use capsd_driver_bhyve::{BhyveDriver, Source};
 
 #[test]
 fn live_probing_reproduces_libvirt_with_a_fake_bhyve() {
+    let Some(_) = reference::need("fixtures/libvirt-upstream/domaincaps") else { return };
     let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
     let transcript = manifest.join("tests/data/fbuf/transcript.txt");
     let dir = tempfile::tempdir().unwrap();

@@ -6,7 +6,7 @@
 #[path = "../../tests/src/reference.rs"]
 mod reference;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::OnceLock;
 
 use capsd_analysis::{baseline, check, AnalysisError, Domain, Verdict};
@@ -14,7 +14,7 @@ use capsd_core::{DomainCapabilities, EnumList, Usable};
 use proptest::prelude::*;
 
 fn shared() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures")
+    crate::reference::shared_dir().join("fixtures")
 }
 
 fn load(rel: &str) -> DomainCapabilities {

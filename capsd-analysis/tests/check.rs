@@ -13,7 +13,7 @@ use capsd_core::DomainCapabilities;
 use Verdict::{Supported as S, Unknown as U, Unsupported as N};
 
 fn shared() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures")
+    crate::reference::shared_dir().join("fixtures")
 }
 
 fn caps(rel: &str) -> DomainCapabilities {

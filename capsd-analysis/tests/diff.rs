@@ -3,13 +3,11 @@
 #[path = "../../tests/src/reference.rs"]
 mod reference;
 
-use std::path::Path;
-
 use capsd_analysis::{diff, facts};
 use capsd_core::DomainCapabilities;
 
 fn load(rel: &str) -> DomainCapabilities {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures").join(rel);
+    let p = crate::reference::shared_dir().join("fixtures").join(rel);
     capsd_core::parse_any(&std::fs::read_to_string(&p).unwrap()).unwrap()
 }
 

@@ -12,7 +12,7 @@ use capsd_core::DomainCapabilities;
 use expect_test::expect_file;
 
 fn load(rel: &str) -> DomainCapabilities {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures").join(rel);
+    let p = crate::reference::shared_dir().join("fixtures").join(rel);
     let text = std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
     capsd_core::parse_any(&text).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
 }

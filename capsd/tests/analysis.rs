@@ -13,7 +13,7 @@ fn capsd(args: &[&str]) -> Output {
 }
 
 fn shared(rel: &str) -> String {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures").join(rel);
+    let p = crate::reference::shared_dir().join("fixtures").join(rel);
     assert!(p.exists(), "missing reference data {}", p.display());
     p.to_str().unwrap().to_owned()
 }

@@ -6,7 +6,7 @@
 mod reference;
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 
 fn capsd() -> Command {
@@ -38,7 +38,7 @@ fn stderr(o: &Output) -> String {
 /// The reference documents: libvirt upstream's test outputs and the libvirt 9.0 host's
 /// outputs. A missing directory fails the test.
 fn documents() -> Vec<PathBuf> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures");
+    let root = crate::reference::shared_dir().join("fixtures");
     let mut files = Vec::new();
     for dir in ["libvirt-upstream/domaincaps", "libvirt-9.0-host"] {
         let dir = root.join(dir);

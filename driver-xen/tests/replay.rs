@@ -21,7 +21,7 @@ fn driver(host: &str) -> XenDriver {
 
 fn upstream_fixture(name: &str) -> String {
     // The repository root is the parent of this crate; shared/ sits beside the repository.
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures/libvirt-upstream/domaincaps").join(name);
+    let p = crate::reference::shared_dir().join("fixtures/libvirt-upstream/domaincaps").join(name);
     std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
 }
 

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 
 /// `<repo>/../shared/fixtures`.
 pub fn fixtures_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures")
+    crate::reference::shared_dir().join("fixtures")
 }
 
 /// The `*.xml` files of a directory, sorted; panics (fails the test) if the directory is

@@ -13,7 +13,7 @@ pub fn data_root(name: &str) -> PathBuf {
 
 /// The domain capabilities schema, beside the repository.
 pub fn schema() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures/libvirt-upstream/schemas/domaincaps.rng")
+    crate::reference::shared_dir().join("fixtures/libvirt-upstream/schemas/domaincaps.rng")
 }
 
 /// Validate a document with `xmllint --relaxng`; panics with xmllint's message when invalid.

@@ -25,6 +25,7 @@ pub struct ProbeOptions {
 /// Probe one binary, reading the host facts too.
 #[tracing::instrument(skip_all, fields(driver = "qemu", emulator = %binary.display()))]
 pub fn probe(binary: &Path, opts: &ProbeOptions) -> Result<ProbeData, DriverError> {
+    crate::process::explain_probe_user();
     std::thread::scope(|s| {
         let host = s.spawn(HostFacts::read);
         let kvm_usable = kvm_usable_by_probe(opts);
@@ -42,6 +43,7 @@ pub fn probe(binary: &Path, opts: &ProbeOptions) -> Result<ProbeData, DriverErro
 /// Results come back in the order of `binaries`.
 pub fn probe_many(binaries: &[PathBuf], opts: &ProbeOptions) -> Vec<Result<ProbeData, DriverError>> {
     type Slot = std::sync::Mutex<Option<Result<BTreeMap<Accel, Transcript>, DriverError>>>;
+    crate::process::explain_probe_user();
     let kvm_usable = kvm_usable_by_probe(opts);
     // A bounded pool: each binary runs up to two QEMU processes at once.
     let workers = std::thread::available_parallelism().map_or(2, |n| n.get()).max(2) * 2;

@@ -199,16 +199,33 @@ impl UserSources {
 }
 
 /// Who probe processes run as on this host: `None` for capsd's own identity (not root, or
-/// root by configuration). See the module docs for the order.
+/// root by configuration). See the module docs for the order. Quiet: a fallback is only
+/// explained (a warning) by [`explain_probe_user`], when a probe actually runs.
 pub fn choose_probe_user() -> Result<Option<ProbeUser>, ProcessError> {
     if !nix::unistd::geteuid().is_root() {
         return Ok(None);
     }
-    choose_probe_user_from(&UserSources::host())
+    choose(&UserSources::host(), false)
+}
+
+/// Log why probes run as the user [`choose_probe_user`] picks, with a warning when it had to
+/// fall back (libvirt's QEMU user missing, or `nobody`). Called when probing, not on every
+/// query answered from the cache.
+pub fn explain_probe_user() {
+    if nix::unistd::geteuid().is_root() {
+        match choose(&UserSources::host(), true) {
+            Ok(u) => tracing::debug!(user = ?u.as_ref().map(ProbeUser::label), "probe user"),
+            Err(e) => tracing::debug!(error = %e, "probe user"),
+        }
+    }
 }
 
 /// [`choose_probe_user`] reading `src` (as root).
 pub fn choose_probe_user_from(src: &UserSources) -> Result<Option<ProbeUser>, ProcessError> {
+    choose(src, false)
+}
+
+fn choose(src: &UserSources, explain: bool) -> Result<Option<ProbeUser>, ProcessError> {
     if let Some(name) = &src.env {
         return if name == "root" { Ok(None) } else { ProbeUser::from_name(name).map(Some) };
     }
@@ -221,19 +238,22 @@ pub fn choose_probe_user_from(src: &UserSources) -> Result<Option<ProbeUser>, Pr
         }
         match ProbeUser::with_group(&user, Some(&group)) {
             Ok(u) => return Ok(Some(u)),
-            Err(e) => tracing::warn!(
+            Err(e) if explain => tracing::warn!(
                 conf = %src.qemu_conf.display(), error = %e,
                 "libvirt's QEMU user does not exist here (libvirt could not start QEMU either); not probing as it"
             ),
+            Err(_) => {}
         }
     }
     if let Ok(u) = ProbeUser::from_name(CAPSD_USER) {
         return Ok(Some(u));
     }
-    tracing::warn!(
-        "probing as 'nobody': no libvirt QEMU user and no user '{CAPSD_USER}' here (create '{CAPSD_USER}' \
-         in the group that may open /dev/kvm, or set {PROBE_USER_ENV}=root)"
-    );
+    if explain {
+        tracing::warn!(
+            "probing as 'nobody': no libvirt QEMU user and no user '{CAPSD_USER}' here (create \
+             '{CAPSD_USER}' in the group that may open /dev/kvm, or set {PROBE_USER_ENV}=root)"
+        );
+    }
     ProbeUser::from_name("nobody").map(Some)
 }
 

@@ -3,6 +3,9 @@
 //! lists it in `/v1/drivers`, and survives a plugin that panics or returns invalid XML (each
 //! such request gets an error status, the next request is served normally).
 
+#[path = "../../tests/src/reference.rs"]
+mod reference;
+
 #[path = "../../capsd-plugin/tests/support/mod.rs"]
 mod support;
 
@@ -82,6 +85,7 @@ fn dechunk(mut s: &str) -> String {
 
 #[test]
 fn the_agent_serves_plugin_documents_and_survives_bad_plugins() {
+    let Some(_) = reference::need("fixtures/libvirt-upstream/domaincaps") else { return };
     let plugins = plugin_dir(&["capsd_driver_bhyve", "tp_panic", "tp_badxml", "tp_wrongabi"]);
     let a = serve(plugins.path(), "fbuf");
 

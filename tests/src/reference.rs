@@ -74,7 +74,7 @@ fn display(p: &Path) -> String {
     }
 }
 
-/// `<test binary>::<test>` (libtest names each test's thread after the test).
+/// `<package>/<test binary>::<test>` (libtest names each test's thread after the test).
 fn test_name() -> String {
     let bin = std::env::args()
         .next()
@@ -85,6 +85,8 @@ fn test_name() -> String {
         Some((name, hash)) if hash.len() == 16 && hash.bytes().all(|b| b.is_ascii_hexdigit()) => name.to_owned(),
         _ => bin,
     };
+    // The package too: test binaries of different crates share names (`replay`, `schema`).
+    let package = std::env::var("CARGO_PKG_NAME").map(|p| format!("{p}/")).unwrap_or_default();
     let thread = std::thread::current();
-    format!("{bin}::{}", thread.name().unwrap_or("?"))
+    format!("{package}{bin}::{}", thread.name().unwrap_or("?"))
 }

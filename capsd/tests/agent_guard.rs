@@ -193,12 +193,22 @@ fn sigterm_stops_within_2_s_with_a_hung_probe_in_flight() {
         std::thread::sleep(Duration::from_millis(10));
     }
     let socket = a.socket.clone();
+    let agent_pid = a.child.id();
     let t = Instant::now();
     let st = a.stop();
     let took = t.elapsed();
     assert!(took < Duration::from_secs(2), "stopping took {took:?}");
     assert!(st.success(), "{st:?}");
     assert!(!socket.exists(), "the socket file is left behind");
+    // The hung probe's private directory (named after the agent's pid) is gone too.
+    let prefix = format!("capsd-probe-{agent_pid}.");
+    let left: Vec<_> = std::fs::read_dir(std::env::temp_dir())
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+        .map(|e| e.path())
+        .collect();
+    assert!(left.is_empty(), "probe directories left behind: {left:?}");
     client.join().unwrap();
 }
 

@@ -167,8 +167,10 @@ pub fn run(ctx: &super::Context, args: Args) -> Result<ExitCode> {
     let rt = rt.build().context("starting the async runtime")?;
     let agent = Arc::new(Agent::with_limits(registry, policy, limits));
     let result = rt.block_on(serve(agent, socket, inherited, token.map(Arc::new), args));
-    // A derivation still blocked (a hung probe) does not hold up the exit.
+    // A derivation still blocked (a hung probe) does not hold up the exit; its probe is
+    // killed (with all it started) and its private directory removed here.
     rt.shutdown_timeout(Duration::from_millis(100));
+    crate::registry::abort_probes();
     result.map(|()| ExitCode::SUCCESS)
 }
 

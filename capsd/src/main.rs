@@ -75,6 +75,9 @@ enum Command {
     Labels(cmd::labels::Args),
     /// Placement traits in OpenStack Nova's conventions.
     Traits(cmd::labels::Args),
+    /// Many hosts' capabilities in etcd (published by `capsd serve --etcd`): hosts, check a
+    /// domain across them, baseline, diff two hosts.
+    Fleet(cmd::fleet::Args),
     /// Internal: the helper process one plugin runs in, started by capsd itself.
     #[command(name = "plugin-host", hide = true)]
     PluginHost(cmd::plugin_host::Args),
@@ -135,6 +138,7 @@ fn main() -> ExitCode {
         Command::Baseline(a) => cmd::baseline::run(a),
         Command::Labels(a) => cmd::labels::run_labels(&ctx, a),
         Command::Traits(a) => cmd::labels::run_traits(&ctx, a),
+        Command::Fleet(a) => cmd::fleet::run(a),
         Command::PluginHost(a) => cmd::plugin_host::run(a),
     };
     finish(result)

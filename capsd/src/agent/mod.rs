@@ -15,6 +15,7 @@
 //! - [`emulators`]: which `emulatorbin` the agent runs.
 //! - [`auth`]: the bearer token of loopback TCP.
 //! - [`conn`]: connections under limits and timeouts.
+//! - [`publish`]: this host's documents into etcd (`--etcd`), kept current.
 //!
 //! Work is bounded: at most [`Limits::max_probes`] derivations (each may probe) run at once,
 //! on blocking threads; more wait for a turn as async tasks, holding no thread. Kept
@@ -26,6 +27,7 @@ pub mod conn;
 pub mod emulators;
 pub mod flight;
 pub mod metrics;
+pub mod publish;
 pub mod server;
 
 use std::collections::{BTreeMap, HashMap};
@@ -277,6 +279,11 @@ impl Agent {
             k.used.store(now, Ordering::Relaxed);
         }
         Some(k.doc.clone())
+    }
+
+    /// The watch generation: changes whenever kept documents were dropped.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
     }
 
     /// Drop every kept document.

@@ -99,6 +99,39 @@ pub struct Args {
     /// driver-test: directory of golden documents to serve.
     #[arg(long, value_name = "DIR")]
     fixtures: Option<PathBuf>,
+    /// Publish this host's documents to etcd: endpoints, comma-separated
+    /// (http://HOST:PORT or HOST:PORT). Needs --host-id. See `capsd fleet --help`.
+    #[arg(long, value_name = "ENDPOINTS", value_delimiter = ',', requires = "host_id")]
+    etcd: Vec<String>,
+    /// This host's name in the fleet (letters, digits, . _ - :), with --etcd.
+    #[arg(long, value_name = "ID")]
+    host_id: Option<String>,
+    /// Key prefix of the fleet in etcd.
+    #[arg(long, value_name = "P", default_value = "/capsd")]
+    etcd_prefix: String,
+    /// Lease time to live in seconds: how long the host stays listed after it died (a
+    /// clean stop removes it at once).
+    #[arg(long, value_name = "SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(2..=3600))]
+    etcd_ttl: u64,
+    /// The driver whose documents are published.
+    #[arg(long, value_name = "NAME", default_value = "qemu")]
+    publish_driver: String,
+}
+
+/// The publishing options, when --etcd was given (bad values named).
+fn publish_options(args: &Args) -> Result<Option<crate::agent::publish::Options>> {
+    if args.etcd.is_empty() {
+        return Ok(None);
+    }
+    let host_id = args.host_id.clone().context("--etcd needs --host-id")?;
+    capsd_fleet::validate_host_id(&host_id)?;
+    let config = capsd_fleet::PublishConfig {
+        endpoints: args.etcd.clone(),
+        layout: capsd_fleet::Layout::new(&args.etcd_prefix).context("--etcd-prefix")?,
+        host_id,
+        ttl: Duration::from_secs(args.etcd_ttl),
+    };
+    Ok(Some(crate::agent::publish::Options { config, driver: args.publish_driver.clone() }))
 }
 
 fn parse_mode(s: &str) -> Result<u32, String> {
@@ -145,6 +178,7 @@ pub fn run(ctx: &super::Context, args: Args) -> Result<ExitCode> {
         ..DriverOptions::default()
     };
     let registry = super::domcaps::registry(ctx, &opts)?;
+    publish_options(&args)?;
     let socket = match (args.socket.clone(), inherited.is_empty()) {
         (Some(s), _) => Some(s),
         (None, true) => Some(default_socket()?),
@@ -244,6 +278,8 @@ async fn serve(
     if args.recheck_ms > 0 {
         tokio::spawn(agent.clone().watch(Duration::from_millis(args.recheck_ms)));
     }
+    let publishing =
+        publish_options(&args)?.map(|o| tokio::spawn(crate::agent::publish::run(agent.clone(), o, stop_rx.clone())));
     tracing::info!(socket = ?socket, drivers = ?agent.registry, limits = ?agent_limits(&args), "capsd agent serving");
     server::notify_ready();
     loop {
@@ -269,6 +305,10 @@ async fn serve(
     // Requests in flight get a short grace; blocked ones (a hung probe) are left behind.
     if tokio::time::timeout(GRACE, async { while tasks.join_next().await.is_some() {} }).await.is_err() {
         tracing::warn!("requests still in flight after {GRACE:?}; exiting anyway");
+    }
+    // The publisher revokes its lease (bounded: etcd may be gone).
+    if let Some(p) = publishing {
+        let _ = tokio::time::timeout(Duration::from_secs(5), p).await;
     }
     Ok(())
 }

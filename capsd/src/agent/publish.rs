@@ -1,0 +1,182 @@
+//! Publishing this host's documents to etcd (`capsd serve --etcd ... --host-id ...`).
+//!
+//! What is published: for each arch in [`ARCHES`] (the host's first), each virt type
+//! (`kvm`, `qemu`) and the default machine plus each alias in [`MACHINES`], the document the
+//! agent serves for that query with the publishing driver (`--publish-driver`, default
+//! `qemu`); queries the driver does not offer here (no emulator for the arch, KVM not
+//! usable, a machine the emulator lacks) are left out. The documents come from the agent's
+//! own memo ([`Agent::document`]), so publishing probes nothing the agent would not, and
+//! answers stay shared. The content is handed to a [`capsd_fleet::Publisher`] after each
+//! arch, so the first documents are in the store before every emulator is probed.
+//!
+//! Staying current: every 100 ms the task compares the agent's watch generation (bumped by
+//! the watcher when host inputs change, see [`Agent::watch`]); a new generation collects
+//! again and the publisher writes what changed, so a change the watcher notices is in the
+//! store well within a second of being noticed. etcd itself is the publisher's business
+//! (lease, keep-alive, backoff, catch-up): nothing here waits for it.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use capsd_core::Query;
+use capsd_fleet::{Content, Cpu, Emulator, HostRecord, PublishConfig, Publisher, QueryKey};
+
+use super::{Agent, DocKey};
+
+/// Arches asked (the host's own goes first).
+pub const ARCHES: [&str; 8] = ["x86_64", "i686", "aarch64", "armv7l", "ppc64", "ppc64le", "s390x", "riscv64"];
+/// Virt types asked.
+pub const VIRT_TYPES: [&str; 2] = ["kvm", "qemu"];
+/// Machine aliases asked besides the default: what virt-install and virt-manager pick.
+pub const MACHINES: [&str; 5] = ["pc", "q35", "virt", "pseries", "s390-ccw-virtio"];
+
+/// `capsd serve`'s publishing options.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub config: PublishConfig,
+    /// The driver whose documents are published.
+    pub driver: String,
+}
+
+/// Publish until `stop` turns true, then revoke the lease.
+pub async fn run(agent: Arc<Agent>, opts: Options, mut stop: tokio::sync::watch::Receiver<bool>) {
+    let publisher = match Publisher::start(opts.config.clone()) {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::error!(error = %e, "etcd: not publishing");
+            return;
+        }
+    };
+    let mut seen = None;
+    loop {
+        let g = agent.generation();
+        if seen != Some(g) {
+            seen = Some(g);
+            collect(&agent, &opts, &publisher, &stop).await;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+            _ = stop.changed() => break,
+        }
+        if *stop.borrow() {
+            break;
+        }
+    }
+    publisher.stop(Duration::from_secs(3)).await;
+}
+
+/// Ask every query, handing the content over after each arch.
+async fn collect(agent: &Arc<Agent>, opts: &Options, publisher: &Publisher, stop: &tokio::sync::watch::Receiver<bool>) {
+    let driver = match agent.registry.get(&opts.driver) {
+        Ok(d) => d,
+        Err(e) => {
+            tracing::error!(error = %e, "etcd: nothing to publish");
+            return;
+        }
+    };
+    let host_arch = capsd_core::arch::of_this_build();
+    let arches = std::iter::once(host_arch).chain(ARCHES.into_iter().filter(|a| *a != host_arch));
+    let mut docs: BTreeMap<QueryKey, Arc<str>> = BTreeMap::new();
+    for arch in arches {
+        for vt in VIRT_TYPES {
+            for m in std::iter::once(None).chain(MACHINES.into_iter().map(Some)) {
+                if *stop.borrow() {
+                    return;
+                }
+                let query = Query {
+                    arch: Some(arch.to_owned()),
+                    virt_type: Some(vt.to_owned()),
+                    machine: m.map(str::to_owned),
+                    ..Query::default()
+                };
+                let key = DocKey { driver: opts.driver.clone(), query };
+                match agent.document(key, driver.clone()).await {
+                    Ok(doc) => {
+                        let Ok(q) = QueryKey::new(vt, arch, m) else { continue };
+                        docs.insert(q, Arc::from(String::from_utf8_lossy(&doc.xml).as_ref()));
+                    }
+                    Err(e) if e.kind() == capsd_core::ErrorKind::ProbeFailed => {
+                        tracing::warn!(error = %e, arch, virt_type = vt, "etcd: not publishing a query that failed")
+                    }
+                    Err(e) => tracing::debug!(error = %e, arch, virt_type = vt, machine = ?m, "not offered here"),
+                }
+            }
+        }
+        let record = record(opts, driver.details(), &docs).await;
+        publisher.update(Content { record, docs: docs.clone() });
+    }
+}
+
+/// The host record for `docs`.
+async fn record(opts: &Options, details: Vec<(String, String)>, docs: &BTreeMap<QueryKey, Arc<str>>) -> HostRecord {
+    let paths: BTreeSet<String> = docs.values().filter_map(|x| element_text(x, "path")).collect();
+    // Only the QEMU driver's paths are binaries that ran here (driver-test's name the
+    // machine its documents were recorded on).
+    let run = opts.driver == "qemu";
+    let emulators = tokio::task::spawn_blocking(move || {
+        paths.into_iter().map(|p| Emulator { version: run.then(|| emulator_version(&p)).flatten(), path: p }).collect()
+    })
+    .await
+    .unwrap_or_default();
+    HostRecord {
+        id: opts.config.host_id.clone(),
+        capsd_version: env!("CARGO_PKG_VERSION").to_owned(),
+        driver: opts.driver.clone(),
+        libvirt_version: details.into_iter().find(|(k, _)| k == "libvirt_version").map(|(_, v)| v),
+        emulators,
+        cpu: host_cpu(),
+        updated_ms: 0,
+        documents: 0,
+    }
+}
+
+/// The text of the first `<name>` element of a libvirt XML document.
+fn element_text(xml: &str, name: &str) -> Option<String> {
+    let open = format!("<{name}>");
+    let start = xml.find(&open)? + open.len();
+    let end = xml[start..].find('<')? + start;
+    Some(xml[start..end].to_owned())
+}
+
+/// `QEMU emulator version 7.2.19 (Debian ...)` → `7.2.19`, from `BINARY --version`.
+fn emulator_version(path: &str) -> Option<String> {
+    let out = std::process::Command::new(path)
+        .arg("--version")
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let rest = text.lines().next()?.split(" version ").nth(1)?;
+    rest.split_whitespace().next().map(str::to_owned)
+}
+
+/// The host CPU from /proc/cpuinfo (vendor and model name where the kernel gives them).
+fn host_cpu() -> Cpu {
+    let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let field = |name: &str| {
+        info.lines()
+            .find(|l| l.split(':').next().is_some_and(|k| k.trim() == name))
+            .and_then(|l| l.split_once(':'))
+            .map(|(_, v)| v.trim().to_owned())
+            .filter(|v| !v.is_empty())
+    };
+    Cpu {
+        arch: capsd_core::arch::of_this_build().to_owned(),
+        vendor: field("vendor_id").or_else(|| field("CPU implementer")),
+        model: field("model name").or_else(|| field("cpu model")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn element_text_reads_the_first_element() {
+        let x = "<domainCapabilities>\n  <path>/usr/bin/qemu-system-x86_64</path>\n  <domain>kvm</domain>";
+        assert_eq!(element_text(x, "path").as_deref(), Some("/usr/bin/qemu-system-x86_64"));
+        assert_eq!(element_text(x, "machine"), None);
+    }
+}

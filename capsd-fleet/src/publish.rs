@@ -193,8 +193,8 @@ const OPS_PER_TXN: usize = 100;
 #[derive(Debug, Default)]
 pub struct Written {
     /// Query → hash.
-    refs: BTreeMap<QueryKey, String>,
-    record: Option<HostRecord>,
+    pub refs: BTreeMap<QueryKey, String>,
+    pub record: Option<HostRecord>,
 }
 
 /// Write what differs from `written`, then the record. Documents go in the transaction of

@@ -238,3 +238,38 @@ fn check_exits_3_when_the_capabilities_cannot_be_obtained() {
     let o = capsd(&["check", &d, "--driver", "nosuch"]);
     assert_eq!(o.status.code(), Some(2), "{}", err(&o));
 }
+
+/// `labels --format nfd`: Node Feature Discovery's local feature file (`#` comments, one
+/// `name[=value]` per line), holding exactly the labels `capsd labels` prints, written
+/// atomically with `--output` (no dot-file left behind, an earlier file replaced).
+#[test]
+fn labels_as_an_nfd_feature_file() {
+    let sev = shared("libvirt-upstream/domaincaps/qemu_9.2.0-q35.x86_64+amdsev.xml");
+    let text = out(&capsd(&["labels", "--caps", &sev]));
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("capsd");
+    std::fs::write(&file, "stale=true\n").unwrap();
+    let o = capsd(&["labels", "--caps", &sev, "--format", "nfd", "--output", file.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(0), "{}", err(&o));
+    assert!(o.stdout.is_empty());
+    let nfd = std::fs::read_to_string(&file).unwrap();
+    let mut lines: Vec<String> = Vec::new();
+    for line in nfd.lines() {
+        if line.starts_with('#') {
+            // NFD reads '# +' lines as directives: capsd writes plain comments only.
+            assert!(!line.starts_with("# +"), "{line}");
+            continue;
+        }
+        let name = line.split('=').next().unwrap();
+        assert!(!name.is_empty() && !name.contains(' '), "not a feature line: {line:?}");
+        lines.push(format!("{line}\n"));
+    }
+    assert_eq!(lines.concat(), text, "the NFD file's labels differ from `capsd labels`");
+    assert!(nfd.contains("/etc/kubernetes/node-feature-discovery/features.d"), "{nfd}");
+    let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(left, vec![std::ffi::OsString::from("capsd")], "files left beside the output");
+    // Traits have no NFD form: refused by name.
+    let o = capsd(&["traits", "--caps", &sev, "--format", "nfd"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(err(&o).contains("--format nfd"), "{}", err(&o));
+}

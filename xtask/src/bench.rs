@@ -1,8 +1,9 @@
-//! `cargo xtask bench [core|qemu|agent|plugin|stacks]...`: benchmarks with printed figures. Speed targets
+//! `cargo xtask bench [core|qemu|agent|plugin|stacks|fleet]...`: benchmarks with printed figures. Speed targets
 //! live here, never in timed tests. Each group is its own module.
 
 pub(crate) mod agent;
 mod core;
+mod fleet;
 mod load;
 mod plugin;
 mod qemu;
@@ -14,7 +15,7 @@ use anyhow::{bail, Context as _, Result};
 
 /// Run the named groups, or all of them.
 pub fn run(args: &[String]) -> Result<()> {
-    let all = ["core", "qemu", "agent", "plugin", "stacks"];
+    let all = ["core", "qemu", "agent", "plugin", "stacks", "fleet"];
     let groups: Vec<&str> = if args.is_empty() { all.to_vec() } else { args.iter().map(String::as_str).collect() };
     for g in groups {
         match g {
@@ -23,6 +24,7 @@ pub fn run(args: &[String]) -> Result<()> {
             "agent" => agent::run()?,
             "plugin" => plugin::run()?,
             "stacks" => stacks::run()?,
+            "fleet" => fleet::run()?,
             other => bail!("unknown bench group '{other}' (have: {})", all.join(", ")),
         }
     }

@@ -29,7 +29,7 @@ fn main() -> Result<()> {
 const USAGE: &str = "usage: cargo xtask <task> [args]
 
 tasks:
-  bench [core|qemu|agent|plugin]...
+  bench [core|qemu|agent|plugin|stacks|fleet]...
                                run benchmarks (all when none named) and print figures
   test [--quick]               the whole test suite as CI runs it (fmt, clippy, tests, examples)
   record-qemu [--oracle DIR] BINARY...|all

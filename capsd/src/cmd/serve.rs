@@ -101,17 +101,18 @@ pub struct Args {
     fixtures: Option<PathBuf>,
     /// Publish this host's documents to etcd: endpoints, comma-separated
     /// (http://HOST:PORT or HOST:PORT). Needs --host-id. See `capsd fleet --help`.
-    #[arg(long, value_name = "ENDPOINTS", value_delimiter = ',', requires = "host_id")]
+    #[arg(long, value_name = "ENDPOINTS", value_delimiter = ',', requires = "host_id", env = "CAPSD_ETCD")]
     etcd: Vec<String>,
     /// This host's name in the fleet (letters, digits, . _ - :), with --etcd.
-    #[arg(long, value_name = "ID")]
+    #[arg(long, value_name = "ID", env = "CAPSD_HOST_ID")]
     host_id: Option<String>,
     /// Key prefix of the fleet in etcd.
-    #[arg(long, value_name = "P", default_value = "/capsd")]
+    #[arg(long, value_name = "P", default_value = "/capsd", env = "CAPSD_ETCD_PREFIX")]
     etcd_prefix: String,
     /// Lease time to live in seconds: how long the host stays listed after it died (a
     /// clean stop removes it at once).
-    #[arg(long, value_name = "SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(2..=3600))]
+    #[arg(long, value_name = "SECS", default_value_t = 10, env = "CAPSD_ETCD_TTL",
+          value_parser = clap::value_parser!(u64).range(2..=3600))]
     etcd_ttl: u64,
     /// The driver whose documents are published.
     #[arg(long, value_name = "NAME", default_value = "qemu")]

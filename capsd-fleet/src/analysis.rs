@@ -195,3 +195,85 @@ pub fn baseline(docs: &[(String, Arc<DomainCapabilities>)]) -> Result<DomainCapa
     let plain: Vec<DomainCapabilities> = distinct.iter().map(|d| (***d).clone()).collect();
     Ok(capsd_analysis::baseline(&plain)?)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::path::Path;
+
+    use super::*;
+    use crate::store::Host;
+    use crate::{content_hash, Cpu, HostRecord};
+
+    fn fixture(name: &str) -> Arc<str> {
+        let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../driver-test/fixtures").join(name);
+        Arc::from(std::fs::read_to_string(&p).unwrap().as_str())
+    }
+
+    fn record(id: &str, vendor: &str) -> HostRecord {
+        HostRecord {
+            id: id.into(),
+            capsd_version: "0".into(),
+            driver: "test".into(),
+            libvirt_version: None,
+            emulators: Vec::new(),
+            cpu: Cpu { arch: "x86_64".into(), vendor: Some(vendor.into()), model: None },
+            updated_ms: 0,
+            documents: 0,
+        }
+    }
+
+    /// Host `a` publishes q35 under its alias; host `b` nothing for x86_64 KVM.
+    fn snapshot() -> Snapshot {
+        let q35 = fixture("x86_64-kvm-q35.xml");
+        let hash = content_hash(q35.as_bytes());
+        let mut s = Snapshot::default();
+        s.texts.insert(hash.clone(), q35);
+        let docs = BTreeMap::from([(QueryKey::parse("kvm/x86_64/q35").unwrap(), hash)]);
+        s.hosts.insert("a".into(), Host { record: record("a", "AuthenticAMD"), docs });
+        s.hosts.insert("b".into(), Host { record: record("b", "GenuineIntel"), docs: BTreeMap::new() });
+        s
+    }
+
+    fn domain(machine: &str) -> Domain {
+        Domain::parse(&format!(
+            "<domain type='kvm'><os><type arch='x86_64' machine='{machine}'>hvm</type></os></domain>"
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_host_without_the_document_is_unknown_and_a_canonical_machine_finds_the_alias_document() {
+        let mut s = snapshot();
+        let canonical =
+            s.document(&s.hosts["a"].docs.values().next().unwrap().clone()).unwrap().machine.clone().unwrap();
+        assert_ne!(canonical, "q35");
+        for m in ["q35", canonical.as_str()] {
+            let v = check(&mut s, &domain(m), &Selection::default()).unwrap();
+            assert_eq!(v[0].host, "a");
+            assert_eq!(v[0].query.as_deref(), Some("kvm/x86_64/q35"), "{m}");
+            assert_ne!(v[0].verdict, Verdict::Unsupported, "{m}: {:?}", v[0]);
+            assert_eq!(v[1].host, "b");
+            assert_eq!(v[1].verdict, Verdict::Unknown);
+            assert!(v[1].note.as_deref().unwrap().contains("publishes no document"), "{:?}", v[1]);
+        }
+        // A machine no document has: unknown on a as well.
+        let v = check(&mut s, &domain("pc-q35-1.0"), &Selection::default()).unwrap();
+        assert_eq!(v[0].verdict, Verdict::Unknown);
+        assert_eq!(v[0].query, None);
+    }
+
+    #[test]
+    fn selection_by_ids_and_record_fields() {
+        let s = snapshot();
+        let ids = |sel: Selection| sel.apply(&s).unwrap().into_iter().map(|(id, _)| id.clone()).collect::<Vec<_>>();
+        assert_eq!(ids(Selection::default()), ["a", "b"]);
+        assert_eq!(ids(Selection { hosts: vec!["b".into()], selectors: Vec::new() }), ["b"]);
+        let by_vendor = Selection::parse_selector("cpu.vendor=GenuineIntel").unwrap();
+        assert_eq!(ids(Selection { hosts: Vec::new(), selectors: vec![by_vendor] }), ["b"]);
+        assert!(Selection::parse_selector("colour=blue").unwrap_err().to_string().contains("colour"));
+        assert!(Selection::parse_selector("arch").unwrap_err().to_string().contains("NAME=VALUE"));
+        let e = Selection { hosts: vec!["nosuch".into()], selectors: Vec::new() }.apply(&s).unwrap_err();
+        assert!(e.to_string().contains("'nosuch'"), "{e}");
+    }
+}

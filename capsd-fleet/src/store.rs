@@ -72,17 +72,12 @@ pub struct Snapshot {
 impl Snapshot {
     /// Read the hosts and the documents under `layout` (two range reads at one revision).
     pub async fn read(client: &mut Client, endpoints: &[String], layout: &Layout) -> Result<Snapshot, FleetError> {
-        let err = |e| FleetError::etcd(endpoints, e);
-        let hosts = client.get(layout.hosts(), Some(GetOptions::new().with_prefix())).await.map_err(err)?;
-        let revision = hosts.header().map_or(0, |h| h.revision());
-        let docs = client
-            .get(layout.docs(), Some(GetOptions::new().with_prefix().with_revision(revision)))
-            .await
-            .map_err(err)?;
+        let (hosts, revision) = range_all(client, endpoints, &layout.hosts(), 0).await?;
+        let (docs, _) = range_all(client, endpoints, &layout.docs(), revision).await?;
         let mut s = Snapshot { revision, ..Snapshot::default() };
         let mut refs: Vec<(String, QueryKey, String)> = Vec::new();
         let host_prefix = layout.hosts();
-        for kv in hosts.kvs() {
+        for kv in &hosts {
             s.stored_bytes += (kv.key().len() + kv.value().len()) as u64;
             let key = String::from_utf8_lossy(kv.key()).into_owned();
             let rest = &key[host_prefix.len().min(key.len())..];
@@ -108,7 +103,7 @@ impl Snapshot {
             }
         }
         let doc_prefix = layout.docs();
-        for kv in docs.kvs() {
+        for kv in &docs {
             s.stored_bytes += (kv.key().len() + kv.value().len()) as u64;
             let key = String::from_utf8_lossy(kv.key());
             let hash = key[doc_prefix.len().min(key.len())..].to_owned();
@@ -143,6 +138,42 @@ impl Snapshot {
     }
 }
 
+/// Every key under `prefix` at `revision` (0: the current one), in pages that stay below
+/// gRPC's message size limit (4 MiB); returns the revision read.
+pub(crate) async fn range_all(
+    client: &mut Client,
+    endpoints: &[String],
+    prefix: &str,
+    revision: i64,
+) -> Result<(Vec<etcd_client::KeyValue>, i64), FleetError> {
+    /// Keys per page: documents are tens of KiB, so a page stays within a few MiB.
+    const PAGE: i64 = 64;
+    let end = prefix_end(prefix);
+    let mut from = prefix.as_bytes().to_vec();
+    let mut revision = revision;
+    let mut out = Vec::new();
+    loop {
+        let mut opts = GetOptions::new().with_range(end.clone()).with_limit(PAGE);
+        if revision > 0 {
+            opts = opts.with_revision(revision);
+        }
+        let mut r = client.get(from.clone(), Some(opts)).await.map_err(|e| FleetError::etcd(endpoints, e))?;
+        if revision == 0 {
+            revision = r.header().map_or(0, |h| h.revision());
+        }
+        let more = r.more();
+        let kvs = r.take_kvs();
+        let Some(last) = kvs.last() else { break };
+        from = last.key().to_vec();
+        from.push(0);
+        out.extend(kvs);
+        if !more {
+            break;
+        }
+    }
+    Ok((out, revision))
+}
+
 /// The end of the range of keys starting with `prefix` (etcd's prefix rule).
 pub(crate) fn prefix_end(prefix: &str) -> Vec<u8> {
     let mut end = prefix.as_bytes().to_vec();
@@ -164,12 +195,8 @@ pub async fn gc(client: &mut Client, endpoints: &[String], layout: &Layout) -> R
     for _ in 0..10 {
         let snap = Snapshot::read(client, endpoints, layout).await?;
         // References of hosts whose record is not there yet count too.
-        let hosts = client
-            .get(layout.hosts(), Some(GetOptions::new().with_prefix().with_revision(snap.revision)))
-            .await
-            .map_err(|e| FleetError::etcd(endpoints, e))?;
+        let (hosts, _) = range_all(client, endpoints, &layout.hosts(), snap.revision).await?;
         let referenced: HashSet<String> = hosts
-            .kvs()
             .iter()
             .filter(|kv| String::from_utf8_lossy(kv.key()).contains("/docs/"))
             .map(|kv| String::from_utf8_lossy(kv.value()).into_owned())

@@ -215,10 +215,13 @@ pub fn run() -> Result<()> {
         snap.texts.len(),
         snap.hosts.values().map(|h| h.docs.len()).sum::<usize>()
     );
+    let doc_bytes: usize = snap.texts.iter().map(|(h, t)| layout.doc(h).len() + t.len()).sum();
     println!(
-        "  store: {:.0} bytes/host of live keys and values ({:.1} KiB total), etcd database {:.0} bytes/host",
+        "  store: {:.0} bytes/host of live keys and values ({:.1} KiB total: {:.0} bytes/host of host records and references, {:.1} KiB of shared documents), etcd database {:.0} bytes/host",
         snap.stored_bytes as f64 / hosts as f64,
         snap.stored_bytes as f64 / 1024.0,
+        (snap.stored_bytes as usize - doc_bytes) as f64 / hosts as f64,
+        doc_bytes as f64 / 1024.0,
         db_size as f64 / hosts as f64
     );
 

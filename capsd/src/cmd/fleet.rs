@@ -11,14 +11,13 @@ use capsd_fleet::{Layout, Selection, Snapshot};
 
 use super::check::ReportFormat;
 
-/// Exit status when the question could not be asked (bad input, unreadable store).
-const BAD_INPUT: u8 = 2;
+use super::check::{BAD_INPUT, NO_CAPABILITIES};
 
 #[derive(Debug, clap::Args)]
 #[command(after_help = "Exit status: check: 0 when at least one host can run the domain (it publishes the \
                   domain's document and nothing in it is unsupported, as `capsd check` exits 0; with --strict: \
-                  everything supported), 1 when none; diff: 0 same, 1 different; 2 for bad input or a store \
-                  that could not be read.\n\n\
+                  everything supported), 1 when none; diff: 0 same, 1 different; 2 for bad input; 3 when \
+                  the store could not be read (etcd unreachable, a damaged key).\n\n\
                   Hosts publish with `capsd serve --etcd ENDPOINTS --host-id ID`; a host that publishes \
                   nothing for what a domain needs is 'unknown', never 'unsupported'.")]
 pub struct Args {
@@ -110,7 +109,13 @@ pub fn run(args: Args) -> Result<ExitCode> {
         Ok(code) => Ok(code),
         Err(e) => {
             eprintln!("capsd: error: {e:#}");
-            Ok(ExitCode::from(BAD_INPUT))
+            let store = e.chain().any(|c| {
+                matches!(
+                    c.downcast_ref::<capsd_fleet::FleetError>(),
+                    Some(capsd_fleet::FleetError::Etcd { .. } | capsd_fleet::FleetError::Corrupt { .. })
+                )
+            });
+            Ok(ExitCode::from(if store { NO_CAPABILITIES } else { BAD_INPUT }))
         }
     }
 }

@@ -235,7 +235,7 @@ pub fn run() -> Result<()> {
             let t = Instant::now();
             let o = Command::new(&capsd).args(["fleet", "--etcd", ep, "--etcd-prefix", PREFIX]).args(args).output()?;
             ts.push(t.elapsed());
-            if o.status.code() == Some(2) {
+            if matches!(o.status.code(), Some(2) | Some(3)) {
                 bail!("capsd fleet {args:?} failed: {}", String::from_utf8_lossy(&o.stderr));
             }
             last = (o.stdout, o.status.code());

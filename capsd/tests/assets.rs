@@ -8,8 +8,14 @@ fn capsd(args: &[&str]) -> Output {
 
 /// The subcommands `capsd --help` lists.
 fn subcommands() -> Vec<String> {
-    let help = String::from_utf8(capsd(&["--help"]).stdout).unwrap();
-    let listed = help.split("Commands:\n").nth(1).unwrap().split("\n\n").next().unwrap();
+    subcommands_of(&[])
+}
+
+/// The subcommands `capsd PATH... --help` lists (none when it lists no Commands).
+fn subcommands_of(path: &[&str]) -> Vec<String> {
+    let help = String::from_utf8(capsd(&[path, &["--help"]].concat()).stdout).unwrap();
+    let Some(listed) = help.split("Commands:\n").nth(1) else { return Vec::new() };
+    let listed = listed.split("\n\n").next().unwrap();
     listed.lines().map(|l| l.split_whitespace().next().unwrap().to_owned()).filter(|c| c != "help").collect()
 }
 
@@ -46,6 +52,10 @@ fn man_pages_and_completions_cover_every_subcommand_and_hide_the_generator() {
         std::fs::read_dir(&man).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
     pages.sort();
     let mut expected: Vec<String> = subs.iter().map(|s| format!("capsd-{s}.1")).collect();
+    // Nested subcommands (capsd fleet check) have pages of their own.
+    for s in &subs {
+        expected.extend(subcommands_of(&[s]).iter().map(|n| format!("capsd-{s}-{n}.1")));
+    }
     expected.push("capsd.1".to_owned());
     expected.sort();
     assert_eq!(pages, expected);

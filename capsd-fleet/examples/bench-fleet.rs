@@ -1,0 +1,319 @@
+//! `cargo xtask bench fleet` runs this (`cargo run --release -p capsd-fleet --example
+//! bench-fleet -- CAPSD`, CAPSD being the release `capsd` binary): a fleet of simulated hosts
+//! in one local etcd. It is an example of this crate rather than xtask code so that xtask
+//! builds without etcd-client (whose build needs `protoc`, which `.ci/setup` installs).
+//!
+//! 1. Starts Debian's `etcd` (package etcd-server) on loopback with its own data directory
+//!    and free ports.
+//! 2. Publishes `CAPSD_BENCH_HOSTS` hosts (default 1000), each under its own lease, through
+//!    `capsd_fleet::publish::write` (the agent's code path). Their documents are real libvirt
+//!    outputs: this machine's libvirt 9.0 (`../shared/fixtures/libvirt-9.0-host`) and libvirt's
+//!    upstream test data for QEMU 7.2 to 11.1, SEV and SGX hosts
+//!    (`../shared/fixtures/libvirt-upstream/domaincaps`), six host classes; every seventh host
+//!    also has a `<vcpu max>` of its own (drift), so both sharing and unique documents occur.
+//! 3. Figures: store bytes per host (live keys and values under the prefix, and etcd's
+//!    database size), `capsd fleet check` of a virt-install domain across all hosts and
+//!    `capsd fleet baseline` of all hosts' q35 documents (release `capsd`, whole process,
+//!    median of `CAPSD_BENCH_RUNS`, default 5), and the time from a host's change
+//!    (`Publisher::update`, the call the agent makes when its watcher noticed a change) to
+//!    the new reference being seen by an etcd watch (`CAPSD_BENCH_CHANGES`, default 20).
+//!
+//! Targets: check <= 1 s, baseline <= 2 s, change visible <= 1 s. Loopback only; the
+//! counts above bound it; etcd and its data are removed at the end.
+
+use std::collections::BTreeMap;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _, Result};
+use capsd_fleet::{Content, Cpu, HostRecord, Layout, PublishConfig, Publisher, QueryKey};
+
+fn env_num<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_owned).unwrap_or_else(|| PathBuf::from("."))
+}
+
+const PREFIX: &str = "/capsd-bench";
+
+struct Etcd {
+    child: Child,
+    _dir: tempfile::TempDir,
+    endpoint: String,
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn start_etcd() -> Result<Etcd> {
+    if !Path::new("/usr/bin/etcd").exists() {
+        bail!("/usr/bin/etcd is missing: run .ci/setup (package etcd-server)");
+    }
+    let dir = tempfile::tempdir()?;
+    let (client, peer) = (free_port()?, free_port()?);
+    let endpoint = format!("http://127.0.0.1:{client}");
+    let log = std::fs::File::create(dir.path().join("etcd.log"))?;
+    let child = Command::new("/usr/bin/etcd")
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .args(["--listen-client-urls", &endpoint, "--advertise-client-urls", &endpoint])
+        .args(["--listen-peer-urls", &format!("http://127.0.0.1:{peer}")])
+        .args(["--initial-advertise-peer-urls", &format!("http://127.0.0.1:{peer}")])
+        .args(["--initial-cluster", &format!("default=http://127.0.0.1:{peer}")])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .context("starting etcd")?;
+    Ok(Etcd { child, _dir: dir, endpoint })
+}
+
+fn shared() -> PathBuf {
+    workspace_root().join("../shared/fixtures")
+}
+
+fn read(rel: &str) -> Result<Arc<str>> {
+    let p = shared().join(rel);
+    Ok(Arc::from(std::fs::read_to_string(&p).with_context(|| format!("{}", p.display()))?.as_str()))
+}
+
+/// The host classes: query → document.
+fn classes() -> Result<Vec<BTreeMap<QueryKey, Arc<str>>>> {
+    let k = |s: &str| QueryKey::parse(s).map_err(anyhow::Error::from);
+    let up = |f: &str| read(&format!("libvirt-upstream/domaincaps/{f}"));
+    let host = |f: &str| read(&format!("libvirt-9.0-host/{f}"));
+    let x86 = |default: Arc<str>, q35: Arc<str>| -> Result<BTreeMap<QueryKey, Arc<str>>> {
+        Ok(BTreeMap::from([
+            (k("kvm/x86_64/@default")?, default.clone()),
+            (k("kvm/x86_64/pc")?, default),
+            (k("kvm/x86_64/q35")?, q35),
+        ]))
+    };
+    let mut libvirt9 = x86(host("x86_64-kvm-default.xml")?, host("x86_64-kvm-q35.xml")?)?;
+    libvirt9.insert(k("qemu/x86_64/@default")?, host("x86_64-tcg-default.xml")?);
+    libvirt9.insert(k("qemu/x86_64/q35")?, host("x86_64-tcg-q35.xml")?);
+    libvirt9.insert(k("qemu/aarch64/@default")?, host("aarch64-tcg-virt.xml")?);
+    libvirt9.insert(k("qemu/aarch64/virt")?, host("aarch64-tcg-virt.xml")?);
+    libvirt9.insert(k("qemu/ppc64/pseries")?, host("ppc64-tcg-pseries.xml")?);
+    libvirt9.insert(k("qemu/s390x/@default")?, host("s390x-tcg-default.xml")?);
+    let mut q111 = x86(up("qemu_11.1.0.x86_64.xml")?, up("qemu_11.1.0-q35.x86_64.xml")?)?;
+    q111.insert(k("qemu/aarch64/virt")?, up("qemu_11.1.0-virt.aarch64.xml")?);
+    Ok(vec![
+        libvirt9,
+        x86(up("qemu_7.2.0.x86_64.xml")?, up("qemu_7.2.0-q35.x86_64.xml")?)?,
+        q111,
+        x86(up("qemu_11.1.0.x86_64.xml")?, up("qemu_10.2.0-q35.x86_64.xml")?)?,
+        x86(up("qemu_7.2.0.x86_64.xml")?, up("qemu_9.2.0-q35.x86_64+amdsev.xml")?)?,
+        x86(up("qemu_11.1.0.x86_64.xml")?, up("qemu_11.0.0-q35.x86_64+sgx.xml")?)?,
+    ])
+}
+
+/// `doc` with its `<vcpu max='...'/>` set to `max`.
+fn with_vcpu_max(doc: &str, max: usize) -> Arc<str> {
+    let Some(start) = doc.find("<vcpu max='") else { return Arc::from(doc) };
+    let from = start + "<vcpu max='".len();
+    let end = doc[from..].find('\'').map_or(from, |e| from + e);
+    Arc::from(format!("{}{max}{}", &doc[..from], &doc[end..]).as_str())
+}
+
+fn content(id: &str, docs: BTreeMap<QueryKey, Arc<str>>) -> Content {
+    Content {
+        record: HostRecord {
+            id: id.to_owned(),
+            capsd_version: env!("CARGO_PKG_VERSION").to_owned(),
+            driver: "qemu".into(),
+            libvirt_version: Some("9.0.0".into()),
+            emulators: Vec::new(),
+            cpu: Cpu { arch: "x86_64".into(), vendor: None, model: None },
+            updated_ms: 0,
+            documents: 0,
+        },
+        docs,
+    }
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn main() -> Result<()> {
+    let hosts: usize = env_num("CAPSD_BENCH_HOSTS", 1000);
+    let runs: usize = env_num("CAPSD_BENCH_RUNS", 5).max(1);
+    let changes: usize = env_num("CAPSD_BENCH_CHANGES", 20).max(1);
+    let capsd =
+        PathBuf::from(std::env::args_os().nth(1).context("usage: bench-fleet CAPSD (the capsd binary to time)")?);
+    let etcd = start_etcd()?;
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let endpoints = vec![etcd.endpoint.clone()];
+    let layout = Layout::new(PREFIX)?;
+    let classes = classes()?;
+
+    // Wait for etcd, then publish every host.
+    let mut client = rt.block_on(async {
+        let t = Instant::now();
+        loop {
+            match capsd_fleet::connect(&endpoints).await {
+                Ok(c) => return Ok(c),
+                Err(e) if t.elapsed() > Duration::from_secs(30) => return Err(e),
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+    })?;
+    let t = Instant::now();
+    rt.block_on(async {
+        let mut tasks = tokio::task::JoinSet::new();
+        let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        for _ in 0..32 {
+            let (mut c, next, classes, layout, endpoints) =
+                (client.clone(), next.clone(), classes.clone(), layout.clone(), endpoints.clone());
+            tasks.spawn(async move {
+                loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    if i >= hosts {
+                        return Ok::<(), anyhow::Error>(());
+                    }
+                    let id = format!("host-{i:04}");
+                    let mut docs = classes[i % classes.len()].clone();
+                    if i % 7 == 0 {
+                        for d in docs.values_mut() {
+                            *d = with_vcpu_max(d, 64 + i);
+                        }
+                    }
+                    let cfg = PublishConfig {
+                        endpoints: endpoints.clone(),
+                        layout: layout.clone(),
+                        host_id: id.clone(),
+                        ttl: Duration::from_secs(600),
+                    };
+                    let lease = c.lease_grant(600, None).await?.id();
+                    let mut written = capsd_fleet::publish::Written::default();
+                    capsd_fleet::publish::write(&mut c, &cfg, lease, &mut written, &content(&id, docs)).await?;
+                }
+            });
+        }
+        while let Some(r) = tasks.join_next().await {
+            r??;
+        }
+        Ok::<(), anyhow::Error>(())
+    })?;
+    let publish_time = t.elapsed();
+    let (snap, db_size) = rt.block_on(async {
+        let s = capsd_fleet::Snapshot::read(&mut client, &endpoints, &layout).await?;
+        let st = client.status().await?;
+        Ok::<_, anyhow::Error>((s, st.db_size()))
+    })?;
+    if snap.hosts.len() != hosts {
+        bail!("{} hosts in the store, {hosts} published", snap.hosts.len());
+    }
+    println!(
+        "bench fleet: {hosts} hosts published in {:.1} s ({} distinct documents, {} references)",
+        publish_time.as_secs_f64(),
+        snap.texts.len(),
+        snap.hosts.values().map(|h| h.docs.len()).sum::<usize>()
+    );
+    let doc_bytes: usize = snap.texts.iter().map(|(h, t)| layout.doc(h).len() + t.len()).sum();
+    println!(
+        "  store: {:.0} bytes/host of live keys and values ({:.1} KiB total: {:.0} bytes/host of host records and references, {:.1} KiB of shared documents), etcd database {:.0} bytes/host",
+        snap.stored_bytes as f64 / hosts as f64,
+        snap.stored_bytes as f64 / 1024.0,
+        (snap.stored_bytes as usize - doc_bytes) as f64 / hosts as f64,
+        doc_bytes as f64 / 1024.0,
+        db_size as f64 / hosts as f64
+    );
+
+    // capsd fleet check / baseline: whole process, release build.
+    let domain = workspace_root().join("capsd-analysis/tests/data/domains/secboot-q35.xml");
+    let ep = etcd.endpoint.as_str();
+    let time_cli = |args: &[&str]| -> Result<(Duration, Vec<u8>, Option<i32>)> {
+        let mut ts = Vec::new();
+        let mut last = (Vec::new(), None);
+        for _ in 0..runs {
+            let t = Instant::now();
+            let o = Command::new(&capsd).args(["fleet", "--etcd", ep, "--etcd-prefix", PREFIX]).args(args).output()?;
+            ts.push(t.elapsed());
+            if matches!(o.status.code(), Some(2) | Some(3)) {
+                bail!("capsd fleet {args:?} failed: {}", String::from_utf8_lossy(&o.stderr));
+            }
+            last = (o.stdout, o.status.code());
+        }
+        Ok((median(ts), last.0, last.1))
+    };
+    let (check, out, code) = time_cli(&["check", domain.to_str().unwrap_or_default(), "--format", "json"])?;
+    let v: serde_json::Value = serde_json::from_slice(&out)?;
+    println!(
+        "  capsd fleet check secboot-q35.xml across {hosts} hosts: median {:.0} ms (target <= 1000 ms) [{} supported, {} unsupported, {} unknown; exit {:?}]",
+        check.as_secs_f64() * 1e3,
+        v["summary"]["supported"],
+        v["summary"]["unsupported"],
+        v["summary"]["unknown"],
+        code
+    );
+    let (base, out, _) = time_cli(&["baseline", "--machine", "q35"])?;
+    println!(
+        "  capsd fleet baseline --machine q35 of {hosts} hosts: median {:.0} ms (target <= 2000 ms) [{} bytes]",
+        base.as_secs_f64() * 1e3,
+        out.len()
+    );
+
+    // A host's change to its visibility: a real publisher (lease, keep-alive) and a watch.
+    let visible = rt.block_on(async {
+        let id = "host-live";
+        let cfg = PublishConfig {
+            endpoints: endpoints.clone(),
+            layout: layout.clone(),
+            host_id: id.into(),
+            ttl: Duration::from_secs(10),
+        };
+        let publisher = Publisher::start(cfg)?;
+        let key = layout.host_doc(id, &QueryKey::parse("kvm/x86_64/q35")?);
+        let mut stream = client.watch(key.clone(), None).await?;
+        let base = classes[0].clone();
+        let mut ts = Vec::new();
+        for n in 0..=changes {
+            let mut docs = base.clone();
+            for d in docs.values_mut() {
+                *d = with_vcpu_max(d, 5000 + n);
+            }
+            let want = capsd_fleet::content_hash(docs[&QueryKey::parse("kvm/x86_64/q35")?].as_bytes());
+            let t = Instant::now();
+            publisher.update(content(id, docs));
+            loop {
+                let resp = tokio::time::timeout(Duration::from_secs(10), stream.message())
+                    .await
+                    .context("no watch event within 10 s")??
+                    .context("watch ended")?;
+                if resp.events().iter().any(|e| e.kv().is_some_and(|kv| kv.value() == want.as_bytes())) {
+                    break;
+                }
+            }
+            if n > 0 {
+                // The first one includes the publisher's connection and lease.
+                ts.push(t.elapsed());
+            }
+        }
+        publisher.stop(Duration::from_secs(3)).await;
+        ts.sort();
+        Ok::<_, anyhow::Error>((ts[ts.len() / 2], ts[ts.len() - 1]))
+    })?;
+    println!(
+        "  a host's change to its visibility in the store: median {:.1} ms, max {:.1} ms over {changes} changes (target <= 1000 ms; the agent's watcher adds up to --recheck-ms before it, and 100 ms of generation polling)",
+        visible.0.as_secs_f64() * 1e3,
+        visible.1.as_secs_f64() * 1e3
+    );
+    drop(etcd);
+    Ok(())
+}

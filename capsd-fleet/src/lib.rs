@@ -28,9 +28,9 @@
 //!
 //! # Reading
 //!
-//! [`Snapshot::read`] reads every host key and every document at one revision (two range
-//! reads), so `check`, `baseline` and `diff` across a thousand hosts cost two round trips
-//! and one parse per distinct document ([`analysis`]). A host that publishes no document
+//! [`Snapshot::read`] reads every host key and every document at one revision (range reads
+//! in pages), so `check`, `baseline` and `diff` across a thousand hosts cost a few round
+//! trips and one parse per distinct document they use ([`analysis`]). A host that publishes no document
 //! for the query a domain needs is `unknown`, never "no".
 
 pub mod analysis;

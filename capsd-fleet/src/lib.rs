@@ -50,12 +50,8 @@ pub use store::{connect, gc, Snapshot};
 #[non_exhaustive]
 pub enum FleetError {
     /// etcd refused or could not be reached.
-    #[error("etcd ({endpoints}): {source}")]
-    Etcd {
-        endpoints: String,
-        #[source]
-        source: etcd_client::Error,
-    },
+    #[error("etcd ({endpoints}): {error}")]
+    Etcd { endpoints: String, error: etcd_client::Error },
     /// A value given by the user is not acceptable.
     #[error("{what} '{value}': {reason}")]
     Invalid { what: &'static str, value: String, reason: String },
@@ -75,7 +71,7 @@ pub enum FleetError {
 
 impl FleetError {
     pub(crate) fn etcd(endpoints: &[String], source: etcd_client::Error) -> Self {
-        FleetError::Etcd { endpoints: endpoints.join(","), source }
+        FleetError::Etcd { endpoints: endpoints.join(","), error: source }
     }
 }
 

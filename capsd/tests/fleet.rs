@@ -361,3 +361,33 @@ mod sha2_check {
         String::from_utf8_lossy(&o.stdout).split_whitespace().next().unwrap().to_owned()
     }
 }
+
+#[test]
+fn serve_and_fleet_name_bad_fleet_options() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("s.sock");
+    let serve = |extra: &[&str]| {
+        Command::new(CAPSD)
+            .args(["serve", "--socket", sock.to_str().unwrap(), "--publish-driver", "test"])
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    for (args, needle) in [
+        (vec!["--etcd", "127.0.0.1:1"], "--host-id"),
+        (vec!["--etcd", "127.0.0.1:1", "--host-id", "a b"], "host id 'a b'"),
+        (vec!["--etcd", "127.0.0.1:1", "--host-id", "h", "--etcd-prefix", "capsd"], "etcd prefix 'capsd'"),
+        (vec!["--etcd", "127.0.0.1:1", "--host-id", "h", "--etcd-ttl", "1"], "--etcd-ttl"),
+    ] {
+        let o = serve(&args);
+        assert!(!o.status.success(), "{args:?} was accepted");
+        let e = String::from_utf8_lossy(&o.stderr);
+        assert!(e.contains(needle), "{args:?}: {e}");
+    }
+    // The fleet command checks its own input before reaching for etcd (none listens here).
+    let o = fleet("127.0.0.1:1", &["diff", "a", "b", "--machine", "a/b"]);
+    assert_eq!(o.status.code(), Some(2), "{o:?}");
+    let o = Command::new(CAPSD).args(["fleet", "hosts"]).env_remove("CAPSD_ETCD").output().unwrap();
+    assert_eq!(o.status.code(), Some(2), "{o:?}");
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--etcd"), "{o:?}");
+}

@@ -46,6 +46,14 @@ struct Select {
     selector: Vec<String>,
 }
 
+impl QueryArgs {
+    /// Refuse values a published query could not have (named), before reaching for etcd.
+    fn validate(&self) -> Result<()> {
+        capsd_fleet::QueryKey::new(&self.virttype, self.arch.as_deref().unwrap_or("any"), self.machine.as_deref())?;
+        Ok(())
+    }
+}
+
 impl Select {
     fn selection(&self) -> Result<Selection> {
         let selectors =
@@ -131,6 +139,19 @@ async fn fleet(args: Args) -> Result<ExitCode> {
         }
         _ => None,
     };
+    match &args.command {
+        Command::Hosts(sel) | Command::Check { select: sel, .. } => drop(sel.selection()?),
+        Command::Baseline { select, query } => {
+            select.selection()?;
+            query.validate()?;
+        }
+        Command::Diff { host_a, host_b, query } => {
+            capsd_fleet::validate_host_id(host_a)?;
+            capsd_fleet::validate_host_id(host_b)?;
+            query.validate()?;
+        }
+        Command::Gc => {}
+    }
     let mut client = capsd_fleet::connect(&args.etcd).await?;
     if matches!(args.command, Command::Gc) {
         let n = capsd_fleet::gc(&mut client, &args.etcd, &layout).await?;

@@ -139,6 +139,7 @@ fn content(id: &str, docs: BTreeMap<QueryKey, Arc<str>>) -> Content {
             emulators: Vec::new(),
             cpu: Cpu { arch: "x86_64".into(), vendor: None, model: None },
             updated_ms: 0,
+            inputs_changed_ms: None,
             documents: 0,
         },
         docs,

@@ -219,6 +219,7 @@ mod tests {
             emulators: Vec::new(),
             cpu: Cpu { arch: "x86_64".into(), vendor: Some(vendor.into()), model: None },
             updated_ms: 0,
+            inputs_changed_ms: None,
             documents: 0,
         }
     }

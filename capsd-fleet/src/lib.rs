@@ -208,6 +208,11 @@ pub struct HostRecord {
     pub cpu: Cpu,
     /// When the published content last changed, milliseconds since the Unix epoch.
     pub updated_ms: u64,
+    /// When the agent last noticed a change of the host's inputs (QEMU binaries, modules,
+    /// firmware, kernel, CPU microcode, /dev/kvm), milliseconds since the Unix epoch; absent
+    /// until it noticed one. The documents were derived again then, and may be unchanged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inputs_changed_ms: Option<u64>,
     /// How many queries the host publishes documents for.
     pub documents: usize,
 }

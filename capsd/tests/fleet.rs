@@ -391,3 +391,49 @@ fn serve_and_fleet_name_bad_fleet_options() {
     assert_eq!(o.status.code(), Some(2), "{o:?}");
     assert!(String::from_utf8_lossy(&o.stderr).contains("--etcd"), "{o:?}");
 }
+
+/// The host record of `id` from `fleet hosts --format json`.
+fn record(endpoints: &str, id: &str) -> Option<Value> {
+    let o = fleet(endpoints, &["hosts", "--format", "json"]);
+    let v: Value = serde_json::from_slice(&o.stdout).ok()?;
+    v.as_array()?.iter().find(|h| h["record"]["id"] == id).cloned()
+}
+
+/// A change the agent's watcher notices (here: the emulator binary a document names is
+/// replaced) is published: the record says when, the documents are derived again.
+#[test]
+fn a_change_the_watcher_notices_is_published() {
+    let etcd = Etcd::start(1);
+    let ep = etcd.endpoints();
+    let dir = tempfile::tempdir().unwrap();
+    let binary = dir.path().join("qemu-system-x86_64");
+    std::fs::write(&binary, "first").unwrap();
+    let fixtures = dir.path().join("fixtures");
+    std::fs::create_dir(&fixtures).unwrap();
+    let doc = std::fs::read_to_string(fixtures_dir_doc()).unwrap();
+    let doc = doc.replace("<path>/usr/bin/qemu-system-x86_64</path>", &format!("<path>{}</path>", binary.display()));
+    assert!(doc.contains(binary.to_str().unwrap()));
+    std::fs::write(fixtures.join("x86_64-kvm-q35.xml"), doc).unwrap();
+    let args = ["--etcd", &ep, "--host-id", "watched", "--publish-driver", "test", "--recheck-ms", "200"];
+    let f = fixtures.to_string_lossy().into_owned();
+    let _a = Agent::start(&[&args[..], &["--fixtures", &f]].concat());
+    wait_hosts(&ep, Duration::from_secs(60), "host listed", |l| has(l, "watched"));
+    let before = record(&ep, "watched").unwrap();
+    assert!(before["record"]["inputs_changed_ms"].is_null(), "{before}");
+    std::fs::write(&binary, "second, longer").unwrap();
+    let t = Instant::now();
+    let after = loop {
+        let r = record(&ep, "watched").unwrap();
+        if !r["record"]["inputs_changed_ms"].is_null() {
+            break r;
+        }
+        assert!(t.elapsed() < Duration::from_secs(30), "the change was not published: {r}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    // Derived again from the same fixture: the same documents.
+    assert_eq!(after["documents"], before["documents"]);
+}
+
+fn fixtures_dir_doc() -> PathBuf {
+    fixtures().join("x86_64-kvm-q35.xml")
+}

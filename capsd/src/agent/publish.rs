@@ -11,8 +11,9 @@
 //!
 //! Staying current: every 100 ms the task compares the agent's watch generation (bumped by
 //! the watcher when host inputs change, see [`Agent::watch`]); a new generation collects
-//! again and the publisher writes what changed, so a change the watcher notices is in the
-//! store well within a second of being noticed. etcd itself is the publisher's business
+//! again (the record's `inputs_changed_ms` says when) and the publisher writes what
+//! changed, so a change the watcher notices is in the store well within a second of being
+//! noticed. etcd itself is the publisher's business
 //! (lease, keep-alive, backoff, catch-up): nothing here waits for it.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -49,11 +50,15 @@ pub async fn run(agent: Arc<Agent>, opts: Options, mut stop: tokio::sync::watch:
         }
     };
     let mut seen = None;
+    let mut inputs_changed_ms = None;
     loop {
         let g = agent.generation();
         if seen != Some(g) {
+            if seen.is_some() {
+                inputs_changed_ms = Some(capsd_fleet::now_ms());
+            }
             seen = Some(g);
-            collect(&agent, &opts, &publisher, &stop).await;
+            collect(&agent, &opts, &publisher, &stop, inputs_changed_ms).await;
         }
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_millis(100)) => {}
@@ -67,7 +72,13 @@ pub async fn run(agent: Arc<Agent>, opts: Options, mut stop: tokio::sync::watch:
 }
 
 /// Ask every query, handing the content over after each arch.
-async fn collect(agent: &Arc<Agent>, opts: &Options, publisher: &Publisher, stop: &tokio::sync::watch::Receiver<bool>) {
+async fn collect(
+    agent: &Arc<Agent>,
+    opts: &Options,
+    publisher: &Publisher,
+    stop: &tokio::sync::watch::Receiver<bool>,
+    inputs_changed_ms: Option<u64>,
+) {
     let driver = match agent.registry.get(&opts.driver) {
         Ok(d) => d,
         Err(e) => {
@@ -103,7 +114,8 @@ async fn collect(agent: &Arc<Agent>, opts: &Options, publisher: &Publisher, stop
                 }
             }
         }
-        let record = record(opts, driver.details(), &docs).await;
+        let mut record = record(opts, driver.details(), &docs).await;
+        record.inputs_changed_ms = inputs_changed_ms;
         publisher.update(Content { record, docs: docs.clone() });
     }
 }
@@ -127,6 +139,7 @@ async fn record(opts: &Options, details: Vec<(String, String)>, docs: &BTreeMap<
         emulators,
         cpu: host_cpu(),
         updated_ms: 0,
+        inputs_changed_ms: None,
         documents: 0,
     }
 }

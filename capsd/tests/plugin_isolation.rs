@@ -272,6 +272,15 @@ fn a_helper_that_died_while_idle_is_replaced_without_failing_a_request() {
     assert_eq!(r.status, 200, "{}", r.body);
     let first = helper_for(a.child.id(), "tp_c_minimal");
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(first as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
+    // kill() returns before the helper is dead: wait until it is (a zombie, or reaped), so it
+    // really died while idle; one dying in the middle of the next call fails that call.
+    let t = Instant::now();
+    while std::fs::read_to_string(format!("/proc/{first}/stat"))
+        .is_ok_and(|st| st.rsplit_once(')').is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z')))
+    {
+        assert!(t.elapsed() < Duration::from_secs(5), "the helper did not die");
+        std::thread::sleep(Duration::from_millis(5));
+    }
     // A query the agent has not kept yet, so it reaches the plugin.
     let r = get(&a, "/v1/domcapabilities?driver=c-minimal&arch=x86_64");
     assert_eq!(r.status, 200, "{}", r.body);

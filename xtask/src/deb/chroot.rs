@@ -377,7 +377,17 @@ fn checks(ctx: &Ctx, report: &mut Report) {
             bail!("man -w said:\n{paths}");
         }
         let page = in_chroot(root, "MANPAGER=cat MANWIDTH=100 man capsd-serve 2>/dev/null")?;
-        if !page.contains("LISTEN_FDS") || !page.contains("--recheck-ms") {
+        // man may hyphenate a long word across lines ("LIS‐\n   TEN_FDS"): join those first.
+        let joined: String = page.split('\n').map(str::trim).fold(String::new(), |mut acc, line| {
+            if acc.ends_with('\u{2010}') {
+                acc.pop();
+            } else if !acc.is_empty() {
+                acc.push(' ');
+            }
+            acc.push_str(line);
+            acc
+        });
+        if !joined.contains("LISTEN_FDS") || !joined.contains("--recheck-ms") {
             bail!("capsd-serve(1) lacks the serve options:\n{}", tail(&page));
         }
         Ok(())

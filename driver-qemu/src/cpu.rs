@@ -225,7 +225,7 @@ pub fn cpu_capabilities_with(
 
     let host_passthrough = if accel == Accel::Kvm && native {
         let mut values = Vec::new();
-        if qom_has_property(t, plan::MAX_X86_64_CPU_TYPE, "migratable") {
+        if plan::qom_has_property(t, plan::MAX_X86_64_CPU_TYPE, "migratable").unwrap_or(false) {
             values.push("on");
         }
         values.push("off");
@@ -279,13 +279,6 @@ pub fn kvm_query_reads_tcg_run(data: &ProbeData) -> bool {
     data.host.cpu_map.as_ref().and_then(|m| m.x86.as_ref()).is_none()
 }
 
-fn qom_has_property(t: &Transcript, typename: &str, prop: &str) -> bool {
-    let args = plan::qom_list_properties_args(typename);
-    t.reply("qom-list-properties", Some(&args))
-        .and_then(Value::as_array)
-        .is_some_and(|a| a.iter().any(|p| p.get("name").and_then(Value::as_str) == Some(prop)))
-}
-
 /// host-model for a native guest: `None` (the mode omitted) when QEMU or libvirt's
 /// cpu_map did not say what it needs, `supported='no'` when it cannot be offered.
 fn host_model(data: &ProbeData, t: &Transcript, barch: &str, accel: Accel, options: CpuOptions) -> Option<HostModel> {
@@ -324,7 +317,7 @@ fn host_model(data: &ProbeData, t: &Transcript, barch: &str, accel: Accel, optio
         Some(map) => x86::decode(map, &cpu, &hv).map(|mut d| {
             // Without `unavailable-features` on QEMU's max-x86_64-cpu type (e.g. the i386
             // binary, which has no such type) libvirt drops the MSR-based features.
-            if !qom_has_property(t, plan::MAX_X86_64_CPU_TYPE, "unavailable-features") {
+            if !plan::qom_has_property(t, plan::MAX_X86_64_CPU_TYPE, "unavailable-features").unwrap_or(false) {
                 d.features.retain(|f| !map.feature(&f.name).is_some_and(|x| x.is_msr()));
             }
             d

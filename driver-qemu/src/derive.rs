@@ -98,7 +98,7 @@ pub fn domain_capabilities_with(
     let cpu = crate::cpu::cpu_capabilities_with(data, arch, &info.name, q.accel, cpu_options);
     let hyperv = crate::cpu::hyperv_with(data, arch, q.accel, cpu_options);
 
-    let sev = features::sev_for(&a, host, target);
+    let sev = features::sev(&a, host, target);
     let features = Features {
         gic: Some(features::gic(&a, arch, &info.name, q.accel)),
         vmcoreinfo: Some(features::vmcoreinfo(&a)),

@@ -118,19 +118,14 @@ pub fn parse_virt_type(v: Option<&str>) -> Result<VirtTypeArg, DriverError> {
     }
 }
 
-/// Check an arch name against libvirt's list.
-pub fn parse_arch(a: &str) -> Result<String, DriverError> {
-    parse_arch_for(a, Target::default())
-}
-
 /// Whether the target libvirt knows architecture `a` (`loongarch64` from
 /// [`Change::ArchLoongArch64`]).
 pub fn arch_known(a: &str, target: Target) -> bool {
     KNOWN_ARCHES.contains(&a) || (a == "loongarch64" && target.has(Change::ArchLoongArch64))
 }
 
-/// Parse `--arch` for the target release.
-pub fn parse_arch_for(a: &str, target: Target) -> Result<String, DriverError> {
+/// Check an `--arch` name against the target release's list.
+pub fn parse_arch(a: &str, target: Target) -> Result<String, DriverError> {
     if arch_known(a, target) {
         Ok(a.to_owned())
     } else {
@@ -160,14 +155,9 @@ pub fn binary_names_for_arch(arch: &str) -> Vec<String> {
     names
 }
 
-/// Phase 1: validate names, default the arch, pick the emulator. `find` looks a program
-/// name up in `PATH`.
-pub fn pre_probe(q: &Query, host_arch: &str, find: impl Fn(&str) -> Option<PathBuf>) -> Result<PreProbe, DriverError> {
-    pre_probe_for(q, Target::default(), host_arch, find)
-}
-
-/// [`pre_probe`] for the target release.
-pub fn pre_probe_for(
+/// Phase 1: validate names (for the target release), default the arch, pick the emulator.
+/// `find` looks a program name up in `PATH`.
+pub fn pre_probe(
     q: &Query,
     target: Target,
     host_arch: &str,
@@ -175,7 +165,7 @@ pub fn pre_probe_for(
 ) -> Result<PreProbe, DriverError> {
     let virt_type = parse_virt_type(q.virt_type.as_deref())?;
     let arch = match &q.arch {
-        Some(a) => parse_arch_for(a, target)?,
+        Some(a) => parse_arch(a, target)?,
         None => host_arch.to_owned(),
     };
     let emulator = match &q.emulator {
@@ -190,14 +180,9 @@ pub fn pre_probe_for(
     Ok(PreProbe { emulator, arch, virt_type, target })
 }
 
-/// libvirt's arch name for QEMU's `query-target` arch (libvirt 9.0's names).
-pub fn arch_from_qemu(target: &str) -> Option<String> {
-    arch_from_qemu_for(target, Target::default())
-}
-
-/// [`arch_from_qemu`] for the target release. QEMU's `or1k` is not libvirt's OpenRISC name
+/// libvirt's arch name (in the target release) for QEMU's `query-target` arch. QEMU's `or1k` is not libvirt's OpenRISC name
 /// (`or32`), so libvirt cannot use an OpenRISC binary (it fails without a reason).
-pub fn arch_from_qemu_for(qemu_arch: &str, target: Target) -> Option<String> {
+pub fn arch_from_qemu(qemu_arch: &str, target: Target) -> Option<String> {
     let a = match qemu_arch {
         "i386" => "i686",
         "arm" => "armv7l",
@@ -234,13 +219,9 @@ pub struct MachineEntry {
     pub is_default: bool,
 }
 
-/// The machines of one run in libvirt 9.0's order: `none` dropped, the default machine first.
-pub fn machines(reply: &Value, arch: &str) -> Vec<MachineEntry> {
-    machines_for(reply, arch, Target::default())
-}
-
-/// [`machines`] with the target release's preferred machines ([`preferred_machine_for`]).
-pub fn machines_for(reply: &Value, arch: &str, target: Target) -> Vec<MachineEntry> {
+/// The machines of one run in libvirt's order: `none` dropped, the target release's default
+/// machine ([`preferred_machine_for`]) first.
+pub fn machines(reply: &Value, arch: &str, target: Target) -> Vec<MachineEntry> {
     let mut list: Vec<MachineEntry> = reply
         .as_array()
         .map(|a| a.as_slice())
@@ -313,13 +294,8 @@ pub fn kvm_enabled(data: &ProbeData) -> bool {
         .unwrap_or(false)
 }
 
-/// The binary's own arch (libvirt name), from `query-target` of any run.
-pub fn emulator_arch(data: &ProbeData) -> Result<String, DriverError> {
-    emulator_arch_for(data, Target::default())
-}
-
-/// [`emulator_arch`] for the target release.
-pub fn emulator_arch_for(data: &ProbeData, target: Target) -> Result<String, DriverError> {
+/// The binary's own arch (libvirt name in the target release), from `query-target` of any run.
+pub fn emulator_arch(data: &ProbeData, target: Target) -> Result<String, DriverError> {
     let qemu_arch = data
         .runs
         .values()
@@ -327,7 +303,7 @@ pub fn emulator_arch_for(data: &ProbeData, target: Target) -> Result<String, Dri
         .and_then(|t| t.get("arch"))
         .and_then(Value::as_str)
         .ok_or_else(|| DriverError::probe_failed(&data.binary, "query-target gave no architecture"))?;
-    arch_from_qemu_for(qemu_arch, target).ok_or_else(|| {
+    arch_from_qemu(qemu_arch, target).ok_or_else(|| {
         DriverError::not_supported(
             DRIVER,
             format!("emulator '{}': its architecture '{qemu_arch}' is unknown to libvirt", data.binary),
@@ -338,7 +314,7 @@ pub fn emulator_arch_for(data: &ProbeData, target: Target) -> Result<String, Dri
 /// Phase 2: everything else, from the probe.
 pub fn resolve(pre: &PreProbe, machine: Option<&str>, data: &ProbeData) -> Result<ResolvedQuery, DriverError> {
     let emu = pre.emulator.display().to_string();
-    let emu_arch = emulator_arch_for(data, pre.target)?;
+    let emu_arch = emulator_arch(data, pre.target)?;
     let arch = pre.arch.as_str();
     if emu_arch != arch && (family(&emu_arch).is_none() || family(&emu_arch) != family(arch)) {
         return Err(DriverError::invalid(
@@ -389,7 +365,7 @@ pub fn resolve(pre: &PreProbe, machine: Option<&str>, data: &ProbeData) -> Resul
     let run = data.run(accel).ok_or_else(|| {
         DriverError::not_supported(DRIVER, format!("virt type '{}' with '{emu}': it was not probed", accel.virt_type()))
     })?;
-    let list = machines_for(run.get("query-machines").unwrap_or(&Value::Null), &emu_arch, pre.target);
+    let list = machines(run.get("query-machines").unwrap_or(&Value::Null), &emu_arch, pre.target);
     let machine = match machine {
         Some(m) => list
             .iter()
@@ -423,7 +399,7 @@ pub fn resolve_query_for(
     find: impl Fn(&str) -> Option<PathBuf>,
     probe: impl FnOnce(&Path) -> Result<ProbeData, DriverError>,
 ) -> Result<(ResolvedQuery, ProbeData), DriverError> {
-    let pre = pre_probe_for(q, target, host_arch, find)?;
+    let pre = pre_probe(q, target, host_arch, find)?;
     let data = probe(&pre.emulator)?;
     let r = resolve(&pre, q.machine.as_deref(), &data)?;
     Ok((r, data))
@@ -549,14 +525,14 @@ mod tests {
     fn arm_and_riscv_default_to_virt_from_9_3() {
         use crate::libvirt::{LibvirtVersion, Target};
         let reply = json!([{"name": "sx1"}, {"name": "virt-7.2", "alias": "virt"}, {"name": "integratorcp"}]);
-        let first = |v: LibvirtVersion| machines_for(&reply, "aarch64", Target::new(v))[0].name.clone();
+        let first = |v: LibvirtVersion| machines(&reply, "aarch64", Target::new(v))[0].name.clone();
         assert_eq!(first(LibvirtVersion::new(9, 0, 0)), "integratorcp");
         assert_eq!(first(LibvirtVersion::new(9, 3, 0)), "virt-7.2");
         let riscv = json!([{"name": "spike", "is-default": true}, {"name": "virt"}]);
-        assert_eq!(machines_for(&riscv, "riscv64", Target::new(LibvirtVersion::new(12, 8, 0)))[0].name, "virt");
+        assert_eq!(machines(&riscv, "riscv64", Target::new(LibvirtVersion::new(12, 8, 0)))[0].name, "virt");
         // x86 is unchanged.
         let pc = json!([{"name": "pc-q35-7.2", "alias": "q35"}, {"name": "pc-i440fx-7.2", "alias": "pc"}]);
-        assert_eq!(machines_for(&pc, "x86_64", Target::new(LibvirtVersion::new(12, 8, 0)))[0].name, "pc-i440fx-7.2");
+        assert_eq!(machines(&pc, "x86_64", Target::new(LibvirtVersion::new(12, 8, 0)))[0].name, "pc-i440fx-7.2");
     }
 
     #[test]
@@ -580,8 +556,8 @@ mod tests {
         assert!(!emulator_serves("i686", "x86_64"));
         assert!(emulator_serves("ppc64", "ppc64le"));
         assert!(!emulator_serves("ppc64", "ppc"));
-        assert_eq!(arch_from_qemu("i386").as_deref(), Some("i686"));
-        assert_eq!(arch_from_qemu("hppa"), None);
+        assert_eq!(arch_from_qemu("i386", Target::default()).as_deref(), Some("i686"));
+        assert_eq!(arch_from_qemu("hppa", Target::default()), None);
         assert_eq!(binary_names_for_arch("armv7l"), ["qemu-system-arm", "qemu-system-aarch64"]);
     }
 }

@@ -59,6 +59,13 @@ pub fn qom_list_properties_args(typename: &str) -> Value {
     json!({ "typename": typename })
 }
 
+/// Whether QOM type `typename` has property `prop`, from the answer to
+/// `qom-list-properties` in `t`; `None` when it was not asked (or the question failed).
+pub fn qom_has_property(t: &Transcript, typename: &str, prop: &str) -> Option<bool> {
+    let list = t.reply("qom-list-properties", Some(&qom_list_properties_args(typename)))?.as_array()?;
+    Some(list.iter().any(|p| p.get("name").and_then(Value::as_str) == Some(prop)))
+}
+
 /// First CPU stage: definitions, host/max expansions, Hyper-V, `migratable` support.
 pub fn stage_host(accel: Accel, t: &Transcript) -> Vec<Request> {
     let mut out = vec![Request::new("query-cpu-definitions")];

@@ -10,7 +10,7 @@ use crate::host::HostFacts;
 use crate::libvirt::{Change, Target};
 
 /// Keep the values whose condition holds, in the given (canonical) order.
-fn pick<'v>(candidates: &[(&'v str, bool)]) -> Vec<&'v str> {
+pub(super) fn pick<'v>(candidates: &[(&'v str, bool)]) -> Vec<&'v str> {
     candidates.iter().filter(|(_, ok)| *ok).map(|(v, _)| *v).collect()
 }
 

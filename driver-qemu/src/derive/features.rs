@@ -116,7 +116,7 @@ pub fn launch_security(a: &Answers<'_>, host: &HostFacts, arch: &str, sev: &Sev,
         ("s390-pv", pv),
         ("tdx", tdx),
     ];
-    let values: Vec<&str> = types.iter().filter(|(_, ok)| *ok).map(|(v, _)| *v).collect();
+    let values = super::devices::pick(&types);
     if values.is_empty() {
         return EnumElement::unsupported();
     }
@@ -127,12 +127,8 @@ pub fn launch_security(a: &Answers<'_>, host: &HostFacts, arch: &str, sev: &Sev,
 /// physical address reduction, and the guest counts from the host's SEV ASID range (CPUID
 /// 0x8000001F: ECX is the highest ASID, EDX the lowest ASID for plain SEV guests; ASIDs
 /// below EDX are for SEV-ES guests). Counts are 0 when the host does not tell.
-pub fn sev(a: &Answers<'_>, host: &HostFacts) -> Sev {
-    sev_for(a, host, Target::default())
-}
-
-/// [`sev`] as the target prints it: from [`Change::SevCpu0Id`], with QEMU's `cpu0-id`.
-pub fn sev_for(a: &Answers<'_>, host: &HostFacts, target: Target) -> Sev {
+/// From [`Change::SevCpu0Id`] on, with QEMU's `cpu0-id` too.
+pub fn sev(a: &Answers<'_>, host: &HostFacts, target: Target) -> Sev {
     let Some(reply) = a.reply("query-sev-capabilities").filter(|v| v.is_object()) else {
         return Sev { supported: Support::No, params: None, cpu0_id: None };
     };

@@ -135,9 +135,7 @@ impl<'a> Answers<'a> {
     /// Whether QOM type `typename` has property `prop`; `None` when its properties were not
     /// asked (or the question failed).
     pub fn type_has_property(&self, typename: &str, prop: &str) -> Option<bool> {
-        let args = crate::cpu::plan::qom_list_properties_args(typename);
-        let list = self.primary.reply("qom-list-properties", Some(&args))?.as_array()?;
-        Some(list.iter().any(|p| p.get("name").and_then(Value::as_str) == Some(prop)))
+        crate::cpu::plan::qom_has_property(self.primary, typename, prop)
     }
 
     /// QEMU has the spice display: its `spice` option group (present once the spice module

@@ -257,7 +257,7 @@ fn run_stacks(root: &Path, tools: &Path, stacks: &[crate::stacks::Stack], ratche
         return Ok(());
     }
     let required = std::env::var("CAPSD_REQUIRE_STACKS").is_ok_and(|v| v == "1");
-    let why_not = if !is_root() {
+    let why_not = if !crate::test::is_root() {
         Some("not root (the stacks are chroots)".to_owned())
     } else if !tools.join("stack-oracle.sh").exists() {
         Some(format!("{} is missing", tools.join("stack-oracle.sh").display()))
@@ -375,11 +375,4 @@ fn run_stacks(root: &Path, tools: &Path, stacks: &[crate::stacks::Stack], ratche
         bail!("stack cases in the ratchet that no longer match libvirt: {}", failures.join("; "));
     }
     Ok(())
-}
-
-/// Whether this process runs as root (effective uid 0, from /proc/self/status).
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status").ok().is_some_and(|t| {
-        t.lines().find_map(|l| l.strip_prefix("Uid:")).and_then(|v| v.split_whitespace().nth(1)) == Some("0")
-    })
 }

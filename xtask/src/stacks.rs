@@ -53,6 +53,12 @@ impl Stack {
         self.root().parent().map(Path::to_path_buf).unwrap_or_default()
     }
 
+    /// The lock file that serializes runs on its chroot (the same name `stack-run`-style
+    /// wrappers take): two runs at once unmount each other's /proc, /sys and /dev.
+    pub fn lock_path(&self) -> String {
+        format!("/tmp/stack-lock{}", self.root().display().to_string().replace('/', "_"))
+    }
+
     pub fn ratchet_path(&self, root: &Path) -> PathBuf {
         root.join("driver-qemu/tests/data/conformance").join(format!("{}.txt", self.name))
     }
@@ -116,11 +122,14 @@ pub fn run_stack(
     let case_file = out.join("cases.txt");
     let text: String = cases.iter().map(|c| format!("{} {}\n", c.name, c.args.join(" "))).collect();
     std::fs::write(&case_file, text)?;
-    // One run per stack at a time (two runs unmount each other's /proc, /sys and /dev):
-    // serialized with flock on a lock file named after the chroot.
-    let lock = format!("/tmp/stack-lock{}", stack.root().display().to_string().replace('/', "_"));
+    // One run per stack at a time, serialized with flock.
     let mut cmd = Command::new("flock");
-    cmd.arg(&lock).arg("bash").arg(tools.join("stack-oracle.sh")).arg(stack.oracle_stack).arg(out).arg(&case_file);
+    cmd.arg(stack.lock_path())
+        .arg("bash")
+        .arg(tools.join("stack-oracle.sh"))
+        .arg(stack.oracle_stack)
+        .arg(out)
+        .arg(&case_file);
     cmd.env("CAPSD", capsd).env("STACKS_DIR", stack.stacks_dir());
     if stack.minimal {
         cmd.env("STACK_MINIMAL", "1");

@@ -42,24 +42,11 @@ chroot "$root" bash /tmp/stack_bench.sh /usr/local/bin/capsd-bench "$cold" "$war
 "#;
 
 pub fn run() -> Result<()> {
-    if !std::fs::read_to_string("/proc/self/status")
-        .is_ok_and(|t| t.lines().any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(2) == Some("0")))
-    {
+    if !crate::test::is_root() {
         println!("bench stacks: not root; the stacks are chroots, skipped");
         return Ok(());
     }
-    let root = crate::test::workspace_root();
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let status = Command::new(cargo)
-        .current_dir(&root)
-        .args(["build", "--release", "-q", "-p", "capsd"])
-        .status()
-        .context("building capsd")?;
-    if !status.success() {
-        bail!("cargo build --release -p capsd failed");
-    }
-    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), Into::into);
-    let capsd = target.join("release/capsd");
+    let capsd = super::agent::build_capsd()?;
     let mut ran = 0;
     for stack in crate::stacks::all() {
         let chroot = stack.root();
@@ -72,7 +59,7 @@ pub fn run() -> Result<()> {
             continue;
         }
         ran += 1;
-        let times = run_in(&chroot, &capsd).with_context(|| format!("stack {}", stack.name))?;
+        let times = run_in(&stack, &capsd).with_context(|| format!("stack {}", stack.name))?;
         report(&stack.name, &times);
     }
     if ran == 0 {
@@ -81,13 +68,12 @@ pub fn run() -> Result<()> {
     Ok(())
 }
 
-fn run_in(chroot: &Path, capsd: &Path) -> Result<Vec<(String, Duration)>> {
+fn run_in(stack: &crate::stacks::Stack, capsd: &Path) -> Result<Vec<(String, Duration)>> {
     use std::io::Write;
-    let lock = format!("/tmp/stack-lock{}", chroot.display().to_string().replace('/', "_"));
     let mut child = Command::new("flock")
-        .arg(&lock)
+        .arg(stack.lock_path())
         .args(["bash", "-c", HARNESS, "harness"])
-        .arg(chroot)
+        .arg(stack.root())
         .arg(capsd)
         .arg(COLD.to_string())
         .arg(WARM.to_string())

@@ -66,6 +66,12 @@ pub struct HostFacts {
     /// host-model `<maxphysaddr mode='passthrough' limit='N'/>`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phys_addr_bits: Option<u32>,
+    /// The host CPU's model as libvirt names it (`POWER9`, `Broadwell`, ...), where the
+    /// document states the host's own model rather than QEMU's expansion of it. Supplied by
+    /// `--host-facts` for replays; the live probe does not read it (yet): `None`, and what
+    /// depends on it is omitted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_cpu_model: Option<String>,
     /// The images of [`DEFAULT_LOADERS`] that exist on the host, in that order: libvirt 9.0
     /// lists them as `<loader>` values when no firmware descriptor matches the arch and
     /// machine (its built-in loader list, used when `qemu.conf` sets no `nvram`).
@@ -234,6 +240,7 @@ impl HostFacts {
             cpu_map,
             cpu_map_error,
             phys_addr_bits: crate::cpu::host::phys_addr_bits(Path::new("/proc/cpuinfo")),
+            host_cpu_model: None,
             tdx: read_flag("/sys/module/kvm_intel/parameters/tdx") == Some(true),
             qemu_rdp: find_in_path("qemu-rdp").is_some(),
             default_loaders_present: DEFAULT_LOADERS

@@ -10,7 +10,8 @@
 //!    with a deb-src list, package lists and caches of its own under `target/corpus/`, so
 //!    the machine's apt configuration is neither used nor changed; the archive's signed
 //!    indexes are checked by apt against the machine's Debian keyring), checks the upstream
-//!    tarball against the SHA-256 the `.dsc` states, and extracts the parts it reads
+//!    tarball against the SHA-256 the `.dsc` states (or, where the mirror serves no `.dsc`,
+//!    the signed Sources index, which states the same), and extracts the parts it reads
 //!    (`tests/` and `src/cpu_map/`). All of it is cached under `target/corpus/`: a second
 //!    run downloads nothing. Nothing of it is committed. `--tarball FILE` uses a
 //!    `libvirt_<V>.orig.tar.xz` at hand instead of downloading (no `.dsc`: no checksum).
@@ -37,7 +38,8 @@
 //! differs, its first differing line (expected and capsd's). A ratchet per release
 //! (`driver-qemu/tests/data/corpus/libvirt-V.txt`) lists the documents that must stay
 //! identical: one that no longer is fails the task; `--ratchet-add` adds the documents
-//! that now are. `--keep DIR` writes capsd's documents and the facts files there.
+//! that now are. `--keep DIR` writes capsd's documents (after the harness-only step) and the
+//! facts files to `DIR/<release>/`.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -320,49 +322,54 @@ fn source_tree(cache: &Path, r: &Release, tarball: Option<&Path>) -> Result<Path
 }
 
 /// Download Debian's source package of `r` with apt, into `cache/<suite>/`, and return the
-/// upstream tarball after checking it against the `.dsc`.
+/// upstream tarball after checking its SHA-256: against the `.dsc`, or, when the archive
+/// (or a mirror) does not serve the `.dsc`, against the archive's Sources index, which apt
+/// checked against the suite's signed `InRelease` (the same checksums the `.dsc` states).
 fn download(cache: &Path, r: &Release) -> Result<PathBuf> {
     let dir = cache.join(r.suite);
     let orig = dir.join(format!("libvirt_{}.orig.tar.xz", r.version));
-    if let Ok(ok) = verify_against_dsc(&dir, &orig) {
-        if ok {
-            return Ok(orig);
-        }
+    if orig.exists() && verify(&dir, &orig, r).unwrap_or(false) {
+        return Ok(orig);
     }
     for sub in ["lists/partial", "cache/archives/partial", "etc/sources.list.d", "etc/preferences.d"] {
         std::fs::create_dir_all(dir.join(sub))?;
     }
-    let list = dir.join("etc/sources.list");
-    std::fs::write(&list, format!("deb-src {MIRROR} {} main\n", r.suite))?;
-    let opts = |cmd: &mut Command| {
-        cmd.arg("-q")
-            .arg("-o")
-            .arg(format!("Dir::Etc::SourceList={}", list.display()))
-            .arg("-o")
-            .arg(format!("Dir::Etc::SourceParts={}", dir.join("etc/sources.list.d").display()))
-            .arg("-o")
-            .arg(format!("Dir::Etc::PreferencesParts={}", dir.join("etc/preferences.d").display()))
-            .arg("-o")
-            .arg(format!("Dir::State::Lists={}", dir.join("lists").display()))
-            .arg("-o")
-            .arg(format!("Dir::Cache={}", dir.join("cache").display()))
-            .arg("-o")
-            .arg("Dir::State::Status=/dev/null")
-            .arg("-o")
-            .arg("APT::Sandbox::User=root");
-    };
-    let mut update = Command::new("apt-get");
-    opts(&mut update);
+    std::fs::write(dir.join("etc/sources.list"), format!("deb-src {MIRROR} {} main\n", r.suite))?;
+    let mut update = apt(&dir, "apt-get");
     update.arg("update");
     run_checked(&mut update, "apt-get update (the corpus's own deb-src list)")?;
-    let mut source = Command::new("apt-get");
-    opts(&mut source);
+    let mut source = apt(&dir, "apt-get");
     source.current_dir(&dir).args(["source", "--download-only", "libvirt"]);
-    run_checked(&mut source, "apt-get source --download-only libvirt")?;
-    if !verify_against_dsc(&dir, &orig)? {
-        bail!("{}: its SHA-256 is not the one the .dsc states", orig.display());
+    if let Err(e) = run_checked(&mut source, "apt-get source --download-only libvirt") {
+        // A mirror may lack the .dsc or a signature while serving the tarball.
+        if !orig.exists() {
+            return Err(e);
+        }
+        eprintln!("corpus: {e}; {} was downloaded, checking it against the archive's index", orig.display());
+    }
+    if !verify(&dir, &orig, r)? {
+        bail!("{}: its SHA-256 is not the one the archive states", orig.display());
     }
     Ok(orig)
+}
+
+/// `apt-get`/`apt-cache` with the corpus's own configuration under `dir`: its deb-src list
+/// alone, its own package lists and caches, no package status.
+fn apt(dir: &Path, program: &str) -> Command {
+    let mut cmd = Command::new(program);
+    cmd.arg("-q");
+    for (k, v) in [
+        ("Dir::Etc::SourceList", dir.join("etc/sources.list")),
+        ("Dir::Etc::SourceParts", dir.join("etc/sources.list.d")),
+        ("Dir::Etc::PreferencesParts", dir.join("etc/preferences.d")),
+        ("Dir::State::Lists", dir.join("lists")),
+        ("Dir::Cache", dir.join("cache")),
+        ("Dir::State::Status", PathBuf::from("/dev/null")),
+    ] {
+        cmd.arg("-o").arg(format!("{k}={}", v.display()));
+    }
+    cmd.args(["-o", "APT::Sandbox::User=root"]);
+    cmd
 }
 
 fn run_checked(cmd: &mut Command, what: &str) -> Result<()> {
@@ -373,17 +380,9 @@ fn run_checked(cmd: &mut Command, what: &str) -> Result<()> {
     Ok(())
 }
 
-/// Whether `orig` has the SHA-256 the `.dsc` in `dir` states for it; an error when there is
-/// no `.dsc`, it names no such file, or `orig` is missing.
-fn verify_against_dsc(dir: &Path, orig: &Path) -> Result<bool> {
-    let name = orig.file_name().and_then(|n| n.to_str()).context("tarball name")?;
-    let dsc = std::fs::read_dir(dir)?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .find(|p| p.extension().is_some_and(|e| e == "dsc"))
-        .with_context(|| format!("no .dsc in {}", dir.display()))?;
-    let text = std::fs::read_to_string(&dsc)?;
+/// The SHA-256 a `Checksums-Sha256:` field in `text` states for `name`.
+fn sha256_in(text: &str, name: &str) -> Option<String> {
     let mut in_sha = false;
-    let mut want = None;
     for line in text.lines() {
         if !line.starts_with(' ') {
             in_sha = line.starts_with("Checksums-Sha256:");
@@ -391,13 +390,32 @@ fn verify_against_dsc(dir: &Path, orig: &Path) -> Result<bool> {
         }
         let w: Vec<&str> = line.split_whitespace().collect();
         if in_sha && w.len() == 3 && w[2] == name {
-            want = Some(w[0].to_owned());
+            return Some(w[0].to_owned());
         }
     }
-    let want = want.with_context(|| format!("{} names no {name}", dsc.display()))?;
-    if !orig.exists() {
-        bail!("{} is missing", orig.display());
-    }
+    None
+}
+
+/// Whether `orig` has the SHA-256 the `.dsc` in `dir` states for it, or, without a `.dsc`,
+/// the one the suite's Sources index states (`apt-cache showsrc`).
+fn verify(dir: &Path, orig: &Path, r: &Release) -> Result<bool> {
+    let name = orig.file_name().and_then(|n| n.to_str()).context("tarball name")?;
+    let dsc = std::fs::read_dir(dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| p.extension().is_some_and(|e| e == "dsc"));
+    let want = match dsc {
+        Some(dsc) => {
+            let text = std::fs::read_to_string(&dsc).with_context(|| format!("reading {}", dsc.display()))?;
+            sha256_in(&text, name).with_context(|| format!("{} names no {name}", dsc.display()))?
+        }
+        None => {
+            let out =
+                apt(dir, "apt-cache").args(["showsrc", "libvirt"]).output().context("running apt-cache showsrc")?;
+            let text = String::from_utf8_lossy(&out.stdout);
+            sha256_in(&text, name)
+                .with_context(|| format!("neither a .dsc nor {}'s Sources index names {name}", r.suite))?
+        }
+    };
     let out = Command::new("sha256sum").arg(orig).output().context("running sha256sum")?;
     let got = String::from_utf8_lossy(&out.stdout).split_whitespace().next().unwrap_or("").to_owned();
     Ok(got == want)
@@ -414,6 +432,8 @@ fn run_release(capsd: &Path, cache: &Path, r: &Release, tarball: Option<&Path>, 
     let tree = source_tree(cache, r, tarball)?;
     let caps_dir = tree.join("tests/qemucapabilitiesdata");
     let docs_dir = tree.join("tests/domaincapsdata");
+    let keep = keep.map(|k| k.join(r.version));
+    let keep = keep.as_deref();
     let facts_dir = keep.map(Path::to_owned).unwrap_or_else(|| cache.join(format!("facts-{}", r.version)));
     std::fs::create_dir_all(&facts_dir)?;
     let mut tally = Tally { identical: BTreeSet::new(), differing: Vec::new(), total: 0 };

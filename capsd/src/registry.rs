@@ -36,11 +36,23 @@ pub struct DriverOptions {
     pub emulator_search: Option<EmulatorSearch>,
 }
 
-/// Where and which emulators a driver may pick by itself.
-#[derive(Debug, Clone)]
+/// Where and which emulators a driver may pick by itself, and the check every binary it
+/// runs passes on the descriptor it is run from.
+#[derive(Clone)]
 pub struct EmulatorSearch {
     pub dirs: Vec<std::path::PathBuf>,
     pub accept: fn(&std::path::Path) -> bool,
+    /// Given a binary's resolved path and its descriptor's `fstat`: why it may not run.
+    pub check: Arc<OpenedCheck>,
+}
+
+/// See [`EmulatorSearch::check`].
+pub type OpenedCheck = dyn Fn(&std::path::Path, &nix::sys::stat::FileStat) -> Result<(), String> + Send + Sync;
+
+impl std::fmt::Debug for EmulatorSearch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EmulatorSearch").field("dirs", &self.dirs).finish_non_exhaustive()
+    }
 }
 
 /// Whether driver `name` may look at or run the file a query names as its emulator: every
@@ -99,7 +111,10 @@ pub fn embedded_driver(opts: &DriverOptions, name: &str) -> anyhow::Result<Optio
             let mut d = driver_qemu::QemuDriver::new()
                 .with_cpu_options(driver_qemu::cpu::CpuOptions { blockers: opts.cpu_blockers, ..Default::default() });
             if let Some(s) = &opts.emulator_search {
-                d = d.with_search_path(s.dirs.clone()).with_emulator_filter(s.accept);
+                d = d
+                    .with_search_path(s.dirs.clone())
+                    .with_emulator_filter(s.accept)
+                    .with_binary_check(driver_qemu::binary::Check(s.check.clone()));
             }
             Some(Arc::new(match &opts.cache_dir {
                 Some(dir) => d.with_cache_dir(dir.clone()),

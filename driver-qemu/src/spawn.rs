@@ -47,7 +47,11 @@ pub(crate) struct Creds {
 /// What to start.
 #[derive(Debug)]
 pub(crate) struct Spec<'a> {
+    /// The binary's path: `argv[0]`, and what is executed unless `program_fd` is given.
     pub program: &'a Path,
+    /// Execute this descriptor of the binary (`execveat(fd, "", AT_EMPTY_PATH)`) instead of
+    /// looking `program` up again: the file a caller checked is the file run.
+    pub program_fd: Option<RawFd>,
     pub args: &'a [String],
     pub env: &'a [(&'a str, &'a OsStr)],
     pub cwd: &'a Path,
@@ -172,6 +176,9 @@ struct Prepared {
     program: CString,
     argv: Vec<CString>,
     envp: Vec<CString>,
+    /// With `program_fd`: NULL-terminated pointers into `argv` and `envp` for `execveat`
+    /// (built here: nothing is allocated after `fork`).
+    exec_fd: Option<(RawFd, Vec<*const libc::c_char>, Vec<*const libc::c_char>)>,
     cwd: CString,
     stderr: RawFd,
     devnull: File,
@@ -192,10 +199,15 @@ impl Prepared {
             .iter()
             .map(|(k, v)| c(&[k.as_bytes(), b"=", v.as_bytes()].concat()))
             .collect::<io::Result<Vec<_>>>()?;
+        // The pointers stay valid when `argv` and `envp` move into `Prepared`: they point
+        // into each CString's own heap buffer.
+        let ptrs = |v: &[CString]| v.iter().map(|s| s.as_ptr()).chain([std::ptr::null()]).collect::<Vec<_>>();
+        let exec_fd = spec.program_fd.map(|fd| (fd, ptrs(&argv), ptrs(&envp)));
         Ok(Prepared {
             program: c(program.as_os_str().as_bytes())?,
             argv,
             envp,
+            exec_fd,
             cwd: c(spec.cwd.as_os_str().as_bytes())?,
             stderr: spec.stderr.as_raw_fd(),
             devnull: File::options().read(true).write(true).open("/dev/null")?,
@@ -371,8 +383,31 @@ fn emulator(p: &Prepared, status_w: RawFd, guard: Guard) -> ! {
     if unsafe { libc::chdir(p.cwd.as_ptr()) } != 0 {
         fail(status_w, Errno::last());
     }
+    if let Some((fd, argv, envp)) = &p.exec_fd {
+        exec_descriptor(*fd, argv, envp);
+        fail(status_w, Errno::last())
+    }
     let _ = nix::unistd::execve(&p.program, &p.argv, &p.envp);
     fail(status_w, Errno::last())
+}
+
+/// `execveat(fd, "", argv, envp, AT_EMPTY_PATH)`; returns only on failure (`errno` set). A
+/// script's interpreter opens it as `/dev/fd/N`, which close-on-exec would close first (the
+/// kernel then refuses with `ENOENT`): for a script the descriptor is left open across exec.
+fn exec_descriptor(fd: RawFd, argv: &[*const libc::c_char], envp: &[*const libc::c_char]) {
+    let exec = || {
+        // SAFETY: NUL-terminated empty path, and NULL-terminated pointer arrays into
+        // CStrings prepared before the fork and alive for this call.
+        unsafe {
+            libc::syscall(libc::SYS_execveat, fd, c"".as_ptr(), argv.as_ptr(), envp.as_ptr(), libc::AT_EMPTY_PATH)
+        }
+    };
+    exec();
+    if Errno::last() == Errno::ENOENT {
+        // SAFETY: clears close-on-exec of a descriptor this child owns.
+        unsafe { libc::fcntl(fd, libc::F_SETFD, 0) };
+        exec();
+    }
 }
 
 /// `waitpid` returning the raw status (`None`: still running, with `WNOHANG`).

@@ -38,7 +38,7 @@ fn strip_comments(src: &str) -> (String, Vec<bool>) {
     let mut i = 0;
     let push = |out: &mut String, code: &mut Vec<bool>, s: &str, is_code: bool| {
         out.push_str(s);
-        code.extend(std::iter::repeat(is_code).take(s.len()));
+        code.resize(code.len() + s.len(), is_code);
     };
     while i < b.len() {
         let rest = &src[i..];

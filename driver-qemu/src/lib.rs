@@ -276,7 +276,8 @@ impl DomainCapsDriver for QemuDriver {
 
     fn details(&self) -> Vec<(String, String)> {
         let d = libvirt::version::detect_or_newest(&self.root());
-        vec![("libvirt_version".into(), d.version.to_string()), ("libvirt_version_source".into(), d.source.to_string())]
+        libvirt::warn_once_if_beyond_table(&d);
+        libvirt::describe_target(&d)
     }
 }
 

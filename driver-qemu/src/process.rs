@@ -423,6 +423,7 @@ impl ProbeProcess {
             cwd: &run,
             stderr: &stderr,
             creds: creds.as_ref(),
+            pass_fd: None,
         };
         let child =
             crate::spawn::spawn(&spec).map_err(|source| ProcessError::Spawn { binary: binary.to_owned(), source })?;

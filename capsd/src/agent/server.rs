@@ -4,7 +4,10 @@
 //! Routes:
 //! - `GET /v1/domcapabilities?emulatorbin=&arch=&machine=&virttype=&driver=&libvirt=`: the document
 //!   (`libvirt=X.Y[.Z]` asks for that libvirt release's form instead of the installed one's),
-//!   XML, or JSON with `Accept: application/json`; the same bytes as the CLI prints.
+//!   XML, or JSON with `Accept: application/json`; the same bytes as the CLI prints. For
+//!   driver qemu the headers name the release (`Capsd-Libvirt-Version`) and the release whose
+//!   rules were applied (`Capsd-Libvirt-Rules`); for a release newer than every one capsd
+//!   knows, a `Warning: 299 capsd "..."` says later changes are unknown.
 //! - `GET /v1/drivers`: the drivers, their availability and refused plugins (JSON, the same
 //!   as `capsd drivers --json`).
 //! - `GET /healthz`: `ok`.
@@ -366,7 +369,28 @@ async fn domcapabilities(
     } else {
         (doc.xml.clone(), "application/xml")
     };
-    Ok(([(header::CONTENT_TYPE, HeaderValue::from_static(ctype))], Body::from(body)).into_response())
+    let mut resp = ([(header::CONTENT_TYPE, HeaderValue::from_static(ctype))], Body::from(body)).into_response();
+    if let Some(l) = &doc.libvirt {
+        libvirt_headers(resp.headers_mut(), l);
+    }
+    Ok(resp)
+}
+
+/// `Capsd-Libvirt-Version` (the release the document is for), `Capsd-Libvirt-Rules` (the
+/// release whose rules it follows) and, for a release newer than every one capsd knows, a
+/// `Warning` (RFC 9111's code 299, persistent) saying later changes are unknown.
+fn libvirt_headers(h: &mut HeaderMap, l: &registry::LibvirtRules) {
+    let value = |s: &str| HeaderValue::from_str(s).ok();
+    if let Some(v) = value(&l.target) {
+        h.insert("capsd-libvirt-version", v);
+    }
+    if let Some(v) = value(&l.rules) {
+        h.insert("capsd-libvirt-rules", v);
+    }
+    if let Some(v) = l.warning.as_deref().and_then(|w| value(&format!("299 capsd \"{}\"", w.replace(['"', '\\'], "'"))))
+    {
+        h.insert(header::WARNING, v);
+    }
 }
 
 /// How the Unix socket is set up.

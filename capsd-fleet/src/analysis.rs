@@ -68,6 +68,9 @@ impl Selection {
             .iter()
             .filter(|(id, _)| self.hosts.is_empty() || self.hosts.contains(id))
             .filter(|(_, h)| {
+                if self.selectors.is_empty() {
+                    return true;
+                }
                 let fields = h.record.fields();
                 self.selectors.iter().all(|(n, v)| fields.iter().any(|(fnm, fv)| fnm == n && fv == v))
             })

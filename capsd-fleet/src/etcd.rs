@@ -397,6 +397,70 @@ impl Watch {
     }
 }
 
+/// etcd's 64-bit numbers: strings in its JSON (numbers accepted too).
+#[derive(Debug, Default, Clone, Copy)]
+struct Num(i64);
+
+impl<'de> Deserialize<'de> for Num {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Num, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = Num;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a number or a string of one")
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<Num, E> {
+                s.parse().map(Num).map_err(E::custom)
+            }
+            fn visit_i64<E: serde::de::Error>(self, n: i64) -> Result<Num, E> {
+                Ok(Num(n))
+            }
+            fn visit_u64<E: serde::de::Error>(self, n: u64) -> Result<Num, E> {
+                i64::try_from(n).map(Num).map_err(E::custom)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct RawHeader {
+    #[serde(default)]
+    revision: Num,
+}
+
+#[derive(Debug, Deserialize)]
+struct RawKv {
+    #[serde(default)]
+    key: String,
+    #[serde(default)]
+    value: String,
+    #[serde(default)]
+    mod_revision: Num,
+    #[serde(default)]
+    create_revision: Num,
+    #[serde(default)]
+    version: Num,
+    #[serde(default)]
+    lease: Num,
+}
+
+#[derive(Debug, Deserialize)]
+struct RawRange {
+    #[serde(default)]
+    header: RawHeader,
+    #[serde(default)]
+    kvs: Vec<RawKv>,
+    #[serde(default)]
+    more: bool,
+    #[serde(default)]
+    count: Num,
+}
+
+fn decode(s: &str) -> Result<Vec<u8>, String> {
+    base64::engine::general_purpose::STANDARD.decode(s).map_err(|e| format!("base64: {e}"))
+}
+
 fn b64(b: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(b)
 }
@@ -620,6 +684,20 @@ impl Client {
     }
 
     async fn post(&self, path: &str, body: &Value, with_token: bool) -> Result<Value, EtcdError> {
+        let v: Value = self.post_as(path, body, with_token).await?;
+        if v.get("error").is_some() && v.get("header").is_none() {
+            return Err(server_error(self.endpoint(), path, &v));
+        }
+        Ok(v)
+    }
+
+    /// POST and read the answer as `T` (an error answer as etcd's error).
+    async fn post_as<T: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &Value,
+        with_token: bool,
+    ) -> Result<T, EtcdError> {
         let shown = self.endpoint().to_owned();
         let timeout =
             || EtcdError::Timeout { endpoint: shown.clone(), path: path.to_owned(), secs: REQUEST_TIMEOUT.as_secs() };
@@ -658,25 +736,49 @@ impl Client {
                         .into(),
                 });
             }
-            let v: Value = serde_json::from_slice(&bytes).map_err(|e| EtcdError::Http {
+            let not_json = |e: serde_json::Error| EtcdError::Http {
                 endpoint: shown.clone(),
                 reason: format!(
                     "{path}: HTTP {status}, not etcd's JSON ({e}): {}",
                     String::from_utf8_lossy(&bytes[..bytes.len().min(200)]).escape_debug()
                 ),
-            })?;
-            if !status.is_success() || (v.get("error").is_some() && v.get("header").is_none()) {
+            };
+            if !status.is_success() {
+                let v: Value = serde_json::from_slice(&bytes).map_err(not_json)?;
                 return Err(server_error(&shown, path, &v));
             }
-            Ok(v)
+            serde_json::from_slice(&bytes).map_err(not_json)
         };
         tokio::time::timeout(REQUEST_TIMEOUT, work).await.map_err(|_| timeout())?
     }
 
-    /// `/v3/kv/range`.
+    /// `/v3/kv/range` (the answer decoded straight into its types: a page of thousands of
+    /// keys is the hot path of `check` at scale).
     pub async fn range(&self, r: &Range) -> Result<RangeResponse, EtcdError> {
-        let v = self.call("/v3/kv/range", &r.json()).await?;
-        range_from(&v).map_err(|e| self.bad_reply("/v3/kv/range", e))
+        let body = r.json();
+        let raw: RawRange = match self.post_as("/v3/kv/range", &body, true).await {
+            Err(e) if e.is_invalid_token() && self.inner.user.is_some() => {
+                self.authenticate().await?;
+                self.post_as("/v3/kv/range", &body, true).await?
+            }
+            r => r?,
+        };
+        let kvs = raw
+            .kvs
+            .into_iter()
+            .map(|kv| {
+                Ok(KeyValue {
+                    key: decode(&kv.key)?,
+                    value: decode(&kv.value)?,
+                    mod_revision: kv.mod_revision.0,
+                    create_revision: kv.create_revision.0,
+                    version: kv.version.0,
+                    lease: kv.lease.0,
+                })
+            })
+            .collect::<Result<Vec<_>, String>>()
+            .map_err(|e| self.bad_reply("/v3/kv/range", e))?;
+        Ok(RangeResponse { revision: raw.header.revision.0, kvs, more: raw.more, count: raw.count.0 })
     }
 
     /// `/v3/kv/put`.

@@ -390,6 +390,30 @@ fn serve_and_fleet_name_bad_fleet_options() {
     let o = Command::new(CAPSD).args(["fleet", "hosts"]).env_remove("CAPSD_ETCD").output().unwrap();
     assert_eq!(o.status.code(), Some(2), "{o:?}");
     assert!(String::from_utf8_lossy(&o.stderr).contains("--etcd"), "{o:?}");
+    // TLS and user settings also come from the environment (/etc/default/capsd); a file
+    // that cannot be used is named, as bad input.
+    for (vars, needle) in [
+        (vec![("CAPSD_ETCD_USER", "u"), ("CAPSD_ETCD_PASSWORD_FILE", "/nonexistent/pw")], "/nonexistent/pw"),
+        (vec![("CAPSD_ETCD_CACERT", "/nonexistent/ca.pem")], "/nonexistent/ca.pem"),
+        (vec![("CAPSD_ETCD_CERT", "/nonexistent/c.pem")], "--etcd-key"),
+    ] {
+        let o = Command::new(CAPSD)
+            .args(["fleet", "--etcd", "https://127.0.0.1:1", "hosts"])
+            .envs(vars.iter().copied())
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(2), "{vars:?}: {o:?}");
+        assert!(String::from_utf8_lossy(&o.stderr).contains(needle), "{vars:?}: {o:?}");
+    }
+    let o = Command::new(CAPSD)
+        .args(["serve", "--socket", sock.to_str().unwrap(), "--publish-driver", "test"])
+        .args(["--etcd", "https://127.0.0.1:1", "--host-id", "h"])
+        .env("CAPSD_ETCD_USER", "u")
+        .env("CAPSD_ETCD_PASSWORD_FILE", "/nonexistent/pw")
+        .output()
+        .unwrap();
+    assert!(!o.status.success(), "{o:?}");
+    assert!(String::from_utf8_lossy(&o.stderr).contains("/nonexistent/pw"), "{o:?}");
 }
 
 /// The host record of `id` from `fleet hosts --format json`.

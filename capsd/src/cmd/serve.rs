@@ -117,7 +117,7 @@ pub struct Args {
     #[arg(long, value_name = "DIR")]
     fixtures: Option<PathBuf>,
     /// Publish this host's documents to etcd: endpoints, comma-separated
-    /// (http://HOST:PORT or HOST:PORT). Needs --host-id. See `capsd fleet --help`.
+    /// (http://HOST:PORT, https://HOST:PORT or HOST:PORT). Needs --host-id. See `capsd fleet --help`.
     #[arg(long, value_name = "ENDPOINTS", value_delimiter = ',', requires = "host_id", env = "CAPSD_ETCD")]
     etcd: Vec<String>,
     /// This host's name in the fleet (letters, digits, . _ - :), with --etcd.
@@ -134,20 +134,32 @@ pub struct Args {
     /// The driver whose documents are published.
     #[arg(long, value_name = "NAME", default_value = "qemu")]
     publish_driver: String,
+    #[command(flatten)]
+    etcd_auth: super::fleet::EtcdAuthArgs,
+    /// Publish even when another agent holds --host-id (its lease alive): its keys are
+    /// removed. Without, such an agent is refused at start.
+    #[arg(long)]
+    take_over: bool,
 }
 
 /// The publishing options, when --etcd was given (bad values named).
-fn publish_options(args: &Args) -> Result<Option<crate::agent::publish::Options>> {
+fn publish_options(args: &Args, state_dir: Option<&std::path::Path>) -> Result<Option<crate::agent::publish::Options>> {
     if args.etcd.is_empty() {
         return Ok(None);
     }
     let host_id = args.host_id.clone().context("--etcd needs --host-id")?;
     capsd_fleet::validate_host_id(&host_id)?;
     let config = capsd_fleet::PublishConfig {
-        endpoints: args.etcd.clone(),
+        etcd: args.etcd_auth.config(&args.etcd)?,
         layout: capsd_fleet::Layout::new(&args.etcd_prefix).context("--etcd-prefix")?,
+        // The claim's identity: this agent's state (its cache directory, else its socket).
+        owner: capsd_fleet::publish::owner_token(
+            state_dir.or(args.socket.as_deref()).unwrap_or(std::path::Path::new("")),
+            &host_id,
+        ),
         host_id,
         ttl: Duration::from_secs(args.etcd_ttl),
+        take_over: args.take_over,
     };
     Ok(Some(crate::agent::publish::Options { config, driver: args.publish_driver.clone() }))
 }
@@ -205,7 +217,7 @@ pub fn run(ctx: &super::Context, args: Args) -> Result<ExitCode> {
         ..DriverOptions::default()
     };
     let registry = super::domcaps::registry(ctx, &opts)?;
-    publish_options(&args)?;
+    let publish = publish_options(&args, ctx.cache_dir.as_deref())?;
     let socket = match (args.socket.clone(), inherited.is_empty()) {
         (Some(s), _) => Some(s),
         (None, true) => Some(default_socket()?),
@@ -227,7 +239,7 @@ pub fn run(ctx: &super::Context, args: Args) -> Result<ExitCode> {
     rt.max_blocking_threads(limits.max_probes + 4);
     let rt = rt.build().context("starting the async runtime")?;
     let agent = Arc::new(Agent::with_limits(registry, policy, limits));
-    let result = rt.block_on(serve(agent, socket, inherited, token.map(Arc::new), args));
+    let result = rt.block_on(serve(agent, socket, inherited, token.map(Arc::new), args, publish));
     // A derivation still blocked (a hung probe) does not hold up the exit; its probe is
     // killed (with all it started) and its private directory removed here.
     rt.shutdown_timeout(Duration::from_millis(100));
@@ -252,6 +264,7 @@ async fn serve(
     inherited: Vec<Inherited>,
     token: Option<Arc<TokenFile>>,
     args: Args,
+    publish: Option<crate::agent::publish::Options>,
 ) -> Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     // Installed first: a signal that comes while starting up is not lost (nor fatal).
@@ -316,8 +329,11 @@ async fn serve(
     if args.recheck_ms > 0 {
         tokio::spawn(agent.clone().watch(Duration::from_millis(args.recheck_ms)));
     }
+    // A publisher refused for good (the host id is another agent's) stops the agent.
+    let (refused_tx, mut refused_rx) = tokio::sync::mpsc::channel::<String>(1);
     let publishing =
-        publish_options(&args)?.map(|o| tokio::spawn(crate::agent::publish::run(agent.clone(), o, stop_rx.clone())));
+        publish.map(|o| tokio::spawn(crate::agent::publish::run(agent.clone(), o, stop_rx.clone(), refused_tx)));
+    let mut refused = None;
     tracing::info!(socket = ?socket, drivers = ?agent.registry, limits = ?agent_limits(&args), "capsd agent serving");
     server::notify_ready();
     loop {
@@ -331,6 +347,7 @@ async fn serve(
                 },
                 None => tracing::info!("SIGHUP: no --token-file to read again; nothing else to do"),
             },
+            Some(e) = refused_rx.recv() => { refused = Some(e); break; }
             r = tasks.join_next() => {
                 if let Some(Err(e)) = r {
                     tracing::error!(error = %e, "a listener task failed; shutting down");
@@ -348,7 +365,10 @@ async fn serve(
     if let Some(p) = publishing {
         let _ = tokio::time::timeout(Duration::from_secs(5), p).await;
     }
-    Ok(())
+    match refused {
+        Some(e) => Err(anyhow::anyhow!("not publishing: {e}")),
+        None => Ok(()),
+    }
 }
 
 /// The limits as logged at start-up.

@@ -524,3 +524,39 @@ fn a_file_name_over_255_bytes_is_bad_input() {
         assert!(r.body.contains("255 bytes"), "{}", r.body);
     }
 }
+
+#[test]
+fn the_agent_running_descriptors_answers_what_the_cli_running_paths_does() {
+    if !live_support::live() {
+        return;
+    }
+    // Separate caches: each side probes (the agent from the opened descriptor, the CLI by
+    // path); QEMU finds its modules and firmware the same way both times.
+    let a = Agent::start(&[]);
+    let cli_cache = tempfile::tempdir().unwrap();
+    for (bin, arch) in [(live_support::X86, "x86_64"), ("/usr/bin/qemu-system-aarch64", "aarch64")] {
+        if !Path::new(bin).exists() {
+            eprintln!("skipped: no {bin}");
+            continue;
+        }
+        for virttype in ["kvm", "qemu"] {
+            let r = a.get(&format!(
+                "/v1/domcapabilities?emulatorbin={}&arch={arch}&virttype={virttype}",
+                encode(Path::new(bin))
+            ));
+            let out = Command::new(env!("CARGO_BIN_EXE_capsd"))
+                .arg("--cache-dir")
+                .arg(cli_cache.path())
+                .args(["domcapabilities", "--emulatorbin", bin, "--arch", arch, "--virttype", virttype])
+                .output()
+                .unwrap();
+            if !out.status.success() {
+                // Not offered here (KVM for a foreign arch): the agent refuses it too.
+                assert_ne!(r.status, 200, "{bin} {virttype}: the CLI failed, the agent answered");
+                continue;
+            }
+            assert_eq!(r.status, 200, "{bin} {virttype}: {}", r.body);
+            assert_eq!(r.body, String::from_utf8(out.stdout).unwrap(), "{bin} {virttype}");
+        }
+    }
+}

@@ -8,7 +8,7 @@
 //! aliases); [`derive::domain_capabilities`] turns the data into the document. Derivation
 //! never touches QEMU or the host, so recorded probes replay exactly (`tests/replay.rs`).
 //!
-//! Architecture invariant: only `probe`, `process`, `spawn`, `qmp`, `host`, `firmware`,
+//! Architecture invariant: only `probe`, `process`, `spawn`, `binary`, `qmp`, `host`, `firmware`,
 //! `cpu::host` and `cache` touch the system; everything downstream of
 //! [`probe_data::ProbeData`] is pure.
 

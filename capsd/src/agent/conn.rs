@@ -181,6 +181,8 @@ async fn serve_connection<S>(
     let mut stopping = false;
     loop {
         tokio::select! {
+            // The connection first: a head already sent is read before a timeout is judged.
+            biased;
             r = conn.as_mut() => {
                 if let Err(e) = r {
                     tracing::debug!(error = %e, "connection ended with an error");
@@ -255,6 +257,13 @@ impl Clock {
         let now = self.now();
         let head = self.head_since.load(Ordering::Relaxed);
         let over = |since: u64, limit: Duration| Duration::from_millis(now.saturating_sub(since)) > limit;
+        // Not yet authenticated: the whole head within the (short) header timeout of becoming
+        // idle (accepted, or answered), bytes or not, so trickling bytes buys no time.
+        if !self.authenticated.load(Ordering::Acquire) {
+            let idle = self.idle_since.load(Ordering::Relaxed);
+            return over(idle, limits.header_timeout.min(limits.idle_timeout))
+                .then_some("unauthenticated: no request head in time");
+        }
         if head != 0 {
             return over(head - 1, limits.header_timeout).then_some("request head not received in time");
         }

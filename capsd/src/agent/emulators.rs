@@ -80,9 +80,10 @@ impl EmulatorPolicy {
     }
 
     /// The binary to run for a requested `emulatorbin` (absolute, plain form), or why it is
-    /// refused. A path that does not resolve is passed on only when it names a
+    /// refused. A path where nothing exists is passed on only when it names a
     /// `qemu-system-*` in a system directory or an `--emulator` (the driver then says it
-    /// does not exist); elsewhere the answer does not depend on whether the file exists.
+    /// does not exist), and a link there that does not resolve is refused; elsewhere the
+    /// answer does not depend on whether the file exists.
     pub fn check(&self, requested: &Path) -> Result<PathBuf, String> {
         let refused = || {
             format!(
@@ -95,19 +96,18 @@ impl EmulatorPolicy {
         };
         let resolved = match std::fs::canonicalize(requested) {
             Ok(r) => r,
-            // Something is there but does not resolve: a dangling link (whose target anyone
-            // who can write where it points could create later), or a loop.
-            Err(e) if requested.symlink_metadata().is_ok() => {
-                return Err(format!("{}: it is a symbolic link that does not resolve ({e})", refused()))
-            }
-            Err(_) => {
+            Err(e) => {
                 let in_system_dir = requested.parent().is_some_and(|d| SYSTEM_DIRS.iter().any(|s| Path::new(s) == d));
                 let configured = self.configured.iter().any(|(given, r)| given == requested || r == requested);
-                return if (in_system_dir && emulator_name(requested)) || configured {
-                    Ok(requested.to_owned())
-                } else {
-                    Err(refused())
-                };
+                if !((in_system_dir && emulator_name(requested)) || configured) {
+                    return Err(refused());
+                }
+                // Something is there but does not resolve: a dangling link (whose target
+                // whoever can write where it points could create later), or a loop.
+                if requested.symlink_metadata().is_ok() {
+                    return Err(format!("{}: it is a symbolic link that does not resolve ({e})", refused()));
+                }
+                return Ok(requested.to_owned());
             }
         };
         if self.configured.iter().any(|(_, r)| *r == resolved) {

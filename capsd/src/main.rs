@@ -28,8 +28,10 @@ pub(crate) struct Cli {
     #[arg(long, global = true, env = "CAPSD_PLUGIN_DIR")]
     plugin_dir: Option<PathBuf>,
 
-    /// How long one call into a plugin may take, in milliseconds (each plugin runs in a
-    /// helper process of its own; one past this is killed and the request fails).
+    /// How long loading a plugin and each call into it may take, in milliseconds (each
+    /// plugin is loaded and runs in a helper process of its own, all loaded at start-up
+    /// together; a helper past this is killed: a plugin that does not load in time is listed
+    /// as failed, a call past it fails).
     #[arg(long, global = true, env = "CAPSD_PLUGIN_TIMEOUT_MS", value_name = "MS", default_value_t = 5000,
           value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
     plugin_timeout_ms: u64,

@@ -247,7 +247,14 @@ mod contained {
         }
 
         fn ended(&self) -> bool {
-            self.0.has_ended()
+            // The helper is the leader's child: it is dead (a zombie until the leader reaps it,
+            // or gone) a moment before the leader ends.
+            let pid = self.0.emulator_pid();
+            let dead = match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+                Ok(stat) => stat.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with(['Z', 'X'])),
+                Err(_) => true,
+            };
+            dead || self.0.has_ended()
         }
 
         fn kill(mut self: Box<Self>) -> Option<ExitStatus> {

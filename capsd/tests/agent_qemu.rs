@@ -84,7 +84,7 @@ fn a_changed_binary_reaches_the_in_memory_answer() {
     drop(f);
     let t = std::time::Instant::now();
     while metric(&a.get("/metrics").body, "capsd_invalidations_total") == 0 {
-        assert!(t.elapsed() < std::time::Duration::from_secs(5), "the change was not noticed");
+        assert!(t.elapsed() < std::time::Duration::from_secs(120), "the change was not noticed");
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
     assert_eq!(a.get(&q).status, 200);
@@ -100,7 +100,7 @@ fn a_changed_binary_reaches_the_in_memory_answer() {
             assert!(r.body.contains("qemu-system-x86_64"), "{}", r.body);
             break;
         }
-        assert!(t.elapsed() < std::time::Duration::from_secs(5), "a removed binary is still answered");
+        assert!(t.elapsed() < std::time::Duration::from_secs(120), "a removed binary is still answered");
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
 }

@@ -18,12 +18,15 @@ const ACTIVATE: &str = "/usr/bin/systemd-socket-activate";
 /// Generous: only reached when something is wrong (no timed assertions here).
 const DEADLINE: Duration = Duration::from_secs(120);
 
+/// Lines read so far, whether the pipe was closed; notified on each change.
+type Lines = Arc<(Mutex<(Vec<String>, bool)>, Condvar)>;
+
 /// A running `systemd-socket-activate` (later: the capsd it execs), its stderr read line by
 /// line as it comes, so a test can wait for what it says.
 struct Activated {
     child: Child,
     /// Lines so far, and whether stderr was closed.
-    stderr: Arc<(Mutex<(Vec<String>, bool)>, Condvar)>,
+    stderr: Lines,
 }
 
 /// `systemd-socket-activate [opts] -l SOCKET capsd --cache-dir DIR serve ARGS...`.
@@ -43,7 +46,7 @@ fn activate(dir: &Path, socket: &Path, opts: &[&str], serve_args: &[&str]) -> Ac
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let stderr = Arc::new((Mutex::new((Vec::new(), false)), Condvar::new()));
+    let stderr: Lines = Arc::new((Mutex::new((Vec::new(), false)), Condvar::new()));
     let pipe = std::io::BufReader::new(child.stderr.take().unwrap());
     let shared = stderr.clone();
     std::thread::spawn(move || {

@@ -7,7 +7,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Barrier;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use capsd_core::{DriverError, ErrorKind};
 use driver_qemu::cache::{CacheOptions, CacheOutcome, KeySources, ProbeCache, Runs, CACHE_FILE_VERSION};
@@ -403,22 +403,35 @@ fn different_binaries_probe_in_parallel() {
     let other = w.root.join("bin/qemu-system-aarch64");
     fs::write(&other, b"\x7fELF other").unwrap();
     let cache = w.cache();
-    let t = Instant::now();
-    std::thread::scope(|s| {
-        for b in [&w.binary, &other] {
-            let cache = cache.clone();
-            s.spawn(move || {
-                cache
-                    .get_or_probe(b, || {
-                        std::thread::sleep(Duration::from_millis(500));
-                        Ok(fake_probe(b, "p"))
-                    })
-                    .unwrap()
-            });
-        }
+    // Each probe waits inside until the other one is inside too: serialized probes would
+    // never meet (the first gives up after a deadline only a real serialization reaches).
+    let inside = (std::sync::Mutex::new(0usize), std::sync::Condvar::new());
+    let met: Vec<bool> = std::thread::scope(|s| {
+        let hs: Vec<_> = [&w.binary, &other]
+            .into_iter()
+            .map(|b| {
+                let cache = cache.clone();
+                let inside = &inside;
+                s.spawn(move || {
+                    let mut met = false;
+                    cache
+                        .get_or_probe(b, || {
+                            let (n, cv) = inside;
+                            let mut n = n.lock().unwrap();
+                            *n += 1;
+                            cv.notify_all();
+                            let (n, timeout) = cv.wait_timeout_while(n, Duration::from_secs(60), |n| *n < 2).unwrap();
+                            met = !timeout.timed_out() && *n == 2;
+                            Ok(fake_probe(b, "p"))
+                        })
+                        .unwrap();
+                    met
+                })
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
     });
-    let took = t.elapsed();
-    assert!(took < Duration::from_millis(950), "two 500 ms probes took {took:?}: serialized");
+    assert_eq!(met, [true, true], "the two probes did not run at the same time: serialized");
 }
 
 #[test]

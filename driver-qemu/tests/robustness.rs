@@ -57,7 +57,9 @@ fn expect_err(bin: &Path, must_contain: &[&str]) -> Duration {
     for m in must_contain {
         assert!(msg.contains(m), "error {msg:?} does not contain {m:?}");
     }
-    assert!(took < Duration::from_secs(8), "took {took:?}: {msg}");
+    // Only a hang detector: the probe's own timeouts end it far sooner (how soon is a speed
+    // matter, measured by `cargo xtask bench`, not asserted under an unknown load).
+    assert!(took < Duration::from_secs(120), "took {took:?}: {msg}");
     println!("{}: {took:.2?}: {msg}", bin.file_name().unwrap().to_string_lossy());
     took
 }

@@ -249,7 +249,7 @@ c_stop() {
     systemctl stop capsd.service
     rm -rf /var/cache/capsd/*
     systemctl start --no-block capsd.service
-    curl -sS --max-time 900 --unix-socket "$SOCK" -o /dev/null "http://capsd/v1/domcapabilities?emulatorbin=/usr/bin/qemu-system-i386" &
+    curl -sS --max-time 900 --unix-socket "$SOCK" -o /dev/null "http://capsd/v1/domcapabilities?emulatorbin=/usr/bin/qemu-system-x86_64" &
     local curl=$!
     until_ok 600 probe_running || { echo "no QEMU probe of user capsd seen running"; return 1; }
     systemctl stop capsd.service capsd.socket

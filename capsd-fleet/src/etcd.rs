@@ -29,8 +29,9 @@ use serde_json::{json, Value};
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long one request may take (a watch: its start).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
-/// Largest reply read (the reader pages below this).
-const MAX_REPLY: usize = 512 << 20;
+/// Largest reply read: etcd's gateway itself sets no limit, so this bounds the client's
+/// memory; a range page above it is read again in smaller pages (`store::range_all`).
+const MAX_REPLY: usize = 64 << 20;
 
 /// What failed talking to etcd, naming the endpoint.
 #[derive(Debug, Clone, thiserror::Error)]

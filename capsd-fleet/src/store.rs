@@ -319,12 +319,15 @@ pub(crate) async fn range_all(
     revision: i64,
     keys_only: bool,
 ) -> Result<(Vec<etcd::KeyValue>, i64), FleetError> {
-    /// Keys per page at first: references and records are small.
-    const PAGE: i64 = 2000;
+    /// Keys per page at first: references and records are small (a few hundred bytes, so
+    /// a page is a few MiB). Large pages also matter to etcd 3.4, which walks the whole
+    /// range's index for every page.
+    const PAGE: i64 = 10_000;
     let end = etcd::prefix_end(prefix.as_bytes());
     let mut from = prefix.as_bytes().to_vec();
     let mut revision = revision;
     let mut page = if keys_only { 10 * PAGE } else { PAGE };
+    let first_page = page;
     let mut out = Vec::new();
     loop {
         let r =
@@ -355,7 +358,7 @@ pub(crate) async fn range_all(
                 });
                 from = kv.key;
                 from.push(0);
-                page = PAGE;
+                page = first_page;
                 continue;
             }
             Err(e) => return Err(FleetError::etcd("", e)),

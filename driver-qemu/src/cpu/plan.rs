@@ -15,7 +15,7 @@
 
 use serde_json::{json, Value};
 
-use crate::plan::Request;
+use crate::qmp::Request;
 use crate::probe_data::{Accel, Transcript};
 
 /// The QOM type whose `migratable` property libvirt looks for.

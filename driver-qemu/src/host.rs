@@ -119,7 +119,10 @@ pub struct SevFacts {
     /// EDX - 1 from them (0 and 0 when either is 0). `None` off x86 or when the leaf is absent.
     #[serde(default)]
     pub cpuid_asids: Option<(u32, u32)>,
-    /// `/sys/module/kvm_amd/parameters/sev_snp` is `Y` (KVM runs SEV-SNP guests).
+    /// `/sys/module/kvm_amd/parameters/sev_snp` is `Y` (KVM runs SEV-SNP guests). Recorded
+    /// as a host fact; libvirt's document does not depend on it (`sev-snp` in
+    /// `<launchSecurity>` is QEMU's answer, see `derive::features::launch_security`).
+    #[serde(default)]
     #[serde(default)]
     pub snp: bool,
 }

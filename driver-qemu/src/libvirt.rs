@@ -153,7 +153,11 @@ pub const CHANGES: &[Row] = &[
         Change::LaunchSecurity,
         10,
         5,
-        "NEWS v10.5.0 SEV-SNP support 'reported in domain capabilities'; formatdomaincaps launchSecurity since 10.5.0; virQEMUCapsFillDomainLaunchSecurity",
+        "NEWS v10.5.0 SEV-SNP support 'reported in domain capabilities'; formatdomaincaps launchSecurity since 10.5.0; \
+         virQEMUCapsFillDomainLaunchSecurity: sev / sev-snp from QEMU's sev-guest / sev-snp-guest types, both cleared \
+         when query-sev-capabilities gives GenericError (virQEMUCapsProbeQMPSEVCapabilities, 11.3); no kvm_amd \
+         sev_snp parameter read (11.3's qemu_capabilities.c reads only kvm_amd/parameters/sev, for its cache); \
+         libvirt's qemu_9.2.0/10.0.0 +amdsev fixtures list sev-snp",
     ),
     row(
         Change::Interface,

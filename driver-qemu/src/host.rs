@@ -66,6 +66,16 @@ pub struct HostFacts {
     /// host-model `<maxphysaddr mode='passthrough' limit='N'/>`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phys_addr_bits: Option<u32>,
+    /// A ppc64 host's processor version register (`pvr` in `/proc/cpuinfo`): libvirt names
+    /// the host CPU after the model of its ppc64 cpu_map that covers it, and prints that
+    /// model (and its vendor) as the host-model CPU. `None` on other hosts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_pvr: Option<u32>,
+    /// The host CPU's model as libvirt's CPU driver names it, stated by a facts file instead
+    /// of a [`cpu_pvr`](Self::cpu_pvr) (libvirt's test harness fakes the host CPU this way:
+    /// a model without a vendor). Never read from the host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_cpu_model: Option<String>,
     /// The images of [`DEFAULT_LOADERS`] that exist on the host, in that order: libvirt 9.0
     /// lists them as `<loader>` values when no firmware descriptor matches the arch and
     /// machine (its built-in loader list, used when `qemu.conf` sets no `nvram`).
@@ -122,7 +132,6 @@ pub struct SevFacts {
     /// `/sys/module/kvm_amd/parameters/sev_snp` is `Y` (KVM runs SEV-SNP guests). Recorded
     /// as a host fact; libvirt's document does not depend on it (`sev-snp` in
     /// `<launchSecurity>` is QEMU's answer, see `derive::features::launch_security`).
-    #[serde(default)]
     #[serde(default)]
     pub snp: bool,
 }
@@ -207,8 +216,13 @@ impl HostFacts {
             Ok(m) => (m, None),
             Err(e) => (None, Some(e)),
         };
+        let host_arch = host_arch();
+        let cpuinfo = Path::new("/proc/cpuinfo");
         HostFacts {
-            host_arch: host_arch(),
+            phys_addr_bits: crate::cpu::host::phys_addr_bits_on(&host_arch, cpuinfo),
+            cpu_pvr: crate::cpu::host::ppc64_pvr(&host_arch, cpuinfo),
+            host_cpu_model: None,
+            host_arch,
             kvm_usable: kvm_usable(),
             kvm_max_vcpus: kvm_max_vcpus(),
             firmware,
@@ -236,7 +250,6 @@ impl HostFacts {
             swtpm: swtpm(),
             cpu_map,
             cpu_map_error,
-            phys_addr_bits: crate::cpu::host::phys_addr_bits(Path::new("/proc/cpuinfo")),
             tdx: read_flag("/sys/module/kvm_intel/parameters/tdx") == Some(true),
             qemu_rdp: find_in_path("qemu-rdp").is_some(),
             default_loaders_present: DEFAULT_LOADERS

@@ -30,9 +30,11 @@ pub enum Change {
     CpuVersionedModels,
     /// Custom models are listed sorted by name instead of in QEMU's order.
     CpuModelsSorted,
-    /// host-model states `<maxphysaddr mode='passthrough' limit='N'/>` (x86 KVM).
+    /// host-model states `<maxphysaddr mode='passthrough' limit='N'/>` (KVM, where the host states
+    /// its physical address size: x86).
     HostModelMaxPhysAddr,
-    /// host-model features are listed sorted by name.
+    /// host-model features are listed sorted by name (every arch; before, x86 in cpu_map
+    /// order and s390 in QEMU's order).
     HostModelFeaturesSorted,
     /// `<hyperv>`'s features enum may name `emsr_bitmap` and `xmm_input`.
     HypervEmsrXmm,
@@ -274,7 +276,9 @@ pub const CHANGES: &[Row] = &[
         5,
         "devel list series 'qemu_capabilities: Always sort features in host-model CPU' (with the \
          SUPPORTED_CPU_FEATURES flag of NEWS v12.5.0); virCPUDefSortFeatures is in 12.8's \
-         libvirt.so, not in 11.3's; stacks: 12.8 sorts, 11.3 does not",
+         libvirt.so, not in 11.3's; stacks: 12.8 sorts, 11.3 does not. Every arch: upstream's \
+         qemu_10.0.0.s390x fixture lists the s390 host-model features sorted, 11.3's (and 9.0's) in \
+         QEMU's expansion order",
     ),
 ];
 

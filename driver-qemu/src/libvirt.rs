@@ -158,7 +158,8 @@ pub const CHANGES: &[Row] = &[
         "NEWS v10.5.0 SEV-SNP support 'reported in domain capabilities'; formatdomaincaps launchSecurity since 10.5.0; \
          virQEMUCapsFillDomainLaunchSecurity: sev / sev-snp from QEMU's sev-guest / sev-snp-guest types, both cleared \
          when query-sev-capabilities gives GenericError (virQEMUCapsProbeQMPSEVCapabilities, 11.3); no kvm_amd \
-         sev_snp parameter read (11.3's qemu_capabilities.c reads only kvm_amd/parameters/sev, for its cache); \
+         sev_snp parameter read (11.3's qemu_capabilities.c reads only kvm_amd/parameters/sev, for its cache; \
+         stacks: 12.8's libvirt_driver_qemu.so names no other kvm_amd parameter path); \
          libvirt's qemu_9.2.0/10.0.0 +amdsev fixtures list sev-snp",
     ),
     row(

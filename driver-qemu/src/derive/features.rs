@@ -105,7 +105,7 @@ pub fn tdx(a: &Answers<'_>, host: &HostFacts, arch: &str, accel: Accel) -> Flag 
 /// `supported='no'` when none. `sev` and `sev-snp` are QEMU's to say, as libvirt decides
 /// them: its `sev-guest` / `sev-snp-guest` object type, dropped when QEMU does not answer
 /// `query-sev-capabilities` (SEV built in, not usable on this host). The kernel's
-/// `kvm_amd` `sev_snp` parameter is not consulted (no release from 10.5 to 11.3 reads it).
+/// `kvm_amd` `sev_snp` parameter is not consulted (no release from 10.5 to 12.8 reads it).
 pub fn launch_security(a: &Answers<'_>, host: &HostFacts, arch: &str, sev: &Sev, target: Target) -> EnumElement {
     let sev_ok = sev.supported == Support::Yes;
     let pv = machine::is_s390(arch)

@@ -9,7 +9,9 @@
 //! builds [`crate::qmp::Request`]s; no stage module uses this one.
 
 use crate::probe_data::{Accel, Transcript};
-use crate::qmp::Request;
+/// The command type the stages build, also reachable here for code outside the stage
+/// modules (the stage modules themselves take it from [`crate::qmp`]).
+pub use crate::qmp::Request;
 
 /// A stage: given the accelerator and the transcript so far, the commands to send next.
 pub type Stage = fn(Accel, &Transcript) -> Vec<Request>;

@@ -73,7 +73,8 @@ pub struct HostFacts {
     pub cpu_pvr: Option<u32>,
     /// The host CPU's model as libvirt's CPU driver names it, stated by a facts file instead
     /// of a [`cpu_pvr`](Self::cpu_pvr) (libvirt's test harness fakes the host CPU this way:
-    /// a model without a vendor). Never read from the host.
+    /// a model without a vendor; `--host-facts` supplies it for replays). Never read from
+    /// the host.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host_cpu_model: Option<String>,
     /// The images of [`DEFAULT_LOADERS`] that exist on the host, in that order: libvirt 9.0

@@ -23,6 +23,8 @@ pub mod probe;
 pub mod probe_data;
 pub mod process;
 pub mod qmp;
+pub mod replay;
+pub mod reply;
 pub mod resolve;
 pub mod spawn;
 

@@ -2,6 +2,7 @@
 
 mod bench;
 mod conformance;
+mod corpus;
 mod deb;
 mod record_qemu;
 mod stacks;
@@ -21,6 +22,7 @@ fn main() -> Result<()> {
         Some("test") => test::run(rest),
         Some("record-qemu") => record_qemu::run(rest),
         Some("conformance") => conformance::run(rest),
+        Some("corpus") => corpus::run(rest),
         Some("deb") => deb::run(rest),
         Some(other) => bail!("unknown task '{other}'\n\n{USAGE}"),
     }
@@ -35,6 +37,10 @@ tasks:
   record-qemu [--oracle DIR] BINARY...|all
                                record QEMU probes (and libvirt's answers) as replay fixtures
   conformance [--keep DIR]     compare capsd with libvirt on this host, case by case
+  corpus [--release V]... [--ratchet-add] [--keep DIR]
+                               libvirt's own test corpus (Debian's libvirt 9.0.0 and 11.3.0
+                               sources, fetched into target/corpus): replay every transcript
+                               and compare with the documents libvirt's domaincapstest prints
   deb [--test] [--suite S]...  build target/debian/capsd_<version>_<arch>.deb; --test installs
                                and checks it in clean Debian 12/13 chroots (as root; S:
                                bookworm, trixie; chroots cached in /var/lib/capsd-deb-test)

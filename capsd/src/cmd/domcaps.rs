@@ -39,6 +39,18 @@ pub struct Args {
     /// driver-test: directory of golden documents to serve.
     #[arg(long, value_name = "DIR")]
     fixtures: Option<PathBuf>,
+    /// qemu: answer from a recorded probe instead of this host: a `capsd probe --record`
+    /// file, or a libvirt `.replies` QMP transcript (its tests' `caps_*.replies`). Nothing is
+    /// probed or read from this host (but what --host-facts names); a command the file has
+    /// no answer to is treated as QEMU not answering (omitted; listed with -v). The target
+    /// release is --libvirt-version, else the recording host's libvirt, else the newest known.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["fixtures"])]
+    replay: Option<PathBuf>,
+    /// With --replay: a JSON file of host facts that replace or complete the recorded ones
+    /// (host_arch, host_cpu_model, kvm_usable, firmware_dirs, cpu_map_dir, swtpm, sev, ...;
+    /// every field is documented in docs/recording.md).
+    #[arg(long, value_name = "FACTS.json", requires = "replay")]
+    host_facts: Option<PathBuf>,
     /// qemu: follow each unusable custom CPU model with `<blockers>` naming the features that
     /// keep it from running (newer libvirt's form; libvirt 9.0 prints none).
     #[arg(long)]
@@ -84,6 +96,9 @@ pub fn driver(ctx: &super::Context, opts: &DriverOptions, name: &str) -> Result<
 }
 
 pub fn run(ctx: &super::Context, args: Args) -> Result<ExitCode> {
+    if args.replay.is_some() {
+        return replay(args);
+    }
     let opts = DriverOptions {
         test_fixtures: args.fixtures.clone(),
         cache_dir: ctx.cache_dir.clone(),
@@ -102,4 +117,36 @@ pub fn run(ctx: &super::Context, args: Args) -> Result<ExitCode> {
         driver.domain_capabilities(&query).with_context(|| format!("driver '{}', query {query}", args.driver))?;
     std::io::stdout().lock().write_all(args.format.render(&caps).as_bytes()).context("writing to standard output")?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// `--replay FILE [--host-facts FACTS]`: the qemu driver's derivation from a recording.
+#[cfg(feature = "qemu")]
+fn replay(args: Args) -> Result<ExitCode> {
+    use driver_qemu::replay;
+    if args.driver != "qemu" {
+        anyhow::bail!("--replay answers for the qemu driver only, not '{}'", args.driver);
+    }
+    let file = args.replay.as_deref().context("--replay needs a file")?;
+    let mut rec = replay::load(file)?;
+    if let Some(f) = &args.host_facts {
+        let facts = replay::FactsFile::load(f)?;
+        rec.data.host = facts.apply(&f.display().to_string(), &rec.data.host)?;
+    }
+    let query = Query {
+        emulator: args.emulatorbin,
+        arch: args.arch,
+        machine: args.machine,
+        virt_type: args.virttype,
+        libvirt: args.libvirt_version,
+    };
+    let options = driver_qemu::cpu::CpuOptions { blockers: args.cpu_blockers, ..Default::default() };
+    let caps = replay::domain_capabilities(&rec, &query, options)
+        .with_context(|| format!("replaying {}, query {query}", file.display()))?;
+    std::io::stdout().lock().write_all(args.format.render(&caps).as_bytes()).context("writing to standard output")?;
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(not(feature = "qemu"))]
+fn replay(_args: Args) -> Result<ExitCode> {
+    anyhow::bail!("--replay needs the qemu driver, which this capsd was built without")
 }

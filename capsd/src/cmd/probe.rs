@@ -21,6 +21,13 @@ pub struct Args {
     /// Emulator binaries to probe.
     #[arg(long = "emulatorbin", value_name = "PATH", num_args = 1..)]
     emulatorbin: Vec<PathBuf>,
+    /// Probe the one emulator named with --emulatorbin afresh (the cache is neither read nor
+    /// written) and write everything the probe learnt to FILE: each accelerator's QMP
+    /// exchanges, every host fact capsd consults (libvirt's cpu_map included) and the
+    /// installed libvirt's release, as JSON (format: docs/recording.md). `capsd
+    /// domcapabilities --replay FILE` answers from it on any machine.
+    #[arg(long, value_name = "FILE", conflicts_with = "all")]
+    record: Option<PathBuf>,
     /// Emulators probed at once (default: one per CPU).
     #[arg(long, short = 'j', value_name = "N")]
     jobs: Option<usize>,
@@ -105,6 +112,12 @@ impl Progress {
 }
 
 pub fn run(ctx: &super::Context, args: Args) -> Result<ExitCode> {
+    if let Some(file) = &args.record {
+        let [binary] = args.emulatorbin.as_slice() else {
+            bail!("--record writes one emulator's probe: name exactly one with --emulatorbin PATH");
+        };
+        return record(binary, file);
+    }
     let binaries = if args.all {
         let found = find_emulators();
         if found.is_empty() {
@@ -148,4 +161,50 @@ pub fn run(ctx: &super::Context, args: Args) -> Result<ExitCode> {
         binaries.len() - failed
     );
     Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+/// `--record FILE`: probe `binary` and write the recording, atomically (a temporary file in
+/// FILE's directory, renamed over it), so a failed probe or write leaves nothing behind.
+#[cfg(feature = "qemu")]
+fn record(binary: &Path, file: &Path) -> Result<ExitCode> {
+    use anyhow::Context as _;
+    let driver = driver_qemu::QemuDriver::new();
+    let t = Instant::now();
+    let data = driver.probe_data(binary).with_context(|| format!("probing {}", binary.display()))?;
+    let detected = driver.target(&capsd_core::Query::default())?;
+    let libvirt = match detected.source {
+        driver_qemu::libvirt::version::VersionSource::NewestKnown => None,
+        _ => Some(detected.version.to_string()),
+    };
+    let text = driver_qemu::replay::recording_json(&data, libvirt.as_deref())?;
+    let dir = match file.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
+        _ => PathBuf::from("."),
+    };
+    let name = file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+    let written = (|| -> std::io::Result<()> {
+        let mut f = std::fs::OpenOptions::new().write(true).create_new(true).open(&tmp)?;
+        f.write_all(text.as_bytes())?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, file)
+    })();
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e).with_context(|| format!("writing {}", file.display()));
+    }
+    eprintln!(
+        "recorded {} ({} run(s), {} KiB) in {:.2} s to {}",
+        binary.display(),
+        data.runs.len(),
+        text.len() / 1024,
+        t.elapsed().as_secs_f64(),
+        file.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(not(feature = "qemu"))]
+fn record(_binary: &Path, _file: &Path) -> Result<ExitCode> {
+    bail!("--record needs the qemu driver, which this capsd was built without")
 }

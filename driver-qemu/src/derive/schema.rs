@@ -117,7 +117,7 @@ impl<'a> Schema<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cache::compact::encode_value;
+    use crate::reply::encode_value;
     use serde_json::{json, Value};
 
     fn sample() -> Value {

@@ -12,8 +12,12 @@
 //!   `max` (TCG) into a named model plus `require`/`disable` features (see [`x86`]); when
 //!   QEMU's `max-x86_64-cpu` type lacks an `unavailable-features` property (the i386 binary
 //!   has no such type) libvirt leaves out the features that are MSR bits (`rdctl-no`, ...).
-//!   s390x takes QEMU's expansion as it is. ppc64 is omitted (libvirt decodes the host's
-//!   own CPU there, which a QEMU probe cannot tell); other arches have none.
+//!   s390x takes QEMU's static expansion (`host` under KVM, `max` under TCG) as it is, in
+//!   QEMU's order (which is why JSON objects keep their order: serde_json's
+//!   `preserve_order`). ppc64 names the host's own CPU (`fallback='allow'`, no features):
+//!   the model of libvirt's ppc64 cpu_map covering the host's processor version register,
+//!   with its vendor, when QEMU offers that model; omitted when the host CPU or the map is
+//!   not known. Other arches have none.
 //! * `custom`: only for arches libvirt has a CPU driver for (x86, ppc64, s390, ARM; riscv64
 //!   and loongarch64 in later releases; so never 32-bit ppc, mips, ...). QEMU's `query-cpu-definitions` without `host`; for x86 and
 //!   ppc64 only the models libvirt's cpu_map knows (ppc64 names matched case-insensitively
@@ -23,9 +27,9 @@
 //!   model deprecated. [`CpuOptions::blockers`] adds `<blockers>` to older releases.
 //!
 //! # What changed after 9.0 (rows of [`crate::libvirt::CHANGES`])
-//! * host-model: `<maxphysaddr mode='passthrough' limit='N'/>` for KVM on an x86 host, `N`
-//!   from the host's `/proc/cpuinfo` (9.5); features sorted by name instead of the map's
-//!   order (12.5). Which features appear is QEMU's answer: QEMU 10.1 and later stop
+//! * host-model: `<maxphysaddr mode='passthrough' limit='N'/>` for KVM when the host
+//!   states its physical address size (`/proc/cpuinfo` of an x86 host; 9.5); features
+//!   sorted by name instead of the map's (x86) or QEMU's (s390) order (12.5). Which features appear is QEMU's answer: QEMU 10.1 and later stop
 //!   enabling the arch-capabilities MSR features in `host` on AMD, so they vanish there
 //!   without a rule of libvirt's.
 //! * custom: `<blockers>` after each unusable model (10.9); `canonical='X-vN'` on a model
@@ -282,33 +286,24 @@ pub fn kvm_query_reads_tcg_run(data: &ProbeData) -> bool {
 /// host-model for a native guest: `None` (the mode omitted) when QEMU or libvirt's
 /// cpu_map did not say what it needs, `supported='no'` when it cannot be offered.
 fn host_model(data: &ProbeData, t: &Transcript, barch: &str, accel: Accel, options: CpuOptions) -> Option<HostModel> {
-    let source = plan::host_model_source(accel);
-    let mig_args = plan::static_expansion_args(source, None);
-    let nonmig_args = plan::static_expansion_args(source, Some(false));
-    let answer = |args: &Value| match said(t, "query-cpu-model-expansion", Some(args)) {
-        Said::Yes(v) => Ok(Some(v)),
-        Said::Lacks => Ok(None),
-        Said::Unknown => Err(()),
-    };
+    let target = options.target;
     if barch == "s390x" {
-        let reply = match (answer(&mig_args), answer(&nonmig_args)) {
-            (Ok(Some(v)), _) | (_, Ok(Some(v))) => v,
-            (Err(()), _) | (_, Err(())) => return None,
-            _ => return Some(HostModel::unsupported()),
-        };
-        return Some(s390_host_model(reply).unwrap_or_else(HostModel::unsupported));
+        return s390_host_model(data, t, accel, target);
     }
     if is_ppc64(barch) {
-        // libvirt decodes the host's own CPU (its PVR) against its ppc64 map here: a fact
-        // no QEMU probe states.
-        tracing::warn!(arch = barch, "host-model of a native ppc64 guest comes from the host CPU; omitted");
-        return None;
+        return ppc64_host_model(data, t, accel, target);
     }
     if !plan::is_x86(barch) {
         // ARM: libvirt takes no host-model from QEMU; others: no libvirt CPU driver.
         return Some(HostModel::unsupported());
     }
-    let (Ok(mig), Ok(nonmig)) = (answer(&mig_args), answer(&nonmig_args)) else { return None };
+    let source = plan::host_model_source(accel);
+    let (Ok(mig), Ok(nonmig)) = (
+        expansion(t, &plan::static_expansion_args(source, None)),
+        expansion(t, &plan::static_expansion_args(source, Some(false))),
+    ) else {
+        return None;
+    };
     let Ok(defs) = definitions(t) else { return None };
     let Some(cpu) = x86::ExpandedCpu::from_replies(mig, nonmig) else { return Some(HostModel::unsupported()) };
     let Some(defs) = defs else { return Some(HostModel::unsupported()) };
@@ -328,31 +323,69 @@ fn host_model(data: &ProbeData, t: &Transcript, barch: &str, accel: Accel, optio
             qemu_only::decode(&cpu, &qemu_only::qemu_models(t, &names), &hv)
         }
     };
-    let Some(mut decoded) = decoded else { return Some(HostModel::unsupported()) };
-    let target = options.target;
-    if target.has(Change::HostModelFeaturesSorted) {
-        decoded.features.sort_by(|a, b| a.name.cmp(&b.name));
-    }
-    // libvirt states the host's physical address size for accelerated guests, read from
-    // the host's /proc/cpuinfo, which states it on x86.
-    let maxphysaddr =
-        (target.has(Change::HostModelMaxPhysAddr) && accel == Accel::Kvm && plan::is_x86(&data.host.host_arch))
-            .then_some(data.host.phys_addr_bits)
-            .flatten()
-            .filter(|&b| b > 0)
-            .map(|limit| MaxPhysAddr { mode: MaxPhysAddrMode::Passthrough, bits: None, limit: Some(limit) });
-    Some(HostModel {
+    let Some(decoded) = decoded else { return Some(HostModel::unsupported()) };
+    let mut hm = HostModel {
         supported: Support::Yes,
         model: Some(CpuModelName { name: decoded.model, fallback: Some(Fallback::Forbid), vendor_id: None }),
         vendor: decoded.vendor,
-        maxphysaddr,
+        maxphysaddr: host_phys_addr(data, accel, target),
         features: decoded.features,
-    })
+    };
+    sort_features(&mut hm, target);
+    Some(hm)
 }
 
-/// s390x: QEMU's expansion as it is: the model, each boolean property required when on
-/// and disabled when off.
-fn s390_host_model(reply: &Value) -> Option<HostModel> {
+/// A static expansion QEMU was asked: `Ok(Some(reply))`, `Ok(None)` when QEMU has no such
+/// command or model, `Err(())` when it did not say.
+fn expansion<'a>(t: &'a Transcript, args: &Value) -> Result<Option<&'a Value>, ()> {
+    match said(t, "query-cpu-model-expansion", Some(args)) {
+        Said::Yes(v) => Ok(Some(v)),
+        Said::Lacks => Ok(None),
+        Said::Unknown => Err(()),
+    }
+}
+
+/// From [`Change::HostModelFeaturesSorted`] on, libvirt lists host-model features by name
+/// (byte order) on every arch; before, in the order it found them (x86: its map's order;
+/// s390: QEMU's).
+fn sort_features(hm: &mut HostModel, target: crate::libvirt::Target) {
+    if target.has(Change::HostModelFeaturesSorted) {
+        hm.features.sort_by(|a, b| a.name.cmp(&b.name));
+    }
+}
+
+/// `<maxphysaddr mode='passthrough' limit='N'/>` ([`Change::HostModelMaxPhysAddr`]): the
+/// host's physical address size for accelerated guests, when the host states one (libvirt
+/// reads it on x86, SuperH and LoongArch hosts only; see [`crate::host::HostFacts`]).
+fn host_phys_addr(data: &ProbeData, accel: Accel, target: crate::libvirt::Target) -> Option<MaxPhysAddr> {
+    (target.has(Change::HostModelMaxPhysAddr) && accel == Accel::Kvm)
+        .then_some(data.host.phys_addr_bits)
+        .flatten()
+        .filter(|&b| b > 0)
+        .map(|limit| MaxPhysAddr { mode: MaxPhysAddrMode::Passthrough, bits: None, limit: Some(limit) })
+}
+
+/// s390x: QEMU's static expansion of `host` (KVM) or `max` (TCG) as it is: the model, each
+/// boolean property required when on and disabled when off, in QEMU's order.
+fn s390_host_model(
+    data: &ProbeData,
+    t: &Transcript,
+    accel: Accel,
+    target: crate::libvirt::Target,
+) -> Option<HostModel> {
+    let source = plan::host_model_source(accel);
+    let reply = match expansion(t, &plan::static_expansion_args(source, None)) {
+        Ok(Some(v)) => v,
+        Ok(None) => return Some(HostModel::unsupported()),
+        Err(()) => return None,
+    };
+    let Some(mut hm) = s390_expanded_model(reply) else { return Some(HostModel::unsupported()) };
+    hm.maxphysaddr = host_phys_addr(data, accel, target);
+    sort_features(&mut hm, target);
+    Some(hm)
+}
+
+fn s390_expanded_model(reply: &Value) -> Option<HostModel> {
     let model = reply.get("model")?;
     let name = model.get("name")?.as_str()?.to_owned();
     let features = model
@@ -377,6 +410,61 @@ fn s390_host_model(reply: &Value) -> Option<HostModel> {
         vendor: None,
         maxphysaddr: None,
         features,
+    })
+}
+
+/// ppc64: QEMU does not expand the host CPU; libvirt names it itself: the model of its
+/// ppc64 cpu_map covering the host's processor version register (with that model's
+/// vendor), or a model a facts file states ([`crate::host::HostFacts::host_cpu_model`]).
+/// The model must be one QEMU offers (compared without case: QEMU spells POWER models in
+/// lower case, libvirt renames them to its map's spelling), else libvirt has no host-model
+/// (`supported='no'`). It is printed with `fallback='allow'` and no features.
+fn ppc64_host_model(
+    data: &ProbeData,
+    t: &Transcript,
+    accel: Accel,
+    target: crate::libvirt::Target,
+) -> Option<HostModel> {
+    let (name, vendor) = match (&data.host.host_cpu_model, data.host.cpu_pvr) {
+        (Some(model), _) => (model.clone(), None),
+        (None, Some(pvr)) => match data.host.cpu_map.as_ref().and_then(|m| m.ppc64.as_ref()) {
+            Some(map) => match map.model_for_pvr(pvr) {
+                Some(m) => (m.name.clone(), m.vendor.clone()),
+                None => {
+                    tracing::warn!(
+                        pvr = format!("{pvr:#010x}"),
+                        "libvirt's cpu_map has no ppc64 model for this host CPU"
+                    );
+                    return Some(HostModel::unsupported());
+                }
+            },
+            None if map_unusable(data, "host-model") => return None,
+            None => {
+                tracing::warn!("no libvirt cpu_map to name the ppc64 host CPU: <mode name='host-model'> is omitted");
+                return None;
+            }
+        },
+        (None, None) => {
+            tracing::warn!("the ppc64 host CPU (its PVR) is not known: <mode name='host-model'> is omitted");
+            return None;
+        }
+    };
+    let offered = match definitions(t) {
+        Err(()) => return None,
+        // Without QEMU's list libvirt takes any model as allowed.
+        Ok(None) => true,
+        Ok(Some(defs)) => defs.iter().filter_map(def_name).any(|n| n.eq_ignore_ascii_case(&name)),
+    };
+    if !offered {
+        tracing::info!(model = %name, "QEMU does not offer the host CPU's model: host-model is unsupported");
+        return Some(HostModel::unsupported());
+    }
+    Some(HostModel {
+        supported: Support::Yes,
+        model: Some(CpuModelName { name, fallback: Some(Fallback::Allow), vendor_id: None }),
+        vendor,
+        maxphysaddr: host_phys_addr(data, accel, target),
+        features: Vec::new(),
     })
 }
 
@@ -713,6 +801,143 @@ mod tests {
         d.host.host_arch = "aarch64".into();
         let cpu = cpu_capabilities(&d, "aarch64", "virt", Accel::Kvm).unwrap();
         assert_eq!(cpu.host_model.unwrap().supported, Support::No);
+    }
+
+    /// QEMU's s390 expansion as QMP sends it: properties in QEMU's order, not by name.
+    const S390_HOST: &str = r#"{"model": {"name": "gen16a-base",
+        "props": {"nnpa": true, "aen": true, "cmmnt": true, "te": false, "vxpdeh": true, "aefsi": true}}}"#;
+
+    fn s390_host(accel_model: &str) -> Exchange {
+        Exchange {
+            execute: "query-cpu-model-expansion".into(),
+            arguments: Some(plan::static_expansion_args(accel_model, None)),
+            reply: Reply::ok(serde_json::from_str(S390_HOST).unwrap()),
+        }
+    }
+
+    fn host_model_features(h: &HostModel) -> Vec<(capsd_core::FeaturePolicy, &str)> {
+        h.features.iter().map(|f| (f.policy, f.name.as_str())).collect()
+    }
+
+    #[test]
+    fn s390_host_model_keeps_qemus_order_until_12_5() {
+        use capsd_core::FeaturePolicy::{Disable, Require};
+        let mut d = data("s390x", vec![s390_host("host")]);
+        d.runs.insert(Accel::Tcg, Transcript { greeting: Value::Null, exchanges: vec![s390_host("max")] });
+        d.host.host_arch = "s390x".into();
+        let hm_of = |d: &ProbeData, v: &str, accel| {
+            cpu_capabilities_with(d, "s390x", "s390-ccw-virtio", accel, target(v)).unwrap().host_model.unwrap()
+        };
+        let hm = |v: &str, accel| hm_of(&d, v, accel);
+        let qemu_order = [
+            (Require, "nnpa"),
+            (Require, "aen"),
+            (Require, "cmmnt"),
+            (Disable, "te"),
+            (Require, "vxpdeh"),
+            (Require, "aefsi"),
+        ];
+        for accel in [Accel::Kvm, Accel::Tcg] {
+            let h = hm("11.3", accel);
+            assert_eq!(h.model.as_ref().unwrap().name, "gen16a-base");
+            assert_eq!(h.model.as_ref().unwrap().fallback, Some(Fallback::Forbid));
+            assert_eq!(host_model_features(&h), qemu_order, "{accel:?}");
+            assert_eq!(host_model_features(&hm("9.0", accel)), qemu_order);
+        }
+        let sorted = [
+            (Require, "aefsi"),
+            (Require, "aen"),
+            (Require, "cmmnt"),
+            (Require, "nnpa"),
+            (Disable, "te"),
+            (Require, "vxpdeh"),
+        ];
+        assert_eq!(host_model_features(&hm("12.5", Accel::Kvm)), sorted);
+        // The probe cache's compact form keeps the order too.
+        let t = d.run(Accel::Kvm).unwrap().clone();
+        let bytes = std::sync::Arc::new(crate::cache::compact::encode(&t));
+        let cached = crate::cache::compact::decode(&bytes, 0..bytes.len()).unwrap();
+        let mut d = d.clone();
+        d.runs.insert(Accel::Kvm, cached);
+        assert_eq!(host_model_features(&hm_of(&d, "11.3", Accel::Kvm)), qemu_order);
+    }
+
+    /// Not asked (a probe made before capsd asked it on s390) or failed: omitted, never "no".
+    #[test]
+    fn s390_host_model_without_the_expansion_is_omitted() {
+        let mut d = data("s390x", vec![]);
+        d.host.host_arch = "s390x".into();
+        let cpu = cpu_capabilities_with(&d, "s390x", "s390-ccw-virtio", Accel::Kvm, target("11.3")).unwrap();
+        assert!(cpu.host_model.is_none());
+    }
+
+    fn ppc64_map() -> cpumap::CpuMap {
+        let files: std::collections::BTreeMap<String, String> = [
+            ("index.xml", "<cpus><arch name='ppc64'><include filename='p.xml'/></arch></cpus>"),
+            (
+                "p.xml",
+                "<cpus><vendor name='IBM'/>\
+                 <model name='POWER8'><vendor name='IBM'/><pvr value='0x004b0000' mask='0xffff0000'/>\
+                 <pvr value='0x004d0000' mask='0xffff0000'/></model>\
+                 <model name='POWER9'><vendor name='IBM'/><pvr value='0x004e0000' mask='0xffff0000'/></model>\
+                 <model name='POWER10'><vendor name='IBM'/><pvr value='0x00800000' mask='0xffff0000'/></model>\
+                 </cpus>",
+            ),
+        ]
+        .into_iter()
+        .map(|(a, b)| (a.to_owned(), b.to_owned()))
+        .collect();
+        cpumap::parse("/x", &files).unwrap()
+    }
+
+    #[test]
+    fn ppc64_host_model_names_the_host_cpu() {
+        let defs = defs_reply(Reply::ok(json!([{"name": "power9"}, {"name": "power8"}, {"name": "power9_v2.0"}])));
+        let mut d = data("ppc64", vec![defs.clone()]);
+        d.runs.insert(Accel::Tcg, Transcript { greeting: Value::Null, exchanges: vec![defs] });
+        d.host.host_arch = "ppc64le".into();
+        d.host.cpu_map = Some(ppc64_map());
+        let hm = |d: &ProbeData, v: &str, accel| {
+            cpu_capabilities_with(d, "ppc64", "pseries", accel, target(v)).unwrap().host_model
+        };
+        // The host CPU is not known: omitted.
+        assert!(hm(&d, "11.3", Accel::Kvm).is_none());
+        // A POWER9 host (PVR 004e 1202): the map's model and vendor, for both virt types.
+        d.host.cpu_pvr = Some(0x004e_1202);
+        for accel in [Accel::Kvm, Accel::Tcg] {
+            let h = hm(&d, "9.0", accel).unwrap();
+            assert_eq!(h.supported, Support::Yes);
+            let model = h.model.unwrap();
+            assert_eq!((model.name.as_str(), model.fallback), ("POWER9", Some(Fallback::Allow)));
+            assert_eq!(h.vendor.as_deref(), Some("IBM"));
+            assert!(h.features.is_empty() && h.maxphysaddr.is_none());
+        }
+        // A stated physical address size (libvirt's test harness fakes 64 bits): KVM, 9.5 on.
+        d.host.phys_addr_bits = Some(64);
+        let limit = |d: &ProbeData, v: &str, accel| hm(d, v, accel).unwrap().maxphysaddr.and_then(|m| m.limit);
+        assert_eq!(limit(&d, "11.3", Accel::Kvm), Some(64));
+        assert_eq!(limit(&d, "11.3", Accel::Tcg), None);
+        assert_eq!(limit(&d, "9.0", Accel::Kvm), None);
+        // A POWER10 host whose QEMU offers no POWER10, and a PVR the map does not know: no.
+        for pvr in [0x0080_0200, 0x1234_0000] {
+            d.host.cpu_pvr = Some(pvr);
+            assert_eq!(hm(&d, "11.3", Accel::Kvm).unwrap().supported, Support::No, "{pvr:#x}");
+        }
+        // A model stated by a facts file (libvirt's harness: a model without a vendor).
+        d.host.cpu_pvr = None;
+        d.host.host_cpu_model = Some("POWER8".into());
+        let h = hm(&d, "11.3", Accel::Kvm).unwrap();
+        assert_eq!(h.model.unwrap().name, "POWER8");
+        assert_eq!(h.vendor, None);
+        // Without libvirt's cpu_map a PVR cannot be named: omitted.
+        d.host.host_cpu_model = None;
+        d.host.cpu_pvr = Some(0x004e_1202);
+        d.host.cpu_map = None;
+        assert!(hm(&d, "11.3", Accel::Kvm).is_none());
+        // Not native (an x86 host): unsupported whatever the facts say.
+        d.host.cpu_map = Some(ppc64_map());
+        d.host.host_arch = "x86_64".into();
+        assert_eq!(hm(&d, "11.3", Accel::Kvm).unwrap().supported, Support::No);
     }
 
     #[test]

@@ -66,10 +66,15 @@ pub struct HostFacts {
     /// host-model `<maxphysaddr mode='passthrough' limit='N'/>`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phys_addr_bits: Option<u32>,
-    /// The host CPU's model as libvirt names it (`POWER9`, `Broadwell`, ...), where the
-    /// document states the host's own model rather than QEMU's expansion of it. Supplied by
-    /// `--host-facts` for replays; the live probe does not read it (yet): `None`, and what
-    /// depends on it is omitted.
+    /// A ppc64 host's processor version register (`pvr` in `/proc/cpuinfo`): libvirt names
+    /// the host CPU after the model of its ppc64 cpu_map that covers it, and prints that
+    /// model (and its vendor) as the host-model CPU. `None` on other hosts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_pvr: Option<u32>,
+    /// The host CPU's model as libvirt's CPU driver names it, stated by a facts file instead
+    /// of a [`cpu_pvr`](Self::cpu_pvr) (libvirt's test harness fakes the host CPU this way:
+    /// a model without a vendor; `--host-facts` supplies it for replays). Never read from
+    /// the host.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host_cpu_model: Option<String>,
     /// The images of [`DEFAULT_LOADERS`] that exist on the host, in that order: libvirt 9.0
@@ -125,7 +130,9 @@ pub struct SevFacts {
     /// EDX - 1 from them (0 and 0 when either is 0). `None` off x86 or when the leaf is absent.
     #[serde(default)]
     pub cpuid_asids: Option<(u32, u32)>,
-    /// `/sys/module/kvm_amd/parameters/sev_snp` is `Y` (KVM runs SEV-SNP guests).
+    /// `/sys/module/kvm_amd/parameters/sev_snp` is `Y` (KVM runs SEV-SNP guests). Recorded
+    /// as a host fact; libvirt's document does not depend on it (`sev-snp` in
+    /// `<launchSecurity>` is QEMU's answer, see `derive::features::launch_security`).
     #[serde(default)]
     pub snp: bool,
 }
@@ -210,8 +217,13 @@ impl HostFacts {
             Ok(m) => (m, None),
             Err(e) => (None, Some(e)),
         };
+        let host_arch = host_arch();
+        let cpuinfo = Path::new("/proc/cpuinfo");
         HostFacts {
-            host_arch: host_arch(),
+            phys_addr_bits: crate::cpu::host::phys_addr_bits_on(&host_arch, cpuinfo),
+            cpu_pvr: crate::cpu::host::ppc64_pvr(&host_arch, cpuinfo),
+            host_cpu_model: None,
+            host_arch,
             kvm_usable: kvm_usable(),
             kvm_max_vcpus: kvm_max_vcpus(),
             firmware,
@@ -239,8 +251,6 @@ impl HostFacts {
             swtpm: swtpm(),
             cpu_map,
             cpu_map_error,
-            phys_addr_bits: crate::cpu::host::phys_addr_bits(Path::new("/proc/cpuinfo")),
-            host_cpu_model: None,
             tdx: read_flag("/sys/module/kvm_intel/parameters/tdx") == Some(true),
             qemu_rdp: find_in_path("qemu-rdp").is_some(),
             default_loaders_present: DEFAULT_LOADERS

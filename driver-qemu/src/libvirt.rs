@@ -30,9 +30,11 @@ pub enum Change {
     CpuVersionedModels,
     /// Custom models are listed sorted by name instead of in QEMU's order.
     CpuModelsSorted,
-    /// host-model states `<maxphysaddr mode='passthrough' limit='N'/>` (x86 KVM).
+    /// host-model states `<maxphysaddr mode='passthrough' limit='N'/>` (KVM, where the host states
+    /// its physical address size: x86).
     HostModelMaxPhysAddr,
-    /// host-model features are listed sorted by name.
+    /// host-model features are listed sorted by name (every arch; before, x86 in cpu_map
+    /// order and s390 in QEMU's order).
     HostModelFeaturesSorted,
     /// `<hyperv>`'s features enum may name `emsr_bitmap` and `xmm_input`.
     HypervEmsrXmm,
@@ -153,7 +155,12 @@ pub const CHANGES: &[Row] = &[
         Change::LaunchSecurity,
         10,
         5,
-        "NEWS v10.5.0 SEV-SNP support 'reported in domain capabilities'; formatdomaincaps launchSecurity since 10.5.0; virQEMUCapsFillDomainLaunchSecurity",
+        "NEWS v10.5.0 SEV-SNP support 'reported in domain capabilities'; formatdomaincaps launchSecurity since 10.5.0; \
+         virQEMUCapsFillDomainLaunchSecurity: sev / sev-snp from QEMU's sev-guest / sev-snp-guest types, both cleared \
+         when query-sev-capabilities gives GenericError (virQEMUCapsProbeQMPSEVCapabilities, 11.3); no kvm_amd \
+         sev_snp parameter read (11.3's qemu_capabilities.c reads only kvm_amd/parameters/sev, for its cache; \
+         stacks: 12.8's libvirt_driver_qemu.so names no other kvm_amd parameter path); \
+         libvirt's qemu_9.2.0/10.0.0 +amdsev fixtures list sev-snp",
     ),
     row(
         Change::Interface,
@@ -270,7 +277,9 @@ pub const CHANGES: &[Row] = &[
         5,
         "devel list series 'qemu_capabilities: Always sort features in host-model CPU' (with the \
          SUPPORTED_CPU_FEATURES flag of NEWS v12.5.0); virCPUDefSortFeatures is in 12.8's \
-         libvirt.so, not in 11.3's; stacks: 12.8 sorts, 11.3 does not",
+         libvirt.so, not in 11.3's; stacks: 12.8 sorts, 11.3 does not. Every arch: upstream's \
+         qemu_10.0.0.s390x fixture lists the s390 host-model features sorted, 11.3's (and 9.0's) in \
+         QEMU's expansion order",
     ),
 ];
 

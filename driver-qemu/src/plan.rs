@@ -4,26 +4,14 @@
 //! (`probe.rs`) runs the stages in order; derivation reads the answers from the transcript.
 //!
 //! Derivation owns its stages (`derive::plan`, `cpu::plan`); this module only joins them.
-
-use serde_json::Value;
+//! The dependencies go one way: this module uses the stage modules, `derive::plan` uses
+//! `cpu::plan` (the `qom-list-properties` arguments both read), and every stage module
+//! builds [`crate::qmp::Request`]s; no stage module uses this one.
 
 use crate::probe_data::{Accel, Transcript};
-
-/// One QMP command to send.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Request {
-    pub execute: String,
-    pub arguments: Option<Value>,
-}
-
-impl Request {
-    pub fn new(execute: &str) -> Self {
-        Request { execute: execute.to_owned(), arguments: None }
-    }
-    pub fn with_args(execute: &str, arguments: Value) -> Self {
-        Request { execute: execute.to_owned(), arguments: Some(arguments) }
-    }
-}
+/// The command type the stages build, also reachable here for code outside the stage
+/// modules (the stage modules themselves take it from [`crate::qmp`]).
+pub use crate::qmp::Request;
 
 /// A stage: given the accelerator and the transcript so far, the commands to send next.
 pub type Stage = fn(Accel, &Transcript) -> Vec<Request>;

@@ -10,9 +10,10 @@ use std::time::Instant;
 use capsd_core::DriverError;
 
 use crate::host::HostFacts;
-use crate::plan::{self, Request};
+use crate::plan;
 use crate::probe_data::{Accel, ProbeData, Transcript, PROBE_FORMAT_VERSION};
 use crate::process::{ProbeProcess, ProcessError, ProcessOptions};
+use crate::qmp::Request;
 
 /// Options of a probe.
 #[derive(Debug, Clone, Default)]

@@ -11,8 +11,26 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::plan::Request;
 use crate::probe_data::{Exchange, QmpError, Reply};
+
+/// One QMP command to send: what the probe plan's stages (`crate::plan`) produce and
+/// [`QmpClient::run_batch`] sends. It lives here, below every stage, so that the stage
+/// modules (`cpu::plan`, `derive::plan`) and the plan that joins them depend on it in one
+/// direction only.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Request {
+    pub execute: String,
+    pub arguments: Option<Value>,
+}
+
+impl Request {
+    pub fn new(execute: &str) -> Self {
+        Request { execute: execute.to_owned(), arguments: None }
+    }
+    pub fn with_args(execute: &str, arguments: Value) -> Self {
+        Request { execute: execute.to_owned(), arguments: Some(arguments) }
+    }
+}
 
 /// Why talking QMP failed.
 #[derive(Debug, thiserror::Error)]

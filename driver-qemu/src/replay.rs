@@ -347,7 +347,7 @@ pub fn unanswered(accel: Accel, t: &Transcript) -> Vec<Request> {
 ///
 /// Besides the fields of [`HostFacts`] under their own names (`host_arch`, `kvm_usable`,
 /// `kvm_max_vcpus`, `firmware`, `vfio`, `sev`, `s390_pv`, `sgx`, `swtpm`, `tdx`,
-/// `qemu_rdp`, `phys_addr_bits`, `default_loaders_present`, `host_cpu_model`; objects such
+/// `qemu_rdp`, `phys_addr_bits`, `default_loaders_present`, `host_cpu_model`, `cpu_pvr`; objects such
 /// as `sev` are merged member by member), it takes directories to read facts from, the way
 /// a probe reads them on a host:
 ///
@@ -386,7 +386,9 @@ impl FactsFile {
         let known = known.as_object().cloned().unwrap_or_default();
         for k in f.facts.keys() {
             // Fields skipped when empty are not in `known`.
-            if !known.contains_key(k) && !matches!(k.as_str(), "cpu_map_error" | "phys_addr_bits" | "host_cpu_model") {
+            if !known.contains_key(k)
+                && !matches!(k.as_str(), "cpu_map_error" | "phys_addr_bits" | "host_cpu_model" | "cpu_pvr")
+            {
                 return Err(ReplayError::Invalid { path: name.into(), what: format!("unknown host fact '{k}'") });
             }
             if k == "cpu_map" {

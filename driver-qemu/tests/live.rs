@@ -119,3 +119,45 @@ fn probe_as_unprivileged_user() {
     assert_eq!(data.run(Accel::Kvm).is_some(), nobody_can);
     assert_eq!(data.host.kvm_usable, nobody_can);
 }
+
+/// An s390x binary is asked what libvirt asks there for host-model: the static expansion of
+/// `max` under TCG (`host` under KVM). Replayed as if this were an IBM Z host, host-model is
+/// QEMU's model with its boolean properties, in the order QEMU sent them (libvirt 11.3), or
+/// sorted by name (12.5 on).
+#[test]
+fn s390x_probe_asks_for_the_host_model_expansion() {
+    let Some(bin) = live("/usr/bin/qemu-system-s390x") else { return };
+    let mut data = probe(&bin, &ProbeOptions { no_kvm: true, ..Default::default() }).unwrap();
+    let tcg = data.run(Accel::Tcg).expect("a TCG run");
+    let args = serde_json::json!({"type": "static", "model": {"name": "max"}});
+    let reply =
+        tcg.reply("query-cpu-model-expansion", Some(&args)).expect("the static max expansion was asked and answered");
+    let model = reply["model"]["name"].as_str().unwrap().to_owned();
+    let props: Vec<(String, bool)> = reply["model"]["props"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .filter_map(|(k, v)| Some((k.clone(), v.as_bool()?)))
+        .collect();
+    assert!(props.len() > 10, "{props:?}");
+    // QEMU does not send them by name: the order seen here is QEMU's, kept through parsing.
+    let mut by_name = props.clone();
+    by_name.sort();
+    assert_ne!(props, by_name, "QEMU's expansion arrived sorted: was the order lost?");
+
+    data.host.host_arch = "s390x".into();
+    let host_model = |release: &str| {
+        let target = driver_qemu::libvirt::Target::new(release.parse().unwrap());
+        let options = driver_qemu::cpu::CpuOptions { target, ..Default::default() };
+        let cpu = driver_qemu::cpu::cpu_capabilities_with(&data, "s390x", "s390-ccw-virtio-7.2", Accel::Tcg, options);
+        cpu.unwrap().host_model.unwrap()
+    };
+    let as_listed = |h: capsd_core::HostModel| {
+        let name = h.model.unwrap().name;
+        let features: Vec<(String, bool)> =
+            h.features.into_iter().map(|f| (f.name, f.policy == capsd_core::FeaturePolicy::Require)).collect();
+        (name, features)
+    };
+    assert_eq!(as_listed(host_model("11.3")), (model.clone(), props));
+    assert_eq!(as_listed(host_model("12.8")), (model, by_name));
+}

@@ -205,12 +205,31 @@ impl X86Map {
     }
 }
 
-/// A ppc64 model: name and vendor.
+/// A ppc64 model: name, vendor and the processor version register values it covers.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PpcModel {
     pub name: String,
     #[serde(default)]
     pub vendor: Option<String>,
+    /// `<pvr value=... mask=...>`: a host whose PVR, masked, equals `value` has this model.
+    #[serde(default)]
+    pub pvrs: Vec<Pvr>,
+}
+
+/// One `<pvr>` of a ppc64 model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pvr {
+    pub value: u32,
+    pub mask: u32,
+}
+
+impl PpcMap {
+    /// The model of a host CPU with processor version register `pvr`: the first model (in
+    /// the map's order) with a `<pvr>` whose masked value matches, as libvirt's ppc64 CPU
+    /// driver looks it up.
+    pub fn model_for_pvr(&self, pvr: u32) -> Option<&PpcModel> {
+        self.models.iter().find(|m| m.pvrs.iter().any(|p| pvr & p.mask == p.value))
+    }
 }
 
 /// The ppc64 part of the map.
@@ -351,7 +370,7 @@ pub fn parse(dir: &str, files: &BTreeMap<String, String>) -> Result<CpuMap, CpuM
         }
         match arch.attr("name") {
             Some("x86") => map.x86 = Some(parse_x86(&docs)?),
-            Some("ppc64") => map.ppc64 = Some(parse_ppc(&docs)),
+            Some("ppc64") => map.ppc64 = Some(parse_ppc(&docs)?),
             _ => {}
         }
     }
@@ -520,22 +539,36 @@ fn parse_steppings(file: &str, s: &str) -> Result<Vec<u32>, CpuMapError> {
     Ok(out)
 }
 
-fn parse_ppc(docs: &[(&str, Elem)]) -> PpcMap {
+fn parse_ppc(docs: &[(&str, Elem)]) -> Result<PpcMap, CpuMapError> {
     let mut map = PpcMap::default();
-    for (_, doc) in docs {
+    for (file, doc) in docs {
         for el in &doc.children {
             let Some(name) = el.attr("name") else { continue };
             match el.name.as_str() {
                 "vendor" => map.vendors.push(name.to_owned()),
-                "model" => map.models.push(PpcModel {
-                    name: name.to_owned(),
-                    vendor: el.elems("vendor").next().and_then(|v| v.attr("name")).map(str::to_owned),
-                }),
+                "model" => {
+                    let mut pvrs = Vec::new();
+                    for p in el.elems("pvr") {
+                        let num = |what: &str| match p.attr(what) {
+                            Some(v) => parse_u32(file, what, v),
+                            None => Err(CpuMapError::Invalid {
+                                file: (*file).to_owned(),
+                                message: format!("<pvr> of model {name} without '{what}'"),
+                            }),
+                        };
+                        pvrs.push(Pvr { value: num("value")?, mask: num("mask")? });
+                    }
+                    map.models.push(PpcModel {
+                        name: name.to_owned(),
+                        vendor: el.elems("vendor").next().and_then(|v| v.attr("name")).map(str::to_owned),
+                        pvrs,
+                    });
+                }
                 _ => {}
             }
         }
     }
-    map
+    Ok(map)
 }
 
 #[cfg(test)]
@@ -568,7 +601,11 @@ mod tests {
                 ("v.xml", VENDORS),
                 ("f.xml", FEATURES),
                 ("m.xml", MODELS),
-                ("p.xml", "<cpus><vendor name='IBM'/><model name='POWER9'><vendor name='IBM'/></model></cpus>"),
+                (
+                    "p.xml",
+                    "<cpus><vendor name='IBM'/><model name='POWER9'><vendor name='IBM'/>\
+                     <pvr value='0x004e0000' mask='0xffff0000'/></model></cpus>",
+                ),
             ]),
         )
         .unwrap();
@@ -584,7 +621,10 @@ mod tests {
         assert_eq!(child.features, ["fpu", "invtsc"]);
         assert_eq!(child.vendor.as_deref(), Some("AMD"));
         assert_eq!(child.signatures[0].steppings.as_deref(), Some(&[0, 1, 2, 4][..]));
-        assert_eq!(m.ppc64.unwrap().models[0].vendor.as_deref(), Some("IBM"));
+        let ppc = m.ppc64.unwrap();
+        assert_eq!(ppc.models[0].vendor.as_deref(), Some("IBM"));
+        assert_eq!(ppc.model_for_pvr(0x004e_1202).map(|m| m.name.as_str()), Some("POWER9"));
+        assert!(ppc.model_for_pvr(0x004d_0200).is_none());
     }
 
     #[test]

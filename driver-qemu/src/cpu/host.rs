@@ -70,6 +70,32 @@ pub fn phys_addr_bits(path: &Path) -> Option<u32> {
     parse_phys_addr_bits(&text)
 }
 
+/// [`phys_addr_bits`] on the hosts where libvirt reads it (x86, SuperH and LoongArch hosts;
+/// elsewhere it takes the size as unknown, and so do we).
+pub fn phys_addr_bits_on(host_arch: &str, path: &Path) -> Option<u32> {
+    let reads = matches!(host_arch, "i686" | "x86_64" | "sh4" | "sh4eb" | "loongarch64");
+    reads.then(|| phys_addr_bits(path)).flatten()
+}
+
+/// A ppc64 host's processor version register, from the `revision` line of `/proc/cpuinfo`
+/// (at `path`: `revision : 2.2 (pvr 004e 1202)`); `None` on other hosts or when it is not
+/// stated. libvirt reads the register itself (`mfpvr`); the kernel prints the same value.
+pub fn ppc64_pvr(host_arch: &str, path: &Path) -> Option<u32> {
+    if !matches!(host_arch, "ppc64" | "ppc64le") {
+        return None;
+    }
+    parse_pvr(&std::fs::read_to_string(path).ok()?)
+}
+
+fn parse_pvr(cpuinfo: &str) -> Option<u32> {
+    let rest = cpuinfo.lines().find_map(|l| l.split_once("(pvr ").map(|(_, r)| r))?;
+    let hex: String = rest.split(')').next()?.split_whitespace().collect();
+    if hex.is_empty() || hex.len() > 8 {
+        return None;
+    }
+    u32::from_str_radix(&hex, 16).ok()
+}
+
 fn parse_phys_addr_bits(cpuinfo: &str) -> Option<u32> {
     let line = cpuinfo.lines().find(|l| l.get(..13).is_some_and(|k| k.eq_ignore_ascii_case("address sizes")))?;
     let value = line.split_once(':')?.1.trim_start();
@@ -121,6 +147,23 @@ mod tests {
         assert_eq!(parse_phys_addr_bits(text), Some(48));
         assert_eq!(parse_phys_addr_bits("processor\t: 0\nBogoMIPS\t: 50.00\n"), None);
         assert_eq!(parse_phys_addr_bits("address sizes\t: many\n"), None);
+    }
+
+    #[test]
+    fn ppc64_processor_version() {
+        let text = "processor\t: 0\ncpu\t\t: POWER9 (architected), altivec supported\nclock\t\t: 2200.000000MHz\n\
+                    revision\t: 2.2 (pvr 004e 1202)\n\nprocessor\t: 1\nrevision\t: 2.2 (pvr 004e 1202)\n";
+        assert_eq!(parse_pvr(text), Some(0x004e_1202));
+        assert_eq!(parse_pvr("revision\t: 2.2 (pvr zz)\n"), None);
+        assert_eq!(parse_pvr("processor\t: 0\n"), None);
+        let d = tempfile::tempdir().unwrap();
+        let f = d.path().join("cpuinfo");
+        std::fs::write(&f, text).unwrap();
+        assert_eq!(ppc64_pvr("ppc64le", &f), Some(0x004e_1202));
+        assert_eq!(ppc64_pvr("x86_64", &f), None);
+        std::fs::write(&f, "address sizes\t: 46 bits physical, 48 bits virtual\n").unwrap();
+        assert_eq!(phys_addr_bits_on("x86_64", &f), Some(46));
+        assert_eq!(phys_addr_bits_on("aarch64", &f), None);
     }
 
     /// The real map, where libvirt is installed (CI installs it).

@@ -8,15 +8,20 @@
 //!   libvirt asks it (its `hv-*` properties are the Hyper-V enlightenments KVM supports;
 //!   without `hv-passthrough` QEMU reports them all off),
 //!   and `qom-list-properties` of `max-x86_64-cpu` (a `migratable` property there is what
-//!   makes libvirt offer `hostPassthroughMigratable=on`).
+//!   makes libvirt offer `hostPassthroughMigratable=on`). On s390 targets the static
+//!   expansion of `host` (KVM) or `max` (TCG) once, as libvirt asks it there: its s390
+//!   host-model is that answer as it is. (libvirt also asks a full expansion there, only for
+//!   the deprecated features it disables when starting a guest; the document does not show
+//!   them.) Other targets: nothing more (ppc64's host-model comes from the host CPU, ARM and
+//!   the rest have none from QEMU).
 //! * [`stage_models`]: on x86 targets, the static expansion of every named CPU model
 //!   (unversioned names only when QEMU versions its models). Only the answer without
 //!   libvirt's cpu_map uses them: they are QEMU's own definition of each model.
 
 use serde_json::{json, Value};
 
-use crate::plan::Request;
 use crate::probe_data::{Accel, Transcript};
+use crate::qmp::Request;
 
 /// The QOM type whose `migratable` property libvirt looks for.
 pub const MAX_X86_64_CPU_TYPE: &str = "max-x86_64-cpu";
@@ -24,6 +29,11 @@ pub const MAX_X86_64_CPU_TYPE: &str = "max-x86_64-cpu";
 /// The target architecture as QEMU names it (`query-target`), when known.
 pub fn target_arch(t: &Transcript) -> Option<&str> {
     t.get("query-target")?.get("arch")?.as_str()
+}
+
+/// Whether `arch` (QEMU's or libvirt's name) is an s390 target.
+pub fn is_s390(arch: &str) -> bool {
+    matches!(arch, "s390x" | "s390")
 }
 
 /// Whether `arch` (QEMU's or libvirt's name) is an x86 target.
@@ -70,10 +80,14 @@ pub fn qom_has_property(t: &Transcript, typename: &str, prop: &str) -> Option<bo
 pub fn stage_host(accel: Accel, t: &Transcript) -> Vec<Request> {
     let mut out = vec![Request::new("query-cpu-definitions")];
     let Some(arch) = target_arch(t) else { return out };
+    let source = host_model_source(accel);
+    if is_s390(arch) {
+        out.push(Request::with_args("query-cpu-model-expansion", static_expansion_args(source, None)));
+        return out;
+    }
     if !is_x86(arch) {
         return out;
     }
-    let source = host_model_source(accel);
     out.push(Request::with_args("query-cpu-model-expansion", static_expansion_args(source, None)));
     out.push(Request::with_args("query-cpu-model-expansion", static_expansion_args(source, Some(false))));
     if accel == Accel::Kvm {
@@ -137,9 +151,23 @@ mod tests {
 
     #[test]
     fn other_arches_ask_only_definitions() {
+        for arch in ["ppc64", "aarch64", "riscv64"] {
+            let t = transcript(arch, json!([{"name": "z13"}]));
+            assert_eq!(stage_host(Accel::Kvm, &t), vec![Request::new("query-cpu-definitions")], "{arch}");
+            assert!(stage_models(Accel::Kvm, &t).is_empty());
+        }
+    }
+
+    /// libvirt's s390 host-model is QEMU's static expansion of `host` (KVM) or `max` (TCG):
+    /// the probe asks it there as libvirt does (and nothing x86 asks).
+    #[test]
+    fn s390_asks_the_static_host_expansion() {
         let t = transcript("s390x", json!([{"name": "z13"}]));
-        assert_eq!(stage_host(Accel::Tcg, &t), vec![Request::new("query-cpu-definitions")]);
-        assert!(stage_models(Accel::Tcg, &t).is_empty());
+        let expansion =
+            |m: &str| Request::with_args("query-cpu-model-expansion", json!({"type": "static", "model": {"name": m}}));
+        assert_eq!(stage_host(Accel::Kvm, &t), vec![Request::new("query-cpu-definitions"), expansion("host")]);
+        assert_eq!(stage_host(Accel::Tcg, &t), vec![Request::new("query-cpu-definitions"), expansion("max")]);
+        assert!(stage_models(Accel::Kvm, &t).is_empty());
     }
 
     #[test]

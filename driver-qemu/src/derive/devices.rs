@@ -90,9 +90,23 @@ pub fn video(a: &Answers<'_>) -> EnumElement {
     )
 }
 
+/// The USB host controllers whose presence makes libvirt offer USB host device assignment
+/// (its `hostdev` filling function checks these QEMU device types, not `usb-host`).
+pub const USB_CONTROLLERS: [&str; 8] = [
+    "piix3-usb-uhci",
+    "piix4-usb-uhci",
+    "usb-ehci",
+    "ich9-usb-ehci1",
+    "vt82c686b-usb-uhci",
+    "pci-ohci",
+    "nec-usb-xhci",
+    "qemu-xhci",
+];
+
 /// `<hostdev>`: subsystem assignment (`pci` and `scsi` always, as libvirt 9.0 states them
-/// even for binaries without either bus; `usb` with `usb-host`); the `vfio` PCI backend only
-/// where the host can do VFIO passthrough and QEMU has `vfio-pci`.
+/// even for binaries without either bus; `usb` when QEMU has any of [`USB_CONTROLLERS`]);
+/// the `vfio` PCI backend only where the host can do VFIO passthrough and QEMU has
+/// `vfio-pci`.
 /// From [`Change::HostdevIommufd`], an `iommufd` enum: `yes` with VFIO passthrough, QEMU's
 /// `iommufd` object and the host's `/dev/iommu`; `no` always.
 pub fn hostdev(a: &Answers<'_>, host: &HostFacts, target: Target) -> EnumElement {
@@ -100,7 +114,7 @@ pub fn hostdev(a: &Answers<'_>, host: &HostFacts, target: Target) -> EnumElement
     let e = EnumElement::new(Support::Yes)
         .with_enum("mode", ["subsystem"])
         .with_enum("startupPolicy", ["default", "mandatory", "requisite", "optional"])
-        .with_enum("subsysType", pick(&[("usb", a.has_type("usb-host")), ("pci", true), ("scsi", true)]))
+        .with_enum("subsysType", pick(&[("usb", a.has_any_type(&USB_CONTROLLERS)), ("pci", true), ("scsi", true)]))
         .with_enum("capsType", Vec::<String>::new())
         .with_enum("pciBackend", pick(&[("default", vfio), ("vfio", vfio)]));
     if !target.has(Change::HostdevIommufd) {

@@ -102,7 +102,10 @@ pub fn tdx(a: &Answers<'_>, host: &HostFacts, arch: &str, accel: Accel) -> Flag 
 }
 
 /// `<launchSecurity>` ([`Change::LaunchSecurity`]): the confidential guest types usable here,
-/// `supported='no'` when none.
+/// `supported='no'` when none. `sev` and `sev-snp` are QEMU's to say, as libvirt decides
+/// them: its `sev-guest` / `sev-snp-guest` object type, dropped when QEMU does not answer
+/// `query-sev-capabilities` (SEV built in, not usable on this host). The kernel's
+/// `kvm_amd` `sev_snp` parameter is not consulted (no release from 10.5 to 12.8 reads it).
 pub fn launch_security(a: &Answers<'_>, host: &HostFacts, arch: &str, sev: &Sev, target: Target) -> EnumElement {
     let sev_ok = sev.supported == Support::Yes;
     let pv = machine::is_s390(arch)
@@ -112,7 +115,7 @@ pub fn launch_security(a: &Answers<'_>, host: &HostFacts, arch: &str, sev: &Sev,
     let tdx = target.has(Change::Tdx) && a.has_type("tdx-guest") && host.tdx;
     let types = [
         ("sev", sev_ok && a.has_type("sev-guest")),
-        ("sev-snp", sev_ok && a.has_type("sev-snp-guest") && host.sev.snp),
+        ("sev-snp", sev_ok && a.has_type("sev-snp-guest")),
         ("s390-pv", pv),
         ("tdx", tdx),
     ];

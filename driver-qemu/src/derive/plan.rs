@@ -5,8 +5,8 @@
 //! `query-sev-capabilities`, `query-sgx-capabilities`) only where this binary has them,
 //! so a probe never sends a command QEMU does not know.
 
-use crate::plan::Request;
 use crate::probe_data::{Accel, Transcript};
+use crate::qmp::Request;
 
 use super::schema::Schema;
 

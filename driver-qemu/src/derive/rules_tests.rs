@@ -272,12 +272,24 @@ fn sev_parameters_from_qemu_and_host_asids() {
 }
 
 #[test]
-fn hostdev_usb_needs_usb_host_and_vfio_needs_the_host() {
+fn hostdev_usb_needs_a_usb_controller_and_vfio_needs_the_host() {
     let bare = derive_one("cris", "axis-dev88", transcript(&[("axis-dev88", 1)], &[], &[]));
     assert_eq!(device_enum(&bare, "hostdev", "subsysType"), ["pci", "scsi"]);
     assert!(device_enum(&bare, "hostdev", "pciBackend").is_empty());
+    // `usb-host` is not what libvirt looks at: without a USB host controller there is no
+    // USB assignment ...
+    let no_controller =
+        derive_one("s390x", "s390-ccw-virtio-8.1", transcript(&[("s390-ccw-virtio-8.1", 248)], &["usb-host"], &[]));
+    assert_eq!(device_enum(&no_controller, "hostdev", "subsysType"), ["pci", "scsi"]);
+    // ... and with any controller there is, `usb-host` or not (libvirt's own recordings of
+    // s390x QEMU 8.1/8.2 and ppc64 QEMU 6.2 list controllers and no `usb-host`).
+    for controller in ["pci-ohci", "qemu-xhci", "nec-usb-xhci", "piix3-usb-uhci", "usb-ehci"] {
+        let caps =
+            derive_one("s390x", "s390-ccw-virtio-8.2", transcript(&[("s390-ccw-virtio-8.2", 248)], &[controller], &[]));
+        assert_eq!(device_enum(&caps, "hostdev", "subsysType"), ["usb", "pci", "scsi"], "{controller}");
+    }
 
-    let t = transcript(&[("pc-q35-7.2", 288)], &["usb-host", "vfio-pci"], &[]);
+    let t = transcript(&[("pc-q35-7.2", 288)], &["qemu-xhci", "vfio-pci"], &[]);
     let mut host = HostFacts::default();
     host.vfio.iommu_groups = true;
     host.vfio.dev_vfio = true;
@@ -401,6 +413,36 @@ fn the_target_release_decides_which_elements_exist() {
     let md = mid.devices.as_ref().unwrap();
     assert!(md.panic.is_some() && md.console.is_none());
     assert!(mid.features.as_ref().unwrap().s390_pv.is_none());
+}
+
+/// libvirt (10.5 on) offers `sev-snp` when QEMU has the `sev-snp-guest` type and answers
+/// `query-sev-capabilities`, whatever the host's `kvm_amd` module parameters say.
+#[test]
+fn sev_snp_is_decided_by_qemu() {
+    let sev = json!({"pdh": "x", "cert-chain": "y", "cbitpos": 51, "reduced-phys-bits": 1});
+    let types = ["sev-guest", "sev-snp-guest"];
+    let sectypes = |t: Transcript, host: HostFacts| {
+        let target = crate::libvirt::Target::new("11.3".parse().unwrap());
+        let options = crate::cpu::CpuOptions { target, ..Default::default() };
+        let caps = super::domain_capabilities_with(
+            &data(vec![(Accel::Kvm, t)], host),
+            &query("x86_64", "pc-q35-10.0", Accel::Kvm),
+            options,
+        )
+        .unwrap();
+        let ls = caps.features.unwrap().launch_security.unwrap();
+        ls.enums.enum_values("sectype").map(<[String]>::to_vec).unwrap_or_default()
+    };
+    // The host's sev_snp parameter is not set (or not known): QEMU's answer decides.
+    let with_caps = pc_transcript(&types, &[("query-sev-capabilities", sev.clone())]);
+    assert_eq!(sectypes(with_caps, HostFacts::default()), ["sev", "sev-snp"]);
+    // No sev-snp-guest type: SEV only, even on a host whose KVM runs SNP guests.
+    let mut snp_host = HostFacts::default();
+    snp_host.sev.snp = true;
+    let sev_only = pc_transcript(&["sev-guest"], &[("query-sev-capabilities", sev)]);
+    assert_eq!(sectypes(sev_only, snp_host.clone()), ["sev"]);
+    // QEMU did not answer query-sev-capabilities: neither.
+    assert!(sectypes(pc_transcript(&types, &[]), snp_host).is_empty());
 }
 
 #[test]

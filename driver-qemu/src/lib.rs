@@ -9,8 +9,8 @@
 //! never touches QEMU or the host, so recorded probes replay exactly (`tests/replay.rs`).
 //!
 //! Architecture invariant: only `probe`, `process`, `spawn`, `binary`, `qmp`, `host`, `firmware`,
-//! `cpu::host` and `cache` touch the system; everything downstream of
-//! [`probe_data::ProbeData`] is pure.
+//! `cpu::host` and `cache` touch the system ([`replay`] reads only the files it is given);
+//! everything downstream of [`probe_data::ProbeData`] is pure.
 
 pub mod binary;
 pub mod cache;

@@ -1,25 +1,26 @@
 //! `cargo xtask bench fleet` runs this (`cargo run --release -p capsd-fleet --example
 //! bench-fleet -- CAPSD`, CAPSD being the release `capsd` binary): a fleet of simulated hosts
-//! in one local etcd. It is an example of this crate rather than xtask code so that xtask
-//! builds without etcd-client (whose build needs `protoc`, which `.ci/setup` installs).
+//! in a local etcd. It is an example of this crate rather than xtask code so that xtask
+//! stays free of capsd-fleet's HTTP and TLS stack.
 //!
-//! 1. Starts Debian's `etcd` (package etcd-server) on loopback with its own data directory
-//!    and free ports.
+//! 1. Starts Debian's `etcd` (package etcd-server) on loopback with its own data directories
+//!    and free ports: `CAPSD_BENCH_MEMBERS` members (default 1; 3 for a cluster).
 //! 2. Publishes `CAPSD_BENCH_HOSTS` hosts (default 1000), each under its own lease, through
 //!    `capsd_fleet::publish::write` (the agent's code path). Their documents are real libvirt
 //!    outputs: this machine's libvirt 9.0 (`../shared/fixtures/libvirt-9.0-host`) and libvirt's
 //!    upstream test data for QEMU 7.2 to 11.1, SEV and SGX hosts
 //!    (`../shared/fixtures/libvirt-upstream/domaincaps`), six host classes; every seventh host
 //!    also has a `<vcpu max>` of its own (drift), so both sharing and unique documents occur.
-//! 3. Figures: store bytes per host (live keys and values under the prefix, and etcd's
-//!    database size), `capsd fleet check` of a virt-install domain across all hosts and
-//!    `capsd fleet baseline` of all hosts' q35 documents (release `capsd`, whole process,
-//!    median of `CAPSD_BENCH_RUNS`, default 5), and the time from a host's change
+//! 3. Figures: publishing time; store bytes per host beyond the distinct documents (live
+//!    keys and values of records and references), and etcd's database size; `capsd fleet
+//!    check` of a virt-install domain across all hosts and `capsd fleet baseline` of all
+//!    hosts' q35 documents (release `capsd`, whole process, median of `CAPSD_BENCH_RUNS`,
+//!    default 5) and the client's peak resident memory (the children's `ru_maxrss`); the time from a host's change
 //!    (`Publisher::update`, the call the agent makes when its watcher noticed a change) to
 //!    the new reference being seen by an etcd watch (`CAPSD_BENCH_CHANGES`, default 20).
 //!
-//! Targets: check <= 1 s, baseline <= 2 s, change visible <= 1 s. Loopback only; the
-//! counts above bound it; etcd and its data are removed at the end.
+//! Targets: check <= 1 s, baseline <= 2 s, client peak memory <= 256 MB, change visible
+//! <= 1 s. Loopback only; the counts above bound it; etcd and its data are removed at the end.
 
 use std::collections::BTreeMap;
 use std::net::TcpListener;
@@ -29,7 +30,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _, Result};
-use capsd_fleet::{Content, Cpu, HostRecord, Layout, PublishConfig, Publisher, QueryKey};
+use capsd_fleet::{Content, Cpu, EtcdConfig, HostRecord, Layout, PublishConfig, Publisher, QueryKey};
 
 fn env_num<T: std::str::FromStr>(name: &str, default: T) -> T {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
@@ -42,15 +43,17 @@ fn workspace_root() -> PathBuf {
 const PREFIX: &str = "/capsd-bench";
 
 struct Etcd {
-    child: Child,
+    children: Vec<Child>,
     _dir: tempfile::TempDir,
-    endpoint: String,
+    endpoints: Vec<String>,
 }
 
 impl Drop for Etcd {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
     }
 }
 
@@ -58,27 +61,43 @@ fn free_port() -> Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
-fn start_etcd() -> Result<Etcd> {
+fn start_etcd(members: usize) -> Result<Etcd> {
     if !Path::new("/usr/bin/etcd").exists() {
         bail!("/usr/bin/etcd is missing: run .ci/setup (package etcd-server)");
     }
     let dir = tempfile::tempdir()?;
-    let (client, peer) = (free_port()?, free_port()?);
-    let endpoint = format!("http://127.0.0.1:{client}");
-    let log = std::fs::File::create(dir.path().join("etcd.log"))?;
-    let child = Command::new("/usr/bin/etcd")
-        .arg("--data-dir")
-        .arg(dir.path().join("data"))
-        .args(["--listen-client-urls", &endpoint, "--advertise-client-urls", &endpoint])
-        .args(["--listen-peer-urls", &format!("http://127.0.0.1:{peer}")])
-        .args(["--initial-advertise-peer-urls", &format!("http://127.0.0.1:{peer}")])
-        .args(["--initial-cluster", &format!("default=http://127.0.0.1:{peer}")])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .context("starting etcd")?;
-    Ok(Etcd { child, _dir: dir, endpoint })
+    let ports: Vec<(u16, u16)> = (0..members).map(|_| Ok((free_port()?, free_port()?))).collect::<Result<_>>()?;
+    let cluster: Vec<String> =
+        ports.iter().enumerate().map(|(i, (_, p))| format!("m{i}=http://127.0.0.1:{p}")).collect();
+    let mut children = Vec::new();
+    let mut endpoints = Vec::new();
+    for (i, (client, peer)) in ports.iter().enumerate() {
+        let endpoint = format!("http://127.0.0.1:{client}");
+        let log = std::fs::File::create(dir.path().join(format!("m{i}.log")))?;
+        let child = Command::new("/usr/bin/etcd")
+            .args(["--name", &format!("m{i}")])
+            .arg("--data-dir")
+            .arg(dir.path().join(format!("m{i}")))
+            .args(["--listen-client-urls", &endpoint, "--advertise-client-urls", &endpoint])
+            .args(["--listen-peer-urls", &format!("http://127.0.0.1:{peer}")])
+            .args(["--initial-advertise-peer-urls", &format!("http://127.0.0.1:{peer}")])
+            .args(["--initial-cluster", &cluster.join(","), "--initial-cluster-state", "new"])
+            .args(["--quota-backend-bytes", &(8u64 << 30).to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .context("starting etcd")?;
+        children.push(child);
+        endpoints.push(endpoint);
+    }
+    Ok(Etcd { children, _dir: dir, endpoints })
+}
+
+/// Peak resident memory of the waited-for children so far, in bytes.
+fn children_peak_rss() -> u64 {
+    nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_CHILDREN)
+        .map_or(0, |u| u.max_rss() as u64 * 1024)
 }
 
 fn shared() -> PathBuf {
@@ -153,56 +172,67 @@ fn median(mut v: Vec<Duration>) -> Duration {
 
 fn main() -> Result<()> {
     let hosts: usize = env_num("CAPSD_BENCH_HOSTS", 1000);
+    let members: usize = env_num("CAPSD_BENCH_MEMBERS", 1).max(1);
     let runs: usize = env_num("CAPSD_BENCH_RUNS", 5).max(1);
     let changes: usize = env_num("CAPSD_BENCH_CHANGES", 20).max(1);
     let capsd =
         PathBuf::from(std::env::args_os().nth(1).context("usage: bench-fleet CAPSD (the capsd binary to time)")?);
-    let etcd = start_etcd()?;
+    let etcd = start_etcd(members)?;
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
-    let endpoints = vec![etcd.endpoint.clone()];
+    let cfg = EtcdConfig::new(etcd.endpoints.clone());
     let layout = Layout::new(PREFIX)?;
     let classes = classes()?;
 
     // Wait for etcd, then publish every host.
-    let mut client = rt.block_on(async {
+    let client = rt.block_on(async {
         let t = Instant::now();
         loop {
-            match capsd_fleet::connect(&endpoints).await {
+            match capsd_fleet::connect(&cfg).await {
                 Ok(c) => return Ok(c),
-                Err(e) if t.elapsed() > Duration::from_secs(30) => return Err(e),
+                Err(e) if t.elapsed() > Duration::from_secs(60) => return Err(e),
                 Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
             }
         }
     })?;
     let t = Instant::now();
+    let distinct = Arc::new(std::sync::Mutex::new(std::collections::HashMap::<String, usize>::new()));
     rt.block_on(async {
         let mut tasks = tokio::task::JoinSet::new();
         let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         for _ in 0..32 {
-            let (mut c, next, classes, layout, endpoints) =
-                (client.clone(), next.clone(), classes.clone(), layout.clone(), endpoints.clone());
+            let (c, next, classes, layout, cfg, distinct) =
+                (client.clone(), next.clone(), classes.clone(), layout.clone(), cfg.clone(), distinct.clone());
             tasks.spawn(async move {
                 loop {
                     let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     if i >= hosts {
                         return Ok::<(), anyhow::Error>(());
                     }
-                    let id = format!("host-{i:04}");
+                    let id = format!("host-{i:06}");
                     let mut docs = classes[i % classes.len()].clone();
-                    if i % 7 == 0 {
+                    if i % 7 == 0 && i < 1000 {
+                        // Drift: among the first thousand, every seventh host has documents of its own.
                         for d in docs.values_mut() {
                             *d = with_vcpu_max(d, 64 + i);
                         }
                     }
-                    let cfg = PublishConfig {
-                        endpoints: endpoints.clone(),
+                    {
+                        let mut m = distinct.lock().unwrap_or_else(|e| e.into_inner());
+                        for d in docs.values() {
+                            m.insert(capsd_fleet::content_hash(d.as_bytes()), d.len());
+                        }
+                    }
+                    let pc = PublishConfig {
+                        etcd: cfg.clone(),
                         layout: layout.clone(),
                         host_id: id.clone(),
-                        ttl: Duration::from_secs(600),
+                        ttl: Duration::from_secs(3600),
+                        owner: id.clone(),
+                        take_over: false,
                     };
-                    let lease = c.lease_grant(600, None).await?.id();
+                    let lease = c.lease_grant(3600).await?;
                     let mut written = capsd_fleet::publish::Written::default();
-                    capsd_fleet::publish::write(&mut c, &cfg, lease, &mut written, &content(&id, docs)).await?;
+                    capsd_fleet::publish::write(&c, &pc, lease, &mut written, &content(&id, docs)).await?;
                 }
             });
         }
@@ -212,39 +242,45 @@ fn main() -> Result<()> {
         Ok::<(), anyhow::Error>(())
     })?;
     let publish_time = t.elapsed();
-    let (snap, db_size) = rt.block_on(async {
-        let s = capsd_fleet::Snapshot::read(&mut client, &endpoints, &layout).await?;
-        let st = client.status().await?;
-        Ok::<_, anyhow::Error>((s, st.db_size()))
+    let (live, db_size) = rt.block_on(async {
+        let mut live = Vec::new();
+        for p in [layout.hosts(), layout.refs(), layout.claims()] {
+            live.push(capsd_fleet::store::measure(&client, &p).await?);
+        }
+        let db = client.db_size().await?;
+        Ok::<_, anyhow::Error>((live, db))
     })?;
-    if snap.hosts.len() != hosts {
-        bail!("{} hosts in the store, {hosts} published", snap.hosts.len());
+    let (records, refs) = (live[0], live[1]);
+    if records.0 != hosts {
+        bail!("{} host records in the store, {hosts} published", records.0);
     }
+    let (distinct, doc_bytes) = {
+        let m = distinct.lock().unwrap_or_else(|e| e.into_inner());
+        (m.len(), m.iter().map(|(h, n)| layout.doc(h).len() + n).sum::<usize>())
+    };
     println!(
-        "bench fleet: {hosts} hosts published in {:.1} s ({} distinct documents, {} references)",
+        "bench fleet: {hosts} hosts published in {:.1} s to {members} etcd member(s) ({distinct} distinct documents, {} references)",
         publish_time.as_secs_f64(),
-        snap.texts.len(),
-        snap.hosts.values().map(|h| h.docs.len()).sum::<usize>()
+        refs.0
     );
-    let doc_bytes: usize = snap.texts.iter().map(|(h, t)| layout.doc(h).len() + t.len()).sum();
     println!(
-        "  store: {:.0} bytes/host of live keys and values ({:.1} KiB total: {:.0} bytes/host of host records and references, {:.1} KiB of shared documents), etcd database {:.0} bytes/host",
-        snap.stored_bytes as f64 / hosts as f64,
-        snap.stored_bytes as f64 / 1024.0,
-        (snap.stored_bytes as usize - doc_bytes) as f64 / hosts as f64,
-        doc_bytes as f64 / 1024.0,
+        "  store: {:.0} bytes/host of live keys and values beyond the distinct documents (records {:.0}, references {:.0}); documents {:.1} MiB; etcd database {:.0} bytes/host",
+        (records.1 + refs.1 + live[2].1) as f64 / hosts as f64,
+        records.1 as f64 / hosts as f64,
+        refs.1 as f64 / hosts as f64,
+        doc_bytes as f64 / (1 << 20) as f64,
         db_size as f64 / hosts as f64
     );
 
     // capsd fleet check / baseline: whole process, release build.
     let domain = workspace_root().join("capsd-analysis/tests/data/domains/secboot-q35.xml");
-    let ep = etcd.endpoint.as_str();
+    let ep = etcd.endpoints.join(",");
     let time_cli = |args: &[&str]| -> Result<(Duration, Vec<u8>, Option<i32>)> {
         let mut ts = Vec::new();
         let mut last = (Vec::new(), None);
         for _ in 0..runs {
             let t = Instant::now();
-            let o = Command::new(&capsd).args(["fleet", "--etcd", ep, "--etcd-prefix", PREFIX]).args(args).output()?;
+            let o = Command::new(&capsd).args(["fleet", "--etcd", &ep, "--etcd-prefix", PREFIX]).args(args).output()?;
             ts.push(t.elapsed());
             if matches!(o.status.code(), Some(2) | Some(3)) {
                 bail!("capsd fleet {args:?} failed: {}", String::from_utf8_lossy(&o.stderr));
@@ -269,19 +305,25 @@ fn main() -> Result<()> {
         base.as_secs_f64() * 1e3,
         out.len()
     );
+    println!(
+        "  client peak resident memory over those runs: {:.0} MB (target <= 256 MB)",
+        children_peak_rss() as f64 / 1e6
+    );
 
     // A host's change to its visibility: a real publisher (lease, keep-alive) and a watch.
     let visible = rt.block_on(async {
         let id = "host-live";
-        let cfg = PublishConfig {
-            endpoints: endpoints.clone(),
+        let pc = PublishConfig {
+            etcd: cfg.clone(),
             layout: layout.clone(),
             host_id: id.into(),
             ttl: Duration::from_secs(10),
+            owner: "bench".into(),
+            take_over: false,
         };
-        let publisher = Publisher::start(cfg)?;
+        let publisher = Publisher::start(pc)?;
         let key = layout.host_doc(id, &QueryKey::parse("kvm/x86_64/q35")?);
-        let mut stream = client.watch(key.clone(), None).await?;
+        let mut stream = client.watch(key.as_bytes(), &[]).await?;
         let base = classes[0].clone();
         let mut ts = Vec::new();
         for n in 0..=changes {
@@ -293,11 +335,11 @@ fn main() -> Result<()> {
             let t = Instant::now();
             publisher.update(content(id, docs));
             loop {
-                let resp = tokio::time::timeout(Duration::from_secs(10), stream.message())
+                let events = tokio::time::timeout(Duration::from_secs(10), stream.next())
                     .await
                     .context("no watch event within 10 s")??
                     .context("watch ended")?;
-                if resp.events().iter().any(|e| e.kv().is_some_and(|kv| kv.value() == want.as_bytes())) {
+                if events.iter().any(|e| e.kv.value == want.as_bytes()) {
                     break;
                 }
             }

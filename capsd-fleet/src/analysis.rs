@@ -68,6 +68,9 @@ impl Selection {
             .iter()
             .filter(|(id, _)| self.hosts.is_empty() || self.hosts.contains(id))
             .filter(|(_, h)| {
+                if self.selectors.is_empty() {
+                    return true;
+                }
                 let fields = h.record.fields();
                 self.selectors.iter().all(|(n, v)| fields.iter().any(|(fnm, fv)| fnm == n && fv == v))
             })
@@ -91,66 +94,125 @@ pub struct HostVerdict {
     pub note: Option<String>,
 }
 
-/// The query key and hash of `host`'s document for a domain of `virt_type`/`arch`/`machine`.
+/// The hashes of the documents a question about `virt_type`/`arch`/`machine` may read for
+/// the selected hosts (fetch them with [`Snapshot::fetch`] before asking).
+pub fn needed(
+    snap: &Snapshot,
+    sel: &Selection,
+    virt_type: &str,
+    arch: Option<&str>,
+    machine: Option<&str>,
+) -> Result<Vec<String>, FleetError> {
+    let mut out = std::collections::BTreeSet::new();
+    for (_, host) in sel.apply(snap)? {
+        let arch = arch.unwrap_or(&host.record.cpu.arch);
+        let exact =
+            QueryKey { virt_type: virt_type.to_owned(), arch: arch.to_owned(), machine: machine.map(str::to_owned) };
+        if let Some(h) = host.docs.get(&exact) {
+            out.insert(h.clone());
+        } else if machine.is_some() {
+            out.extend(
+                host.docs.iter().filter(|(q, _)| q.virt_type == virt_type && q.arch == arch).map(|(_, h)| h.clone()),
+            );
+        }
+    }
+    Ok(out.into_iter().collect())
+}
+
+/// What a host publishes for a question: the document's query and hash, nothing, or why
+/// what it publishes cannot be used (a document that is damaged, forged or missing).
+#[derive(Debug, Clone)]
+pub enum Found {
+    Document(QueryKey, String),
+    Nothing,
+    Unusable(String),
+}
+
+/// The query key and hash of `host`'s document for a domain of `virt_type`/`arch`/`machine`
+/// (documents fetched beforehand, see [`needed`]).
 pub fn find_document(
-    snap: &mut Snapshot,
+    snap: &Snapshot,
     id: &str,
     virt_type: &str,
     arch: Option<&str>,
     machine: Option<&str>,
-) -> Result<Option<(QueryKey, String)>, FleetError> {
+) -> Result<Found, FleetError> {
     let host = snap.hosts.get(id).ok_or_else(|| FleetError::NoSuchHost(id.to_owned()))?;
+    if let Some(why) = &host.damaged {
+        return Ok(Found::Unusable(format!("its host record is not usable: {why}")));
+    }
     let arch = arch.unwrap_or(&host.record.cpu.arch).to_owned();
     let exact = QueryKey { virt_type: virt_type.to_owned(), arch: arch.clone(), machine: machine.map(str::to_owned) };
     if let Some(h) = host.docs.get(&exact) {
-        return Ok(Some((exact, h.clone())));
+        return Ok(match snap.document(h) {
+            Ok(_) => Found::Document(exact, h.clone()),
+            Err(e) => Found::Unusable(e.to_string()),
+        });
     }
-    let Some(m) = machine else { return Ok(None) };
-    let candidates: Vec<(QueryKey, String)> = host
-        .docs
-        .iter()
-        .filter(|(q, _)| q.virt_type == virt_type && q.arch == arch)
-        .map(|(q, h)| (q.clone(), h.clone()))
-        .collect();
-    for (q, h) in candidates {
-        if snap.document(&h)?.machine.as_deref() == Some(m) {
-            return Ok(Some((q, h)));
+    let Some(m) = machine else { return Ok(Found::Nothing) };
+    let mut unusable = None;
+    for (q, h) in host.docs.iter().filter(|(q, _)| q.virt_type == virt_type && q.arch == arch) {
+        match snap.document(h) {
+            Ok(d) if d.machine.as_deref() == Some(m) => return Ok(Found::Document(q.clone(), h.clone())),
+            Ok(_) => {}
+            Err(e) => unusable = Some(e.to_string()),
         }
     }
-    Ok(None)
+    Ok(unusable.map_or(Found::Nothing, Found::Unusable))
 }
 
-/// Check `domain` on every selected host.
-pub fn check(snap: &mut Snapshot, domain: &Domain, sel: &Selection) -> Result<Vec<HostVerdict>, FleetError> {
+/// Check `domain` on every selected host. Each distinct document is judged once.
+pub fn check(snap: &Snapshot, domain: &Domain, sel: &Selection) -> Result<Vec<HostVerdict>, FleetError> {
     let ids: Vec<String> = sel.apply(snap)?.into_iter().map(|(id, _)| id.clone()).collect();
     let mut out = Vec::with_capacity(ids.len());
+    let mut judged: std::collections::HashMap<String, (Verdict, Option<Finding>)> = std::collections::HashMap::new();
     for id in ids {
         let found = find_document(snap, &id, domain.virt_type(), domain.arch(), domain.machine())?;
-        let Some((q, hash)) = found else {
-            let arch = domain.arch().map_or_else(|| snap.hosts[&id].record.cpu.arch.clone(), str::to_owned);
-            out.push(HostVerdict {
-                host: id,
-                verdict: Verdict::Unknown,
-                query: None,
-                finding: None,
-                note: Some(format!(
-                    "publishes no document for virt type {}, arch {}, machine {}",
-                    domain.virt_type(),
-                    arch,
-                    domain.machine().unwrap_or("(default)")
-                )),
-            });
-            continue;
+        let (q, hash) = match found {
+            Found::Document(q, h) => (q, h),
+            Found::Nothing => {
+                let arch = domain.arch().map_or_else(|| snap.hosts[&id].record.cpu.arch.clone(), str::to_owned);
+                out.push(HostVerdict {
+                    host: id,
+                    verdict: Verdict::Unknown,
+                    query: None,
+                    finding: None,
+                    note: Some(format!(
+                        "publishes no document for virt type {}, arch {}, machine {}",
+                        domain.virt_type(),
+                        arch,
+                        domain.machine().unwrap_or("(default)")
+                    )),
+                });
+                continue;
+            }
+            Found::Unusable(why) => {
+                out.push(HostVerdict {
+                    host: id,
+                    verdict: Verdict::Unknown,
+                    query: None,
+                    finding: None,
+                    note: Some(why),
+                });
+                continue;
+            }
         };
-        let caps = snap.document(&hash)?;
-        let report = capsd_analysis::check(domain, &caps)?;
-        let first = |v: Verdict| report.findings.iter().find(|f| f.verdict == v).cloned();
-        let (verdict, finding) = if let Some(f) = first(Verdict::Unsupported) {
-            (Verdict::Unsupported, Some(f))
-        } else if let Some(f) = first(Verdict::Unknown) {
-            (Verdict::Unknown, Some(f))
-        } else {
-            (Verdict::Supported, None)
+        let (verdict, finding) = match judged.get(&hash) {
+            Some(v) => v.clone(),
+            None => {
+                let caps = snap.document(&hash)?;
+                let report = capsd_analysis::check(domain, &caps)?;
+                let first = |v: Verdict| report.findings.iter().find(|f| f.verdict == v).cloned();
+                let v = if let Some(f) = first(Verdict::Unsupported) {
+                    (Verdict::Unsupported, Some(f))
+                } else if let Some(f) = first(Verdict::Unknown) {
+                    (Verdict::Unknown, Some(f))
+                } else {
+                    (Verdict::Supported, None)
+                };
+                judged.insert(hash.clone(), v.clone());
+                v
+            }
         };
         out.push(HostVerdict { host: id, verdict, query: Some(q.to_string()), finding, note: None });
     }
@@ -158,11 +220,11 @@ pub fn check(snap: &mut Snapshot, domain: &Domain, sel: &Selection) -> Result<Ve
 }
 
 /// The documents of the selected hosts for one query (alias or canonical machine, as for a
-/// domain). Hosts without one are returned apart.
-pub type Documents = (Vec<(String, Arc<DomainCapabilities>)>, Vec<String>);
+/// domain), and the hosts without a usable one (with why).
+pub type Documents = (Vec<(String, Arc<DomainCapabilities>)>, Vec<(String, String)>);
 
 pub fn documents(
-    snap: &mut Snapshot,
+    snap: &Snapshot,
     sel: &Selection,
     virt_type: &str,
     arch: Option<&str>,
@@ -173,11 +235,12 @@ pub fn documents(
     let mut missing = Vec::new();
     for id in ids {
         match find_document(snap, &id, virt_type, arch, machine)? {
-            Some((_, hash)) => {
+            Found::Document(_, hash) => {
                 let d = snap.document(&hash)?;
                 have.push((id, d));
             }
-            None => missing.push(id),
+            Found::Nothing => missing.push((id, "no document for the query".to_owned())),
+            Found::Unusable(why) => missing.push((id, why)),
         }
     }
     Ok((have, missing))
@@ -229,10 +292,10 @@ mod tests {
         let q35 = fixture("x86_64-kvm-q35.xml");
         let hash = content_hash(q35.as_bytes());
         let mut s = Snapshot::default();
-        s.texts.insert(hash.clone(), q35);
+        s.insert_document(&hash, q35.as_bytes());
         let docs = BTreeMap::from([(QueryKey::parse("kvm/x86_64/q35").unwrap(), hash)]);
-        s.hosts.insert("a".into(), Host { record: record("a", "AuthenticAMD"), docs });
-        s.hosts.insert("b".into(), Host { record: record("b", "GenuineIntel"), docs: BTreeMap::new() });
+        s.hosts.insert("a".into(), Host { record: record("a", "AuthenticAMD"), damaged: None, docs });
+        s.hosts.insert("b".into(), Host { record: record("b", "GenuineIntel"), damaged: None, docs: BTreeMap::new() });
         s
     }
 
@@ -245,12 +308,12 @@ mod tests {
 
     #[test]
     fn a_host_without_the_document_is_unknown_and_a_canonical_machine_finds_the_alias_document() {
-        let mut s = snapshot();
+        let s = snapshot();
         let canonical =
             s.document(&s.hosts["a"].docs.values().next().unwrap().clone()).unwrap().machine.clone().unwrap();
         assert_ne!(canonical, "q35");
         for m in ["q35", canonical.as_str()] {
-            let v = check(&mut s, &domain(m), &Selection::default()).unwrap();
+            let v = check(&s, &domain(m), &Selection::default()).unwrap();
             assert_eq!(v[0].host, "a");
             assert_eq!(v[0].query.as_deref(), Some("kvm/x86_64/q35"), "{m}");
             assert_ne!(v[0].verdict, Verdict::Unsupported, "{m}: {:?}", v[0]);
@@ -259,7 +322,7 @@ mod tests {
             assert!(v[1].note.as_deref().unwrap().contains("publishes no document"), "{:?}", v[1]);
         }
         // A machine no document has: unknown on a as well.
-        let v = check(&mut s, &domain("pc-q35-1.0"), &Selection::default()).unwrap();
+        let v = check(&s, &domain("pc-q35-1.0"), &Selection::default()).unwrap();
         assert_eq!(v[0].verdict, Verdict::Unknown);
         assert_eq!(v[0].query, None);
     }

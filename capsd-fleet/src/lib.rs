@@ -9,31 +9,36 @@
 //! | key | value | lease |
 //! | --- | --- | --- |
 //! | `P/hosts/ID` | the host record ([`HostRecord`], JSON) | the host's |
-//! | `P/hosts/ID/docs/QUERY` | content hash (hex SHA-256) of the document answering `QUERY` | the host's |
+//! | `P/claims/ID` | which agent holds the host id (a token, see [`publish::owner_token`]) | the host's |
+//! | `P/refs/QUERY/ID` | content hash (hex SHA-256) of the document host ID publishes for `QUERY` | the host's |
 //! | `P/docs/HASH` | a `<domainCapabilities>` document (libvirt's XML) | none |
 //!
 //! `QUERY` is `VIRTTYPE/ARCH/MACHINE` ([`QueryKey`]), `MACHINE` being the alias asked
-//! (`q35`, `pc`, `virt`...) or `@default` for the arch's default machine. A document is
-//! stored once under its hash however many hosts refer to it, so a thousand identical hosts
-//! cost one document plus a thousand small references. A host's keys all hang on one lease
-//! that its agent keeps alive: a dead host vanishes after the TTL, a clean stop revokes the
-//! lease at once.
+//! (`q35`, `pc`, `virt`...) or `@default` for the arch's default machine. References are
+//! keyed query first, so the hosts answering one query are one key range that etcd reads
+//! alone (`check` and `baseline` at 100,000 hosts read that range, the host ids, and the few
+//! distinct documents). A document is stored once under its hash however many hosts refer
+//! to it. A host's keys all hang on one lease that its agent keeps alive: a dead host
+//! vanishes after the TTL, a clean stop revokes the lease at once.
 //!
 //! Writes keep one invariant: **a reference is written in the same transaction as the
-//! document it names, or after it** (a nested transaction puts the document when absent), so
-//! a reader never sees a reference to a missing document. Documents have no lease (they are
-//! shared), so they outlive their last host; [`gc`] deletes unreferenced ones in a
-//! transaction that is refused when any host key changed since the references were read, so
-//! a document a host has just started to refer to is never deleted.
+//! document it names, or after it** (a nested transaction puts the document when absent).
+//! Documents have no lease (they are shared), so they outlive their last host; [`gc`]
+//! deletes unreferenced ones in a transaction that is refused when any reference changed
+//! since they were read, so a document a host has just started to refer to is never deleted.
 //!
 //! # Reading
 //!
-//! [`Snapshot::read`] reads every host key and every document at one revision (range reads
-//! in pages), so `check`, `baseline` and `diff` across a thousand hosts cost a few round
-//! trips and one parse per distinct document they use ([`analysis`]). A host that publishes no document
-//! for the query a domain needs is `unknown`, never "no".
+//! Nothing read is trusted ([`store`]): a document is used only when its SHA-256 is its key;
+//! a damaged record, reference or document is reported against its host (or as junk) and
+//! left out, and the rest of the fleet is answered. A host that publishes no usable document
+//! for the query a domain needs is `unknown`, never "no". etcd is reached through its JSON
+//! gateway ([`etcd`]), over TLS with client certificates and users where configured; the
+//! per-host roles of [`grant`] let a host write only its own keys.
 
 pub mod analysis;
+pub mod etcd;
+pub mod grant;
 pub mod publish;
 pub mod store;
 
@@ -42,16 +47,20 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 pub use analysis::{HostVerdict, Selection};
+pub use etcd::{Client, EtcdConfig, EtcdError};
 pub use publish::{Content, PublishConfig, Publisher};
-pub use store::{connect, gc, Snapshot};
+pub use store::{connect, gc, Scope, Snapshot};
 
 /// Why a fleet operation failed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum FleetError {
     /// etcd refused or could not be reached.
-    #[error("etcd ({endpoints}): {error}")]
-    Etcd { endpoints: String, error: etcd_client::Error },
+    #[error("etcd{}: {error}", if endpoints.is_empty() { String::new() } else { format!(" ({endpoints})") })]
+    Etcd { endpoints: String, error: etcd::EtcdError },
+    /// Another agent holds this host id (its lease is alive).
+    #[error("host id '{id}' is held by another agent (lease {lease:x}, alive; its claim: {owner}); stop that agent, pick another --host-id, or start with --take-over")]
+    HostIdTaken { id: String, lease: i64, owner: String },
     /// A value given by the user is not acceptable.
     #[error("{what} '{value}': {reason}")]
     Invalid { what: &'static str, value: String, reason: String },
@@ -70,8 +79,8 @@ pub enum FleetError {
 }
 
 impl FleetError {
-    pub(crate) fn etcd(endpoints: &[String], source: etcd_client::Error) -> Self {
-        FleetError::Etcd { endpoints: endpoints.join(","), error: source }
+    pub(crate) fn etcd(endpoints: &str, source: etcd::EtcdError) -> Self {
+        FleetError::Etcd { endpoints: endpoints.to_owned(), error: source }
     }
 }
 
@@ -97,7 +106,11 @@ impl Layout {
     pub fn prefix(&self) -> &str {
         &self.prefix
     }
-    /// `P/hosts/` (every host key).
+    /// `P/` (everything of this fleet).
+    pub fn all(&self) -> String {
+        format!("{}/", self.prefix)
+    }
+    /// `P/hosts/` (every host record).
     pub fn hosts(&self) -> String {
         format!("{}/hosts/", self.prefix)
     }
@@ -105,13 +118,30 @@ impl Layout {
     pub fn host(&self, id: &str) -> String {
         format!("{}/hosts/{id}", self.prefix)
     }
-    /// `P/hosts/ID/docs/` (a host's references).
-    pub fn host_docs(&self, id: &str) -> String {
-        format!("{}/hosts/{id}/docs/", self.prefix)
+    /// `P/claims/ID`: which agent holds the host id (on its lease).
+    pub fn claim(&self, id: &str) -> String {
+        format!("{}/claims/{id}", self.prefix)
     }
-    /// `P/hosts/ID/docs/QUERY`.
+    /// `P/claims/`.
+    pub fn claims(&self) -> String {
+        format!("{}/claims/", self.prefix)
+    }
+    /// `P/refs/` (every reference).
+    pub fn refs(&self) -> String {
+        format!("{}/refs/", self.prefix)
+    }
+    /// The references of one query's hosts: `P/refs/VIRTTYPE/ARCH/MACHINE/`, or of every
+    /// machine of an arch (`P/refs/VIRTTYPE/ARCH/`), or every arch (`P/refs/VIRTTYPE/`).
+    pub fn refs_of(&self, virt_type: &str, arch: Option<&str>, machine: Option<&str>) -> String {
+        match (arch, machine) {
+            (Some(a), Some(m)) => format!("{}/refs/{virt_type}/{a}/{m}/", self.prefix),
+            (Some(a), None) => format!("{}/refs/{virt_type}/{a}/", self.prefix),
+            (None, _) => format!("{}/refs/{virt_type}/", self.prefix),
+        }
+    }
+    /// `P/refs/VIRTTYPE/ARCH/MACHINE/ID`: the hash of the document host ID publishes for the query.
     pub fn host_doc(&self, id: &str, q: &QueryKey) -> String {
-        format!("{}/hosts/{id}/docs/{q}", self.prefix)
+        format!("{}/refs/{q}/{id}", self.prefix)
     }
     /// `P/docs/` (every document).
     pub fn docs(&self) -> String {
@@ -121,6 +151,27 @@ impl Layout {
     pub fn doc(&self, hash: &str) -> String {
         format!("{}/docs/{hash}", self.prefix)
     }
+}
+
+/// What capsd publishes: each of these arches (the host's own first) ...
+pub const ARCHES: [&str; 8] = ["x86_64", "i686", "aarch64", "armv7l", "ppc64", "ppc64le", "s390x", "riscv64"];
+/// ... each of these virt types ...
+pub const VIRT_TYPES: [&str; 2] = ["kvm", "qemu"];
+/// ... the default machine and each of these aliases (what virt-install and virt-manager pick).
+pub const MACHINES: [&str; 5] = ["pc", "q35", "virt", "pseries", "s390-ccw-virtio"];
+
+/// Every query an agent may publish (the per-host grants of `capsd fleet grant-host` name
+/// exactly these keys).
+pub fn published_queries() -> Vec<QueryKey> {
+    let mut v = Vec::new();
+    for arch in ARCHES {
+        for vt in VIRT_TYPES {
+            for m in std::iter::once(None).chain(MACHINES.into_iter().map(Some)) {
+                v.push(QueryKey { virt_type: vt.to_owned(), arch: arch.to_owned(), machine: m.map(str::to_owned) });
+            }
+        }
+    }
+    v
 }
 
 /// Host ids: letters, digits, `.`, `_`, `-`, `:` (a hostname or a machine id), 1-253 bytes.
@@ -309,7 +360,7 @@ mod tests {
         }
         assert_eq!(
             Layout::new("/capsd/").unwrap().host_doc("h", &QueryKey::parse("kvm/x86_64/pc").unwrap()),
-            "/capsd/hosts/h/docs/kvm/x86_64/pc"
+            "/capsd/refs/kvm/x86_64/pc/h"
         );
         assert!(Layout::new("capsd").is_err());
         assert!(Layout::new("/a//b").is_err());

@@ -1,14 +1,19 @@
-//! Publishing one host: its record and documents under a lease kept alive, retried with
-//! backoff while etcd is unreachable, caught up when it returns.
+//! Publishing one host: its claim, record and documents under a lease kept alive, retried
+//! with backoff while etcd is unreachable, caught up when it returns.
 //!
 //! The caller hands [`Content`] (record and documents) to a [`Publisher`] through
 //! [`Publisher::update`], whenever it changes; the publisher's task writes only what changed
 //! (a reference whose hash moved, a query gone, the record) in a few transactions. The
 //! session loop:
 //!
-//! 1. connect, grant a lease of `ttl`, delete what an earlier session of the same host id
-//!    left (its lease may still run), write everything;
-//! 2. keep the lease alive every `ttl / 3`, write each new content at once;
+//! 1. connect, grant a lease of `ttl`, claim the host id (`P/claims/ID`, put only when
+//!    absent): a claim of this same agent (an earlier run: same [`PublishConfig::owner`]) is
+//!    revoked with everything on its lease; another agent's live claim is refused, fatally on
+//!    the first session ([`FleetError::HostIdTaken`], the agent does not start) unless
+//!    `take_over` (its lease is revoked), later by waiting for it to go;
+//! 2. keep the lease alive every `ttl / 3`, and check the keys on the lease: when some
+//!    vanished (deleted by hand, a take-over), claim and write everything again; write each
+//!    new content at once;
 //! 3. on any etcd error: log it, wait (100 ms doubling to 5 s), start again at 1. The
 //!    caller is never blocked: `update` only replaces the latest content.
 //!
@@ -18,9 +23,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use etcd_client::{Client, Compare, CompareOp, DeleteOptions, PutOptions, Txn, TxnOp};
 use tokio::sync::watch;
 
+use crate::etcd::{Client, Compare, EtcdConfig, Op, Range, Txn};
 use crate::{content_hash, FleetError, HostRecord, Layout, QueryKey};
 
 /// What one host publishes: its record (its `updated_ms` and `documents` are set when
@@ -34,11 +39,26 @@ pub struct Content {
 /// Where and how to publish.
 #[derive(Debug, Clone)]
 pub struct PublishConfig {
-    pub endpoints: Vec<String>,
+    pub etcd: EtcdConfig,
     pub layout: Layout,
     pub host_id: String,
     /// Lease time to live: how long a host that died stays listed.
     pub ttl: Duration,
+    /// Who this agent is (stable across its restarts, different for another agent): its
+    /// claim's value. See [`owner_token`].
+    pub owner: String,
+    /// Take the host id from another agent whose claim is alive (its lease is revoked).
+    pub take_over: bool,
+}
+
+/// An agent's identity for claims: a hash of the machine id, the agent's state directory and
+/// the host id, so a restarted agent finds its own claim and another agent (another machine,
+/// or another state directory here) does not.
+pub fn owner_token(state_dir: &std::path::Path, host_id: &str) -> String {
+    let machine = std::fs::read_to_string("/etc/machine-id").unwrap_or_default();
+    let dir = std::fs::canonicalize(state_dir).unwrap_or_else(|_| state_dir.to_owned());
+    let hash = content_hash(format!("{}\0{}\0{host_id}", machine.trim(), dir.display()).as_bytes());
+    hash[..32].to_owned()
 }
 
 /// A running publisher task.
@@ -49,6 +69,8 @@ pub struct Publisher {
     task: tokio::task::JoinHandle<()>,
     /// How many times the content was written completely (for tests and metrics).
     pub published: watch::Receiver<u64>,
+    /// Set when the publisher gave up for good (the host id is another agent's).
+    pub refused: watch::Receiver<Option<String>>,
 }
 
 impl Publisher {
@@ -66,8 +88,9 @@ impl Publisher {
         let (content, content_rx) = watch::channel(None);
         let (stop, stop_rx) = watch::channel(false);
         let (published_tx, published) = watch::channel(0);
-        let task = tokio::spawn(run(config, content_rx, stop_rx, published_tx));
-        Ok(Publisher { content, stop, task, published })
+        let (refused_tx, refused) = watch::channel(None);
+        let task = tokio::spawn(run(config, content_rx, stop_rx, published_tx, refused_tx));
+        Ok(Publisher { content, stop, task, published, refused })
     }
 
     /// Replace the content to publish (written as soon as etcd takes it).
@@ -99,14 +122,21 @@ async fn run(
     mut content: watch::Receiver<Option<Arc<Content>>>,
     mut stop: watch::Receiver<bool>,
     published: watch::Sender<u64>,
+    refused: watch::Sender<Option<String>>,
 ) {
     let mut backoff = BACKOFF_MIN;
+    let mut first = true;
     loop {
         if *stop.borrow() {
             return;
         }
-        match session(&cfg, &mut content, &mut stop, &published, &mut backoff).await {
+        match session(&cfg, &mut content, &mut stop, &published, &mut backoff, &mut first).await {
             Ok(()) => return,
+            Err(e @ FleetError::HostIdTaken { .. }) if first => {
+                tracing::error!(error = %e, "etcd: not publishing");
+                let _ = refused.send(Some(e.to_string()));
+                return;
+            }
             Err(e) => {
                 tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, host = %cfg.host_id, "etcd: publishing failed; retrying");
                 tokio::select! {
@@ -126,21 +156,22 @@ async fn session(
     stop: &mut watch::Receiver<bool>,
     published: &watch::Sender<u64>,
     backoff: &mut Duration,
+    first: &mut bool,
 ) -> Result<(), FleetError> {
-    let ep = &cfg.endpoints;
-    let err = |e| FleetError::etcd(ep, e);
-    let mut client = crate::store::connect(ep).await?;
-    let lease = client.lease_grant(cfg.ttl.as_secs() as i64, None).await.map_err(err)?.id();
-    let (mut keeper, mut responses) = client.lease_keep_alive(lease).await.map_err(err)?;
-    tracing::info!(host = %cfg.host_id, lease, ttl_s = cfg.ttl.as_secs(), "etcd: lease granted");
-    // An earlier session of this host id (a restart within its TTL) leaves keys on its own
-    // lease: start clean.
-    client.delete(cfg.layout.host_docs(&cfg.host_id), Some(DeleteOptions::new().with_prefix())).await.map_err(err)?;
-    client.delete(cfg.layout.host(&cfg.host_id), None).await.map_err(err)?;
+    let client = crate::store::connect(&cfg.etcd).await?;
+    let err = |e| FleetError::etcd("", e);
+    let lease = client.lease_grant(cfg.ttl.as_secs() as i64).await.map_err(err)?;
+    tracing::info!(host = %cfg.host_id, lease, ttl_s = cfg.ttl.as_secs(), endpoint = client.endpoint(), "etcd: lease granted");
+    let claimed = claim(&client, cfg, lease).await;
+    if claimed.is_err() {
+        let _ = client.lease_revoke(lease).await;
+    }
+    claimed?;
+    *first = false;
     let mut written = Written::default();
     let mut current = content.borrow_and_update().clone();
     if let Some(c) = &current {
-        write(&mut client, cfg, lease, &mut written, c).await?;
+        write(&client, cfg, lease, &mut written, c).await?;
         published.send_modify(|n| *n += 1);
     }
     *backoff = BACKOFF_MIN;
@@ -149,16 +180,21 @@ async fn session(
     loop {
         tokio::select! {
             _ = tick.tick() => {
-                keeper.keep_alive().await.map_err(err)?;
-                let answer = tokio::time::timeout(cfg.ttl / 3, responses.message()).await;
-                match answer {
-                    Ok(Ok(Some(r))) if r.ttl() > 0 => {}
-                    Ok(Ok(Some(_))) => {
-                        return Err(FleetError::Invalid { what: "lease", value: lease.to_string(), reason: "expired (etcd was out of reach for longer than the TTL)".into() });
+                let ttl = client.lease_keep_alive(lease).await.map_err(err)?;
+                if ttl <= 0 {
+                    return Err(FleetError::Invalid { what: "lease", value: format!("{lease:x}"), reason: "expired or revoked (etcd out of reach for longer than the TTL, or another agent took the host id)".into() });
+                }
+                // Keys deleted by anyone else: claim and write everything again.
+                let (_, keys) = client.lease_keys(lease).await.map_err(err)?;
+                let want = 1 + written.refs.len() + usize::from(written.record.is_some());
+                if keys.len() < want {
+                    tracing::warn!(host = %cfg.host_id, on_lease = keys.len(), written = want, "etcd: this host's keys vanished; publishing them again");
+                    claim(&client, cfg, lease).await?;
+                    written = Written::default();
+                    if let Some(c) = &current {
+                        write(&client, cfg, lease, &mut written, c).await?;
+                        published.send_modify(|n| *n += 1);
                     }
-                    Ok(Ok(None)) => return Err(FleetError::Invalid { what: "lease", value: lease.to_string(), reason: "keep-alive stream closed".into() }),
-                    Ok(Err(e)) => return Err(err(e)),
-                    Err(_) => return Err(FleetError::Invalid { what: "lease", value: lease.to_string(), reason: "no keep-alive answer in time".into() }),
                 }
             }
             changed = content.changed() => {
@@ -169,13 +205,13 @@ async fn session(
                 }
                 current = content.borrow_and_update().clone();
                 if let Some(c) = &current {
-                    write(&mut client, cfg, lease, &mut written, c).await?;
+                    write(&client, cfg, lease, &mut written, c).await?;
                     published.send_modify(|n| *n += 1);
                 }
             }
             _ = stop.changed() => {
                 match tokio::time::timeout(Duration::from_secs(2), client.lease_revoke(lease)).await {
-                    Ok(Ok(_)) => tracing::info!(host = %cfg.host_id, "etcd: lease revoked"),
+                    Ok(Ok(())) => tracing::info!(host = %cfg.host_id, "etcd: lease revoked"),
                     Ok(Err(e)) => tracing::warn!(error = %e, "etcd: revoking the lease failed; it expires by itself"),
                     Err(_) => tracing::warn!("etcd: revoking the lease timed out; it expires by itself"),
                 }
@@ -183,6 +219,57 @@ async fn session(
             }
         }
     }
+}
+
+/// Claim the host id for `lease` (see the module docs).
+async fn claim(client: &Client, cfg: &PublishConfig, lease: i64) -> Result<(), FleetError> {
+    let err = |e| FleetError::etcd("", e);
+    let key = cfg.layout.claim(&cfg.host_id);
+    for _ in 0..5 {
+        let txn = Txn {
+            compare: vec![Compare::VersionEq(key.clone().into_bytes(), 0)],
+            success: vec![Op::put(key.clone(), cfg.owner.clone(), lease)],
+            failure: vec![Op::Range(Range::key(key.clone()))],
+        };
+        let r = client.txn(&txn).await.map_err(err)?;
+        if r.succeeded {
+            return Ok(());
+        }
+        let Some(held) = r.ranges.into_iter().next().and_then(|r| r.kvs.into_iter().next()) else { continue };
+        if held.lease == lease {
+            return Ok(());
+        }
+        let owner = String::from_utf8_lossy(&held.value).into_owned();
+        if owner == cfg.owner || held.lease == 0 {
+            // This agent's own earlier run (or a claim on no lease): clear it, with its keys.
+            tracing::info!(host = %cfg.host_id, old_lease = held.lease, "etcd: an earlier run's claim; revoking its lease");
+        } else if cfg.take_over {
+            tracing::warn!(host = %cfg.host_id, other_lease = held.lease, "etcd: taking the host id over from another agent (--take-over)");
+        } else {
+            return Err(FleetError::HostIdTaken {
+                id: cfg.host_id.clone(),
+                lease: held.lease,
+                owner: owner.escape_debug().to_string(),
+            });
+        }
+        if held.lease != 0 {
+            client.lease_revoke(held.lease).await.map_err(err)?;
+        }
+        // A claim on no lease (written by hand) goes only if unchanged since read.
+        let _ = client
+            .txn(&Txn {
+                compare: vec![Compare::LeaseEq(key.clone().into_bytes(), held.lease)],
+                success: vec![Op::delete(key.clone())],
+                failure: Vec::new(),
+            })
+            .await
+            .map_err(err)?;
+    }
+    Err(FleetError::Invalid {
+        what: "host id claim",
+        value: cfg.host_id.clone(),
+        reason: "kept changing; retrying".into(),
+    })
 }
 
 /// Most operations in one transaction (etcd's default `--max-txn-ops` is 128; a document
@@ -200,16 +287,15 @@ pub struct Written {
 /// Write what differs from `written`, then the record. Documents go in the transaction of
 /// their reference, put only when absent.
 pub async fn write(
-    client: &mut Client,
+    client: &Client,
     cfg: &PublishConfig,
     lease: i64,
     written: &mut Written,
     content: &Content,
 ) -> Result<(), FleetError> {
     let refs = &mut written.refs;
-    let ep = &cfg.endpoints;
-    let put = || Some(PutOptions::new().with_lease(lease));
-    let mut ops: Vec<(TxnOp, Option<(QueryKey, String)>)> = Vec::new();
+    let err = |e| FleetError::etcd("", e);
+    let mut ops: Vec<(Op, Option<(QueryKey, String)>)> = Vec::new();
     let mut changed = false;
     // A document answering several queries is put once (etcd refuses a key twice in a
     // transaction); an earlier transaction of this call, or this one, has it before its refs.
@@ -221,16 +307,18 @@ pub async fn write(
         }
         if putting.insert(hash.clone()) {
             let doc_key = cfg.layout.doc(&hash);
-            let put_doc = Txn::new()
-                .when(vec![Compare::version(doc_key.clone(), CompareOp::Equal, 0)])
-                .and_then(vec![TxnOp::put(doc_key, text.as_bytes().to_vec(), None)]);
-            ops.push((TxnOp::txn(put_doc), None));
+            let put_doc = Txn {
+                compare: vec![Compare::VersionEq(doc_key.clone().into_bytes(), 0)],
+                success: vec![Op::put(doc_key, text.as_bytes().to_vec(), 0)],
+                failure: Vec::new(),
+            };
+            ops.push((Op::Txn(Box::new(put_doc)), None));
         }
-        ops.push((TxnOp::put(cfg.layout.host_doc(&cfg.host_id, q), hash.clone(), put()), Some((q.clone(), hash))));
+        ops.push((Op::put(cfg.layout.host_doc(&cfg.host_id, q), hash.clone(), lease), Some((q.clone(), hash))));
     }
     let gone: Vec<QueryKey> = refs.keys().filter(|q| !content.docs.contains_key(*q)).cloned().collect();
     for q in gone {
-        ops.push((TxnOp::delete(cfg.layout.host_doc(&cfg.host_id, &q), None), None));
+        ops.push((Op::delete(cfg.layout.host_doc(&cfg.host_id, &q)), None));
         refs.remove(&q);
         changed = true;
     }
@@ -242,7 +330,7 @@ pub async fn write(
             txn_ops.push(op);
             done.extend(w);
         }
-        client.txn(Txn::new().and_then(txn_ops)).await.map_err(|e| FleetError::etcd(ep, e))?;
+        client.txn(&Txn { compare: Vec::new(), success: txn_ops, failure: Vec::new() }).await.map_err(err)?;
         for (q, h) in done {
             refs.insert(q, h);
             changed = true;
@@ -254,7 +342,7 @@ pub async fn write(
         record.documents = content.docs.len();
         record.updated_ms = crate::now_ms();
         let json = serde_json::to_string(&record).unwrap_or_default();
-        client.put(cfg.layout.host(&cfg.host_id), json, put()).await.map_err(|e| FleetError::etcd(ep, e))?;
+        client.put(cfg.layout.host(&cfg.host_id), json, lease).await.map_err(err)?;
         tracing::info!(host = %cfg.host_id, documents = record.documents, "etcd: published");
     }
     Ok(())

@@ -1,172 +1,373 @@
-//! Reading the fleet from etcd: one snapshot of every host and document at one revision, and
-//! garbage collection of documents no host refers to.
+//! Reading the fleet from etcd: the hosts and the references a question needs at one
+//! revision, the documents they name (each fetched once, its SHA-256 checked against its
+//! key, parsed once), and garbage collection of documents no host refers to.
+//!
+//! Nothing read is trusted: a damaged host record, a malformed reference, a document whose
+//! hash does not match, one that does not parse or is missing, or a key that belongs to no
+//! layout is recorded as a [`Problem`] (against its host when there is one) and left out; the
+//! rest of the fleet is answered. Ranges are read in pages that shrink when a page is too
+//! large for a reply, down to one key; a value too large even alone is reported and skipped.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 use capsd_core::DomainCapabilities;
-use etcd_client::{Client, Compare, CompareOp, ConnectOptions, GetOptions, Txn, TxnOp};
 
-use crate::{FleetError, HostRecord, Layout, QueryKey};
+use crate::etcd::{self, Client, Compare, EtcdConfig, Op, Range, Txn};
+use crate::{content_hash, FleetError, HostRecord, Layout, QueryKey};
 
-/// Connect to etcd (`endpoints`: `http://HOST:PORT` or `HOST:PORT`), with bounded connect and
-/// request times so a dead cluster answers with an error rather than a hang.
-///
-/// One member at a time: the endpoints are tried in turn (starting one further on each call
-/// in this process) until one connects and answers a status request. The client's own
-/// balancing over several endpoints failed requests routed to a killed member instead of
-/// avoiding it; with one endpoint per client, a failed request makes the caller connect
-/// again, to the next member.
-pub async fn connect(endpoints: &[String]) -> Result<Client, FleetError> {
-    static NEXT: AtomicUsize = AtomicUsize::new(0);
-    if endpoints.is_empty() || endpoints.iter().any(|e| e.trim().is_empty()) {
+/// Largest host record believed (an agent's is a few hundred bytes).
+pub const MAX_RECORD: usize = 64 << 10;
+/// Largest document believed (libvirt's are tens of KiB; etcd's default request limit is 1.5 MiB).
+pub const MAX_DOCUMENT: usize = 4 << 20;
+
+/// Connect to etcd (see [`etcd::connect`]), the error naming the endpoints.
+pub async fn connect(cfg: &EtcdConfig) -> Result<Client, FleetError> {
+    if cfg.endpoints.is_empty() || cfg.endpoints.iter().any(|e| e.trim().is_empty()) {
         return Err(FleetError::Invalid {
             what: "etcd endpoints",
-            value: endpoints.join(","),
-            reason: "give one or more HOST:PORT or http://HOST:PORT, comma-separated".into(),
+            value: cfg.endpoints_str(),
+            reason: "give one or more HOST:PORT, http://HOST:PORT or https://HOST:PORT, comma-separated".into(),
         });
     }
-    let opts = ConnectOptions::new()
-        .with_connect_timeout(Duration::from_secs(2))
-        .with_timeout(Duration::from_secs(5))
-        .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2));
-    let start = NEXT.fetch_add(1, Ordering::Relaxed);
-    let mut last = None;
-    for i in 0..endpoints.len() {
-        let ep = &endpoints[(start + i) % endpoints.len()];
-        match Client::connect([ep], Some(opts.clone())).await {
-            Ok(mut c) => match c.status().await {
-                Ok(_) => return Ok(c),
-                Err(e) => last = Some(e),
-            },
-            Err(e) => last = Some(e),
-        }
-        tracing::debug!(endpoint = %ep, error = ?last, "etcd: member not answering; trying the next");
-    }
-    Err(FleetError::etcd(endpoints, last.unwrap_or(etcd_client::Error::InvalidArgs("no endpoint".into()))))
+    etcd::connect(cfg).await.map_err(|e| FleetError::etcd(&cfg.endpoints_str(), e))
 }
 
 /// A host as read from the store.
 #[derive(Debug, Clone)]
 pub struct Host {
+    /// Its record (only the id when records were not read, or the record is damaged).
     pub record: HostRecord,
-    /// Query → content hash.
+    /// Why the record is not usable (damaged, too large): the host is listed, never believed.
+    pub damaged: Option<String>,
+    /// Query → content hash (the references read).
     pub docs: BTreeMap<QueryKey, String>,
 }
 
-/// Every host and document at one revision.
+/// Something under the prefix that was left out, and why.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Problem {
+    pub key: String,
+    /// The host it belongs to, when the key names one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    pub reason: String,
+}
+
+/// Which part of the fleet to read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Scope {
+    /// Every host record, reference and (on demand) document: `fleet hosts`, `diff`.
+    All,
+    /// The references for one virt type (and arch, and machine when given): `check`, `baseline`.
+    /// `records`: read the host records too (needed for selectors and a domain without arch);
+    /// without, hosts are known by id alone.
+    Query { virt_type: String, arch: Option<String>, machine: Option<String>, records: bool },
+}
+
+/// A document as fetched.
+#[derive(Debug, Clone)]
+enum Doc {
+    Ok(Arc<DomainCapabilities>),
+    Bad(String),
+}
+
+/// The hosts and references at one revision, and the documents fetched for them.
 #[derive(Debug, Clone, Default)]
 pub struct Snapshot {
     /// The etcd revision read.
     pub revision: i64,
     pub hosts: BTreeMap<String, Host>,
-    /// Hash → document text (libvirt's XML).
-    pub texts: HashMap<String, Arc<str>>,
-    /// Bytes of keys and values under the prefix.
+    /// What was left out (damaged keys, junk).
+    pub problems: Vec<Problem>,
+    /// Bytes of keys and values read.
     pub stored_bytes: u64,
-    parsed: HashMap<String, Arc<DomainCapabilities>>,
+    docs: HashMap<String, Doc>,
 }
 
 impl Snapshot {
-    /// Read the hosts and the documents under `layout` (two range reads at one revision).
-    pub async fn read(client: &mut Client, endpoints: &[String], layout: &Layout) -> Result<Snapshot, FleetError> {
-        let (hosts, revision) = range_all(client, endpoints, &layout.hosts(), 0).await?;
-        let (docs, _) = range_all(client, endpoints, &layout.docs(), revision).await?;
-        let mut s = Snapshot { revision, ..Snapshot::default() };
-        let mut refs: Vec<(String, QueryKey, String)> = Vec::new();
-        let host_prefix = layout.hosts();
-        for kv in &hosts {
-            s.stored_bytes += (kv.key().len() + kv.value().len()) as u64;
-            let key = String::from_utf8_lossy(kv.key()).into_owned();
-            let rest = &key[host_prefix.len().min(key.len())..];
-            let value = String::from_utf8_lossy(kv.value()).into_owned();
-            match rest.split_once("/docs/") {
-                Some((id, q)) => {
-                    let q = QueryKey::parse(q)
-                        .map_err(|e| FleetError::Corrupt { key: key.clone(), reason: e.to_string() })?;
-                    refs.push((id.to_owned(), q, value));
+    /// Read what `scope` needs under `layout` at one revision.
+    pub async fn read(client: &Client, layout: &Layout, scope: &Scope) -> Result<Snapshot, FleetError> {
+        let mut s = Snapshot::default();
+        let records = match scope {
+            Scope::All => true,
+            Scope::Query { records, .. } => *records,
+        };
+        // Host records (or their ids alone) first; they fix the revision.
+        let hosts_prefix = layout.hosts();
+        let (kvs, revision) = range_all(client, &mut s.problems, &hosts_prefix, 0, !records).await?;
+        s.revision = revision;
+        for kv in kvs {
+            s.stored_bytes += (kv.key.len() + kv.value.len()) as u64;
+            let key = kv.key_str().into_owned();
+            let id = &key[hosts_prefix.len().min(key.len())..];
+            if crate::validate_host_id(id).is_err() {
+                s.problems.push(Problem { key, host: None, reason: "not a host record key (bad host id)".into() });
+                continue;
+            }
+            let mut host = Host { record: bare_record(id), damaged: None, docs: BTreeMap::new() };
+            if records {
+                match parse_record(id, &kv.value) {
+                    Ok(r) => host.record = r,
+                    Err(reason) => {
+                        s.problems.push(Problem {
+                            key: key.clone(),
+                            host: Some(id.to_owned()),
+                            reason: reason.clone(),
+                        });
+                        host.damaged = Some(reason);
+                    }
                 }
-                None if !rest.contains('/') => {
-                    let record: HostRecord = serde_json::from_str(&value)
-                        .map_err(|e| FleetError::Corrupt { key: key.clone(), reason: format!("host record: {e}") })?;
-                    s.hosts.insert(rest.to_owned(), Host { record, docs: BTreeMap::new() });
-                }
-                None => tracing::debug!(key, "ignoring an unknown key under hosts/"),
+            }
+            s.hosts.insert(id.to_owned(), host);
+        }
+        let refs_prefix = match scope {
+            Scope::All => layout.refs(),
+            Scope::Query { virt_type, arch, machine, .. } => {
+                layout.refs_of(virt_type, arch.as_deref(), machine.as_deref().map(|m| machine_segment(Some(m))))
+            }
+        };
+        s.read_refs(client, layout, &refs_prefix).await?;
+        // A machine named that is not an alias a host publishes (a canonical name such as
+        // pc-q35-7.2): those hosts' documents of the same virt type and arch are candidates.
+        if let Scope::Query { virt_type, arch: Some(arch), machine: Some(m), .. } = scope {
+            let exact = QueryKey { virt_type: virt_type.clone(), arch: arch.clone(), machine: Some(m.clone()) };
+            if s.hosts.values().any(|h| h.damaged.is_none() && !h.docs.contains_key(&exact)) {
+                let wider = layout.refs_of(virt_type, Some(arch), None);
+                s.read_refs(client, layout, &wider).await?;
             }
         }
-        for (id, q, hash) in refs {
-            // References of a host whose record is not (or no longer) there are ignored.
-            if let Some(h) = s.hosts.get_mut(&id) {
-                h.docs.insert(q, hash);
+        if scope == &Scope::All {
+            // Junk elsewhere under the prefix is reported too.
+            let all = layout.all();
+            let (kvs, _) = range_all(client, &mut s.problems, &all, s.revision, true).await?;
+            for kv in kvs {
+                let key = kv.key_str().into_owned();
+                let rest = &key[all.len().min(key.len())..];
+                let known = ["hosts/", "refs/", "claims/"].iter().any(|p| rest.starts_with(p))
+                    || rest.strip_prefix("docs/").is_some_and(is_hash);
+                if !known {
+                    s.problems.push(Problem { key, host: None, reason: "not a key of capsd's layout".into() });
+                }
             }
-        }
-        let doc_prefix = layout.docs();
-        for kv in &docs {
-            s.stored_bytes += (kv.key().len() + kv.value().len()) as u64;
-            let key = String::from_utf8_lossy(kv.key());
-            let hash = key[doc_prefix.len().min(key.len())..].to_owned();
-            s.texts.insert(hash, Arc::from(String::from_utf8_lossy(kv.value()).as_ref()));
         }
         Ok(s)
     }
 
-    /// The parsed document with this hash (each parsed once).
-    pub fn document(&mut self, hash: &str) -> Result<Arc<DomainCapabilities>, FleetError> {
-        if let Some(d) = self.parsed.get(hash) {
-            return Ok(d.clone());
+    async fn read_refs(&mut self, client: &Client, layout: &Layout, prefix: &str) -> Result<(), FleetError> {
+        let (kvs, _) = range_all(client, &mut self.problems, prefix, self.revision, false).await?;
+        let refs = layout.refs();
+        for kv in kvs {
+            self.stored_bytes += (kv.key.len() + kv.value.len()) as u64;
+            let key = kv.key_str().into_owned();
+            let rest = key[refs.len().min(key.len())..].to_owned();
+            let Some((q, id)) = rest.rsplit_once('/') else {
+                self.problems.push(Problem { key, host: None, reason: "not a reference key".into() });
+                continue;
+            };
+            let q = match QueryKey::parse(q) {
+                Ok(q) if crate::validate_host_id(id).is_ok() => q,
+                Ok(_) => {
+                    self.problems.push(Problem { key, host: None, reason: "not a reference key (bad host id)".into() });
+                    continue;
+                }
+                Err(e) => {
+                    self.problems.push(Problem { key, host: Some(id.to_owned()), reason: e.to_string() });
+                    continue;
+                }
+            };
+            let hash = String::from_utf8_lossy(&kv.value).into_owned();
+            if !is_hash(&hash) {
+                let shown: String = hash.chars().take(80).collect();
+                self.problems.push(Problem {
+                    key,
+                    host: Some(id.to_owned()),
+                    reason: format!("not a document hash ({} bytes: {})", kv.value.len(), shown.escape_debug()),
+                });
+                continue;
+            }
+            // References of a host whose record is not (or no longer) there are left out.
+            if let Some(h) = self.hosts.get_mut(id) {
+                h.docs.insert(q, hash);
+            }
         }
-        let text = self.texts.get(hash).ok_or_else(|| FleetError::Corrupt {
-            key: format!("docs/{hash}"),
-            reason: "referenced by a host but not stored".into(),
-        })?;
-        let d = Arc::new(
-            capsd_core::parse_any(text)
-                .map_err(|e| FleetError::Corrupt { key: format!("docs/{hash}"), reason: e.to_string() })?,
-        );
-        self.parsed.insert(hash.to_owned(), d.clone());
-        Ok(d)
+        Ok(())
     }
 
-    /// Hashes of the stored documents no host refers to.
-    pub fn unreferenced(&self) -> Vec<String> {
-        let used: HashSet<&String> = self.hosts.values().flat_map(|h| h.docs.values()).collect();
-        let mut v: Vec<String> = self.texts.keys().filter(|h| !used.contains(h)).cloned().collect();
-        v.sort();
-        v
+    /// Fetch the documents with these hashes (those not fetched yet), checking each
+    /// against its hash and parsing it; failures are kept per document (see [`Self::document`]).
+    pub async fn fetch(
+        &mut self,
+        client: &Client,
+        layout: &Layout,
+        hashes: impl IntoIterator<Item = String>,
+    ) -> Result<(), FleetError> {
+        let want: Vec<String> = {
+            let mut seen = HashSet::new();
+            hashes.into_iter().filter(|h| !self.docs.contains_key(h) && seen.insert(h.clone())).collect()
+        };
+        // A few at a time: they are tens of KiB each.
+        for chunk in want.chunks(16) {
+            let mut set = tokio::task::JoinSet::new();
+            for hash in chunk {
+                let (c, key, hash, rev) = (client.clone(), layout.doc(hash), hash.clone(), self.revision);
+                set.spawn(async move {
+                    let r = c.range(&Range { revision: rev, ..Range::key(key.clone()) }).await;
+                    (hash, key, r)
+                });
+            }
+            while let Some(j) = set.join_next().await {
+                let Ok((hash, key, r)) = j else { continue };
+                let r = r.map_err(|e| FleetError::etcd("", e))?;
+                let doc = match r.kvs.into_iter().next() {
+                    None => Doc::Bad(format!("document {key} is referenced but not stored")),
+                    Some(kv) => {
+                        self.stored_bytes += (kv.key.len() + kv.value.len()) as u64;
+                        check_document(&key, &hash, &kv.value)
+                    }
+                };
+                if let Doc::Bad(reason) = &doc {
+                    self.problems.push(Problem { key, host: None, reason: reason.clone() });
+                }
+                self.docs.insert(hash, doc);
+            }
+        }
+        Ok(())
+    }
+
+    /// The parsed document with this hash (fetched by [`Self::fetch`]); an error names the
+    /// document and what is wrong with it.
+    pub fn document(&self, hash: &str) -> Result<Arc<DomainCapabilities>, FleetError> {
+        match self.docs.get(hash) {
+            Some(Doc::Ok(d)) => Ok(d.clone()),
+            Some(Doc::Bad(reason)) => Err(FleetError::Corrupt { key: format!("docs/{hash}"), reason: reason.clone() }),
+            None => Err(FleetError::Corrupt { key: format!("docs/{hash}"), reason: "not fetched".into() }),
+        }
+    }
+
+    /// Put a document as if fetched (checked the same way): for tests and tools.
+    pub fn insert_document(&mut self, hash: &str, value: &[u8]) {
+        let doc = check_document(&format!("docs/{hash}"), hash, value);
+        self.docs.insert(hash.to_owned(), doc);
+    }
+
+    /// How many distinct documents were fetched (good or bad).
+    pub fn fetched(&self) -> usize {
+        self.docs.len()
     }
 }
 
-/// Every key under `prefix` at `revision` (0: the current one), in pages that stay below
-/// gRPC's message size limit (4 MiB); returns the revision read.
+fn bare_record(id: &str) -> HostRecord {
+    HostRecord {
+        id: id.to_owned(),
+        capsd_version: String::new(),
+        driver: String::new(),
+        libvirt_version: None,
+        emulators: Vec::new(),
+        cpu: crate::Cpu::default(),
+        updated_ms: 0,
+        inputs_changed_ms: None,
+        documents: 0,
+    }
+}
+
+fn parse_record(id: &str, value: &[u8]) -> Result<HostRecord, String> {
+    if value.len() > MAX_RECORD {
+        return Err(format!("host record of {} bytes (more than {MAX_RECORD})", value.len()));
+    }
+    let r: HostRecord = serde_json::from_slice(value).map_err(|e| format!("host record: {e}"))?;
+    if r.id != id {
+        return Err(format!("host record names another host ('{}')", r.id.escape_debug()));
+    }
+    Ok(r)
+}
+
+/// The key segment of a machine (`@default` for none).
+fn machine_segment(m: Option<&str>) -> &str {
+    m.unwrap_or(crate::DEFAULT_MACHINE)
+}
+
+/// 64 lowercase hex digits.
+fn is_hash(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+fn check_document(key: &str, hash: &str, value: &[u8]) -> Doc {
+    if value.len() > MAX_DOCUMENT {
+        return Doc::Bad(format!("document {key} of {} bytes (more than {MAX_DOCUMENT})", value.len()));
+    }
+    let actual = content_hash(value);
+    if actual != hash {
+        return Doc::Bad(format!("document {key} does not match its hash (its SHA-256 is {actual}): not used"));
+    }
+    let Ok(text) = std::str::from_utf8(value) else {
+        return Doc::Bad(format!("document {key} is not UTF-8"));
+    };
+    match capsd_core::parse_any(text) {
+        Ok(d) => Doc::Ok(Arc::new(d)),
+        Err(e) => Doc::Bad(format!("document {key} does not parse: {e}")),
+    }
+}
+
+/// Every key under `prefix` at `revision` (0: the current one), in pages; returns the
+/// revision read. A page too large for a reply is read again in smaller pages, down to one
+/// key; a key whose value is too large alone is reported in `problems` and skipped.
 pub(crate) async fn range_all(
-    client: &mut Client,
-    endpoints: &[String],
+    client: &Client,
+    problems: &mut Vec<Problem>,
     prefix: &str,
     revision: i64,
-) -> Result<(Vec<etcd_client::KeyValue>, i64), FleetError> {
-    /// Keys per page: documents are tens of KiB, so a page stays within a few MiB.
-    const PAGE: i64 = 64;
-    let end = prefix_end(prefix);
+    keys_only: bool,
+) -> Result<(Vec<etcd::KeyValue>, i64), FleetError> {
+    /// Keys per page at first: references and records are small.
+    const PAGE: i64 = 2000;
+    let end = etcd::prefix_end(prefix.as_bytes());
     let mut from = prefix.as_bytes().to_vec();
     let mut revision = revision;
+    let mut page = if keys_only { 10 * PAGE } else { PAGE };
     let mut out = Vec::new();
     loop {
-        let mut opts = GetOptions::new().with_range(end.clone()).with_limit(PAGE);
-        if revision > 0 {
-            opts = opts.with_revision(revision);
-        }
-        let mut r = client.get(from.clone(), Some(opts)).await.map_err(|e| FleetError::etcd(endpoints, e))?;
+        let r =
+            Range { key: from.clone(), range_end: end.clone(), limit: page, revision, keys_only, count_only: false };
+        let r = match client.range(&r).await {
+            Ok(r) => r,
+            Err(e) if too_large(&e) && page > 1 => {
+                page = (page / 8).max(1);
+                tracing::debug!(page, prefix, "etcd: a page too large for a reply; smaller pages");
+                continue;
+            }
+            Err(e) if too_large(&e) => {
+                // One value too large alone: name its key, skip it.
+                let k = Range {
+                    key: from.clone(),
+                    range_end: end.clone(),
+                    limit: 1,
+                    revision,
+                    keys_only: true,
+                    count_only: false,
+                };
+                let r = client.range(&k).await.map_err(|e| FleetError::etcd("", e))?;
+                let Some(kv) = r.kvs.into_iter().next() else { break };
+                problems.push(Problem {
+                    key: kv.key_str().into_owned(),
+                    host: None,
+                    reason: format!("value too large to read ({e})"),
+                });
+                from = kv.key;
+                from.push(0);
+                page = PAGE;
+                continue;
+            }
+            Err(e) => return Err(FleetError::etcd("", e)),
+        };
         if revision == 0 {
-            revision = r.header().map_or(0, |h| h.revision());
+            revision = r.revision;
         }
-        let more = r.more();
-        let kvs = r.take_kvs();
-        let Some(last) = kvs.last() else { break };
-        from = last.key().to_vec();
+        let Some(last) = r.kvs.last() else { break };
+        from = last.key.clone();
         from.push(0);
-        out.extend(kvs);
+        let more = r.more;
+        out.extend(r.kvs);
         if !more {
             break;
         }
@@ -174,47 +375,55 @@ pub(crate) async fn range_all(
     Ok((out, revision))
 }
 
-/// The end of the range of keys starting with `prefix` (etcd's prefix rule).
-pub(crate) fn prefix_end(prefix: &str) -> Vec<u8> {
-    let mut end = prefix.as_bytes().to_vec();
-    while let Some(last) = end.pop() {
-        if last < 0xff {
-            end.push(last + 1);
-            return end;
-        }
-    }
-    vec![0]
+/// How many keys are under `prefix` and their keys' and values' bytes (for measurements).
+pub async fn measure(client: &Client, prefix: &str) -> Result<(usize, u64), FleetError> {
+    let mut problems = Vec::new();
+    let (kvs, _) = range_all(client, &mut problems, prefix, 0, false).await?;
+    Ok((kvs.len(), kvs.iter().map(|kv| (kv.key.len() + kv.value.len()) as u64).sum()))
 }
 
-/// Delete the documents no host refers to. The deletion is one transaction that only
-/// happens when no key under `P/hosts/` was written after the snapshot it was computed from
-/// (a compare on the whole range's modification revision), so a reference written meanwhile
-/// makes it retry instead of losing its document. Documents referenced only by hosts
-/// without a record yet are kept. Returns how many documents were deleted.
-pub async fn gc(client: &mut Client, endpoints: &[String], layout: &Layout) -> Result<usize, FleetError> {
+/// A reply refused for its size (by etcd's gRPC layer or our reader).
+fn too_large(e: &etcd::EtcdError) -> bool {
+    let s = e.to_string();
+    s.contains("larger than max") || s.contains("length limit exceeded") || s.contains("too large")
+}
+
+/// Delete the documents no host refers to. Only the documents' keys are read (never their
+/// values), so documents of any size go. The deletion is one transaction per 100 documents
+/// that only happens when no reference under `P/refs/` was written after the revision the
+/// references were read at, so a reference written meanwhile makes it retry instead of
+/// losing its document. Returns how many documents were deleted.
+pub async fn gc(client: &Client, layout: &Layout) -> Result<usize, FleetError> {
     for _ in 0..10 {
-        let snap = Snapshot::read(client, endpoints, layout).await?;
-        // References of hosts whose record is not there yet count too.
-        let (hosts, _) = range_all(client, endpoints, &layout.hosts(), snap.revision).await?;
-        let referenced: HashSet<String> = hosts
-            .iter()
-            .filter(|kv| String::from_utf8_lossy(kv.key()).contains("/docs/"))
-            .map(|kv| String::from_utf8_lossy(kv.value()).into_owned())
+        let mut problems = Vec::new();
+        let (refs, revision) = range_all(client, &mut problems, &layout.refs(), 0, false).await?;
+        let referenced: HashSet<String> =
+            refs.iter().map(|kv| String::from_utf8_lossy(&kv.value).into_owned()).collect();
+        let (docs, _) = range_all(client, &mut problems, &layout.docs(), revision, true).await?;
+        let docs_prefix = layout.docs();
+        let dead: Vec<Vec<u8>> = docs
+            .into_iter()
+            .filter(|kv| !referenced.contains(kv.key_str().get(docs_prefix.len()..).unwrap_or("")))
+            .map(|kv| kv.key)
             .collect();
-        let dead: Vec<String> = snap.texts.keys().filter(|h| !referenced.contains(*h)).cloned().collect();
         if dead.is_empty() {
             return Ok(0);
         }
         let mut deleted = 0;
         let mut all_done = true;
         for chunk in dead.chunks(100) {
-            let ops: Vec<TxnOp> = chunk.iter().map(|h| TxnOp::delete(layout.doc(h), None)).collect();
-            let txn = Txn::new()
-                .when(vec![Compare::mod_revision(layout.hosts(), CompareOp::Less, snap.revision + 1)
-                    .with_range(prefix_end(&layout.hosts()))])
-                .and_then(ops);
-            let r = client.txn(txn).await.map_err(|e| FleetError::etcd(endpoints, e))?;
-            if !r.succeeded() {
+            let refs_prefix = layout.refs();
+            let txn = Txn {
+                compare: vec![Compare::ModLessInRange {
+                    key: refs_prefix.as_bytes().to_vec(),
+                    end: etcd::prefix_end(refs_prefix.as_bytes()),
+                    revision: revision + 1,
+                }],
+                success: chunk.iter().map(|k| Op::delete(k.clone())).collect(),
+                failure: Vec::new(),
+            };
+            let r = client.txn(&txn).await.map_err(|e| FleetError::etcd("", e))?;
+            if !r.succeeded {
                 all_done = false;
                 break;
             }
@@ -224,12 +433,12 @@ pub async fn gc(client: &mut Client, endpoints: &[String], layout: &Layout) -> R
             tracing::info!(deleted, "deleted unreferenced documents");
             return Ok(deleted);
         }
-        tracing::debug!("hosts changed during gc; reading again");
+        tracing::debug!("references changed during gc; reading again");
     }
     Err(FleetError::Invalid {
         what: "gc",
         value: layout.prefix().to_owned(),
-        reason: "the hosts kept changing during 10 attempts; try again".into(),
+        reason: "the references kept changing during 10 attempts; try again".into(),
     })
 }
 
@@ -238,7 +447,24 @@ mod tests {
     use super::*;
 
     #[test]
-    fn prefix_end_is_the_next_key() {
-        assert_eq!(prefix_end("/capsd/hosts/"), b"/capsd/hosts0".to_vec());
+    fn documents_are_checked_against_their_hash() {
+        let text =
+            std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/../driver-test/fixtures/x86_64-kvm-q35.xml")).unwrap();
+        let hash = content_hash(&text);
+        assert!(matches!(check_document("k", &hash, &text), Doc::Ok(_)));
+        let forged = String::from_utf8(text.clone()).unwrap().replace("<vcpu max='", "<vcpu max='4096' x='");
+        match check_document("P/docs/x", &hash, forged.as_bytes()) {
+            Doc::Bad(r) => assert!(r.contains("P/docs/x") && r.contains("does not match its hash"), "{r}"),
+            Doc::Ok(_) => panic!("a forged document was believed"),
+        }
+    }
+
+    #[test]
+    fn records_must_be_small_json_of_their_own_host() {
+        assert!(parse_record("a", &vec![b' '; MAX_RECORD + 1]).unwrap_err().contains("bytes"));
+        assert!(parse_record("a", b"{").unwrap_err().contains("host record"));
+        let r = serde_json::to_vec(&bare_record("b")).unwrap();
+        assert!(parse_record("a", &r).unwrap_err().contains("another host"));
+        parse_record("b", &r).unwrap();
     }
 }

@@ -4,12 +4,14 @@
 //!   table, byte buffers tagged XML/JSON/error). No Rust type crosses the boundary.
 //! - [`export`] and [`export_driver!`]: the plugin author's side. Implement
 //!   [`DomainCapsDriver`], build a `cdylib`, and write `capsd_plugin::export_driver!(MyDriver::new);`.
-//! - [`loader`]: capsd's side. [`loader::load_dir`] loads every library of a directory after
-//!   ownership/permission checks and the version handshake, and returns each plugin as a
-//!   [`DomainCapsDriver`] plus the list of refused files with reasons.
-//! - [`hosted`]: how capsd runs each vetted plugin: [`HostedPlugin`] calls it in a helper
-//!   process of its own (one per plugin, started on demand, every call under a deadline),
-//!   so a plugin that crashes, exits or hangs fails only its own requests.
+//! - [`loader`]: the checks ([`loader::vet_dir`]: ownership and permissions, nothing loaded)
+//!   and the version handshake ([`loader::load_vetted`], [`loader::load_dir`]), each plugin as
+//!   a [`DomainCapsDriver`], refused files with reasons.
+//! - [`hosted`]: how capsd runs each vetted plugin: [`hosted::start_dir`] starts one helper
+//!   process per plugin, which loads it and makes the handshake, so no plugin code ever runs
+//!   in capsd's process; [`HostedPlugin`] calls it there (every call under a deadline, the
+//!   helper restarted when it fails), so a plugin that crashes, exits or hangs, when loaded
+//!   or when called, fails only itself.
 //! - [`wire`]: the structured error encoding both sides share.
 //!
 //! A complete plugin (crate-type `cdylib`):
@@ -44,7 +46,8 @@ pub mod loader;
 pub mod wire;
 
 pub use capsd_core::{Availability, DomainCapabilities, DomainCapsDriver, DriverError, Query};
-pub use hosted::{HostOptions, HostedPlugin};
+pub use hosted::{start_dir, HostOptions, HostedPlugin, StartFailure, StartReport};
 pub use loader::{
-    load_dir, load_file, load_vetted, FileIdentity, LoadReport, PluginDriver, PluginError, DEFAULT_PLUGIN_DIR,
+    load_dir, load_file, load_vetted, vet_dir, vet_file, FileIdentity, LoadReport, PluginDriver, PluginError,
+    VetReport, Vetted, DEFAULT_PLUGIN_DIR,
 };

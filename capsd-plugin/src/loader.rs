@@ -1,10 +1,10 @@
 //! The host side: find plugin libraries in a directory, refuse the ones that are not safe to
-//! load, check the ABI handshake, and wrap each plugin as a [`DomainCapsDriver`].
+//! load ([`vet_dir`], in capsd, without loading anything), check the ABI handshake and wrap
+//! a plugin as a [`DomainCapsDriver`] ([`load_vetted`], in the plugin's helper process).
 //!
 //! # What is refused, and why
-//! Loading a library runs its code (initialisers, entry point) inside capsd (often root), and
-//! its helper process runs as the same user, so a file anyone else could have written is
-//! refused before `dlopen`:
+//! Loading a library runs its code (initialisers, entry point) as capsd's user (often root),
+//! so a file anyone else could have written is refused before `dlopen`:
 //! - the directory (and, for symlinked plugins, the target's directory) must belong to root or
 //!   to the running user and must not be writable by group or others; the same holds for
 //!   every directory above it, except that a sticky one (`/tmp`) may be writable;
@@ -17,9 +17,11 @@
 //! a valid, unused driver name. Every refusal is a [`PluginError`] naming the file; the
 //! caller gets them all in [`LoadReport::refused`] (and each is logged with `tracing::warn!`).
 //!
-//! A loaded plugin keeps its [`Library`] loaded as long as the driver lives. capsd loads
-//! each plugin here once, to check it, and calls it only through a helper process
-//! ([`crate::hosted`]), which loads the same file with [`load_vetted`].
+//! A loaded plugin keeps its [`Library`] loaded as long as the driver lives. capsd never
+//! loads a plugin in its own process: it vets the file here and its helper process
+//! ([`crate::hosted`]) loads that same file with [`load_vetted`] and makes the handshake.
+//! [`load_file`] and [`load_dir`] load into the calling process (tests, benchmarks, other
+//! hosts of the ABI).
 
 use std::ffi::CStr;
 use std::os::fd::AsRawFd;
@@ -85,6 +87,10 @@ pub enum PluginError {
     BadName { path: PathBuf, reason: String },
     #[error("{path}: driver name '{name}' is already taken by {taken_by}")]
     DuplicateName { path: PathBuf, name: String, taken_by: String },
+    /// The plugin's helper process refused it (the handshake happens there): its message,
+    /// which names the file.
+    #[error("{message}")]
+    InHelper { path: PathBuf, message: String },
 }
 
 impl PluginError {
@@ -103,7 +109,8 @@ impl PluginError {
             | PluginError::AbiVersion { path, .. }
             | PluginError::VTableSize { path, .. }
             | PluginError::BadName { path, .. }
-            | PluginError::DuplicateName { path, .. } => path,
+            | PluginError::DuplicateName { path, .. }
+            | PluginError::InHelper { path, .. } => path,
         }
     }
 }
@@ -115,24 +122,40 @@ pub struct LoadReport {
     pub refused: Vec<PluginError>,
 }
 
-/// Load every `*.so` (the platform's library suffix) in `dir`, in name order. Names in
-/// `taken` (capsd's own drivers) cannot be claimed by a plugin; neither can a name an
-/// earlier plugin of the directory already has. Refusals are logged and returned, never
-/// fatal: the other plugins and drivers keep working.
-pub fn load_dir(dir: &Path, taken: &[&str]) -> LoadReport {
-    let mut report = LoadReport::default();
-    let refuse = |report: &mut LoadReport, err: PluginError| {
-        tracing::warn!(path = %err.path().display(), "plugin refused: {err}");
-        report.refused.push(err);
-    };
+/// A plugin file that passed the ownership and permission checks, not loaded: the path it
+/// was found under and the file (device and inode) that was checked.
+#[derive(Debug, Clone)]
+pub struct Vetted {
+    pub path: PathBuf,
+    pub identity: FileIdentity,
+}
+
+/// The outcome of checking a directory: the files that may be loaded and every refusal.
+#[derive(Debug, Default)]
+pub struct VetReport {
+    pub files: Vec<Vetted>,
+    pub refused: Vec<PluginError>,
+}
+
+/// Log a refusal and keep it.
+fn refuse(refused: &mut Vec<PluginError>, err: PluginError) {
+    tracing::warn!(path = %err.path().display(), "plugin refused: {err}");
+    refused.push(err);
+}
+
+/// Check every `*.so` (the platform's library suffix) in `dir`, in name order, without
+/// loading any: what capsd does before its helpers load them ([`crate::hosted::start_dir`]).
+/// Refusals are logged and returned, never fatal.
+pub fn vet_dir(dir: &Path) -> VetReport {
+    let mut report = VetReport::default();
     if let Err(e) = check_dir(dir) {
-        refuse(&mut report, e);
+        refuse(&mut report.refused, e);
         return report;
     }
     let entries = match std::fs::read_dir(dir) {
         Ok(rd) => rd,
         Err(source) => {
-            refuse(&mut report, PluginError::ReadDir { path: dir.to_owned(), source });
+            refuse(&mut report.refused, PluginError::ReadDir { path: dir.to_owned(), source });
             return report;
         }
     };
@@ -148,12 +171,29 @@ pub fn load_dir(dir: &Path, taken: &[&str]) -> LoadReport {
                     tracing::debug!(file = %e.path().display(), "not a plugin library, skipped");
                 }
             }
-            Err(source) => refuse(&mut report, PluginError::ReadDir { path: dir.to_owned(), source }),
+            Err(source) => refuse(&mut report.refused, PluginError::ReadDir { path: dir.to_owned(), source }),
         }
     }
     files.sort();
     for file in files {
-        match load_file(&file) {
+        match vet_file(&file) {
+            Ok(v) => report.files.push(v),
+            Err(e) => refuse(&mut report.refused, e),
+        }
+    }
+    report
+}
+
+/// Load every `*.so` in `dir` into this process, in name order, after [`vet_dir`]'s checks.
+/// Names in `taken` (capsd's own drivers) cannot be claimed by a plugin; neither can a name
+/// an earlier plugin of the directory already has. Refusals are logged and returned, never
+/// fatal. (capsd itself never loads a plugin in its own process: it uses
+/// [`crate::hosted::start_dir`].)
+pub fn load_dir(dir: &Path, taken: &[&str]) -> LoadReport {
+    let vetted = vet_dir(dir);
+    let mut report = LoadReport { loaded: Vec::new(), refused: vetted.refused };
+    for file in vetted.files {
+        match load_checked(&file.path) {
             Ok(plugin) => {
                 let clash = taken.iter().find(|t| **t == plugin.name()).map(|t| format!("capsd's own driver '{t}'"));
                 let clash = clash.or_else(|| {
@@ -161,13 +201,13 @@ pub fn load_dir(dir: &Path, taken: &[&str]) -> LoadReport {
                 });
                 if let Some(taken_by) = clash {
                     let name = plugin.name().to_owned();
-                    refuse(&mut report, PluginError::DuplicateName { path: file, name, taken_by });
+                    refuse(&mut report.refused, PluginError::DuplicateName { path: file.path, name, taken_by });
                     continue;
                 }
-                tracing::info!(driver = plugin.name(), path = %file.display(), "plugin loaded");
+                tracing::info!(driver = plugin.name(), path = %file.path.display(), "plugin loaded");
                 report.loaded.push(plugin);
             }
-            Err(e) => refuse(&mut report, e),
+            Err(e) => refuse(&mut report.refused, e),
         }
     }
     report
@@ -223,9 +263,15 @@ fn check_dir(dir: &Path) -> Result<(), PluginError> {
     Ok(())
 }
 
-/// Load one plugin library after the ownership and permission checks of the file and of the
-/// directories holding it (for a symlink: holding its target).
-pub fn load_file(path: &Path) -> Result<PluginDriver, PluginError> {
+/// Check one plugin file (and the directories holding it; for a symlink: holding its
+/// target) without loading it.
+pub fn vet_file(path: &Path) -> Result<Vetted, PluginError> {
+    let (_, identity) = check_file(path)?;
+    Ok(Vetted { path: path.to_owned(), identity })
+}
+
+/// The checks of [`vet_file`]: the path the file really is at, and its identity.
+fn check_file(path: &Path) -> Result<(PathBuf, FileIdentity), PluginError> {
     // A symlink may point into another directory: that one must be trusted too.
     let lst = lstat(path).map_err(stat_err(path))?;
     let real = if is_kind(&lst, SFlag::S_IFLNK) {
@@ -242,7 +288,19 @@ pub fn load_file(path: &Path) -> Result<PluginDriver, PluginError> {
         return Err(PluginError::NotRegularFile { path: path.to_owned() });
     }
     check_trust(path, &st)?;
+    Ok((real, FileIdentity::of(&st)))
+}
 
+/// Load one plugin library into this process after the ownership and permission checks of
+/// the file and of the directories holding it (for a symlink: holding its target). Its
+/// initialisers and entry point run here: capsd itself loads plugins only in helper
+/// processes ([`crate::hosted`]).
+pub fn load_file(path: &Path) -> Result<PluginDriver, PluginError> {
+    load_checked(path)
+}
+
+fn load_checked(path: &Path) -> Result<PluginDriver, PluginError> {
+    let (real, identity) = check_file(path)?;
     // Load the file that was checked. Loading through `/proc/self/fd/N` would close the gap
     // between check and load, but the dynamic linker treats that name as the library's
     // identity, so a later plugin opened on a reused descriptor number would get the earlier
@@ -250,15 +308,14 @@ pub fn load_file(path: &Path) -> Result<PluginDriver, PluginError> {
     // only by root or by us, so nobody else can swap the file. What is checked is that the
     // path still names the same file right before loading.
     let again = stat(real.as_path()).map_err(stat_err(path))?;
-    if (again.st_dev, again.st_ino) != (st.st_dev, st.st_ino) {
+    if FileIdentity::of(&again) != identity {
         return Err(PluginError::Stat {
             path: path.to_owned(),
             source: std::io::Error::other("the file was replaced while it was being checked"),
         });
     }
-    drop(file);
     let lib = open_library(path, &real)?;
-    PluginDriver::from_library(path, lib, FileIdentity::of(&st))
+    PluginDriver::from_library(path, lib, identity)
 }
 
 /// `dlopen` a vetted file (`name`: the path, or `/proc/self/fd/N` of the vetted descriptor).
@@ -289,7 +346,7 @@ impl FileIdentity {
     }
 }
 
-/// Load, in a plugin helper process, the file [`load_file`] vetted in capsd as `identity`.
+/// Load, in a plugin helper process, the file [`vet_file`] vetted in capsd as `identity`.
 /// The file is opened once; its descriptor must still be that file (device and inode) with
 /// the same owner and mode rules, and the library is loaded through that descriptor
 /// (`/proc/self/fd/N`), so what runs is exactly what was checked even if the path has been

@@ -36,11 +36,23 @@ pub struct DriverOptions {
     pub emulator_search: Option<EmulatorSearch>,
 }
 
-/// Where and which emulators a driver may pick by itself.
-#[derive(Debug, Clone)]
+/// Where and which emulators a driver may pick by itself, and the check every binary it
+/// runs passes on the descriptor it is run from.
+#[derive(Clone)]
 pub struct EmulatorSearch {
     pub dirs: Vec<std::path::PathBuf>,
     pub accept: fn(&std::path::Path) -> bool,
+    /// Given a binary's resolved path and its descriptor's `fstat`: why it may not run.
+    pub check: Arc<OpenedCheck>,
+}
+
+/// See [`EmulatorSearch::check`].
+pub type OpenedCheck = dyn Fn(&std::path::Path, &nix::sys::stat::FileStat) -> Result<(), String> + Send + Sync;
+
+impl std::fmt::Debug for EmulatorSearch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EmulatorSearch").field("dirs", &self.dirs).finish_non_exhaustive()
+    }
 }
 
 /// Whether driver `name` may look at or run the file a query names as its emulator: every
@@ -99,7 +111,10 @@ pub fn embedded_driver(opts: &DriverOptions, name: &str) -> anyhow::Result<Optio
             let mut d = driver_qemu::QemuDriver::new()
                 .with_cpu_options(driver_qemu::cpu::CpuOptions { blockers: opts.cpu_blockers, ..Default::default() });
             if let Some(s) = &opts.emulator_search {
-                d = d.with_search_path(s.dirs.clone()).with_emulator_filter(s.accept);
+                d = d
+                    .with_search_path(s.dirs.clone())
+                    .with_emulator_filter(s.accept)
+                    .with_binary_check(driver_qemu::binary::Check(s.check.clone()));
             }
             Some(Arc::new(match &opts.cache_dir {
                 Some(dir) => d.with_cache_dir(dir.clone()),
@@ -119,12 +134,138 @@ pub fn embedded_driver(opts: &DriverOptions, name: &str) -> anyhow::Result<Optio
     })
 }
 
+/// The libvirt release a document is printed for and whose rules it follows (driver-qemu's
+/// version table): what the agent says in its answer's headers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LibvirtRules {
+    /// The target release (asked, or the installed one's, or the newest known).
+    pub target: String,
+    /// The release whose rules were applied: the target, or the newest release capsd knows
+    /// for a target after it.
+    pub rules: String,
+    /// For a target after every release capsd knows: that later changes are unknown.
+    pub warning: Option<String>,
+}
+
+/// The [`LibvirtRules`] of `query` for driver `name` (`None` for drivers without a libvirt
+/// version table, and for a `libvirt` value the driver refuses).
+pub fn libvirt_rules(name: &str, query: &capsd_core::Query) -> Option<LibvirtRules> {
+    #[cfg(feature = "qemu")]
+    if name == "qemu" {
+        use driver_qemu::libvirt;
+        let d = libvirt::choose(query.libvirt.as_deref(), std::path::Path::new("/")).ok()?;
+        return Some(LibvirtRules {
+            target: d.version.to_string(),
+            rules: libvirt::rules_of(d.version).to_string(),
+            warning: libvirt::beyond_table_warning(d.version),
+        });
+    }
+    let _ = (name, query);
+    None
+}
+
+/// What `capsd drivers --libvirt-version X` says of driver `name` instead of its own
+/// libvirt details: the release asked, its rules and the warning for one after the table.
+pub fn libvirt_details(name: &str, requested: &str) -> anyhow::Result<Option<Vec<(String, String)>>> {
+    #[cfg(feature = "qemu")]
+    if name == "qemu" {
+        use driver_qemu::libvirt;
+        let d = libvirt::choose(Some(requested), std::path::Path::new("/"))
+            .map_err(|e| anyhow::anyhow!("--libvirt-version {requested}: {e}"))?;
+        return Ok(Some(libvirt::describe_target(&d)));
+    }
+    let _ = (name, requested);
+    Ok(None)
+}
+
+/// How plugin helpers are started: with driver-qemu, the way its probes are
+/// (`driver_qemu::spawn`: the helper is the init of a PID namespace of its own, so whatever
+/// a plugin starts, `setsid`'d children included, dies with its helper); without it, in a
+/// process group of their own (a child that leaves the group can outlive the helper).
+pub fn plugin_launcher() -> Arc<dyn capsd_plugin::hosted::Launcher> {
+    #[cfg(feature = "qemu")]
+    return Arc::new(contained::Launcher);
+    #[cfg(not(feature = "qemu"))]
+    Arc::new(capsd_plugin::hosted::GroupLauncher)
+}
+
+#[cfg(feature = "qemu")]
+mod contained {
+    use std::ffi::{OsStr, OsString};
+    use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+    use std::path::Path;
+    use std::process::ExitStatus;
+
+    use capsd_plugin::hosted::HelperProcess;
+    use driver_qemu::spawn::{spawn, Spawned, Spec};
+
+    /// Starts plugin helpers with driver-qemu's probe spawner.
+    #[derive(Debug)]
+    pub struct Launcher;
+
+    impl capsd_plugin::hosted::Launcher for Launcher {
+        fn launch(
+            &self,
+            program: &Path,
+            args: &[OsString],
+            socket: BorrowedFd<'_>,
+        ) -> std::io::Result<Box<dyn HelperProcess>> {
+            let bad = |what: &OsStr| {
+                std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    format!("{} is not UTF-8", Path::new(what).display()),
+                )
+            };
+            let args: Vec<String> =
+                args.iter().map(|a| a.to_str().map(str::to_owned).ok_or_else(|| bad(a))).collect::<Result<_, _>>()?;
+            // capsd's environment (RUST_LOG, and whatever a plugin reads), as a plain child.
+            let env: Vec<(String, OsString)> =
+                std::env::vars_os().filter_map(|(k, v)| k.into_string().ok().map(|k| (k, v))).collect();
+            let env: Vec<(&str, &OsStr)> = env.iter().map(|(k, v)| (k.as_str(), v.as_os_str())).collect();
+            let stderr = std::fs::File::from(std::io::stderr().as_fd().try_clone_to_owned()?);
+            let cwd = std::env::current_dir().unwrap_or_else(|_| "/".into());
+            let spec = Spec {
+                program,
+                program_fd: None,
+                args: &args,
+                env: &env,
+                cwd: &cwd,
+                stderr: &stderr,
+                creds: None,
+                pass_fd: Some(socket.as_raw_fd()),
+            };
+            Ok(Box::new(Contained(spawn(&spec)?)))
+        }
+    }
+
+    #[derive(Debug)]
+    struct Contained(Spawned);
+
+    impl HelperProcess for Contained {
+        fn pid(&self) -> u32 {
+            self.0.emulator_pid()
+        }
+
+        fn ended(&self) -> bool {
+            self.0.has_ended()
+        }
+
+        fn kill(mut self: Box<Self>) -> Option<ExitStatus> {
+            self.0.kill();
+            self.0.status()
+        }
+    }
+}
+
 /// The drivers of this process, in listing order.
 #[derive(Default)]
 pub struct Registry {
     drivers: Vec<Arc<dyn DomainCapsDriver>>,
     /// Plugin files that were not loaded: the file and the reason (shown by `capsd drivers`).
     refused: Vec<(std::path::PathBuf, String)>,
+    /// Plugin files whose helper crashed, exited or hung while loading them: the file and
+    /// what happened.
+    failed: Vec<(std::path::PathBuf, String)>,
 }
 
 impl std::fmt::Debug for Registry {
@@ -161,6 +302,16 @@ impl Registry {
     /// The refused plugin files, in the order they were met.
     pub fn refused(&self) -> &[(std::path::PathBuf, String)] {
         &self.refused
+    }
+
+    /// Record a plugin file whose helper failed while loading it, with what happened.
+    pub fn fail(&mut self, file: std::path::PathBuf, reason: String) {
+        self.failed.push((file, reason));
+    }
+
+    /// The plugin files whose helper failed while loading them.
+    pub fn failed(&self) -> &[(std::path::PathBuf, String)] {
+        &self.failed
     }
 
     /// The driver called `name`, or an error that says whether it is an in-tree driver left

@@ -36,7 +36,20 @@ fn a_burst_of_distinct_cold_queries_is_bounded_in_threads_and_memory() {
     let emu = fake_emulator(dir.path(), "sleep 0.05\nexit 1");
     let a = Agent::start_in(
         dir,
-        &["--emulator", emu.to_str().unwrap(), "--threads", "2", "--max-probes", "2", "--max-connections", "512"],
+        &[
+            "--emulator",
+            emu.to_str().unwrap(),
+            "--threads",
+            "2",
+            "--max-probes",
+            "2",
+            "--max-connections",
+            "512",
+            // The burst queues 100 rounds of two probes; on a loaded machine that passed the
+            // default 60 s request timeout (504s). This test is about threads and memory.
+            "--request-timeout-ms",
+            "900000",
+        ],
     );
     let pid = a.child.id();
     let enc = emu.display().to_string().replace('/', "%2F");

@@ -244,6 +244,7 @@ fn check_exits_3_when_the_capabilities_cannot_be_obtained() {
 /// atomically with `--output` (no dot-file left behind, an earlier file replaced).
 #[test]
 fn labels_as_an_nfd_feature_file() {
+    let Some(_) = reference::need("fixtures/libvirt-upstream/domaincaps") else { return };
     let sev = shared("libvirt-upstream/domaincaps/qemu_9.2.0-q35.x86_64+amdsev.xml");
     let text = out(&capsd(&["labels", "--caps", &sev]));
     let dir = tempfile::tempdir().unwrap();

@@ -390,6 +390,30 @@ fn serve_and_fleet_name_bad_fleet_options() {
     let o = Command::new(CAPSD).args(["fleet", "hosts"]).env_remove("CAPSD_ETCD").output().unwrap();
     assert_eq!(o.status.code(), Some(2), "{o:?}");
     assert!(String::from_utf8_lossy(&o.stderr).contains("--etcd"), "{o:?}");
+    // TLS and user settings also come from the environment (/etc/default/capsd); a file
+    // that cannot be used is named, as bad input.
+    for (vars, needle) in [
+        (vec![("CAPSD_ETCD_USER", "u"), ("CAPSD_ETCD_PASSWORD_FILE", "/nonexistent/pw")], "/nonexistent/pw"),
+        (vec![("CAPSD_ETCD_CACERT", "/nonexistent/ca.pem")], "/nonexistent/ca.pem"),
+        (vec![("CAPSD_ETCD_CERT", "/nonexistent/c.pem")], "--etcd-key"),
+    ] {
+        let o = Command::new(CAPSD)
+            .args(["fleet", "--etcd", "https://127.0.0.1:1", "hosts"])
+            .envs(vars.iter().copied())
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(2), "{vars:?}: {o:?}");
+        assert!(String::from_utf8_lossy(&o.stderr).contains(needle), "{vars:?}: {o:?}");
+    }
+    let o = Command::new(CAPSD)
+        .args(["serve", "--socket", sock.to_str().unwrap(), "--publish-driver", "test"])
+        .args(["--etcd", "https://127.0.0.1:1", "--host-id", "h"])
+        .env("CAPSD_ETCD_USER", "u")
+        .env("CAPSD_ETCD_PASSWORD_FILE", "/nonexistent/pw")
+        .output()
+        .unwrap();
+    assert!(!o.status.success(), "{o:?}");
+    assert!(String::from_utf8_lossy(&o.stderr).contains("/nonexistent/pw"), "{o:?}");
 }
 
 /// The host record of `id` from `fleet hosts --format json`.
@@ -436,4 +460,451 @@ fn a_change_the_watcher_notices_is_published() {
 
 fn fixtures_dir_doc() -> PathBuf {
     fixtures().join("x86_64-kvm-q35.xml")
+}
+
+// --- The fleet in production (issue 20): hostile store contents, host identity, TLS and RBAC. ---
+
+/// A raw etcd client (as any host with write access could use), on a runtime of its own.
+struct Raw {
+    rt: tokio::runtime::Runtime,
+    client: capsd_fleet::Client,
+}
+
+impl Raw {
+    fn connect(cfg: capsd_fleet::EtcdConfig) -> Raw {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let client = rt.block_on(capsd_fleet::connect(&cfg)).unwrap();
+        Raw { rt, client }
+    }
+    fn plain(endpoints: &str) -> Raw {
+        Raw::connect(capsd_fleet::EtcdConfig::new(endpoints.split(',').map(str::to_owned).collect()))
+    }
+    fn put(&self, key: &str, value: impl Into<Vec<u8>>) -> Result<(), capsd_fleet::EtcdError> {
+        self.rt.block_on(self.client.put(key, value, 0)).map(drop)
+    }
+    fn get(&self, key: &str) -> Option<capsd_fleet::etcd::KeyValue> {
+        self.rt.block_on(self.client.range(&capsd_fleet::etcd::Range::key(key))).unwrap().kvs.into_iter().next()
+    }
+    fn delete(&self, key: &str) -> Result<i64, capsd_fleet::EtcdError> {
+        self.rt.block_on(self.client.delete(key.as_bytes(), &[]))
+    }
+    fn delete_prefix(&self, prefix: &str) -> Result<i64, capsd_fleet::EtcdError> {
+        let end = capsd_fleet::etcd::prefix_end(prefix.as_bytes());
+        self.rt.block_on(self.client.delete(prefix.as_bytes(), &end))
+    }
+}
+
+/// The hash host `id` publishes for `query`, from `fleet hosts --format json`.
+fn published_hash(endpoints: &str, id: &str, query: &str) -> String {
+    let r = record(endpoints, id).unwrap_or_else(|| panic!("{id} is not listed"));
+    r["documents"][query].as_str().unwrap_or_else(|| panic!("{id} publishes no {query}: {r}")).to_owned()
+}
+
+fn no_raw_control(what: &str, bytes: &[u8]) {
+    let text = String::from_utf8_lossy(bytes);
+    assert!(!text.chars().any(|c| c.is_control() && c != '\n'), "{what} carries raw control characters: {:?}", text);
+}
+
+/// Forged documents are never believed, and no bad key (malformed, oversized, dangling,
+/// junk, control characters) stops the rest of the fleet being answered; gc removes
+/// unreferenced documents of any size.
+#[test]
+fn forged_documents_and_bad_keys_are_reported_and_the_rest_is_answered() {
+    let etcd = Etcd::start(1);
+    let ep = etcd.endpoints();
+    let b_fixtures = tempfile::tempdir().unwrap();
+    no_spice_fixtures(b_fixtures.path());
+    let _a = test_agent(&ep, "host-a", "30", None);
+    let _b = test_agent(&ep, "host-b", "30", Some(b_fixtures.path()));
+    wait_hosts(&ep, Duration::from_secs(60), "both hosts listed", |l| has(l, "host-a") && has(l, "host-b"));
+    let raw = Raw::plain(&ep);
+
+    // Host B's q35 document, rewritten under its own hash with another <vcpu max>.
+    let hash = published_hash(&ep, "host-b", "kvm/x86_64/q35");
+    let doc_key = format!("/capsd/docs/{hash}");
+    let real = String::from_utf8(raw.get(&doc_key).unwrap().value).unwrap();
+    let start = real.find("<vcpu max='").unwrap() + "<vcpu max='".len();
+    let end = start + real[start..].find('\'').unwrap();
+    assert_ne!(&real[start..end], "4096");
+    let forged = format!("{}4096{}", &real[..start], &real[end..]);
+    raw.put(&doc_key, forged.clone()).unwrap();
+    let o = fleet(&ep, &["baseline", "--machine", "q35", "--hosts", "host-b"]);
+    assert!(!stdout(&o).contains("4096"), "a forged document was believed: {o:?}");
+    assert!(String::from_utf8_lossy(&o.stderr).contains(&doc_key), "the forged document is not named: {o:?}");
+    let spice = domains().join("spice-q35.xml");
+    let o = fleet(&ep, &["check", spice.to_str().unwrap(), "--format", "json"]);
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {o:?}"));
+    let verdict = |id: &str| v["hosts"].as_array().unwrap().iter().find(|h| h["host"] == id).cloned().unwrap();
+    let b = verdict("host-b");
+    assert_eq!(b["verdict"], "unknown", "{b}");
+    assert!(b["note"].as_str().unwrap().contains(&doc_key), "{b}");
+    assert!(verdict("host-a")["query"].is_string(), "host A is not answered: {v}");
+
+    // Hostile keys, as any host with write access could put them.
+    let big = |n: usize, fill: u8| vec![fill; n];
+    raw.put("/capsd/hosts/broken", "{not json").unwrap();
+    let record_json = |id: &str, model: &str| {
+        serde_json::json!({"id": id, "capsd_version": "0", "driver": "test", "cpu": {"arch": "x86_64", "model": model},
+                           "updated_ms": 0, "documents": 1})
+        .to_string()
+    };
+    // Four records of 1.4 MB each (one page of them is above a 4 MiB message).
+    for i in 0..4 {
+        let mut r = record_json(&format!("bloat-{i}"), "x").into_bytes();
+        r.truncate(r.len() - 1);
+        r.extend_from_slice(b", \"pad\": \"");
+        r.extend(big(1_400_000, b'p'));
+        r.extend_from_slice(b"\"}");
+        raw.put(&format!("/capsd/hosts/bloat-{i}"), r).unwrap();
+    }
+    // A host whose reference names a document that is not stored.
+    raw.put("/capsd/hosts/ghost", record_json("ghost", "x")).unwrap();
+    let missing = "0".repeat(64);
+    raw.put("/capsd/refs/kvm/x86_64/q35/ghost", missing.clone()).unwrap();
+    // A malformed reference, an oversized one, junk.
+    raw.put("/capsd/refs/kvm/x86_64/q35/host-a-evil", "not a hash").unwrap();
+    raw.put("/capsd/refs/kvm/x86_64/q35/bloat-0", big(1_000_000, b'a')).unwrap();
+    raw.put("/capsd/junk\x1b[2J", "x").unwrap();
+    // Control characters in a host id and in record fields.
+    raw.put("/capsd/hosts/evil\x1b]0;pwned\x07", record_json("evil", "x")).unwrap();
+    raw.put("/capsd/hosts/ctl", record_json("ctl", "\x1b[2J\nfake-row 1 2 3")).unwrap();
+    // Four unreferenced documents of 1.4 MB.
+    let mut orphans = Vec::new();
+    for i in 0..4u8 {
+        let body = big(1_400_000, b'0' + i);
+        let h = sha2_check::hex_sha256(&body);
+        raw.put(&format!("/capsd/docs/{h}"), body).unwrap();
+        orphans.push(h);
+    }
+
+    // Every command still answers, naming what it left out.
+    let o = fleet(&ep, &["hosts"]);
+    assert_eq!(o.status.code(), Some(0), "{o:?}");
+    let out = stdout(&o);
+    assert!(out.contains("host-a") && out.contains("host-b") && out.contains("ghost"), "{out}");
+    no_raw_control("fleet hosts' output", &o.stdout);
+    no_raw_control("fleet hosts' warnings", &o.stderr);
+    assert!(out.contains("\\u{1b}[2J\\nfake-row"), "the record's control characters are not shown escaped: {out}");
+    // One line per host listed (host-a, host-b, ghost, ctl, broken, four bloat-*), the header and the total.
+    assert_eq!(out.lines().count(), 9 + 2, "{out}");
+    let err = String::from_utf8_lossy(&o.stderr);
+    for needle in
+        ["/capsd/hosts/broken", "/capsd/refs/kvm/x86_64/q35/host-a-evil", "junk\\u{1b}[2J", "evil\\u{1b}]0;pwned\\u{7}"]
+    {
+        assert!(err.contains(needle), "{needle} not reported: {err}");
+    }
+    let o = fleet(&ep, &["check", spice.to_str().unwrap(), "--format", "json"]);
+    assert_eq!(o.status.code(), Some(0), "{o:?}");
+    no_raw_control("fleet check's warnings", &o.stderr);
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let ghost = v["hosts"].as_array().unwrap().iter().find(|h| h["host"] == "ghost").cloned().unwrap();
+    assert_eq!(ghost["verdict"], "unknown", "{ghost}");
+    assert!(ghost["note"].as_str().unwrap().contains(&missing), "{ghost}");
+    assert!(!String::from_utf8_lossy(&o.stderr).contains("not a usable domain definition"), "{o:?}");
+    let o = fleet(&ep, &["check", spice.to_str().unwrap()]);
+    no_raw_control("fleet check's text", &o.stdout);
+    assert_eq!(fleet(&ep, &["diff", "host-a", "host-b", "--machine", "q35"]).status.code(), Some(2));
+    assert!(fleet(&ep, &["baseline", "--machine", "q35"]).status.success());
+
+    // gc deletes the big orphans (and only unreferenced documents).
+    let o = fleet(&ep, &["gc"]);
+    assert!(o.status.success(), "{o:?}");
+    for h in &orphans {
+        assert!(raw.get(&format!("/capsd/docs/{h}")).is_none(), "orphan {h} survived gc: {o:?}");
+    }
+    assert!(raw.get(&doc_key).is_some(), "gc deleted a referenced document");
+}
+
+/// A second agent with the same host id is refused while the first lives; `--take-over`
+/// takes it; the first republishes when the taker stops, and when its keys are deleted.
+#[test]
+fn a_host_id_held_by_another_agent_is_refused_and_vanished_keys_are_republished() {
+    let etcd = Etcd::start(1);
+    let ep = etcd.endpoints();
+    let raw = Raw::plain(&ep);
+    let first = test_agent(&ep, "dup", "5", None);
+    wait_hosts(&ep, Duration::from_secs(60), "first agent listed", |l| has(l, "dup"));
+    let first_lease = raw.get("/capsd/claims/dup").unwrap().lease;
+
+    // A second agent (its own state directory) is refused at start, naming why.
+    let dir = tempfile::tempdir().unwrap();
+    let mut second = Command::new(CAPSD)
+        .arg("--cache-dir")
+        .arg(dir.path().join("cache"))
+        .args(["serve", "--socket"])
+        .arg(dir.path().join("s.sock"))
+        .args(["--etcd", &ep, "--host-id", "dup", "--publish-driver", "test"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t = Instant::now();
+    let status = loop {
+        if let Some(st) = second.try_wait().unwrap() {
+            break st;
+        }
+        assert!(t.elapsed() < Duration::from_secs(60), "the second agent was not refused");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(second.stderr.as_mut().unwrap(), &mut err).unwrap();
+    assert!(!status.success(), "{err}");
+    assert!(err.contains("'dup'") && err.contains("--take-over"), "{err}");
+    assert_eq!(raw.get("/capsd/claims/dup").unwrap().lease, first_lease, "the refused agent changed the claim");
+
+    // --take-over takes it.
+    let taker = test_agent_with(&ep, "dup", "5", &["--take-over"]);
+    let t = Instant::now();
+    while raw.get("/capsd/claims/dup").map(|kv| kv.lease) == Some(first_lease) {
+        assert!(t.elapsed() < Duration::from_secs(60), "--take-over did not take the host id");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    wait_hosts(&ep, Duration::from_secs(60), "the taker listed", |l| has(l, "dup"));
+    let taker_lease = raw.get("/capsd/claims/dup").unwrap().lease;
+    // The taker stops: the first agent publishes again.
+    taker.stop();
+    let t = Instant::now();
+    loop {
+        let claim = raw.get("/capsd/claims/dup").map(|kv| kv.lease);
+        if claim.is_some_and(|l| l != taker_lease) && hosts(&ep).is_some_and(|l| has(&l, "dup")) {
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(60), "the first agent did not publish again: claim {claim:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Someone deletes its keys: they come back.
+    raw.delete("/capsd/hosts/dup").unwrap();
+    raw.delete("/capsd/claims/dup").unwrap();
+    wait_hosts(&ep, Duration::from_secs(60), "the deleted host republished", |l| has(l, "dup"));
+    assert!(raw.get("/capsd/claims/dup").is_some());
+    drop(first);
+}
+
+/// `test_agent` with extra arguments.
+fn test_agent_with(endpoints: &str, id: &str, ttl: &str, extra: &[&str]) -> Agent {
+    let mut args = vec!["--etcd", endpoints, "--host-id", id, "--etcd-ttl", ttl, "--publish-driver", "test"];
+    args.extend_from_slice(extra);
+    Agent::start(&args)
+}
+
+/// Certificates made here: a CA, the members' certificate (127.0.0.1 only), a client
+/// certificate, and another CA nobody uses.
+struct Certs {
+    dir: tempfile::TempDir,
+}
+
+impl Certs {
+    fn make() -> Certs {
+        use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose as Eku, IsCa, KeyPair};
+        let dir = tempfile::tempdir().unwrap();
+        let write = |name: &str, text: String| std::fs::write(dir.path().join(name), text).unwrap();
+        let ca = |cn: &str| {
+            let key = KeyPair::generate().unwrap();
+            let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+            p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            p.distinguished_name.push(DnType::CommonName, cn);
+            let cert = p.self_signed(&key).unwrap();
+            (cert, key)
+        };
+        let (ca_cert, ca_key) = ca("capsd test CA");
+        write("ca.pem", ca_cert.pem());
+        let (other, _) = ca("another CA");
+        write("other-ca.pem", other.pem());
+        let leaf = |cn: Option<&str>, sans: Vec<String>, name: &str| {
+            let key = KeyPair::generate().unwrap();
+            let mut p = CertificateParams::new(sans).unwrap();
+            p.distinguished_name = rcgen::DistinguishedName::new();
+            p.distinguished_name.push(DnType::OrganizationName, "capsd tests");
+            if let Some(cn) = cn {
+                p.distinguished_name.push(DnType::CommonName, cn);
+            }
+            p.extended_key_usages = vec![Eku::ServerAuth, Eku::ClientAuth];
+            let cert = p.signed_by(&key, &ca_cert, &ca_key).unwrap();
+            write(&format!("{name}.pem"), cert.pem());
+            write(&format!("{name}-key.pem"), key.serialize_pem());
+        };
+        leaf(Some("etcd-member"), vec!["127.0.0.1".to_owned()], "server");
+        // etcd's JSON gateway refuses client certificates with a CommonName.
+        leaf(None, Vec::new(), "client");
+        leaf(Some("capsd-client"), Vec::new(), "client-cn");
+        Certs { dir }
+    }
+    fn path(&self, name: &str) -> String {
+        self.dir.path().join(name).to_string_lossy().into_owned()
+    }
+    fn server(&self) -> etcd_support::ServerTls {
+        etcd_support::ServerTls {
+            cert: self.dir.path().join("server.pem"),
+            key: self.dir.path().join("server-key.pem"),
+            client_ca: self.dir.path().join("ca.pem"),
+        }
+    }
+    /// `--etcd-cacert ... --etcd-cert ... --etcd-key ...`.
+    fn args(&self) -> Vec<String> {
+        [
+            "--etcd-cacert",
+            &self.path("ca.pem"),
+            "--etcd-cert",
+            &self.path("client.pem"),
+            "--etcd-key",
+            &self.path("client-key.pem"),
+        ]
+        .map(str::to_owned)
+        .to_vec()
+    }
+    fn config(&self, endpoints: &str, user: Option<(&str, &str)>) -> capsd_fleet::EtcdConfig {
+        capsd_fleet::EtcdConfig {
+            endpoints: endpoints.split(',').map(str::to_owned).collect(),
+            cacert: Some(self.path("ca.pem").into()),
+            cert: Some(self.path("client.pem").into()),
+            key: Some(self.path("client-key.pem").into()),
+            user: user.map(|u| u.0.to_owned()),
+            password: user.map(|u| u.1.to_owned()),
+        }
+    }
+    fn password_file(&self, name: &str, pw: &str) -> String {
+        std::fs::write(self.dir.path().join(name), format!("{pw}\n")).unwrap();
+        self.path(name)
+    }
+}
+
+/// `capsd fleet` with global options before the subcommand's arguments.
+fn fleet_as(endpoints: &str, global: &[String], args: &[&str]) -> Output {
+    Command::new(CAPSD).arg("fleet").arg("--etcd").arg(endpoints).args(global).args(args).output().unwrap()
+}
+
+/// Production etcd: three members, TLS with client certificates, authentication and roles.
+/// Each host's agent publishes with its own user, whose role lets it write only its own keys
+/// (etcd refuses host A's credentials for host B's keys); readers read only; errors name the
+/// endpoint and what failed.
+#[test]
+fn a_tls_cluster_with_rbac_gives_each_host_its_own_keys_only() {
+    let certs = Certs::make();
+    let probe = |ep: &str| {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(capsd_fleet::connect(&certs.config(ep, None))).is_ok()
+    };
+    let mut etcd = Etcd::start_tls(3, certs.server(), probe);
+    let ep = etcd.endpoints();
+    assert!(ep.starts_with("https://"), "{ep}");
+    // Authentication on, with a root user.
+    let root = Raw::connect(certs.config(&ep, None));
+    root.rt.block_on(async {
+        root.client.user_add("root", "root-pw").await.unwrap();
+        root.client.role_add("root").await.unwrap();
+        root.client.user_grant_role("root", "root").await.unwrap();
+        root.client.call("/v3/auth/enable", &serde_json::json!({})).await.unwrap();
+    });
+    let as_user = |user: &str, pwfile: &str| {
+        let mut g = certs.args();
+        g.extend(["--etcd-user".to_owned(), user.to_owned(), "--etcd-password-file".to_owned(), pwfile.to_owned()]);
+        g
+    };
+    let root_args = as_user("root", &certs.password_file("root.pw", "root-pw"));
+    // Without a user, etcd refuses (and says so).
+    let o = fleet_as(&ep, &certs.args(), &["hosts"]);
+    assert_eq!(o.status.code(), Some(3), "{o:?}");
+    // Users and roles: one per host, one reader.
+    let a_pw = certs.password_file("a.pw", "a-secret");
+    let b_pw = certs.password_file("b.pw", "b-secret");
+    let r_pw = certs.password_file("r.pw", "r-secret");
+    for args in [
+        vec!["grant-host", "host-a", "--password-file", &a_pw],
+        vec!["grant-host", "host-b", "--password-file", &b_pw],
+        vec!["grant-reader", "reader", "--password-file", &r_pw],
+    ] {
+        let o = fleet_as(&ep, &root_args, &args);
+        assert!(o.status.success(), "{args:?}: {o:?}");
+    }
+    let reader = as_user("reader", &r_pw);
+    // Agents publish with their own users, through TLS.
+    let agent = |id: &str, pw: &str| {
+        let user = format!("capsd-host-{id}");
+        let mut args = vec!["--etcd", &ep, "--host-id", id, "--etcd-ttl", "10", "--publish-driver", "test"];
+        let extra = as_user(&user, pw);
+        let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+        args.extend(extra);
+        Agent::start(&args)
+    };
+    let _a = agent("host-a", &a_pw);
+    let _b = agent("host-b", &b_pw);
+    let listed = |ids: &[&str]| {
+        let o = fleet_as(&ep, &reader, &["hosts", "--format", "json"]);
+        o.status.success() && {
+            let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+            ids.iter().all(|id| {
+                v.as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|h| h["record"]["id"] == *id && !h["documents"].as_object().unwrap().is_empty())
+            })
+        }
+    };
+    let t = Instant::now();
+    while !listed(&["host-a", "host-b"]) {
+        assert!(t.elapsed() < Duration::from_secs(60), "the hosts were not published through TLS and RBAC");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Host A's credentials: its own keys and new documents yes, host B's keys never.
+    let as_a = Raw::connect(certs.config(&ep, Some(("capsd-host-host-a", "a-secret"))));
+    for key in ["/capsd/hosts/host-b", "/capsd/claims/host-b", "/capsd/refs/kvm/x86_64/q35/host-b"] {
+        let e = as_a.put(key, "forged").unwrap_err();
+        assert!(e.is_permission_denied(), "{key}: {e}");
+        assert!(e.to_string().contains("permission denied"), "{e}");
+        let e = as_a.delete(key).unwrap_err();
+        assert!(e.is_permission_denied(), "{key}: {e}");
+    }
+    assert!(as_a.delete_prefix("/capsd/refs/").unwrap_err().is_permission_denied());
+    let doc = b"<domainCapabilities/>";
+    as_a.put(&format!("/capsd/docs/{}", sha2_check::hex_sha256(doc)), doc.to_vec()).unwrap();
+    // The reader reads, and writes nothing.
+    let as_reader = Raw::connect(certs.config(&ep, Some(("reader", "r-secret"))));
+    assert!(as_reader.get("/capsd/hosts/host-a").is_some());
+    assert!(as_reader.put("/capsd/hosts/host-a", "x").unwrap_err().is_permission_denied());
+    let o = fleet_as(&ep, &reader, &["gc"]);
+    assert_eq!(o.status.code(), Some(3), "{o:?}");
+    assert!(String::from_utf8_lossy(&o.stderr).contains("permission denied"), "{o:?}");
+    let check = |global: &[String]| {
+        fleet_as(&ep, global, &["check", domains().join("bios-i440fx.xml").to_str().unwrap(), "--format", "json"])
+    };
+    let o = check(&reader);
+    assert!(o.status.code() == Some(0) || o.status.code() == Some(1), "{o:?}");
+    assert!(stdout(&o).contains("host-a") && stdout(&o).contains("host-b"), "{o:?}");
+
+    // Errors name the endpoint and what failed.
+    let first = ep.split(',').next().unwrap().to_owned();
+    let port = first.rsplit(':').next().unwrap().to_owned();
+    let expect_err = |endpoint: &str, global: Vec<String>, needles: &[&str]| {
+        let o = fleet_as(endpoint, &global, &["hosts"]);
+        let err = String::from_utf8_lossy(&o.stderr).into_owned();
+        assert_eq!(o.status.code(), Some(3), "{global:?}: {err}");
+        for n in needles {
+            assert!(err.contains(n), "{global:?}: '{n}' not in: {err}");
+        }
+    };
+    let mut other_ca = reader.clone();
+    other_ca[1] = certs.path("other-ca.pem");
+    expect_err(&first, other_ca, &[&first, "not signed by a trusted CA"]);
+    let by_name = format!("https://localhost:{port}");
+    expect_err(&by_name, reader.clone(), &[&by_name, "not valid for this host name"]);
+    let no_client_cert: Vec<String> = vec![
+        "--etcd-cacert".to_owned(),
+        certs.path("ca.pem"),
+        "--etcd-user".to_owned(),
+        "reader".to_owned(),
+        "--etcd-password-file".to_owned(),
+        r_pw.clone(),
+    ];
+    expect_err(&first, no_client_cert, &[&first, "client certificate"]);
+    let mut with_cn = reader.clone();
+    with_cn[3] = certs.path("client-cn.pem");
+    with_cn[5] = certs.path("client-cn-key.pem");
+    expect_err(&first, with_cn, &[&first, "without CN"]);
+    let wrong = as_user("reader", &certs.password_file("wrong.pw", "nope"));
+    expect_err(&first, wrong, &[&first, "authentication failed"]);
+
+    // One member down: still answered and published.
+    etcd.kill(0);
+    let o = check(&reader);
+    assert!(o.status.code() == Some(0) || o.status.code() == Some(1), "{o:?}");
+    assert!(stdout(&o).contains("host-a") && stdout(&o).contains("host-b"), "{o:?}");
 }

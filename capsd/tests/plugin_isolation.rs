@@ -3,8 +3,8 @@
 //! their own request, with a 502 naming the plugin and how its helper ended, within the
 //! plugin deadline; the agent keeps answering other drivers (test, and a real qemu query),
 //! and the same plugin answers its next good query from a new helper. Helpers hold only
-//! descriptors 0-3, have no_new_privs, their own process group, and die with the agent. The
-//! CLI gives an error exit naming the plugin instead of dying with it.
+//! descriptors 0-3, have no_new_privs, are the init of a PID namespace of their own, and die
+//! with the agent. The CLI gives an error exit naming the plugin instead of dying with it.
 
 #[path = "../../capsd-plugin/tests/support/mod.rs"]
 mod support;
@@ -33,17 +33,25 @@ fn start(plugins: &Path, timeout_ms: u64) -> Agent {
     Agent::start(&["--plugin-dir", plugins.to_str().unwrap(), "--plugin-timeout-ms", &timeout_ms.to_string()])
 }
 
-/// Processes whose parent is `parent` and whose command line has `plugin-host`.
-fn helpers_of(parent: u32) -> Vec<u32> {
+/// The parent of a process (0 when it is gone).
+fn ppid_of(pid: u32) -> u32 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return 0 };
+    // Fields after the command name in parentheses: state, ppid, pgrp, ...
+    stat[stat.rfind(')').unwrap() + 2..].split(' ').nth(1).unwrap().parse().unwrap()
+}
+
+/// Processes started by `agent` (its children, or theirs: a helper's parent is the leader
+/// process that made its PID namespace) whose command line has `plugin-host`.
+fn helpers_of(agent: u32) -> Vec<u32> {
     let mut found = Vec::new();
     for e in std::fs::read_dir("/proc").unwrap().flatten() {
         let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
-        // Fields after the command name in parentheses: state, ppid, pgrp, ...
-        let after = &stat[stat.rfind(')').unwrap() + 2..];
-        let ppid: u32 = after.split(' ').nth(1).unwrap().parse().unwrap();
+        let ppid = ppid_of(pid);
         let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-        if ppid == parent && String::from_utf8_lossy(&cmdline).contains("plugin-host") {
+        if ppid != 0
+            && (ppid == agent || ppid_of(ppid) == agent)
+            && String::from_utf8_lossy(&cmdline).contains("plugin-host")
+        {
             found.push(pid);
         }
     }
@@ -137,9 +145,9 @@ fn helpers_hold_only_their_socket_have_no_new_privileges_and_die_with_the_agent(
     assert_eq!(fd0, Path::new("/dev/null"));
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     assert!(status.lines().any(|l| l == "NoNewPrivs:\t1"), "{status}");
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let pgrp: u32 = stat[stat.rfind(')').unwrap() + 2..].split(' ').nth(2).unwrap().parse().unwrap();
-    assert_eq!(pgrp, pid, "the helper leads its own process group");
+    // The init of a PID namespace of its own: what it starts dies with it.
+    let nspid = status.lines().find_map(|l| l.strip_prefix("NSpid:\t")).unwrap_or_else(|| panic!("{status}"));
+    assert_eq!(nspid, format!("{pid}\t1"), "the helper is not the init of a PID namespace of its own");
 
     // The agent dies without a chance to clean up: its helper follows (PR_SET_PDEATHSIG).
     a.child.kill().unwrap();
@@ -201,16 +209,30 @@ fn a_crash_looping_plugin_backs_off_instead_of_restarting_at_once() {
     assert!(r.body.contains("killed by signal SIGSEGV"), "{}", r.body);
 }
 
+/// Kill a helper and wait until it is dead (a zombie, or reaped): kill() returns first.
+fn kill_helper(pid: u32) {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
+    let t = Instant::now();
+    while std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .is_ok_and(|st| st.rsplit_once(')').is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z')))
+    {
+        assert!(t.elapsed() < Duration::from_secs(20), "the helper did not die");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
 #[test]
 fn a_plugin_file_replaced_after_the_checks_is_not_loaded() {
     let plugins = plugin_dir(&["tp_c_minimal", "tp_c_exit"]);
     let a = start(plugins.path(), 5000);
-    // Helpers start on demand: swap the vetted file before c-minimal's first request.
+    // The helpers loaded the vetted files at start; swap c-minimal's and end its helper, so
+    // the next request starts a new one, which must refuse the new file.
     let vetted = plugins.path().join("libtp_c_minimal.so");
     let other = plugins.path().join("libtp_c_exit.so");
     let staged = plugins.path().join(".swap");
     std::fs::copy(&other, &staged).unwrap();
     std::fs::rename(&staged, &vetted).unwrap();
+    kill_helper(helper_for(a.child.id(), "tp_c_minimal"));
     let r = get(&a, "/v1/domcapabilities?driver=c-minimal");
     assert_failed(&r, "c-minimal", "the file was replaced after capsd checked it");
     assert!(r.json()["message"].as_str().unwrap().contains("exited with status 1"), "{}", r.body);
@@ -271,16 +293,8 @@ fn a_helper_that_died_while_idle_is_replaced_without_failing_a_request() {
     let r = get(&a, "/v1/domcapabilities?driver=c-minimal");
     assert_eq!(r.status, 200, "{}", r.body);
     let first = helper_for(a.child.id(), "tp_c_minimal");
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(first as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
-    // kill() returns before the helper is dead: wait until it is (a zombie, or reaped), so it
-    // really died while idle; one dying in the middle of the next call fails that call.
-    let t = Instant::now();
-    while std::fs::read_to_string(format!("/proc/{first}/stat"))
-        .is_ok_and(|st| st.rsplit_once(')').is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z')))
-    {
-        assert!(t.elapsed() < Duration::from_secs(5), "the helper did not die");
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    // Dead before the next call (one dying in the middle of a call fails that call).
+    kill_helper(first);
     // A query the agent has not kept yet, so it reaches the plugin.
     let r = get(&a, "/v1/domcapabilities?driver=c-minimal&arch=x86_64");
     assert_eq!(r.status, 200, "{}", r.body);

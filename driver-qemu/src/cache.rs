@@ -606,6 +606,31 @@ impl ProbeCache {
         self.get_inner(binary, runs, true, probe)
     }
 
+    /// Like [`Self::get_or_probe_owned_runs`] for a binary opened once
+    /// ([`crate::binary::Opened`]): the key's identity of the binary is `stat`, the
+    /// descriptor's, not the path's, so an entry is only ever served for the inode that
+    /// `probe` runs.
+    pub fn get_or_probe_opened_runs(
+        &self,
+        binary: &Path,
+        stat: &nix::sys::stat::FileStat,
+        runs: Runs<'_>,
+        probe: impl FnOnce() -> Result<ProbeData, DriverError>,
+    ) -> Result<(ProbeData, CacheOutcome), DriverError> {
+        let (d, o) = self.get_pinned(binary, Some(stat), runs, false, probe)?;
+        Ok((Arc::try_unwrap(d).unwrap_or_else(|d| (*d).clone()), o))
+    }
+
+    fn key_pinned(&self, binary: &Path, stat: Option<&nix::sys::stat::FileStat>) -> Result<CacheKey, DriverError> {
+        match stat {
+            None => self.key(binary),
+            Some(st) => {
+                let host = HostKey::read(&self.inner.opts.sources, &self.inner.opts.app_version);
+                Ok(CacheKey { binary: FileStamp::of_stat(binary.display().to_string(), st), host })
+            }
+        }
+    }
+
     fn get_inner(
         &self,
         binary: &Path,
@@ -613,7 +638,18 @@ impl ProbeCache {
         keep: bool,
         probe: impl FnOnce() -> Result<ProbeData, DriverError>,
     ) -> Result<(Arc<ProbeData>, CacheOutcome), DriverError> {
-        let key = self.key(binary)?;
+        self.get_pinned(binary, None, runs, keep, probe)
+    }
+
+    fn get_pinned(
+        &self,
+        binary: &Path,
+        pinned: Option<&nix::sys::stat::FileStat>,
+        runs: Runs<'_>,
+        keep: bool,
+        probe: impl FnOnce() -> Result<ProbeData, DriverError>,
+    ) -> Result<(Arc<ProbeData>, CacheOutcome), DriverError> {
+        let key = self.key_pinned(binary, pinned)?;
         if let Some(d) = self.lookup_with(binary, &key, runs, keep) {
             return Ok((d, CacheOutcome::Hit));
         }
@@ -627,7 +663,7 @@ impl ProbeCache {
             }
         }
         // Someone may have probed while we waited; the key may have changed meanwhile too.
-        let key = self.key(binary)?;
+        let key = self.key_pinned(binary, pinned)?;
         if let Some(d) = self.lookup_with(binary, &key, runs, keep) {
             return Ok((d, CacheOutcome::Hit));
         }

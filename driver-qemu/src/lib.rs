@@ -8,10 +8,11 @@
 //! aliases); [`derive::domain_capabilities`] turns the data into the document. Derivation
 //! never touches QEMU or the host, so recorded probes replay exactly (`tests/replay.rs`).
 //!
-//! Architecture invariant: only `probe`, `process`, `spawn`, `qmp`, `host`, `firmware`,
-//! `cpu::host` and `cache` touch the system; everything downstream of
-//! [`probe_data::ProbeData`] is pure.
+//! Architecture invariant: only `probe`, `process`, `spawn`, `binary`, `qmp`, `host`, `firmware`,
+//! `cpu::host` and `cache` touch the system ([`replay`] reads only the files it is given);
+//! everything downstream of [`probe_data::ProbeData`] is pure.
 
+pub mod binary;
 pub mod cache;
 pub mod cpu;
 pub mod derive;
@@ -52,6 +53,9 @@ pub struct QemuDriver {
     libvirt_root: Option<PathBuf>,
     /// Which found `qemu-system-*` files may be picked (all executables when `None`).
     accept: Option<fn(&Path) -> bool>,
+    /// When set, every binary is opened once, checked through its descriptor and run from
+    /// it ([`binary`]); else run by path.
+    check: Option<binary::Check>,
 }
 
 impl QemuDriver {
@@ -98,6 +102,14 @@ impl QemuDriver {
     /// rule of root-owned binaries in root-owned directories.
     pub fn with_emulator_filter(mut self, accept: fn(&Path) -> bool) -> Self {
         self.accept = Some(accept);
+        self
+    }
+
+    /// Open every binary once, let `check` decide on its descriptor, and run (and key the
+    /// probe cache by) that descriptor ([`binary`]): for callers that run binaries for
+    /// others (the agent). A refusal is an invalid `emulatorbin`.
+    pub fn with_binary_check(mut self, check: binary::Check) -> Self {
+        self.check = Some(check);
         self
     }
 
@@ -183,23 +195,31 @@ impl QemuDriver {
     /// the TCG run ([`cpu::kvm_query_reads_tcg_run`]). An entry without a KVM run (a foreign
     /// arch) gives every run at once ([`cache::Runs::Only`]). Otherwise every run is read.
     fn probe_data_for(&self, binary: &Path, query: &Query) -> Result<ProbeData, DriverError> {
-        let opts = self.options()?;
+        let mut opts = self.options()?;
+        // With a check: the one descriptor that is checked, keyed and run.
+        let opened = self.check.as_ref().map(|c| binary::open_checked(binary, c)).transpose()?;
+        if let Some(o) = &opened {
+            opts.process.exec = Some(o.fd.clone());
+        }
         let Some(cache) = &self.cache else { return probe::probe(binary, &opts) };
+        let lookup = |runs: cache::Runs<'_>| match &opened {
+            Some(o) => cache.get_or_probe_opened_runs(binary, &o.stat, runs, || probe::probe(binary, &opts)),
+            None => cache.get_or_probe_owned_runs(binary, runs, || probe::probe(binary, &opts)),
+        };
         let kvm_query = matches!(
             resolve::parse_virt_type(query.virt_type.as_deref()),
             Ok(resolve::VirtTypeArg::Default | resolve::VirtTypeArg::Accel(probe_data::Accel::Kvm))
         );
         if kvm_query {
             let kvm = [probe_data::Accel::Kvm];
-            let (d, _) =
-                cache.get_or_probe_owned_runs(binary, cache::Runs::Only(&kvm), || probe::probe(binary, &opts))?;
+            let (d, _) = lookup(cache::Runs::Only(&kvm))?;
             // Every run is there when there are several, or when the entry has no KVM run.
             let complete = d.runs.len() > 1 || !d.runs.contains_key(&probe_data::Accel::Kvm);
             if complete || (resolve::kvm_enabled(&d) && !cpu::kvm_query_reads_tcg_run(&d)) {
                 return Ok(d);
             }
         }
-        cache.get_or_probe(binary, || probe::probe(binary, &opts)).map(|(d, _)| d)
+        lookup(cache::Runs::All).map(|(d, _)| d)
     }
 }
 
@@ -256,7 +276,8 @@ impl DomainCapsDriver for QemuDriver {
 
     fn details(&self) -> Vec<(String, String)> {
         let d = libvirt::version::detect_or_newest(&self.root());
-        vec![("libvirt_version".into(), d.version.to_string()), ("libvirt_version_source".into(), d.source.to_string())]
+        libvirt::warn_once_if_beyond_table(&d);
+        libvirt::describe_target(&d)
     }
 }
 

@@ -309,7 +309,7 @@ impl Default for Target {
 
 /// The target for a query: `requested` when given (it must be a release capsd knows how to
 /// print, [`OLDEST_KNOWN`] or newer), else the libvirt installed under `root`, else
-/// [`NEWEST_KNOWN`].
+/// [`NEWEST_KNOWN`]. A target [`beyond_table`] is warned about once per process.
 pub fn choose(requested: Option<&str>, root: &std::path::Path) -> Result<Detected, TargetError> {
     match requested {
         Some(s) => {
@@ -317,10 +317,65 @@ pub fn choose(requested: Option<&str>, root: &std::path::Path) -> Result<Detecte
             if version < OLDEST_KNOWN {
                 return Err(TargetError::TooOld { version });
             }
-            Ok(Detected { version, source: VersionSource::Requested })
+            let d = Detected { version, source: VersionSource::Requested };
+            warn_once_if_beyond_table(&d);
+            Ok(d)
         }
-        None => Ok(version::detect_or_newest(root)),
+        None => {
+            let d = version::detect_or_newest(root);
+            warn_once_if_beyond_table(&d);
+            Ok(d)
+        }
     }
+}
+
+/// Whether `version` is a release after every one the table knows (a later major or minor
+/// release than [`NEWEST_KNOWN`]; its maintenance releases change no document): capsd prints
+/// it by [`NEWEST_KNOWN`]'s rules, and whatever that release changed is unknown to capsd.
+pub fn beyond_table(version: LibvirtVersion) -> bool {
+    (version.major, version.minor) > (NEWEST_KNOWN.major, NEWEST_KNOWN.minor)
+}
+
+/// The release whose rules the document for `version` follows: `version` itself, or
+/// [`NEWEST_KNOWN`] for a release [`beyond_table`].
+pub fn rules_of(version: LibvirtVersion) -> LibvirtVersion {
+    if beyond_table(version) {
+        NEWEST_KNOWN
+    } else {
+        version
+    }
+}
+
+/// What a user is told about a release [`beyond_table`] (`None` for any other).
+pub fn beyond_table_warning(version: LibvirtVersion) -> Option<String> {
+    beyond_table(version).then(|| {
+        format!(
+            "libvirt {version} is newer than the newest release capsd knows ({NEWEST_KNOWN}): the document \
+             follows {NEWEST_KNOWN}'s rules, and changes libvirt made after {NEWEST_KNOWN} are unknown to capsd"
+        )
+    })
+}
+
+/// Warn (once per process) when the target `d` is [`beyond_table`].
+pub fn warn_once_if_beyond_table(d: &Detected) {
+    static WARNED: std::sync::Once = std::sync::Once::new();
+    if let Some(w) = beyond_table_warning(d.version) {
+        WARNED.call_once(|| tracing::warn!(source = %d.source, "{w}"));
+    }
+}
+
+/// How capsd drivers describes the target `d`: the release and where it came from, the
+/// release whose rules apply, and the warning for a release [`beyond_table`].
+pub fn describe_target(d: &Detected) -> Vec<(String, String)> {
+    let mut v = vec![
+        ("libvirt_version".to_owned(), d.version.to_string()),
+        ("libvirt_version_source".to_owned(), d.source.to_string()),
+        ("libvirt_rules".to_owned(), rules_of(d.version).to_string()),
+    ];
+    if let Some(w) = beyond_table_warning(d.version) {
+        v.push(("libvirt_rules_warning".to_owned(), w));
+    }
+    v
 }
 
 /// A requested target capsd cannot print.
@@ -336,6 +391,49 @@ pub enum TargetError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_release_after_the_table_is_named_with_the_rules_it_gets() {
+        let v = |s: &str| s.parse::<LibvirtVersion>().unwrap();
+        for known in ["9.0", "11.3.0", "12.8", "12.8.3"] {
+            assert!(!beyond_table(v(known)), "{known}");
+            assert_eq!(rules_of(v(known)), v(known));
+            assert_eq!(beyond_table_warning(v(known)), None);
+        }
+        for newer in ["12.9", "13.0.0", "99.1"] {
+            assert!(beyond_table(v(newer)), "{newer}");
+            assert_eq!(rules_of(v(newer)), NEWEST_KNOWN);
+            let w = beyond_table_warning(v(newer)).unwrap();
+            assert!(
+                w.starts_with(&format!("libvirt {} is newer than the newest release capsd knows (12.8.0)", v(newer))),
+                "{w}"
+            );
+        }
+        // A newer release gets every rule of the table, exactly as the newest known one.
+        for r in CHANGES {
+            assert!(Target::new(v("99.1")).has(r.change) && Target::new(NEWEST_KNOWN).has(r.change));
+        }
+    }
+
+    #[test]
+    fn a_newer_installed_release_is_described_with_its_rules_and_the_warning() {
+        // trixie-backports' libvirt 12.9, as its library's file name says.
+        let root = tempfile::tempdir().unwrap();
+        let lib = root.path().join("usr/lib");
+        std::fs::create_dir_all(&lib).unwrap();
+        std::fs::write(lib.join("libvirt.so.0.12009.0"), b"").unwrap();
+        std::os::unix::fs::symlink("libvirt.so.0.12009.0", lib.join("libvirt.so.0")).unwrap();
+        let d = choose(None, root.path()).unwrap();
+        assert_eq!(d.version, LibvirtVersion::new(12, 9, 0), "{d:?}");
+        let rows = describe_target(&d);
+        let get = |k: &str| rows.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+        assert_eq!(get("libvirt_version"), Some("12.9.0"));
+        assert_eq!(get("libvirt_rules"), Some("12.8.0"));
+        assert!(get("libvirt_rules_warning").unwrap().contains("changes libvirt made after 12.8.0 are unknown"));
+        let known = describe_target(&choose(Some("11.3"), root.path()).unwrap());
+        assert!(known.iter().any(|(k, v)| k == "libvirt_rules" && v == "11.3.0"));
+        assert!(!known.iter().any(|(k, _)| k == "libvirt_rules_warning"));
+    }
 
     #[test]
     fn every_change_has_exactly_one_row_and_rows_are_ordered() {

@@ -104,7 +104,7 @@ fn probe_runs(
     kvm_usable: bool,
     opts: &ProbeOptions,
 ) -> Result<BTreeMap<Accel, Transcript>, DriverError> {
-    check_binary(binary)?;
+    check_binary(binary, opts)?;
     let want_kvm = kvm_usable && !opts.no_kvm;
     let (kvm, tcg) = std::thread::scope(|s| {
         let kvm = want_kvm.then(|| s.spawn(|| run_one(binary, Accel::Kvm, opts)));
@@ -153,16 +153,29 @@ fn kvm_usable_by_probe(opts: &ProbeOptions) -> bool {
 }
 
 /// A clear error for a path that cannot be an emulator, before starting anything. The field
-/// is `emulatorbin`, the query parameter (as the cache key check names it).
-fn check_binary(binary: &Path) -> Result<(), DriverError> {
+/// is `emulatorbin`, the query parameter (as the cache key check names it). The descriptor
+/// that will run when there is one (the binary opened once), else the path.
+fn check_binary(binary: &Path, opts: &ProbeOptions) -> Result<(), DriverError> {
+    use nix::libc;
     use std::os::unix::fs::PermissionsExt;
-    let meta = std::fs::metadata(binary).map_err(|e| {
+    let cannot = |e: std::io::Error| {
         DriverError::invalid("emulatorbin", binary.display().to_string(), format!("cannot check QEMU binary: {e}"))
-    })?;
-    if !meta.is_file() {
+    };
+    let (is_file, mode) = match &opts.process.exec {
+        Some(fd) => {
+            let st =
+                nix::sys::stat::fstat(std::os::fd::AsRawFd::as_raw_fd(fd.as_ref())).map_err(|e| cannot(e.into()))?;
+            (st.st_mode & libc::S_IFMT == libc::S_IFREG, st.st_mode)
+        }
+        None => {
+            let meta = std::fs::metadata(binary).map_err(cannot)?;
+            (meta.is_file(), meta.permissions().mode())
+        }
+    };
+    if !is_file {
         return Err(DriverError::invalid("emulatorbin", binary.display().to_string(), "not a regular file"));
     }
-    if meta.permissions().mode() & 0o111 == 0 {
+    if mode & 0o111 == 0 {
         return Err(DriverError::invalid("emulatorbin", binary.display().to_string(), "not executable"));
     }
     Ok(())

@@ -24,9 +24,10 @@
 
 use std::collections::HashMap;
 use std::fs::File;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::probe_data::Accel;
@@ -283,11 +284,21 @@ pub struct ProcessOptions {
     pub user: Option<ProbeUser>,
     /// Where private directories are created (default: the system temp dir).
     pub temp_root: Option<PathBuf>,
+    /// The binary opened and checked once ([`crate::binary`]): this descriptor is executed,
+    /// the path given to [`ProbeProcess::start`] is only its `argv[0]` and its name in
+    /// messages. `None`: the path is executed.
+    pub exec: Option<Arc<OwnedFd>>,
 }
 
 impl Default for ProcessOptions {
     fn default() -> Self {
-        ProcessOptions { start_timeout: Duration::from_secs(10), qmp: Timeouts::default(), user: None, temp_root: None }
+        ProcessOptions {
+            start_timeout: Duration::from_secs(10),
+            qmp: Timeouts::default(),
+            user: None,
+            temp_root: None,
+            exec: None,
+        }
     }
 }
 
@@ -406,11 +417,13 @@ impl ProbeProcess {
         let creds = as_user.map(ProbeUser::creds);
         let spec = crate::spawn::Spec {
             program: binary,
+            program_fd: opts.exec.as_deref().map(AsRawFd::as_raw_fd),
             args: &probe_args(accel, &socket),
             env: &env,
             cwd: &run,
             stderr: &stderr,
             creds: creds.as_ref(),
+            pass_fd: None,
         };
         let child =
             crate::spawn::spawn(&spec).map_err(|source| ProcessError::Spawn { binary: binary.to_owned(), source })?;

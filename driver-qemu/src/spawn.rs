@@ -38,22 +38,30 @@ use nix::unistd::{ForkResult, Pid};
 
 /// The identity the emulator runs as.
 #[derive(Debug, Clone)]
-pub(crate) struct Creds {
+pub struct Creds {
     pub uid: u32,
     pub gid: u32,
     pub groups: Vec<u32>,
 }
 
-/// What to start.
+/// What to start (the probed emulator, or capsd's plugin helper: `capsd` reuses this to
+/// contain plugins the way probes are contained).
 #[derive(Debug)]
-pub(crate) struct Spec<'a> {
+pub struct Spec<'a> {
+    /// The binary's path: `argv[0]`, and what is executed unless `program_fd` is given.
     pub program: &'a Path,
+    /// Execute this descriptor of the binary (`execveat(fd, "", AT_EMPTY_PATH)`) instead of
+    /// looking `program` up again: the file a caller checked is the file run.
+    pub program_fd: Option<RawFd>,
     pub args: &'a [String],
     pub env: &'a [(&'a str, &'a OsStr)],
     pub cwd: &'a Path,
     pub stderr: &'a File,
     /// `None`: keep this process's identity.
     pub creds: Option<&'a Creds>,
+    /// A descriptor the program gets as its descriptor 3 (it must be above 3, or be 3), on
+    /// top of 0 to 2; `None`: none.
+    pub pass_fd: Option<RawFd>,
 }
 
 /// How probes are contained here, decided once per process by a trial.
@@ -111,7 +119,7 @@ fn unshare_works(flags: CloneFlags) -> bool {
 
 /// A started probe: its leader (our child) and the emulator's pid as this process sees it.
 #[derive(Debug)]
-pub(crate) struct Spawned {
+pub struct Spawned {
     leader: Pid,
     emulator: Pid,
     status: Option<ExitStatus>,
@@ -122,7 +130,7 @@ const MSG_PID: u8 = b'P';
 const MSG_ERR: u8 = b'E';
 
 /// Start `spec` as described in the module docs.
-pub(crate) fn spawn(spec: &Spec<'_>) -> io::Result<Spawned> {
+pub fn spawn(spec: &Spec<'_>) -> io::Result<Spawned> {
     let mode = containment();
     let prep = Prepared::new(spec)?;
     let (status_r, status_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
@@ -172,8 +180,12 @@ struct Prepared {
     program: CString,
     argv: Vec<CString>,
     envp: Vec<CString>,
+    /// With `program_fd`: NULL-terminated pointers into `argv` and `envp` for `execveat`
+    /// (built here: nothing is allocated after `fork`).
+    exec_fd: Option<(RawFd, Vec<*const libc::c_char>, Vec<*const libc::c_char>)>,
     cwd: CString,
     stderr: RawFd,
+    pass_fd: Option<RawFd>,
     devnull: File,
     creds: Option<(nix::unistd::Uid, nix::unistd::Gid, Vec<nix::unistd::Gid>)>,
 }
@@ -192,12 +204,18 @@ impl Prepared {
             .iter()
             .map(|(k, v)| c(&[k.as_bytes(), b"=", v.as_bytes()].concat()))
             .collect::<io::Result<Vec<_>>>()?;
+        // The pointers stay valid when `argv` and `envp` move into `Prepared`: they point
+        // into each CString's own heap buffer.
+        let ptrs = |v: &[CString]| v.iter().map(|s| s.as_ptr()).chain([std::ptr::null()]).collect::<Vec<_>>();
+        let exec_fd = spec.program_fd.map(|fd| (fd, ptrs(&argv), ptrs(&envp)));
         Ok(Prepared {
             program: c(program.as_os_str().as_bytes())?,
             argv,
             envp,
+            exec_fd,
             cwd: c(spec.cwd.as_os_str().as_bytes())?,
             stderr: spec.stderr.as_raw_fd(),
+            pass_fd: spec.pass_fd,
             devnull: File::options().read(true).write(true).open("/dev/null")?,
             creds: spec.creds.map(|c| {
                 (
@@ -361,8 +379,24 @@ fn emulator(p: &Prepared, status_w: RawFd, guard: Guard) -> ! {
         for sig in [libc::SIGPIPE, libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT] {
             libc::signal(sig, libc::SIG_DFL);
         }
-        if libc::close_range(3, u32::MAX, libc::CLOSE_RANGE_CLOEXEC as i32) != 0 {
-            for fd in 3..65536 {
+    }
+    let keep = match p.pass_fd {
+        Some(fd) => {
+            // dup2 clears close-on-exec on the copy; a descriptor already at 3 is kept as is.
+            let r = if fd == 3 {
+                nix::fcntl::fcntl(3, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty())).map(drop)
+            } else {
+                nix::unistd::dup2(fd, 3).map(drop)
+            };
+            step(r);
+            4
+        }
+        None => 3,
+    };
+    // SAFETY: plain system calls on this single-threaded child's descriptor table.
+    unsafe {
+        if libc::close_range(keep, u32::MAX, libc::CLOSE_RANGE_CLOEXEC as i32) != 0 {
+            for fd in keep as i32..65536 {
                 libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
             }
         }
@@ -371,8 +405,31 @@ fn emulator(p: &Prepared, status_w: RawFd, guard: Guard) -> ! {
     if unsafe { libc::chdir(p.cwd.as_ptr()) } != 0 {
         fail(status_w, Errno::last());
     }
+    if let Some((fd, argv, envp)) = &p.exec_fd {
+        exec_descriptor(*fd, argv, envp);
+        fail(status_w, Errno::last())
+    }
     let _ = nix::unistd::execve(&p.program, &p.argv, &p.envp);
     fail(status_w, Errno::last())
+}
+
+/// `execveat(fd, "", argv, envp, AT_EMPTY_PATH)`; returns only on failure (`errno` set). A
+/// script's interpreter opens it as `/dev/fd/N`, which close-on-exec would close first (the
+/// kernel then refuses with `ENOENT`): for a script the descriptor is left open across exec.
+fn exec_descriptor(fd: RawFd, argv: &[*const libc::c_char], envp: &[*const libc::c_char]) {
+    let exec = || {
+        // SAFETY: NUL-terminated empty path, and NULL-terminated pointer arrays into
+        // CStrings prepared before the fork and alive for this call.
+        unsafe {
+            libc::syscall(libc::SYS_execveat, fd, c"".as_ptr(), argv.as_ptr(), envp.as_ptr(), libc::AT_EMPTY_PATH)
+        }
+    };
+    exec();
+    if Errno::last() == Errno::ENOENT {
+        // SAFETY: clears close-on-exec of a descriptor this child owns.
+        unsafe { libc::fcntl(fd, libc::F_SETFD, 0) };
+        exec();
+    }
 }
 
 /// `waitpid` returning the raw status (`None`: still running, with `WNOHANG`).
@@ -396,6 +453,26 @@ impl Spawned {
     /// The emulator's pid as this process sees it (the leader's without a namespace).
     pub fn emulator_pid(&self) -> u32 {
         self.emulator.as_raw() as u32
+    }
+
+    /// Whether the probe has ended, without reaping its leader (so its pids stay ours until
+    /// [`Spawned::kill`] or [`Spawned::try_wait`]).
+    pub fn has_ended(&self) -> bool {
+        if self.status.is_some() {
+            return true;
+        }
+        let flags = nix::sys::wait::WaitPidFlag::WEXITED
+            | nix::sys::wait::WaitPidFlag::WNOHANG
+            | nix::sys::wait::WaitPidFlag::WNOWAIT;
+        !matches!(
+            nix::sys::wait::waitid(nix::sys::wait::Id::Pid(self.leader), flags),
+            Ok(nix::sys::wait::WaitStatus::StillAlive)
+        )
+    }
+
+    /// The exit status once [`Spawned::kill`] or [`Spawned::try_wait`] reaped the probe.
+    pub fn status(&self) -> Option<ExitStatus> {
+        self.status
     }
 
     /// The exit status when the probe has ended.

@@ -16,6 +16,21 @@ use anyhow::{bail, Context as _, Result};
 /// Run the named groups, or all of them.
 pub fn run(args: &[String]) -> Result<()> {
     let all = ["core", "qemu", "agent", "plugin", "stacks", "fleet"];
+    // bench fleet's options: --hosts N, --members N (1 or 3).
+    let mut fleet_opts = Vec::new();
+    let mut rest = Vec::new();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--hosts" | "--members" => {
+                let v = it.next().with_context(|| format!("{a} needs a number"))?;
+                v.parse::<usize>().with_context(|| format!("{a} {v}: not a number"))?;
+                fleet_opts.push((a.trim_start_matches("--").to_owned(), v.clone()));
+            }
+            _ => rest.push(a.clone()),
+        }
+    }
+    let args = &rest;
     let groups: Vec<&str> = if args.is_empty() { all.to_vec() } else { args.iter().map(String::as_str).collect() };
     for g in groups {
         match g {
@@ -24,7 +39,7 @@ pub fn run(args: &[String]) -> Result<()> {
             "agent" => agent::run()?,
             "plugin" => plugin::run()?,
             "stacks" => stacks::run()?,
-            "fleet" => fleet::run()?,
+            "fleet" => fleet::run(&fleet_opts)?,
             other => bail!("unknown bench group '{other}' (have: {})", all.join(", ")),
         }
     }

@@ -428,6 +428,50 @@ struct Tally {
     total: usize,
 }
 
+/// How one replayed document compares.
+enum Outcome {
+    Identical,
+    /// capsd failed, or the first differing line.
+    Differs(String),
+}
+
+/// Replay one document with capsd and compare it with `expected`.
+fn replay_one(
+    capsd: &Path,
+    r: &Release,
+    case: &Case,
+    transcript: &Path,
+    facts_file: &Path,
+    expected: &str,
+    keep: Option<&Path>,
+) -> Result<Outcome> {
+    let mut cmd = Command::new(capsd);
+    cmd.args(["domcapabilities", "--replay"])
+        .arg(transcript)
+        .arg("--host-facts")
+        .arg(facts_file)
+        .args(["--libvirt-version", r.version, "--arch", &case.arch, "--virttype", case.virt])
+        .arg("--emulatorbin")
+        .arg(format!("/usr/bin/qemu-system-{}", case.arch));
+    if let Some(m) = case.machine {
+        cmd.args(["--machine", m]);
+    }
+    let out = cmd.output().with_context(|| format!("running {}", capsd.display()))?;
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        let err = err.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("").trim();
+        return Ok(Outcome::Differs(format!("capsd failed: {err}")));
+    }
+    let got = apply_placeholder_loaders(&String::from_utf8_lossy(&out.stdout), r.placeholder_loaders);
+    if let Some(k) = keep {
+        std::fs::write(k.join(format!("{}.xml", case.name)), &got)?;
+    }
+    Ok(match first_difference(expected, &got) {
+        None => Outcome::Identical,
+        Some((line, e, g)) => Outcome::Differs(format!("line {line}: expected `{e}`, capsd `{g}`")),
+    })
+}
+
 fn run_release(capsd: &Path, cache: &Path, r: &Release, tarball: Option<&Path>, keep: Option<&Path>) -> Result<Tally> {
     let tree = source_tree(cache, r, tarball)?;
     let caps_dir = tree.join("tests/qemucapabilitiesdata");
@@ -439,6 +483,7 @@ fn run_release(capsd: &Path, cache: &Path, r: &Release, tarball: Option<&Path>, 
     let mut tally = Tally { identical: BTreeSet::new(), differing: Vec::new(), total: 0 };
     let mut left_out = Vec::new();
     let mut kvm_of = std::collections::BTreeMap::new();
+    let mut jobs = Vec::new();
     for case in cases(r, &caps_dir)? {
         let expected_path = docs_dir.join(format!("{}.xml", case.name));
         let Ok(expected) = std::fs::read_to_string(&expected_path) else {
@@ -460,38 +505,35 @@ fn run_release(capsd: &Path, cache: &Path, r: &Release, tarball: Option<&Path>, 
             left_out.push(format!("{}: {why}", case.name));
             continue;
         }
-        tally.total += 1;
         let facts_file = facts_dir.join(format!("{}.facts.json", case.name));
         std::fs::write(&facts_file, serde_json::to_string_pretty(&facts(r, &tree, &case))?)?;
-        let mut cmd = Command::new(capsd);
-        cmd.args(["domcapabilities", "--replay"])
-            .arg(&transcript)
-            .arg("--host-facts")
-            .arg(&facts_file)
-            .args(["--libvirt-version", r.version, "--arch", &case.arch, "--virttype", case.virt])
-            .arg("--emulatorbin")
-            .arg(format!("/usr/bin/qemu-system-{}", case.arch));
-        if let Some(m) = case.machine {
-            cmd.args(["--machine", m]);
+        jobs.push((case, transcript, facts_file, expected));
+    }
+    tally.total = jobs.len();
+    // The replays, several at once (each is one capsd process; the machine's CPUs).
+    let workers = std::thread::available_parallelism().map_or(2, |n| n.get()).min(jobs.len().max(1));
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let results: Vec<std::sync::Mutex<Option<Result<Outcome>>>> =
+        jobs.iter().map(|_| std::sync::Mutex::new(None)).collect();
+    std::thread::scope(|s| {
+        for _ in 0..workers {
+            s.spawn(|| loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let Some((case, transcript, facts_file, expected)) = jobs.get(i) else { break };
+                let r = replay_one(capsd, r, case, transcript, facts_file, expected, keep);
+                if let Ok(mut slot) = results[i].lock() {
+                    *slot = Some(r);
+                }
+            });
         }
-        let out = cmd.output().with_context(|| format!("running {}", capsd.display()))?;
-        if !out.status.success() {
-            let err = String::from_utf8_lossy(&out.stderr);
-            let err = err.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("").trim();
-            tally.differing.push(format!("{}: capsd failed: {err}", case.name));
-            continue;
-        }
-        let got = apply_placeholder_loaders(&String::from_utf8_lossy(&out.stdout), r.placeholder_loaders);
-        if let Some(k) = keep {
-            std::fs::write(k.join(format!("{}.xml", case.name)), &got)?;
-        }
-        match first_difference(&expected, &got) {
-            None => {
+    });
+    for ((case, ..), slot) in jobs.iter().zip(results) {
+        let outcome = slot.into_inner().ok().flatten().unwrap_or_else(|| Err(anyhow::anyhow!("replay thread failed")));
+        match outcome? {
+            Outcome::Identical => {
                 tally.identical.insert(case.name.clone());
             }
-            Some((line, e, g)) => {
-                tally.differing.push(format!("{}: line {line}: expected `{e}`, capsd `{g}`", case.name))
-            }
+            Outcome::Differs(why) => tally.differing.push(format!("{}: {why}", case.name)),
         }
     }
     println!("corpus libvirt {}: {}/{} identical", r.version, tally.identical.len(), tally.total);

@@ -14,6 +14,7 @@
 //! a failed run leaves no package behind.
 
 mod chroot;
+mod vm;
 
 use std::fmt::Write as _;
 use std::os::unix::fs::PermissionsExt;
@@ -25,12 +26,16 @@ use serde_json::Value;
 
 use crate::test::workspace_root;
 
-const USAGE: &str = "usage: cargo xtask deb [--test] [--suite bookworm|trixie]...";
+const USAGE: &str = "usage: cargo xtask deb [--test] [--suite bookworm|trixie]... [--only chroots|vm]";
 
 const HELP: &str = "Builds the release binary and target/debian/capsd_<version>_<arch>.deb from it and dist/.
-  --test         then (as root) run lintian on it, and install and check it in clean chroots of each
-                 suite (debootstrap bases cached in /var/lib/capsd-deb-test, or $CAPSD_DEB_TEST_DIR)
-  --suite SUITE  only this suite (repeatable; default: bookworm and trixie)";
+  --test         then (as root) run lintian on it, install and check it in clean chroots of each
+                 suite, and use its units under systemd as PID 1 in a Debian 13 VM booted by QEMU
+                 (KVM when it works here, else TCG; CAPSD_DEB_TEST_ACCEL=kvm|tcg forces one).
+                 debootstrap bases and the VM image are cached in /var/lib/capsd-deb-test (or
+                 $CAPSD_DEB_TEST_DIR)
+  --suite SUITE  only this suite's chroot (repeatable; default: bookworm and trixie)
+  --only WHAT    with --test: only the chroots (and lintian), or only the VM";
 
 /// What `--test` installs into when no `--suite` is given: Debian 12 and Debian 13.
 const SUITES: [&str; 2] = ["bookworm", "trixie"];
@@ -38,6 +43,7 @@ const SUITES: [&str; 2] = ["bookworm", "trixie"];
 pub fn run(args: &[String]) -> Result<()> {
     let mut test = false;
     let mut suites = Vec::new();
+    let (mut chroots, mut vm) = (true, true);
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
@@ -53,6 +59,11 @@ pub fn run(args: &[String]) -> Result<()> {
                 }
                 suites.push(s.clone());
             }
+            "--only" => match it.next().map(String::as_str) {
+                Some("chroots") => vm = false,
+                Some("vm") => chroots = false,
+                other => bail!("--only takes 'chroots' or 'vm', not {other:?}\n{USAGE}"),
+            },
             other => bail!("unknown argument '{other}'\n{USAGE}"),
         }
     }
@@ -63,9 +74,59 @@ pub fn run(args: &[String]) -> Result<()> {
     let deb = build(&root)?;
     println!("xtask deb: wrote {}", deb.display());
     if test {
-        chroot::run(&root, &deb, &suites)?;
+        if !crate::test::is_root() {
+            bail!("cargo xtask deb --test builds and enters chroots and boots a VM: run it as root");
+        }
+        let mut report = Report::default();
+        if chroots {
+            chroot::run(&root, &deb, &suites, &mut report)?;
+        }
+        if vm {
+            vm::run(&deb, &mut report)?;
+        }
+        let failed = report.failed.len();
+        for (name, why) in &report.failed {
+            println!("xtask deb: FAILED {name}: {why:#}");
+        }
+        println!("deb: {} passed, {failed} failed", report.passed);
+        if failed > 0 {
+            bail!("{failed} package check(s) failed");
+        }
     }
     Ok(())
+}
+
+/// The package checks' results, printed as they come.
+#[derive(Debug, Default)]
+struct Report {
+    passed: usize,
+    failed: Vec<(String, anyhow::Error)>,
+}
+
+impl Report {
+    fn check(&mut self, place: &str, name: &str, f: impl FnOnce() -> Result<()>) -> bool {
+        let t = std::time::Instant::now();
+        match f() {
+            Ok(()) => {
+                self.pass(place, &format!("{name} ({:.1} s)", t.elapsed().as_secs_f64()));
+                true
+            }
+            Err(e) => {
+                self.fail(place, name, e);
+                false
+            }
+        }
+    }
+
+    fn pass(&mut self, place: &str, name: &str) {
+        println!("xtask deb: ok {place}: {name}");
+        self.passed += 1;
+    }
+
+    fn fail(&mut self, place: &str, name: &str, why: anyhow::Error) {
+        println!("xtask deb: FAILED {place}: {name}: {why:#}");
+        self.failed.push((format!("{place}: {name}"), why));
+    }
 }
 
 /// Command output as text, failing with the command and its stderr.
@@ -196,6 +257,8 @@ fn assemble(root: &Path, bin: &Path, stage: &Path, version: &str, arch: &str, ch
     put(stage, "usr/lib/systemd/system/capsd.socket", &read("capsd.socket")?, 0o644)?;
     put(stage, "usr/lib/sysusers.d/capsd.conf", &read("capsd.sysusers")?, 0o644)?;
     put(stage, "usr/lib/tmpfiles.d/capsd.conf", &read("capsd.tmpfiles")?, 0o644)?;
+    // The drop-in a fleet host installs to let the agent reach etcd members off loopback.
+    put(stage, "usr/share/doc/capsd/examples/fleet.conf", &read("fleet.conf")?, 0o644)?;
 
     // Man pages and completions, written by the binary being packaged.
     let gen = Scratch::new(stage, "generated")?;

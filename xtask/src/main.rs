@@ -32,7 +32,8 @@ const USAGE: &str = "usage: cargo xtask <task> [args]
 
 tasks:
   bench [core|qemu|agent|plugin|stacks|fleet]...
-                               run benchmarks (all when none named) and print figures
+                               run benchmarks (all when none named) and print figures;
+                               fleet: --hosts N (default 1000), --members 1|3 (etcd members)
   test [--quick]               the whole test suite as CI runs it (fmt, clippy, tests, examples)
   record-qemu [--oracle DIR] BINARY...|all
                                record QEMU probes (and libvirt's answers) as replay fixtures

@@ -11,7 +11,7 @@ use std::process::Command;
 use anyhow::{bail, Context, Result};
 
 /// Tools the test suite needs on PATH.
-const TOOLS: [&str; 5] = ["xmllint", "qemu-system-x86_64", "virsh", "etcd", "protoc"];
+const TOOLS: [&str; 4] = ["xmllint", "qemu-system-x86_64", "virsh", "etcd"];
 
 pub fn run(args: &[String]) -> Result<()> {
     let quick = args.iter().any(|a| a == "--quick");

@@ -13,6 +13,7 @@
 //! | 11 `DomainCapabilities` | capsd → helper | the query as the ABI's JSON |
 //! | 20 `Reply` | helper → capsd | `kind: u32 | code: u32 | data`: the plugin's reply as it gave it (`REPLY_*`, `ERR_*`) |
 //! | 21 `HostError` | helper → capsd | why the plugin's reply could not be relayed (UTF-8) |
+//! | 30 `Ended` | helper's init → capsd | `status: i32`: the raw wait status of the helper's worker, which a signal ended (see [`super::helper`]) |
 //!
 //! One request is answered before the next is sent. The helper relays what the plugin
 //! returned without reading it; capsd reads documents with capsd-core's strict readers.
@@ -36,6 +37,7 @@ const TAG_AVAILABILITY: u8 = 10;
 const TAG_DOMAIN_CAPABILITIES: u8 = 11;
 const TAG_REPLY: u8 = 20;
 const TAG_HOST_ERROR: u8 = 21;
+const TAG_ENDED: u8 = 30;
 
 /// One message.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,6 +48,7 @@ pub enum Frame {
     DomainCapabilities { query: Vec<u8> },
     Reply { kind: u32, code: u32, data: Vec<u8> },
     HostError { message: String },
+    Ended { status: i32 },
 }
 
 /// Why a frame could not be read.
@@ -83,6 +86,7 @@ impl Frame {
             Frame::DomainCapabilities { .. } => "domain-capabilities",
             Frame::Reply { .. } => "reply",
             Frame::HostError { .. } => "host-error",
+            Frame::Ended { .. } => "ended",
         }
     }
 
@@ -100,6 +104,7 @@ impl Frame {
                 (TAG_REPLY, b)
             }
             Frame::HostError { message } => (TAG_HOST_ERROR, message.as_bytes().to_vec()),
+            Frame::Ended { status } => (TAG_ENDED, status.to_le_bytes().to_vec()),
         }
     }
 
@@ -120,6 +125,10 @@ impl Frame {
                 Frame::Reply { kind, code, data: body[8..].to_vec() }
             }
             TAG_HOST_ERROR => Frame::HostError { message: text(body)? },
+            TAG_ENDED => match <[u8; 4]>::try_from(body.as_slice()) {
+                Ok(b) => Frame::Ended { status: i32::from_le_bytes(b) },
+                Err(_) => return Err(ProtoError::Malformed("ended frame without a 4-byte status")),
+            },
             tag => return Err(ProtoError::UnknownTag { tag }),
         })
     }
@@ -186,6 +195,7 @@ mod tests {
             Frame::Reply { kind: 1, code: 0, data: b"<domainCapabilities/>".to_vec() },
             Frame::Reply { kind: 3, code: 4, data: Vec::new() },
             Frame::HostError { message: "too large".into() },
+            Frame::Ended { status: 6 | 0x80 },
         ];
         let mut buf = Vec::new();
         for f in &frames {

@@ -1,27 +1,27 @@
-//! capsd's side: one helper process per plugin, started on demand, one request at a time,
-//! every call bounded by a deadline, and a helper that crashed, exited, hung or broke the
-//! protocol replaced (with backoff) on a later request.
+//! capsd's side: one helper process per plugin, started for all plugins at once when capsd
+//! starts ([`start_dir`]: the helper loads the plugin and makes the handshake, so the
+//! plugin's name is known and no plugin code runs in capsd), one request at a time, every
+//! call bounded by a deadline, and a helper that crashed, exited, hung or broke the protocol
+//! replaced (with backoff) on a later request.
 
 use std::ffi::OsString;
 use std::io::Read;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
-use std::os::unix::process::{CommandExt, ExitStatusExt};
-use std::path::PathBuf;
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::mpsc;
-use std::sync::{Condvar, Mutex, OnceLock};
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::ExitStatus;
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use capsd_core::{Availability, DomainCapabilities, DomainCapsDriver, DriverError, Query};
 use nix::fcntl::{fcntl, FcntlArg};
-use nix::sys::signal::{killpg, Signal};
-use nix::sys::wait::{waitid, Id, WaitPidFlag, WaitStatus};
-use nix::unistd::Pid;
+use nix::sys::signal::Signal;
 
 use super::helper::HELPER_FD;
+use super::launch::{launch_from_keeper, GroupLauncher, HelperProcess, Launcher};
 use super::proto::{read_frame, write_frame, Frame, ProtoError, MAX_FROM_HELPER};
-use crate::loader::{query_json, FileIdentity, PluginDriver, PluginId, Received};
+use crate::loader::{query_json, vet_dir, FileIdentity, PluginDriver, PluginError, PluginId, Received, Vetted};
 
 /// How helpers are started and supervised.
 #[derive(Debug, Clone)]
@@ -38,6 +38,8 @@ pub struct HostOptions {
     /// further one, up to `backoff_max`. A success resets it.
     pub backoff_first: Duration,
     pub backoff_max: Duration,
+    /// How a helper is started and its process tree ended ([`GroupLauncher`] by default).
+    pub launcher: Arc<dyn Launcher>,
 }
 
 impl HostOptions {
@@ -49,6 +51,7 @@ impl HostOptions {
             timeout: Duration::from_secs(5),
             backoff_first: Duration::from_millis(100),
             backoff_max: Duration::from_secs(10),
+            launcher: Arc::new(GroupLauncher),
         }
     }
 
@@ -59,28 +62,26 @@ impl HostOptions {
 }
 
 /// A running helper: the process and capsd's end of its socket.
+#[derive(Debug)]
 struct Helper {
-    child: Child,
+    child: Box<dyn HelperProcess>,
     sock: UnixStream,
 }
 
 impl Helper {
     fn pid(&self) -> u32 {
-        self.child.id()
+        self.child.pid()
     }
 
-    /// Whether the helper has ended. It is not reaped: until then its pid, which is also its
-    /// process group's id, cannot be reused, so killing that group never hits a stranger.
+    /// Whether the helper has ended (not reaped yet, see [`HelperProcess::ended`]).
     fn ended(&self) -> bool {
-        let flags = WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT;
-        !matches!(waitid(Id::Pid(Pid::from_raw(self.child.id() as i32)), flags), Ok(WaitStatus::StillAlive))
+        self.child.ended()
     }
 
-    /// Kill the helper's process group (the plugin's own children too), then reap it: its
-    /// exit status (a helper that had ended already keeps its own).
-    fn kill(mut self) -> Option<ExitStatus> {
-        let _ = killpg(Pid::from_raw(self.child.id() as i32), Signal::SIGKILL);
-        self.child.wait().ok()
+    /// Kill the helper and what it started (the plugin's own children too), then reap it:
+    /// its exit status (a helper that had ended already keeps its own).
+    fn kill(self) -> Option<ExitStatus> {
+        self.child.kill()
     }
 
     /// The helper closed its socket: wait briefly for it to finish dying, then end its
@@ -117,9 +118,10 @@ pub struct HostedPlugin {
     opts: HostOptions,
     state: Mutex<State>,
     freed: Condvar,
-    /// The library as capsd vetted it (ownership, permissions, ABI handshake). Kept loaded,
-    /// never called: unloading foreign code is its own risk.
-    _vetted: PluginDriver,
+    /// A library loaded into this process by the caller of [`HostedPlugin::new`] (never by
+    /// capsd, see [`start_dir`]). Kept loaded, never called: unloading foreign code is its
+    /// own risk.
+    _in_process: Option<PluginDriver>,
 }
 
 impl std::fmt::Debug for HostedPlugin {
@@ -154,7 +156,8 @@ fn ms(d: Duration) -> u128 {
 }
 
 impl HostedPlugin {
-    /// Run a plugin that [`crate::load_file`] vetted through helper processes.
+    /// Run a plugin that [`crate::load_file`] loaded into this process through helper
+    /// processes (benchmarks, tests). capsd uses [`start_dir`], which loads nothing here.
     pub fn new(vetted: PluginDriver, opts: HostOptions) -> Self {
         HostedPlugin {
             id: vetted.id().clone(),
@@ -162,7 +165,20 @@ impl HostedPlugin {
             opts,
             state: Mutex::new(State::default()),
             freed: Condvar::new(),
-            _vetted: vetted,
+            _in_process: Some(vetted),
+        }
+    }
+
+    /// A plugin whose helper said hello as `name` at start-up; that helper answers the
+    /// first call.
+    fn started(name: String, file: Vetted, helper: Helper, opts: HostOptions) -> Self {
+        HostedPlugin {
+            id: PluginId { name, path: file.path },
+            identity: file.identity,
+            opts,
+            state: Mutex::new(State { helper: Some(helper), ..State::default() }),
+            freed: Condvar::new(),
+            _in_process: None,
         }
     }
 
@@ -195,6 +211,11 @@ impl HostedPlugin {
             Ok(Frame::HostError { message }) => {
                 turn.helper = Some(helper);
                 Ok(Received { kind: 0, code: 0, data: Err(message) })
+            }
+            Ok(Frame::Ended { status }) => {
+                let e = self.id.failure(ended(helper, status, &what));
+                turn.failure = Some(reason_of(&e));
+                Err(e)
             }
             Ok(other) => {
                 let pid = helper.pid();
@@ -266,41 +287,7 @@ impl HostedPlugin {
 
     /// Start a helper and wait for its hello.
     fn start(&self, until: Instant, what: &str) -> Result<Helper, DriverError> {
-        // Both ends close-on-exec; the child's end is moved to HELPER_FD before exec, from a
-        // number above it (were it 0 to 2, the child's standard streams would replace it).
-        let pair_failed =
-            |e: std::io::Error| self.id.failure(format!("cannot create a socket pair for its helper process: {e}"));
-        let (ours, low) = UnixStream::pair().map_err(pair_failed)?;
-        let theirs =
-            fcntl(low.as_raw_fd(), FcntlArg::F_DUPFD_CLOEXEC(HELPER_FD + 1)).map_err(|e| pair_failed(e.into()))?;
-        // Only the copy may stay open here: capsd sees the helper end when no end of its own
-        // is left open.
-        drop(low);
-        // SAFETY: `theirs` is the descriptor fcntl just created; nothing else owns it.
-        let theirs = unsafe { OwnedFd::from_raw_fd(theirs) };
-        let mut cmd = Command::new(&self.opts.program);
-        cmd.args(&self.opts.args)
-            .arg("--plugin")
-            .arg(&self.id.path)
-            .arg("--plugin-dev")
-            .arg(self.identity.dev.to_string())
-            .arg("--plugin-ino")
-            .arg(self.identity.ino.to_string())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .process_group(0);
-        let fd = theirs.as_raw_fd();
-        let parent = std::process::id();
-        // SAFETY: the closure runs in the forked child before exec and only makes
-        // async-signal-safe system calls (prctl, getppid, fcntl, dup2, close_range); it
-        // allocates nothing and takes no lock.
-        unsafe { cmd.pre_exec(move || prepare_child(fd, parent)) };
-        let child = spawn_from_keeper(cmd).map_err(|e| {
-            self.id.failure(format!("cannot start its helper process ({}): {e}", self.opts.program.display()))
-        })?;
-        drop(theirs);
-        let mut helper = Helper { child, sock: ours };
+        let mut helper = launch(&self.opts, &self.id.path, self.identity).map_err(|e| self.id.failure(e))?;
         let pid = helper.pid();
         match read_until(&mut helper.sock, until) {
             Ok(Frame::Hello { name }) if name == self.id.name => {
@@ -319,6 +306,9 @@ impl HostedPlugin {
                 Err(self
                     .id
                     .failure(format!("its helper process (pid {pid}) could not load the plugin ({message}) and {end}")))
+            }
+            Ok(Frame::Ended { status }) => {
+                Err(self.id.failure(ended(helper, status, &format!("loading the plugin (before {what})"))))
             }
             Ok(other) => {
                 helper.kill();
@@ -339,26 +329,162 @@ impl HostedPlugin {
 
     /// The helper failed `what` with `e`: end it, and say how it ended.
     fn fail(&self, helper: Helper, e: ProtoError, what: &str) -> DriverError {
-        let pid = helper.pid();
-        if e.is_timeout() {
-            helper.kill();
-            return self.id.failure(format!(
-                "no answer to {what} within {} ms; its helper process (pid {pid}) was killed",
-                ms(self.opts.timeout)
-            ));
-        }
-        let reason = match e {
-            ProtoError::Closed | ProtoError::Io(_) => match helper.reap() {
-                Some(st) => format!("its helper process (pid {pid}) {} during {what}", describe(st)),
-                None => format!("its helper process (pid {pid}) closed its connection during {what} and was killed"),
-            },
-            e => {
-                helper.kill();
-                format!("its helper process (pid {pid}) broke the protocol during {what} ({e}) and was killed")
-            }
-        };
-        self.id.failure(reason)
+        self.id.failure(helper_failure(helper, e, what, self.opts.timeout))
     }
+}
+
+/// Why a helper failed `what` with `e` (it is ended, and how it ended is said).
+fn helper_failure(helper: Helper, e: ProtoError, what: &str, timeout: Duration) -> String {
+    let pid = helper.pid();
+    if e.is_timeout() {
+        helper.kill();
+        return format!("no answer to {what} within {} ms; its helper process (pid {pid}) was killed", ms(timeout));
+    }
+    match e {
+        ProtoError::Closed | ProtoError::Io(_) => match helper.reap() {
+            Some(st) => format!("its helper process (pid {pid}) {} during {what}", describe(st)),
+            None => format!("its helper process (pid {pid}) closed its connection during {what} and was killed"),
+        },
+        e => {
+            helper.kill();
+            format!("its helper process (pid {pid}) broke the protocol during {what} ({e}) and was killed")
+        }
+    }
+}
+
+/// The helper's init said its worker was ended by a signal (raw wait `status`) during
+/// `what`: end what is left, and say so.
+fn ended(helper: Helper, status: i32, what: &str) -> String {
+    let pid = helper.pid();
+    helper.kill();
+    format!("its helper process (pid {pid}) {} during {what}", describe(ExitStatus::from_raw(status)))
+}
+
+/// Start a helper for the vetted file `path` (`identity`), with its socket.
+fn launch(opts: &HostOptions, path: &Path, identity: FileIdentity) -> Result<Helper, String> {
+    // Both ends close-on-exec; the child's end is moved to HELPER_FD by the launcher, from a
+    // number above it (were it 0 to 2, the child's standard streams would replace it).
+    let pair_failed = |e: std::io::Error| format!("cannot create a socket pair for its helper process: {e}");
+    let (ours, low) = UnixStream::pair().map_err(pair_failed)?;
+    let theirs = fcntl(low.as_raw_fd(), FcntlArg::F_DUPFD_CLOEXEC(HELPER_FD + 1)).map_err(|e| pair_failed(e.into()))?;
+    // Only the copy may stay open here: capsd sees the helper end when no end of its own is
+    // left open.
+    drop(low);
+    // SAFETY: `theirs` is the descriptor fcntl just created; nothing else owns it.
+    let theirs = unsafe { OwnedFd::from_raw_fd(theirs) };
+    let mut args = opts.args.clone();
+    args.extend([
+        OsString::from("--plugin"),
+        path.as_os_str().to_owned(),
+        OsString::from("--plugin-dev"),
+        OsString::from(identity.dev.to_string()),
+        OsString::from("--plugin-ino"),
+        OsString::from(identity.ino.to_string()),
+    ]);
+    // `theirs` is closed here once the launcher has returned (the child holds its copy).
+    let child = launch_from_keeper(&opts.launcher, &opts.program, &args, theirs)
+        .map_err(|e| format!("cannot start its helper process ({}): {e}", opts.program.display()))?;
+    Ok(Helper { child, sock: ours })
+}
+
+/// A plugin that could not be started: its file and what happened to its helper.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StartFailure {
+    pub path: PathBuf,
+    pub reason: String,
+}
+
+impl std::fmt::Display for StartFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.path.display(), self.reason)
+    }
+}
+
+/// The outcome of [`start_dir`].
+#[derive(Debug, Default)]
+pub struct StartReport {
+    /// Plugins whose helper loaded them, in file name order.
+    pub plugins: Vec<HostedPlugin>,
+    /// Files refused by the checks, by the handshake in the helper (no entry point, another
+    /// ABI version, a bad or taken name).
+    pub refused: Vec<PluginError>,
+    /// Files whose helper crashed, exited or hung while loading the plugin.
+    pub failed: Vec<StartFailure>,
+}
+
+/// Check the plugin files of `dir` here (nothing is loaded into this process), then start
+/// one helper per file, all at once, each loading its plugin and answering with its name:
+/// the whole start-up takes at most one `opts.timeout` (past it a helper still loading is
+/// killed, and its plugin reported failed). Names in `taken` (capsd's own drivers) cannot
+/// be claimed; neither can a name an earlier file (in name order) has. Refusals and
+/// failures are logged and returned, never fatal.
+pub fn start_dir(dir: &Path, taken: &[&str], opts: &HostOptions) -> StartReport {
+    let vetted = vet_dir(dir);
+    let mut report = StartReport { refused: vetted.refused, ..StartReport::default() };
+    let until = Instant::now() + opts.timeout;
+    let mut launched = Vec::new();
+    for file in vetted.files {
+        match launch(opts, &file.path, file.identity) {
+            Ok(helper) => launched.push((file, helper)),
+            Err(reason) => report.failed.push(StartFailure { path: file.path, reason }),
+        }
+    }
+    // The helpers load at the same time; their hellos are awaited at the same time too (one
+    // thread each, for the start-up only), each by the one deadline.
+    let hellos: Vec<(Vetted, Helper, Result<Frame, ProtoError>)> = std::thread::scope(|s| {
+        let waits: Vec<_> = launched
+            .into_iter()
+            .map(|(file, mut helper)| {
+                s.spawn(move || {
+                    let got = read_until(&mut helper.sock, until);
+                    (file, helper, got)
+                })
+            })
+            .collect();
+        waits.into_iter().filter_map(|w| w.join().ok()).collect()
+    });
+    for (file, helper, got) in hellos {
+        let pid = helper.pid();
+        match got {
+            Ok(Frame::Hello { name }) => {
+                let clash = taken.iter().find(|t| **t == name).map(|t| format!("capsd's own driver '{t}'"));
+                let clash = clash.or_else(|| report.plugins.iter().find(|p| p.id.name == name).map(|p| p.id.origin()));
+                if let Some(taken_by) = clash {
+                    helper.kill();
+                    let err = PluginError::DuplicateName { path: file.path, name, taken_by };
+                    tracing::warn!(path = %err.path().display(), "plugin refused: {err}");
+                    report.refused.push(err);
+                    continue;
+                }
+                tracing::info!(driver = %name, path = %file.path.display(), pid, "plugin loaded in its helper process");
+                report.plugins.push(HostedPlugin::started(name, file, helper, opts.clone()));
+            }
+            Ok(Frame::LoadFailed { message }) => {
+                helper.reap();
+                let err = PluginError::InHelper { path: file.path, message };
+                tracing::warn!(path = %err.path().display(), "plugin refused: {err}");
+                report.refused.push(err);
+            }
+            Ok(Frame::Ended { status }) => {
+                let reason = ended(helper, status, "loading the plugin");
+                report.failed.push(StartFailure { path: file.path, reason });
+            }
+            Ok(other) => {
+                helper.kill();
+                let reason =
+                    format!("its helper process (pid {pid}) sent a {} frame instead of a hello", other.kind_name());
+                report.failed.push(StartFailure { path: file.path, reason });
+            }
+            Err(e) => {
+                let reason = helper_failure(helper, e, "loading the plugin", opts.timeout);
+                report.failed.push(StartFailure { path: file.path, reason });
+            }
+        }
+    }
+    for f in &report.failed {
+        tracing::warn!(path = %f.path.display(), "plugin failed: {}", f.reason);
+    }
+    report
 }
 
 /// What went wrong, without the "probing plugin ... failed" every failure of this plugin
@@ -469,74 +595,6 @@ impl DomainCapsDriver for HostedPlugin {
         }
         d
     }
-}
-
-/// In the forked child, before exec: die with capsd, never gain privileges, keep only the
-/// socket (moved to [`HELPER_FD`]) and the standard descriptors.
-fn prepare_child(fd: i32, parent: u32) -> std::io::Result<()> {
-    use nix::libc;
-    // PR_SET_PDEATHSIG: SIGKILL when the thread that forked us ends (see `spawn_from_keeper`).
-    // SAFETY: prctl with integer arguments.
-    if unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // capsd died between fork and prctl: nobody would ever kill us.
-    // SAFETY: getppid has no arguments.
-    if unsafe { libc::getppid() } as u32 != parent {
-        return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
-    }
-    // SAFETY: prctl with integer arguments.
-    if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1 as libc::c_ulong, 0, 0, 0) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // `fd` is above HELPER_FD (see `start`).
-    // SAFETY: dup2 on descriptor numbers; the new descriptor has no close-on-exec.
-    if unsafe { libc::dup2(fd, HELPER_FD) } != HELPER_FD {
-        return Err(std::io::Error::last_os_error());
-    }
-    // Every other descriptor closes at exec, whoever opened it (a plugin capsd loaded, an
-    // fd capsd inherited): mark them close-on-exec rather than closing them, so std's own
-    // exec-status pipe keeps working.
-    const CLOSE_RANGE_CLOEXEC: libc::c_uint = 1 << 2;
-    // SAFETY: close_range with integer arguments.
-    let r = unsafe {
-        libc::syscall(libc::SYS_close_range, HELPER_FD as libc::c_uint + 1, libc::c_uint::MAX, CLOSE_RANGE_CLOEXEC)
-    };
-    if r != 0 {
-        // Kernels before 5.11: one by one, as far as descriptors usually go.
-        for other in (HELPER_FD + 1)..65536 {
-            // SAFETY: fcntl on a descriptor number; EBADF for closed ones is ignored.
-            unsafe { libc::fcntl(other, libc::F_SETFD, libc::FD_CLOEXEC) };
-        }
-    }
-    Ok(())
-}
-
-type SpawnJob = (Command, mpsc::Sender<std::io::Result<Child>>);
-
-/// Start `cmd` from one thread that lives as long as capsd: `PR_SET_PDEATHSIG` fires when
-/// the *thread* that forked the child ends, and the agent's blocking threads come and go.
-fn spawn_from_keeper(cmd: Command) -> std::io::Result<Child> {
-    static KEEPER: OnceLock<Mutex<mpsc::Sender<SpawnJob>>> = OnceLock::new();
-    let keeper = KEEPER.get_or_init(|| {
-        let (tx, rx) = mpsc::channel::<SpawnJob>();
-        let started = std::thread::Builder::new().name("capsd-plugin-spawner".into()).spawn(move || {
-            for (mut cmd, answer) in rx {
-                let _ = answer.send(cmd.spawn());
-            }
-        });
-        if let Err(e) = started {
-            tracing::error!("cannot start the plugin helper spawner thread: {e}");
-        }
-        Mutex::new(tx)
-    });
-    let (tx, rx) = mpsc::channel();
-    keeper
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .send((cmd, tx))
-        .map_err(|_| std::io::Error::other("the plugin helper spawner thread is gone"))?;
-    rx.recv().map_err(|_| std::io::Error::other("the plugin helper spawner thread is gone"))?
 }
 
 #[cfg(test)]

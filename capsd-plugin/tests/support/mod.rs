@@ -43,8 +43,9 @@ fn build() -> Result<PathBuf, String> {
         }
     }
     // The C test plugins, built against the C header of the ABI: `c/NAME.c` becomes
-    // `libtp_c_NAME.so`; `c/misbehave.c` is built once per way of misbehaving
-    // (`libtp_c_segv.so`, ...).
+    // `libtp_c_NAME.so`; `c/misbehave.c` is built once per way of misbehaving when called
+    // (`libtp_c_segv.so`, ...), `c/ctor.c` once per way of misbehaving when loaded
+    // (`libtp_c_ctor_segv.so`, ...).
     let out_dir = target.join("debug");
     let c_plugins = [
         ("minimal", "minimal", None),
@@ -53,6 +54,10 @@ fn build() -> Result<PathBuf, String> {
         ("abort", "misbehave", Some("-DMISBEHAVE=2")),
         ("exit", "misbehave", Some("-DMISBEHAVE=3")),
         ("hang", "misbehave", Some("-DMISBEHAVE=4")),
+        ("ctor_segv", "ctor", Some("-DCTOR=1")),
+        ("ctor_exit", "ctor", Some("-DCTOR=2")),
+        ("ctor_hang", "ctor", Some("-DCTOR=3")),
+        ("ctor_fork", "ctor", Some("-DCTOR=4")),
     ];
     for (name, source, define) in c_plugins {
         let src = format!("capsd-plugin/tests/plugins/c/{source}.c");

@@ -5,9 +5,11 @@
 //! checks, which may run plugin code) needs `Authorization: Bearer TOKEN`; `/healthz` and
 //! `/metrics` do not. The Unix socket relies on its mode and group instead.
 //!
-//! The token file must be a regular file not readable or writable by others and not
-//! writable by its group; its content, less surrounding whitespace, is the token: at least
-//! [`MIN_LEN`] printable ASCII characters without spaces. SIGHUP reads it again.
+//! The token file must be a regular file owned by root or the agent's user, not readable
+//! or writable by others and not writable by its group (checked on the descriptor it is then
+//! read from); its content, less surrounding whitespace, is the token: at least [`MIN_LEN`]
+//! printable ASCII characters without spaces. SIGHUP reads it again. The scheme is matched
+//! without regard to case (`Bearer`, `bearer`: RFC 9110, 11.1).
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -44,17 +46,44 @@ impl TokenFile {
 
     /// Whether an `Authorization` header value carries the token (compared in constant time).
     pub fn admits(&self, authorization: Option<&[u8]>) -> bool {
-        let Some(given) = authorization.and_then(|h| h.strip_prefix(b"Bearer ")) else { return false };
+        let Some(given) = authorization.and_then(bearer) else { return false };
         let token = self.token.read().unwrap_or_else(|e| e.into_inner());
         bool::from(given.ct_eq(token.as_slice()))
     }
 }
 
+/// The credentials of a `Bearer` authorization (the scheme in any case, then one or more
+/// spaces).
+fn bearer(h: &[u8]) -> Option<&[u8]> {
+    let (scheme, rest) = h.split_at_checked(6)?;
+    if !scheme.eq_ignore_ascii_case(b"bearer") || rest.first() != Some(&b' ') {
+        return None;
+    }
+    let given = rest.trim_ascii_start();
+    (!given.is_empty()).then_some(given)
+}
+
 fn read_token(path: &Path) -> Result<Vec<u8>, String> {
+    use std::io::Read;
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
     let name = path.display();
-    let meta = std::fs::metadata(path).map_err(|e| format!("--token-file {name}: {e}"))?;
+    // Checked on the descriptor it is read from; non-blocking, so a FIFO cannot hold us.
+    let mut file = std::fs::File::options()
+        .read(true)
+        .custom_flags(nix::libc::O_NONBLOCK | nix::libc::O_NOCTTY)
+        .open(path)
+        .map_err(|e| format!("--token-file {name}: {e}"))?;
+    let meta = file.metadata().map_err(|e| format!("--token-file {name}: {e}"))?;
     if !meta.is_file() {
         return Err(format!("--token-file {name}: not a regular file"));
+    }
+    let me = nix::unistd::geteuid().as_raw();
+    if meta.uid() != 0 && meta.uid() != me {
+        return Err(format!(
+            "--token-file {name}: owned by uid {}, not by root or the agent's user (uid {me}): \
+             another user could change the token",
+            meta.uid()
+        ));
     }
     let mode = meta.permissions().mode() & 0o777;
     if mode & 0o026 != 0 {
@@ -63,7 +92,8 @@ fn read_token(path: &Path) -> Result<Vec<u8>, String> {
              (the token is a password: chmod 600 or 640)"
         ));
     }
-    let text = std::fs::read(path).map_err(|e| format!("--token-file {name}: {e}"))?;
+    let mut text = Vec::new();
+    file.read_to_end(&mut text).map_err(|e| format!("--token-file {name}: {e}"))?;
     let token = text.trim_ascii();
     if token.len() < MIN_LEN || !token.iter().all(|b| b.is_ascii_graphic()) {
         return Err(format!(
@@ -89,7 +119,18 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let t = TokenFile::load(&file(tmp.path(), "0123456789abcdef\n", 0o640)).unwrap();
         assert!(t.admits(Some(b"Bearer 0123456789abcdef")));
-        for bad in [&b"Bearer 0123456789abcdeF"[..], b"Bearer 0123456789abcde", b"0123456789abcdef", b"Bearer "] {
+        // The scheme is case-insensitive (RFC 9110, 11.1), the token is not.
+        for good in [&b"bearer 0123456789abcdef"[..], b"BEARER 0123456789abcdef", b"bEaReR  0123456789abcdef"] {
+            assert!(t.admits(Some(good)), "{}", String::from_utf8_lossy(good));
+        }
+        for bad in [
+            &b"Bearer 0123456789abcdeF"[..],
+            b"Bearer 0123456789abcde",
+            b"0123456789abcdef",
+            b"Bearer ",
+            b"Bearer0123456789abcdef",
+            b"Basic 0123456789abcdef",
+        ] {
             assert!(!t.admits(Some(bad)), "{}", String::from_utf8_lossy(bad));
         }
         assert!(!t.admits(None));
@@ -101,6 +142,14 @@ mod tests {
         ] {
             let e = TokenFile::load(&file(tmp.path(), text, mode)).unwrap_err();
             assert!(e.contains(needle) && e.contains("token"), "{text} {mode:o}: {e}");
+        }
+        // Owned by another user (not root, not ours): refused, naming the file.
+        if nix::unistd::geteuid().is_root() {
+            let p = file(tmp.path(), "0123456789abcdef", 0o600);
+            nix::unistd::chown(&p, Some(nix::unistd::Uid::from_raw(65534)), None).unwrap();
+            let e = TokenFile::load(&p).unwrap_err();
+            assert!(e.contains(&p.display().to_string()) && e.contains("owned by uid 65534"), "{e}");
+            std::fs::remove_file(&p).unwrap();
         }
         // A failed reload keeps the old token.
         file(tmp.path(), "fedcba9876543210", 0o600);

@@ -11,14 +11,21 @@
 //!   not writable by group or others, in directories owned by root or the agent's user and
 //!   not writable by group or others unless sticky, like `/tmp`).
 //!
-//! Paths are compared after resolving symlinks, and the resolved path is what runs: a link
-//! elsewhere to an allowed binary is that binary, and a link swapped after the check
-//! changes nothing. The check reads only the metadata of the path's components; a refused
-//! file is never opened or executed. The CLI has no such policy: a user's
+//! Paths are compared after resolving symlinks, and the resolved path is what is opened: a
+//! link elsewhere to an allowed binary is that binary; a link that does not resolve is
+//! refused (403), never passed on. The request's check reads only the metadata of the path's
+//! components; a refused file is never opened or executed. The qemu driver then opens the
+//! resolved file once (`O_PATH`, no link followed at its end), checks that descriptor again
+//! ([`EmulatorPolicy::check_opened`]: type, owner and mode from `fstat`, directories as
+//! above), keys its probe cache by it and executes it (`execveat`; see
+//! `driver_qemu::binary`): a link swapped or a file renamed over the path after the check
+//! changes nothing for that request. The CLI has no such policy: a user's
 //! `capsd domcapabilities --emulatorbin` runs whatever that user can run.
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+
+use nix::sys::stat::FileStat;
 
 /// Where the agent looks for (and accepts) QEMU system emulators of its own choosing.
 pub const SYSTEM_DIRS: [&str; 4] = ["/usr/bin", "/usr/local/bin", "/usr/libexec", "/bin"];
@@ -73,9 +80,10 @@ impl EmulatorPolicy {
     }
 
     /// The binary to run for a requested `emulatorbin` (absolute, plain form), or why it is
-    /// refused. A path that does not resolve is passed on only when it names a
+    /// refused. A path where nothing exists is passed on only when it names a
     /// `qemu-system-*` in a system directory or an `--emulator` (the driver then says it
-    /// does not exist); elsewhere the answer does not depend on whether the file exists.
+    /// does not exist), and a link there that does not resolve is refused; elsewhere the
+    /// answer does not depend on whether the file exists.
     pub fn check(&self, requested: &Path) -> Result<PathBuf, String> {
         let refused = || {
             format!(
@@ -88,14 +96,18 @@ impl EmulatorPolicy {
         };
         let resolved = match std::fs::canonicalize(requested) {
             Ok(r) => r,
-            Err(_) => {
+            Err(e) => {
                 let in_system_dir = requested.parent().is_some_and(|d| SYSTEM_DIRS.iter().any(|s| Path::new(s) == d));
                 let configured = self.configured.iter().any(|(given, r)| given == requested || r == requested);
-                return if (in_system_dir && emulator_name(requested)) || configured {
-                    Ok(requested.to_owned())
-                } else {
-                    Err(refused())
-                };
+                if !((in_system_dir && emulator_name(requested)) || configured) {
+                    return Err(refused());
+                }
+                // Something is there but does not resolve: a dangling link (whose target
+                // whoever can write where it points could create later), or a loop.
+                if requested.symlink_metadata().is_ok() {
+                    return Err(format!("{}: it is a symbolic link that does not resolve ({e})", refused()));
+                }
+                return Ok(requested.to_owned());
             }
         };
         if self.configured.iter().any(|(_, r)| *r == resolved) {
@@ -111,6 +123,28 @@ impl EmulatorPolicy {
         }
         trusted_system_binary(&resolved).map_err(|why| format!("{}: {why}", refused()))?;
         Ok(resolved)
+    }
+
+    /// The check of a binary the qemu driver opened to run it: `resolved` is the path it
+    /// opened (without following a link at its end) and `st` the descriptor's `fstat`. An
+    /// `--emulator` passes the start-up rules (root or this user, sticky directories
+    /// allowed), anything else the system rule (root's, in root's directories); both need an
+    /// executable regular file not writable by group or others.
+    pub fn check_opened(&self, resolved: &Path, st: &FileStat) -> Result<(), String> {
+        let configured = self.configured.iter().any(|(_, r)| r == resolved);
+        let owners: &[u32] = if configured { &[0, nix::unistd::geteuid().as_raw()] } else { &[0] };
+        let why = |reason: String| format!("'{}' is not an emulator this agent runs: {reason}", resolved.display());
+        if st.st_mode & nix::libc::S_IFMT != nix::libc::S_IFREG || st.st_mode & 0o111 == 0 {
+            return Err(why(format!("{} is not an executable regular file", resolved.display())));
+        }
+        owned_and_closed(resolved, st.st_uid, st.st_mode, owners, false).map_err(why)?;
+        for dir in resolved.ancestors().skip(1) {
+            let m = std::fs::metadata(dir).map_err(|e| why(format!("cannot read {}: {e}", dir.display())))?;
+            owned_and_closed(dir, m.uid(), m.mode(), owners, configured).map_err(why)?;
+        }
+        #[cfg(debug_assertions)]
+        test_hook_checked(resolved);
+        Ok(())
     }
 
     /// Whether `path`, a `qemu-system-*` found in a system directory, is one the agent would
@@ -131,10 +165,10 @@ fn trusted_system_binary(path: &Path) -> Result<(), String> {
     if !m.is_file() || m.permissions().mode() & 0o111 == 0 {
         return Err(format!("{} is not an executable file", path.display()));
     }
-    owned_and_closed(path, &m, &[0], false)?;
+    owned_and_closed(path, m.uid(), m.mode(), &[0], false)?;
     for dir in path.ancestors().skip(1) {
         let m = std::fs::metadata(dir).map_err(|e| format!("cannot read {}: {e}", dir.display()))?;
-        owned_and_closed(dir, &m, &[0], false)?;
+        owned_and_closed(dir, m.uid(), m.mode(), &[0], false)?;
     }
     Ok(())
 }
@@ -153,30 +187,43 @@ fn configured_binary(path: &Path) -> Result<PathBuf, ConfigError> {
         return Err(err(format!("{} is not an executable regular file", resolved.display())));
     }
     let owners = [0, nix::unistd::geteuid().as_raw()];
-    owned_and_closed(&resolved, &m, &owners, false).map_err(err)?;
+    owned_and_closed(&resolved, m.uid(), m.mode(), &owners, false).map_err(err)?;
     for dir in resolved.ancestors().skip(1) {
         let m = std::fs::metadata(dir).map_err(|e| err(format!("cannot read {}: {e}", dir.display())))?;
-        owned_and_closed(dir, &m, &owners, true).map_err(err)?;
+        owned_and_closed(dir, m.uid(), m.mode(), &owners, true).map_err(err)?;
     }
     Ok(resolved)
 }
 
-/// Owned by one of `owners` and not writable by group or others (a sticky directory may be:
-/// others cannot replace what they do not own there).
-fn owned_and_closed(p: &Path, m: &std::fs::Metadata, owners: &[u32], sticky_ok: bool) -> Result<(), String> {
-    if !owners.contains(&m.uid()) {
+/// Owned (`uid`) by one of `owners` and not writable by group or others (`mode`; a sticky
+/// directory may be: others cannot replace what they do not own there).
+fn owned_and_closed(p: &Path, uid: u32, mode: u32, owners: &[u32], sticky_ok: bool) -> Result<(), String> {
+    if !owners.contains(&uid) {
         return Err(format!(
             "{} is owned by uid {}, not by root{}",
             p.display(),
-            m.uid(),
+            uid,
             if owners.len() > 1 { " or the agent's user" } else { "" }
         ));
     }
-    let mode = m.permissions().mode();
     if mode & 0o022 != 0 && !(sticky_ok && mode & 0o1000 != 0) {
         return Err(format!("{} is writable by group or others (mode {:o})", p.display(), mode & 0o7777));
     }
     Ok(())
+}
+
+/// Test builds only: with `CAPSD_TEST_HOOK_CHECKED=DIR`, a binary that passed
+/// [`EmulatorPolicy::check_opened`] is announced by creating `DIR/checked` (holding its
+/// path), and nothing proceeds (no probe runs) until `DIR/go` exists: a test changes the file
+/// at that point, between check and exec, deterministically.
+#[cfg(debug_assertions)]
+fn test_hook_checked(resolved: &Path) {
+    let Some(dir) = std::env::var_os("CAPSD_TEST_HOOK_CHECKED").map(PathBuf::from) else { return };
+    let _ = std::fs::write(dir.join("checked"), resolved.as_os_str().as_encoded_bytes());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while !dir.join("go").exists() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
 }
 
 #[cfg(test)]

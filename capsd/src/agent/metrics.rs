@@ -219,7 +219,7 @@ impl Collector for Snapshot {
             ),
             (
                 "capsd_connections_refused",
-                "Connections closed at once: --max-connections reached.",
+                "Connections refused: a pool full (--max-connections, --max-unauthenticated), closed at once or answered 503.",
                 &m.connections_refused,
             ),
             (

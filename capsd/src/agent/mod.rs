@@ -53,6 +53,9 @@ pub struct DocKey {
 pub struct Doc {
     pub xml: Bytes,
     pub json: Bytes,
+    /// The libvirt release it was printed for and by which release's rules (qemu), said in
+    /// the answer's headers.
+    pub libvirt: Option<crate::registry::LibvirtRules>,
     /// The watch generation it was derived in.
     generation: u64,
 }
@@ -250,7 +253,8 @@ impl Agent {
             let mut w = self.watched.lock().unwrap_or_else(|e| e.into_inner());
             w.entry(p).or_insert_with_key(|p| file_stamp(p));
         }
-        let doc = Arc::new(Doc { xml, json, generation });
+        let libvirt = crate::registry::libvirt_rules(&key.driver, &key.query);
+        let doc = Arc::new(Doc { xml, json, libvirt, generation });
         let now = self.clock.fetch_add(1, Ordering::Relaxed);
         let evicted = self.docs.write().unwrap_or_else(|e| e.into_inner()).insert(key, doc.clone(), now, &self.limits);
         self.metrics.evictions.fetch_add(evicted as u64, Ordering::Relaxed);
@@ -436,7 +440,14 @@ mod tests {
     fn the_newest_document_survives_a_tie_in_recency() {
         let limits = Limits { max_probes: 1, cache_entries: 2, cache_bytes: usize::MAX, ..Limits::default() };
         let key = |m: &str| DocKey { driver: "t".into(), query: Query { machine: Some(m.into()), ..Query::default() } };
-        let doc = || Arc::new(Doc { xml: Bytes::from_static(b"<x/>"), json: Bytes::from_static(b"{}"), generation: 0 });
+        let doc = || {
+            Arc::new(Doc {
+                xml: Bytes::from_static(b"<x/>"),
+                json: Bytes::from_static(b"{}"),
+                libvirt: None,
+                generation: 0,
+            })
+        };
         let mut c = DocCache::default();
         c.insert(key("a"), doc(), 5, &limits);
         c.insert(key("b"), doc(), 5, &limits);

@@ -25,12 +25,9 @@ use capsd_fleet::{Content, Cpu, Emulator, HostRecord, PublishConfig, Publisher, 
 
 use super::{Agent, DocKey};
 
-/// Arches asked (the host's own goes first).
-pub const ARCHES: [&str; 8] = ["x86_64", "i686", "aarch64", "armv7l", "ppc64", "ppc64le", "s390x", "riscv64"];
-/// Virt types asked.
-pub const VIRT_TYPES: [&str; 2] = ["kvm", "qemu"];
-/// Machine aliases asked besides the default: what virt-install and virt-manager pick.
-pub const MACHINES: [&str; 5] = ["pc", "q35", "virt", "pseries", "s390-ccw-virtio"];
+/// Arches, virt types and machine aliases asked: capsd-fleet's list (its per-host grants
+/// name exactly these queries' keys).
+pub use capsd_fleet::{ARCHES, MACHINES, VIRT_TYPES};
 
 /// `capsd serve`'s publishing options.
 #[derive(Debug, Clone)]
@@ -40,8 +37,14 @@ pub struct Options {
     pub driver: String,
 }
 
-/// Publish until `stop` turns true, then revoke the lease.
-pub async fn run(agent: Arc<Agent>, opts: Options, mut stop: tokio::sync::watch::Receiver<bool>) {
+/// Publish until `stop` turns true, then revoke the lease. When the publisher is refused
+/// for good (the host id is another agent's), the reason goes to `refused` and this ends.
+pub async fn run(
+    agent: Arc<Agent>,
+    opts: Options,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+    refused: tokio::sync::mpsc::Sender<String>,
+) {
     let publisher = match Publisher::start(opts.config.clone()) {
         Ok(p) => p,
         Err(e) => {
@@ -51,6 +54,7 @@ pub async fn run(agent: Arc<Agent>, opts: Options, mut stop: tokio::sync::watch:
     };
     let mut seen = None;
     let mut inputs_changed_ms = None;
+    let mut refusal = publisher.refused.clone();
     loop {
         let g = agent.generation();
         if seen != Some(g) {
@@ -63,6 +67,13 @@ pub async fn run(agent: Arc<Agent>, opts: Options, mut stop: tokio::sync::watch:
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_millis(100)) => {}
             _ = stop.changed() => break,
+            Ok(()) = refusal.changed() => {
+                let why = refusal.borrow().clone();
+                if let Some(why) = why {
+                    let _ = refused.send(why).await;
+                    return;
+                }
+            }
         }
         if *stop.borrow() {
             break;

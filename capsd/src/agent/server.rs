@@ -4,7 +4,10 @@
 //! Routes:
 //! - `GET /v1/domcapabilities?emulatorbin=&arch=&machine=&virttype=&driver=&libvirt=`: the document
 //!   (`libvirt=X.Y[.Z]` asks for that libvirt release's form instead of the installed one's),
-//!   XML, or JSON with `Accept: application/json`; the same bytes as the CLI prints.
+//!   XML, or JSON with `Accept: application/json`; the same bytes as the CLI prints. For
+//!   driver qemu the headers name the release (`Capsd-Libvirt-Version`) and the release whose
+//!   rules were applied (`Capsd-Libvirt-Rules`); for a release newer than every one capsd
+//!   knows, a `Warning: 299 capsd "..."` says later changes are unknown.
 //! - `GET /v1/drivers`: the drivers, their availability and refused plugins (JSON, the same
 //!   as `capsd drivers --json`).
 //! - `GET /healthz`: `ok`.
@@ -12,7 +15,8 @@
 //!
 //! Errors: `{"error": KIND, "message": TEXT, ...}` with 400 for bad input (unknown or repeated
 //! parameter, malformed value, a value the driver rejects), 401 on loopback TCP without the
-//! token (`auth`), 403 for an `emulatorbin` the agent does not run (`emulators`), 404 for a
+//! token (`auth`), 503 when a TCP connection's first request with the token finds no free
+//! authenticated slot (`conn`), 403 for an `emulatorbin` the agent does not run (`emulators`), 404 for a
 //! combination the driver does not offer, 501 for a driver not built in or not working on
 //! this host, 502 when probing the hypervisor failed, 504 past the request timeout, 500 for
 //! other failures.
@@ -37,7 +41,7 @@ use capsd_core::{DriverError, Query};
 use serde_json::json;
 
 use super::auth::TokenFile;
-use super::{metrics, Agent, DocKey};
+use super::{conn, metrics, Agent, DocKey};
 use crate::cmd::drivers;
 use crate::registry::{self, IN_TREE};
 
@@ -167,11 +171,26 @@ async fn within<T>(agent: &Agent, what: &str, work: impl std::future::Future<Out
 
 /// With a token, everything but `/healthz` and `/metrics` needs `Authorization: Bearer TOKEN`:
 /// the 401 answer when it is missing or wrong.
+/// A request with the token moves its connection into the authenticated pool
+/// ([`conn::Upgrade`]); when that pool is full, the answer is 503 and the connection closes.
 fn unauthorized(g: &Guard, req: &Request) -> Option<Response> {
     let token = g.token.as_ref()?;
-    if matches!(req.uri().path(), "/healthz" | "/metrics")
-        || token.admits(req.headers().get(header::AUTHORIZATION).map(HeaderValue::as_bytes))
-    {
+    if token.admits(req.headers().get(header::AUTHORIZATION).map(HeaderValue::as_bytes)) {
+        let upgraded = req.extensions().get::<Arc<conn::Upgrade>>().is_none_or(|u| u.authenticated());
+        if upgraded {
+            return None;
+        }
+        g.agent.metrics.connections_refused.fetch_add(1, Ordering::Relaxed);
+        let mut resp = ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too-many-connections",
+            "every authenticated TCP connection slot (--max-connections) is taken; try again later".to_owned(),
+        )
+        .into_response();
+        resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+        return Some(resp);
+    }
+    if matches!(req.uri().path(), "/healthz" | "/metrics") {
         return None;
     }
     g.agent.metrics.unauthorized.fetch_add(1, Ordering::Relaxed);
@@ -251,6 +270,17 @@ pub fn parse_query(params: &[(String, String)]) -> Result<(String, Query), ApiEr
                         k,
                         v,
                         "bad path: must be an absolute path to the emulator binary",
+                    ));
+                }
+                if let Some(long) = v.split('/').find(|c| c.len() > 255) {
+                    return Err(ApiError::bad_parameter(
+                        k,
+                        v,
+                        &format!(
+                            "bad path: a file name may have at most 255 bytes, '{}...' has {}",
+                            long.chars().take(16).collect::<String>(),
+                            long.len()
+                        ),
                     ));
                 }
                 // Documents and probe cache entries are kept per path as spelled: '.', '..'
@@ -339,7 +369,28 @@ async fn domcapabilities(
     } else {
         (doc.xml.clone(), "application/xml")
     };
-    Ok(([(header::CONTENT_TYPE, HeaderValue::from_static(ctype))], Body::from(body)).into_response())
+    let mut resp = ([(header::CONTENT_TYPE, HeaderValue::from_static(ctype))], Body::from(body)).into_response();
+    if let Some(l) = &doc.libvirt {
+        libvirt_headers(resp.headers_mut(), l);
+    }
+    Ok(resp)
+}
+
+/// `Capsd-Libvirt-Version` (the release the document is for), `Capsd-Libvirt-Rules` (the
+/// release whose rules it follows) and, for a release newer than every one capsd knows, a
+/// `Warning` (RFC 9111's code 299, persistent) saying later changes are unknown.
+fn libvirt_headers(h: &mut HeaderMap, l: &registry::LibvirtRules) {
+    let value = |s: &str| HeaderValue::from_str(s).ok();
+    if let Some(v) = value(&l.target) {
+        h.insert("capsd-libvirt-version", v);
+    }
+    if let Some(v) = value(&l.rules) {
+        h.insert("capsd-libvirt-rules", v);
+    }
+    if let Some(v) = l.warning.as_deref().and_then(|w| value(&format!("299 capsd \"{}\"", w.replace(['"', '\\'], "'"))))
+    {
+        h.insert(header::WARNING, v);
+    }
 }
 
 /// How the Unix socket is set up.
@@ -354,11 +405,18 @@ pub struct SocketOptions {
 
 /// Bind the Unix socket: create its directory when missing (0755, as systemd's
 /// `RuntimeDirectory=` would: the default `/run/capsd` does not exist outside the unit),
-/// refuse to replace a live socket or a non-socket file, remove a stale one, create it with
-/// no access for others, then set group and mode.
+/// refuse to replace a live socket or a non-socket file, remove a stale one. The socket is
+/// bound in a private directory made beside it (mode 0700, so nobody else can reach or swap
+/// anything there), given its group and mode there, and only then renamed into place: no
+/// window in which it is more open than asked, and nothing done by path at its final name
+/// (where a link swapped in, in a directory others can write, would be followed).
 pub fn bind_unix(opts: &SocketOptions) -> Result<tokio::net::UnixListener> {
     let path = &opts.path;
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty() && !d.exists()) {
+    if path.file_name().is_none() {
+        bail!("{}: not a socket file name", path.display());
+    }
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    if !dir.exists() {
         std::fs::DirBuilder::new()
             .recursive(true)
             .mode(0o755)
@@ -378,19 +436,50 @@ pub fn bind_unix(opts: &SocketOptions) -> Result<tokio::net::UnixListener> {
         std::fs::remove_file(path).with_context(|| format!("removing stale socket {}", path.display()))?;
     }
     let gid = opts.group.as_deref().map(resolve_group).transpose()?;
-    // No window in which the socket is more open than asked: create it owner-only.
-    let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o177));
-    let bound = std::os::unix::net::UnixListener::bind(path);
-    nix::sys::stat::umask(old);
-    let listener = bound.with_context(|| format!("cannot bind {}", path.display()))?;
+    // mkdtemp makes it with mode 0700; removed on every path out of here.
+    let private = nix::unistd::mkdtemp(&dir.join(".capsd-XXXXXX"))
+        .with_context(|| format!("cannot create a private directory in {}", dir.display()))?;
+    let private = PrivateDir(private);
+    let staged = private.0.join("s");
+    let listener = std::os::unix::net::UnixListener::bind(&staged)
+        .with_context(|| format!("cannot bind {} (staged as {})", path.display(), staged.display()))?;
+    #[cfg(debug_assertions)]
+    test_hook_bound();
     if let Some(gid) = gid {
-        nix::unistd::chown(path, None, Some(gid))
+        nix::unistd::chown(&staged, None, Some(gid))
             .with_context(|| format!("cannot give {} to group {gid}", path.display()))?;
     }
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(opts.mode))
+    std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(opts.mode))
         .with_context(|| format!("cannot set mode {:o} on {}", opts.mode, path.display()))?;
+    // rename replaces whatever took the name meanwhile (a link is replaced, not followed).
+    std::fs::rename(&staged, path)
+        .with_context(|| format!("cannot move the socket into place at {}", path.display()))?;
+    drop(private);
     listener.set_nonblocking(true)?;
     Ok(tokio::net::UnixListener::from_std(listener)?)
+}
+
+/// The private directory a socket is bound in, removed when dropped (with the staged socket
+/// when something failed before the rename).
+struct PrivateDir(PathBuf);
+
+impl Drop for PrivateDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Test builds only: with `CAPSD_TEST_HOOK_BOUND=DIR`, once the socket is bound (before its
+/// group and mode are set) `DIR/bound` is created and nothing proceeds until `DIR/go` exists:
+/// a test swaps a link in at the socket's name at that point, deterministically.
+#[cfg(debug_assertions)]
+fn test_hook_bound() {
+    let Some(dir) = std::env::var_os("CAPSD_TEST_HOOK_BOUND").map(PathBuf::from) else { return };
+    let _ = std::fs::write(dir.join("bound"), b"");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while !dir.join("go").exists() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
 }
 
 fn resolve_group(g: &str) -> Result<nix::unistd::Gid> {

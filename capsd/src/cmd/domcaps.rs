@@ -58,10 +58,11 @@ pub struct Args {
 }
 
 /// The embedded drivers plus the plugins of `--plugin-dir` / `CAPSD_PLUGIN_DIR`, or of
-/// [`capsd_plugin::DEFAULT_PLUGIN_DIR`] when that exists. Refused plugin files are logged
-/// and recorded in the registry; they never stop capsd. Each plugin that passed the checks
-/// runs in a helper process of its own (this binary, `capsd plugin-host`), for the CLI as
-/// for the agent: a plugin that crashes or hangs fails its own requests only.
+/// [`capsd_plugin::DEFAULT_PLUGIN_DIR`] when that exists. Each plugin that passes the checks
+/// is loaded in a helper process of its own (this binary, `capsd plugin-host`), all at once
+/// and within one `--plugin-timeout-ms`, for the CLI as for the agent; no plugin code runs in
+/// this process. Refused plugin files and plugins whose helper crashed, exited or hung while
+/// loading are logged and recorded in the registry; they never stop capsd.
 pub fn registry(ctx: &super::Context, opts: &DriverOptions) -> Result<Registry> {
     let mut reg = Registry::embedded(opts)?;
     let dir = match &ctx.plugin_dir {
@@ -73,14 +74,18 @@ pub fn registry(ctx: &super::Context, opts: &DriverOptions) -> Result<Registry> 
         let mut taken: Vec<String> = crate::registry::IN_TREE.iter().map(|n| n.to_string()).collect();
         taken.extend(reg.all().iter().map(|d| d.name().to_owned()));
         let taken: Vec<&str> = taken.iter().map(String::as_str).collect();
-        let report = capsd_plugin::load_dir(&dir, &taken);
         let mut host = capsd_plugin::HostOptions::new("/proc/self/exe", ["plugin-host"]);
         host.timeout = ctx.plugin_timeout;
-        for plugin in report.loaded {
-            reg.add(Arc::new(capsd_plugin::HostedPlugin::new(plugin, host.clone())));
+        host.launcher = crate::registry::plugin_launcher();
+        let report = capsd_plugin::start_dir(&dir, &taken, &host);
+        for plugin in report.plugins {
+            reg.add(Arc::new(plugin));
         }
         for err in report.refused {
             reg.refuse(err.path().to_owned(), err.to_string());
+        }
+        for f in report.failed {
+            reg.fail(f.path, f.reason);
         }
     }
     Ok(reg)

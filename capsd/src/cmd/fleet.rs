@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context as _, Result};
 use capsd_analysis::{Domain, Verdict};
-use capsd_fleet::{Layout, Selection, Snapshot};
+use capsd_fleet::{Layout, Scope, Selection, Snapshot};
 
 use super::check::ReportFormat;
 
@@ -17,13 +17,16 @@ use super::check::{BAD_INPUT, NO_CAPABILITIES};
 #[command(after_help = "Exit status: check: 0 when at least one host can run the domain (it publishes the \
                   domain's document and nothing in it is unsupported, as `capsd check` exits 0; with --strict: \
                   everything supported), 1 when none; diff: 0 same, 1 different; 2 for bad input; 3 when \
-                  the store could not be read (etcd unreachable, a damaged key).\n\n\
+                  the store could not be read (etcd unreachable or refusing). A damaged or forged key is \
+                  reported on standard error and left out; the rest of the fleet is answered.\n\n\
                   Hosts publish with `capsd serve --etcd ENDPOINTS --host-id ID`; a host that publishes \
                   nothing for what a domain needs is 'unknown', never 'unsupported'.")]
 pub struct Args {
-    /// etcd endpoints, comma-separated (http://HOST:PORT or HOST:PORT).
+    /// etcd endpoints, comma-separated (http://HOST:PORT, https://HOST:PORT or HOST:PORT).
     #[arg(long, value_name = "ENDPOINTS", value_delimiter = ',', env = "CAPSD_ETCD", required = true)]
     etcd: Vec<String>,
+    #[command(flatten)]
+    etcd_auth: EtcdAuthArgs,
     /// Key prefix of the fleet in etcd (as given to `capsd serve --etcd-prefix`).
     #[arg(long, value_name = "P", default_value = "/capsd", global = true)]
     etcd_prefix: String,
@@ -32,6 +35,55 @@ pub struct Args {
     format: ReportFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+/// TLS and authentication towards etcd (`capsd fleet` and `capsd serve`).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct EtcdAuthArgs {
+    /// CA certificates (PEM) the etcd members' certificates must chain to (https:// endpoints;
+    /// default: the system's CA bundle).
+    #[arg(long, value_name = "FILE", env = "CAPSD_ETCD_CACERT", global = true)]
+    pub etcd_cacert: Option<PathBuf>,
+    /// Client certificate (PEM) for members that require one (with --etcd-key).
+    #[arg(long, value_name = "FILE", env = "CAPSD_ETCD_CERT", requires = "etcd_key", global = true)]
+    pub etcd_cert: Option<PathBuf>,
+    /// The client certificate's private key (PEM).
+    #[arg(long, value_name = "FILE", env = "CAPSD_ETCD_KEY", requires = "etcd_cert", global = true)]
+    pub etcd_key: Option<PathBuf>,
+    /// etcd user (etcd's authentication enabled), with --etcd-password-file.
+    #[arg(long, value_name = "NAME", env = "CAPSD_ETCD_USER", requires = "etcd_password_file", global = true)]
+    pub etcd_user: Option<String>,
+    /// File whose first line is the etcd user's password.
+    #[arg(long, value_name = "FILE", env = "CAPSD_ETCD_PASSWORD_FILE", requires = "etcd_user", global = true)]
+    pub etcd_password_file: Option<PathBuf>,
+}
+
+impl EtcdAuthArgs {
+    /// The connection settings for `endpoints` (files are checked when connecting; the
+    /// password file is read here, named when unreadable).
+    pub fn config(&self, endpoints: &[String]) -> Result<capsd_fleet::EtcdConfig> {
+        let password = match &self.etcd_password_file {
+            Some(p) => Some(capsd_fleet::etcd::read_password_file(p).context("--etcd-password-file")?),
+            None => None,
+        };
+        Ok(capsd_fleet::EtcdConfig {
+            endpoints: endpoints.to_vec(),
+            cacert: self.etcd_cacert.clone(),
+            cert: self.etcd_cert.clone(),
+            key: self.etcd_key.clone(),
+            user: self.etcd_user.clone(),
+            password,
+        })
+    }
+}
+
+/// Text read from the store, made safe for a terminal: control characters escaped
+/// (`\u{1b}`, `\n`), so a host cannot clear a screen, set a window title or fake rows.
+pub fn esc(s: &str) -> String {
+    if !s.chars().any(char::is_control) {
+        return s.to_owned();
+    }
+    s.chars().map(|c| if c.is_control() { c.escape_debug().to_string() } else { c.to_string() }).collect()
 }
 
 /// Which hosts to use.
@@ -106,8 +158,32 @@ enum Command {
         #[command(flatten)]
         query: QueryArgs,
     },
-    /// Delete stored documents that no host refers to any more.
+    /// Delete stored documents that no host refers to any more (needs write access to
+    /// P/docs/: etcd's root, or a role granting it).
     Gc,
+    /// Least privilege (etcd's authentication enabled, run as etcd's root): make etcd user
+    /// USER (default capsd-host-ID) with a role that may write only host ID's own keys
+    /// (its record, claim and references) and add documents; another host's credentials
+    /// cannot change or delete them.
+    GrantHost {
+        /// The host id (as given to `capsd serve --host-id`).
+        id: String,
+        /// The user's name (default: capsd-host-ID).
+        #[arg(long, value_name = "NAME")]
+        user: Option<String>,
+        /// File whose first line is the new user's password.
+        #[arg(long, value_name = "FILE", required = true)]
+        password_file: PathBuf,
+    },
+    /// Least privilege: make etcd user NAME with a read-only role on the fleet's prefix (for
+    /// `capsd fleet hosts|check|baseline|diff`).
+    GrantReader {
+        /// The user's name.
+        name: String,
+        /// File whose first line is the new user's password.
+        #[arg(long, value_name = "FILE", required = true)]
+        password_file: PathBuf,
+    },
 }
 
 pub fn run(args: Args) -> Result<ExitCode> {
@@ -117,11 +193,13 @@ pub fn run(args: Args) -> Result<ExitCode> {
         Ok(code) => Ok(code),
         Err(e) => {
             eprintln!("capsd: error: {e:#}");
-            let store = e.chain().any(|c| {
-                matches!(
-                    c.downcast_ref::<capsd_fleet::FleetError>(),
-                    Some(capsd_fleet::FleetError::Etcd { .. } | capsd_fleet::FleetError::Corrupt { .. })
-                )
+            // A file or endpoint given wrong is bad input; anything else about etcd is the store.
+            let store = e.chain().any(|c| match c.downcast_ref::<capsd_fleet::FleetError>() {
+                Some(capsd_fleet::FleetError::Etcd { error, .. }) => {
+                    !matches!(error, capsd_fleet::EtcdError::Config { .. } | capsd_fleet::EtcdError::BadEndpoint(_))
+                }
+                Some(capsd_fleet::FleetError::Corrupt { .. }) => true,
+                _ => false,
             });
             Ok(ExitCode::from(if store { NO_CAPABILITIES } else { BAD_INPUT }))
         }
@@ -150,28 +228,102 @@ async fn fleet(args: Args) -> Result<ExitCode> {
             capsd_fleet::validate_host_id(host_b)?;
             query.validate()?;
         }
-        Command::Gc => {}
+        Command::GrantHost { id, .. } => capsd_fleet::validate_host_id(id)?,
+        Command::Gc | Command::GrantReader { .. } => {}
     }
-    let mut client = capsd_fleet::connect(&args.etcd).await?;
-    if matches!(args.command, Command::Gc) {
-        let n = capsd_fleet::gc(&mut client, &args.etcd, &layout).await?;
-        println!("deleted {n} unreferenced document(s)");
-        return Ok(ExitCode::SUCCESS);
-    }
-    let mut snap = Snapshot::read(&mut client, &args.etcd, &layout).await?;
+    let cfg = args.etcd_auth.config(&args.etcd)?;
+    let client = capsd_fleet::connect(&cfg).await?;
     let json = args.format == ReportFormat::Json;
     let (out, code) = match args.command {
-        Command::Hosts(sel) => (hosts(&snap, &sel.selection()?, json)?, 0),
+        Command::Gc => {
+            let n = capsd_fleet::gc(&client, &layout).await?;
+            (format!("deleted {n} unreferenced document(s)\n"), 0)
+        }
+        Command::GrantHost { id, user, password_file } => {
+            let pw = capsd_fleet::etcd::read_password_file(&password_file).context("--password-file")?;
+            let user = user.unwrap_or_else(|| format!("capsd-host-{id}"));
+            let role = capsd_fleet::grant::grant_host(&client, &layout, &id, &user, &pw).await?;
+            (
+                format!(
+                    "etcd user '{user}' with role '{role}': may write host {id}'s keys and add documents under {}\n",
+                    layout.prefix()
+                ),
+                0,
+            )
+        }
+        Command::GrantReader { name, password_file } => {
+            let pw = capsd_fleet::etcd::read_password_file(&password_file).context("--password-file")?;
+            let role = capsd_fleet::grant::grant_reader(&client, &layout, &name, &pw).await?;
+            (format!("etcd user '{name}' with role '{role}': may read {}/\n", layout.prefix()), 0)
+        }
+        Command::Hosts(sel) => {
+            let snap = Snapshot::read(&client, &layout, &Scope::All).await?;
+            warn_problems(&snap, json);
+            (hosts(&snap, &sel.selection()?, json)?, 0)
+        }
         Command::Check { select, strict, .. } => {
             let (name, domain) = domain.context("no domain")?;
-            check(&mut snap, &name, &domain, &select.selection()?, strict, json)?
+            let sel = select.selection()?;
+            let scope = Scope::Query {
+                virt_type: domain.virt_type().to_owned(),
+                arch: domain.arch().map(str::to_owned),
+                machine: domain.machine().map(str::to_owned),
+                records: domain.arch().is_none() || !sel.selectors.is_empty(),
+            };
+            let mut snap = Snapshot::read(&client, &layout, &scope).await?;
+            let need = capsd_fleet::analysis::needed(&snap, &sel, domain.virt_type(), domain.arch(), domain.machine())?;
+            snap.fetch(&client, &layout, need).await?;
+            warn_problems(&snap, json);
+            check(&snap, &name, &domain, &sel, strict, json)?
         }
-        Command::Baseline { select, query } => (baseline(&mut snap, &select.selection()?, &query, json)?, 0),
-        Command::Diff { host_a, host_b, query } => diff(&mut snap, &host_a, &host_b, &query, json)?,
-        Command::Gc => unreachable!("handled above"),
+        Command::Baseline { select, query } => {
+            let sel = select.selection()?;
+            let scope = Scope::Query {
+                virt_type: query.virttype.clone(),
+                arch: query.arch.clone(),
+                machine: query.machine.clone(),
+                records: query.arch.is_none() || !sel.selectors.is_empty(),
+            };
+            let mut snap = Snapshot::read(&client, &layout, &scope).await?;
+            let need = capsd_fleet::analysis::needed(
+                &snap,
+                &sel,
+                &query.virttype,
+                query.arch.as_deref(),
+                query.machine.as_deref(),
+            )?;
+            snap.fetch(&client, &layout, need).await?;
+            warn_problems(&snap, json);
+            (baseline(&snap, &sel, &query, json)?, 0)
+        }
+        Command::Diff { host_a, host_b, query } => {
+            let mut snap = Snapshot::read(&client, &layout, &Scope::All).await?;
+            let sel = Selection { hosts: vec![host_a.clone(), host_b.clone()], selectors: Vec::new() };
+            let need = capsd_fleet::analysis::needed(
+                &snap,
+                &sel,
+                &query.virttype,
+                query.arch.as_deref(),
+                query.machine.as_deref(),
+            )?;
+            snap.fetch(&client, &layout, need).await?;
+            warn_problems(&snap, json);
+            diff(&snap, &host_a, &host_b, &query, json)?
+        }
     };
     std::io::stdout().lock().write_all(out.as_bytes()).context("writing to standard output")?;
     Ok(ExitCode::from(code))
+}
+
+/// What the read left out, as warnings on standard error (escaped; in JSON output they are
+/// also in the answer where it has a place for them).
+fn warn_problems(snap: &Snapshot, _json: bool) {
+    for p in &snap.problems {
+        match &p.host {
+            Some(h) => eprintln!("capsd: warning: host {}: {}: {} (left out)", esc(h), esc(&p.key), esc(&p.reason)),
+            None => eprintln!("capsd: warning: {}: {} (left out)", esc(&p.key), esc(&p.reason)),
+        }
+    }
 }
 
 fn hosts(snap: &Snapshot, sel: &Selection, json: bool) -> Result<String> {
@@ -182,7 +334,11 @@ fn hosts(snap: &Snapshot, sel: &Selection, json: bool) -> Result<String> {
             .map(|(_, h)| {
                 let docs: serde_json::Map<String, serde_json::Value> =
                     h.docs.iter().map(|(q, hash)| (q.to_string(), hash.clone().into())).collect();
-                serde_json::json!({"record": h.record, "documents": docs})
+                let mut o = serde_json::json!({"record": h.record, "documents": docs});
+                if let Some(d) = &h.damaged {
+                    o["damaged"] = d.clone().into();
+                }
+                o
             })
             .collect();
         return Ok(serde_json::to_string_pretty(&v)? + "\n");
@@ -194,15 +350,19 @@ fn hosts(snap: &Snapshot, sel: &Selection, json: bool) -> Result<String> {
         let r = &h.record;
         let mut qemu: Vec<&str> = r.emulators.iter().filter_map(|e| e.version.as_deref()).collect();
         qemu.dedup();
+        if let Some(d) = &h.damaged {
+            out.push_str(&format!("{:<24} (record not usable: {})\n", esc(id), esc(d)));
+            continue;
+        }
         out.push_str(&format!(
             "{:<24} {:<8} {:<9} {:<10} {:>4}  {:<10} {}\n",
-            id,
-            r.cpu.arch,
-            r.libvirt_version.as_deref().unwrap_or("-"),
-            if qemu.is_empty() { "-".to_owned() } else { qemu.join(",") },
+            esc(id),
+            esc(&r.cpu.arch),
+            esc(r.libvirt_version.as_deref().unwrap_or("-")),
+            esc(&if qemu.is_empty() { "-".to_owned() } else { qemu.join(",") }),
             h.docs.len(),
             format!("{}s ago", now.saturating_sub(r.updated_ms) / 1000),
-            r.cpu.model.as_deref().unwrap_or("-"),
+            esc(r.cpu.model.as_deref().unwrap_or("-")),
         ));
     }
     out.push_str(&format!("{} host(s)\n", hosts.len()));
@@ -210,15 +370,20 @@ fn hosts(snap: &Snapshot, sel: &Selection, json: bool) -> Result<String> {
 }
 
 fn check(
-    snap: &mut Snapshot,
+    snap: &Snapshot,
     name: &str,
     domain: &Domain,
     sel: &Selection,
     strict: bool,
     json: bool,
 ) -> Result<(String, u8)> {
-    let verdicts = capsd_fleet::analysis::check(snap, domain, sel)
-        .with_context(|| format!("{name}: not a usable domain definition"))?;
+    // Only the analysis's own refusal is the domain's fault; a store problem is not.
+    let verdicts = capsd_fleet::analysis::check(snap, domain, sel).map_err(|e| match e {
+        capsd_fleet::FleetError::Analysis(_) => {
+            anyhow::Error::new(e).context(format!("{name}: not a usable domain definition"))
+        }
+        e => anyhow::Error::new(e),
+    })?;
     let count = |v: Verdict| verdicts.iter().filter(|h| h.verdict == v).count();
     let can_run = |h: &&capsd_fleet::HostVerdict| match h.verdict {
         Verdict::Supported => true,
@@ -243,15 +408,15 @@ fn check(
     }
     let mut out = String::new();
     for h in &verdicts {
-        out.push_str(&format!("{:<24} {:<12} {}", h.host, h.verdict.as_str(), h.query.as_deref().unwrap_or("-")));
+        out.push_str(&format!("{:<24} {:<12} {}", esc(&h.host), h.verdict.as_str(), h.query.as_deref().unwrap_or("-")));
         if let Some(f) = &h.finding {
-            out.push_str(&format!("  {} = {} by {}", f.path, f.value, f.capability));
+            out.push_str(&format!("  {} = {} by {}", esc(&f.path), esc(&f.value), esc(&f.capability)));
             if let Some(n) = &f.note {
-                out.push_str(&format!(": {n}"));
+                out.push_str(&format!(": {}", esc(n)));
             }
         }
         if let Some(n) = &h.note {
-            out.push_str(&format!("  {n}"));
+            out.push_str(&format!("  {}", esc(n)));
         }
         out.push('\n');
     }
@@ -266,11 +431,11 @@ fn check(
     Ok((out, code))
 }
 
-fn baseline(snap: &mut Snapshot, sel: &Selection, q: &QueryArgs, json: bool) -> Result<String> {
+fn baseline(snap: &Snapshot, sel: &Selection, q: &QueryArgs, json: bool) -> Result<String> {
     let (docs, missing) =
         capsd_fleet::analysis::documents(snap, sel, &q.virttype, q.arch.as_deref(), q.machine.as_deref())?;
-    if !missing.is_empty() {
-        eprintln!("capsd: warning: left out of the baseline, no document for the query: {}", missing.join(", "));
+    for (id, why) in &missing {
+        eprintln!("capsd: warning: host {} left out of the baseline: {}", esc(id), esc(why));
     }
     if docs.is_empty() {
         anyhow::bail!(
@@ -285,11 +450,14 @@ fn baseline(snap: &mut Snapshot, sel: &Selection, q: &QueryArgs, json: bool) -> 
     Ok(if json { capsd_core::json::to_json(&base) } else { capsd_core::xml::to_xml(&base) })
 }
 
-fn diff(snap: &mut Snapshot, a: &str, b: &str, q: &QueryArgs, json: bool) -> Result<(String, u8)> {
-    let mut get = |id: &str| -> Result<std::sync::Arc<capsd_core::DomainCapabilities>> {
+fn diff(snap: &Snapshot, a: &str, b: &str, q: &QueryArgs, json: bool) -> Result<(String, u8)> {
+    let get = |id: &str| -> Result<std::sync::Arc<capsd_core::DomainCapabilities>> {
         let sel = Selection { hosts: vec![id.to_owned()], selectors: Vec::new() };
-        let (mut docs, _) =
+        let (mut docs, missing) =
             capsd_fleet::analysis::documents(snap, &sel, &q.virttype, q.arch.as_deref(), q.machine.as_deref())?;
+        if let Some((_, why)) = missing.first() {
+            eprintln!("capsd: warning: host {}: {}", esc(id), esc(why));
+        }
         let (_, d) = docs.pop().ok_or_else(|| capsd_fleet::FleetError::NoDocument {
             host: id.to_owned(),
             query: format!(

@@ -25,7 +25,7 @@ pub struct Args {
 pub fn run(args: Args) -> Result<ExitCode> {
     let sock = helper::inherited_socket()?;
     let identity = FileIdentity { dev: args.plugin_dev, ino: args.plugin_ino };
-    match helper::serve(sock, &args.plugin, identity) {
+    match helper::serve_contained(sock, &args.plugin, identity) {
         Ok(()) => Ok(ExitCode::SUCCESS),
         // Already sent to capsd, which reports it with the plugin's name.
         Err(helper::HelperError::Load(_)) => Ok(ExitCode::FAILURE),

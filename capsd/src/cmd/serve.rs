@@ -18,7 +18,7 @@ use anyhow::{Context as _, Result};
 
 use crate::agent::activation::{self, Inherited};
 use crate::agent::auth::TokenFile;
-use crate::agent::conn::{self, ConnLimits};
+use crate::agent::conn::{self, ConnLimits, Pool, Pools};
 use crate::agent::emulators::EmulatorPolicy;
 use crate::agent::server::{self, RouterOptions};
 use crate::agent::{Agent, Limits};
@@ -30,6 +30,11 @@ const GRACE: Duration = Duration::from_millis(1000);
 #[derive(Debug, clap::Args)]
 #[command(after_help = "Access: whoever can open the socket (--socket-mode, --socket-group) may ask; \
 on TCP every /v1/ request needs the --token-file token.\n\
+Connection budgets: the Unix socket and authenticated TCP each have --max-connections (256) slots; \
+a TCP connection that has not yet sent a request with the token takes one of --max-unauthenticated (16) \
+and must send a request head within --unauthenticated-timeout-ms (2000) of being accepted or answered, \
+so unauthenticated clients never take the Unix socket's slots nor the token holders' once connected, \
+and each holds a TCP slot briefly.\n\
 Signals: SIGTERM/SIGINT stop (requests in flight get 1 s, then the agent exits anyway and removes the \
 socket it bound); SIGHUP reads --token-file again.\n\
 Socket activation: started by systemd with sockets passed (LISTEN_FDS, LISTEN_PID; \
@@ -66,9 +71,21 @@ pub struct Args {
     /// Memory for kept documents, in MiB (least recently used ones go first).
     #[arg(long, value_name = "MIB", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=65536))]
     cache_mib: u32,
-    /// Connections served at once (Unix socket and TCP together); one more is closed at once.
+    /// Connections served at once, per pool: the Unix socket has a pool of this size, and
+    /// TCP connections that sent the token have another (so TCP clients never hold the Unix
+    /// socket's slots); one more in a pool is closed at once.
     #[arg(long, value_name = "N", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..))]
     max_connections: u32,
+    /// TCP connections that have not yet sent a request with the token, at once: a small
+    /// pool of their own; one more is closed at once. A request with the token moves its
+    /// connection into the --max-connections pool.
+    #[arg(long, value_name = "N", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..))]
+    max_unauthenticated: u32,
+    /// Header and idle timeout of TCP connections that have not yet sent the token: such a
+    /// connection is closed after this many milliseconds without a whole request head (from
+    /// its acceptance or its last answer, whether it sent bytes or not).
+    #[arg(long, value_name = "MS", default_value_t = 2_000, value_parser = clap::value_parser!(u64).range(1..))]
+    unauthenticated_timeout_ms: u64,
     /// A client must send a whole request head within this many milliseconds of its first
     /// byte, or the connection is closed.
     #[arg(long, value_name = "MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
@@ -100,7 +117,7 @@ pub struct Args {
     #[arg(long, value_name = "DIR")]
     fixtures: Option<PathBuf>,
     /// Publish this host's documents to etcd: endpoints, comma-separated
-    /// (http://HOST:PORT or HOST:PORT). Needs --host-id. See `capsd fleet --help`.
+    /// (http://HOST:PORT, https://HOST:PORT or HOST:PORT). Needs --host-id. See `capsd fleet --help`.
     #[arg(long, value_name = "ENDPOINTS", value_delimiter = ',', requires = "host_id", env = "CAPSD_ETCD")]
     etcd: Vec<String>,
     /// This host's name in the fleet (letters, digits, . _ - :), with --etcd.
@@ -117,20 +134,32 @@ pub struct Args {
     /// The driver whose documents are published.
     #[arg(long, value_name = "NAME", default_value = "qemu")]
     publish_driver: String,
+    #[command(flatten)]
+    etcd_auth: super::fleet::EtcdAuthArgs,
+    /// Publish even when another agent holds --host-id (its lease alive): its keys are
+    /// removed. Without, such an agent is refused at start.
+    #[arg(long)]
+    take_over: bool,
 }
 
 /// The publishing options, when --etcd was given (bad values named).
-fn publish_options(args: &Args) -> Result<Option<crate::agent::publish::Options>> {
+fn publish_options(args: &Args, state_dir: Option<&std::path::Path>) -> Result<Option<crate::agent::publish::Options>> {
     if args.etcd.is_empty() {
         return Ok(None);
     }
     let host_id = args.host_id.clone().context("--etcd needs --host-id")?;
     capsd_fleet::validate_host_id(&host_id)?;
     let config = capsd_fleet::PublishConfig {
-        endpoints: args.etcd.clone(),
+        etcd: args.etcd_auth.config(&args.etcd)?,
         layout: capsd_fleet::Layout::new(&args.etcd_prefix).context("--etcd-prefix")?,
+        // The claim's identity: this agent's state (its cache directory, else its socket).
+        owner: capsd_fleet::publish::owner_token(
+            state_dir.or(args.socket.as_deref()).unwrap_or(std::path::Path::new("")),
+            &host_id,
+        ),
         host_id,
         ttl: Duration::from_secs(args.etcd_ttl),
+        take_over: args.take_over,
     };
     Ok(Some(crate::agent::publish::Options { config, driver: args.publish_driver.clone() }))
 }
@@ -175,11 +204,20 @@ pub fn run(ctx: &super::Context, args: Args) -> Result<ExitCode> {
     let opts = DriverOptions {
         test_fixtures: args.fixtures.clone(),
         cache_dir: ctx.cache_dir.clone(),
-        emulator_search: Some(EmulatorSearch { dirs: policy.system_dirs().to_vec(), accept: EmulatorPolicy::picks }),
+        emulator_search: Some(EmulatorSearch {
+            dirs: policy.system_dirs().to_vec(),
+            accept: EmulatorPolicy::picks,
+            check: {
+                let policy = policy.clone();
+                Arc::new(move |resolved: &std::path::Path, st: &nix::sys::stat::FileStat| {
+                    policy.check_opened(resolved, st)
+                })
+            },
+        }),
         ..DriverOptions::default()
     };
     let registry = super::domcaps::registry(ctx, &opts)?;
-    publish_options(&args)?;
+    let publish = publish_options(&args, ctx.cache_dir.as_deref())?;
     let socket = match (args.socket.clone(), inherited.is_empty()) {
         (Some(s), _) => Some(s),
         (None, true) => Some(default_socket()?),
@@ -201,7 +239,7 @@ pub fn run(ctx: &super::Context, args: Args) -> Result<ExitCode> {
     rt.max_blocking_threads(limits.max_probes + 4);
     let rt = rt.build().context("starting the async runtime")?;
     let agent = Arc::new(Agent::with_limits(registry, policy, limits));
-    let result = rt.block_on(serve(agent, socket, inherited, token.map(Arc::new), args));
+    let result = rt.block_on(serve(agent, socket, inherited, token.map(Arc::new), args, publish));
     // A derivation still blocked (a hung probe) does not hold up the exit; its probe is
     // killed (with all it started) and its private directory removed here.
     rt.shutdown_timeout(Duration::from_millis(100));
@@ -226,6 +264,7 @@ async fn serve(
     inherited: Vec<Inherited>,
     token: Option<Arc<TokenFile>>,
     args: Args,
+    publish: Option<crate::agent::publish::Options>,
 ) -> Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     // Installed first: a signal that comes while starting up is not lost (nor fatal).
@@ -264,23 +303,37 @@ async fn serve(
         header_timeout: Duration::from_millis(args.header_timeout_ms),
         idle_timeout: Duration::from_millis(args.idle_timeout_ms),
     };
-    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+    let short = Duration::from_millis(args.unauthenticated_timeout_ms);
+    // One pool per kind of client: the Unix socket's, authenticated TCP's, and the small one
+    // of TCP connections that have not sent the token yet (`agent::conn`).
+    let unix_pools = Pools { main: Pool::new(limits), unauthenticated: None };
+    let tcp_pools = Pools {
+        main: Pool::new(limits),
+        unauthenticated: Some(Pool::new(ConnLimits {
+            max_connections: args.max_unauthenticated as usize,
+            header_timeout: short.min(limits.header_timeout),
+            idle_timeout: short.min(limits.idle_timeout),
+        })),
+    };
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut tasks = tokio::task::JoinSet::new();
     let unix_router = server::router(agent.clone(), &RouterOptions { token: None });
     for l in unix {
-        tasks.spawn(conn::serve(l, unix_router.clone(), limits, slots.clone(), agent.metrics.clone(), stop_rx.clone()));
+        tasks.spawn(conn::serve(l, unix_router.clone(), unix_pools.clone(), agent.metrics.clone(), stop_rx.clone()));
     }
     let tcp_router = server::router(agent.clone(), &RouterOptions { token: token.clone() });
     for l in tcp {
         tracing::info!(addr = ?l.local_addr().ok(), "listening on loopback TCP (token required)");
-        tasks.spawn(conn::serve(l, tcp_router.clone(), limits, slots.clone(), agent.metrics.clone(), stop_rx.clone()));
+        tasks.spawn(conn::serve(l, tcp_router.clone(), tcp_pools.clone(), agent.metrics.clone(), stop_rx.clone()));
     }
     if args.recheck_ms > 0 {
         tokio::spawn(agent.clone().watch(Duration::from_millis(args.recheck_ms)));
     }
+    // A publisher refused for good (the host id is another agent's) stops the agent.
+    let (refused_tx, mut refused_rx) = tokio::sync::mpsc::channel::<String>(1);
     let publishing =
-        publish_options(&args)?.map(|o| tokio::spawn(crate::agent::publish::run(agent.clone(), o, stop_rx.clone())));
+        publish.map(|o| tokio::spawn(crate::agent::publish::run(agent.clone(), o, stop_rx.clone(), refused_tx)));
+    let mut refused = None;
     tracing::info!(socket = ?socket, drivers = ?agent.registry, limits = ?agent_limits(&args), "capsd agent serving");
     server::notify_ready();
     loop {
@@ -294,6 +347,7 @@ async fn serve(
                 },
                 None => tracing::info!("SIGHUP: no --token-file to read again; nothing else to do"),
             },
+            Some(e) = refused_rx.recv() => { refused = Some(e); break; }
             r = tasks.join_next() => {
                 if let Some(Err(e)) = r {
                     tracing::error!(error = %e, "a listener task failed; shutting down");
@@ -311,17 +365,23 @@ async fn serve(
     if let Some(p) = publishing {
         let _ = tokio::time::timeout(Duration::from_secs(5), p).await;
     }
-    Ok(())
+    match refused {
+        Some(e) => Err(anyhow::anyhow!("not publishing: {e}")),
+        None => Ok(()),
+    }
 }
 
 /// The limits as logged at start-up.
 fn agent_limits(args: &Args) -> String {
     format!(
-        "max-probes {:?}, cache {} documents / {} MiB, {} connections, timeouts: head {} ms, idle {} ms, request {} ms",
+        "max-probes {:?}, cache {} documents / {} MiB, {} connections per pool (Unix, TCP with the token), \
+         {} TCP without the token yet ({} ms), timeouts: head {} ms, idle {} ms, request {} ms",
         args.max_probes,
         args.cache_entries,
         args.cache_mib,
         args.max_connections,
+        args.max_unauthenticated,
+        args.unauthenticated_timeout_ms,
         args.header_timeout_ms,
         args.idle_timeout_ms,
         args.request_timeout_ms

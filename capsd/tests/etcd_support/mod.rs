@@ -23,18 +23,29 @@ pub struct Member {
     pub client_port: u16,
     pub peer_port: u16,
     pub child: Option<Child>,
+    pub tls: bool,
 }
 
 impl Member {
     pub fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client_port)
+        format!("{}://127.0.0.1:{}", if self.tls { "https" } else { "http" }, self.client_port)
     }
+}
+
+/// TLS for the members' client port: their certificate and key, and the CA whose
+/// certificates clients must present.
+#[derive(Debug, Clone)]
+pub struct ServerTls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub client_ca: PathBuf,
 }
 
 #[derive(Debug)]
 pub struct Etcd {
     pub dir: tempfile::TempDir,
     pub members: Vec<Member>,
+    pub tls: Option<ServerTls>,
 }
 
 impl Etcd {
@@ -42,9 +53,38 @@ impl Etcd {
     pub fn plan(n: usize) -> Etcd {
         assert!(Path::new(ETCD).exists(), "{ETCD} is missing: run .ci/setup (package etcd-server)");
         let members = (0..n)
-            .map(|i| Member { name: format!("m{i}"), client_port: free_port(), peer_port: free_port(), child: None })
+            .map(|i| Member {
+                name: format!("m{i}"),
+                client_port: free_port(),
+                peer_port: free_port(),
+                child: None,
+                tls: false,
+            })
             .collect();
-        Etcd { dir: tempfile::tempdir().unwrap(), members }
+        Etcd { dir: tempfile::tempdir().unwrap(), members, tls: None }
+    }
+
+    /// Start an `n`-member cluster whose client port needs TLS with a client certificate
+    /// signed by `tls.client_ca`; `ready` says when a member answers (the caller's client).
+    pub fn start_tls(n: usize, tls: ServerTls, ready: impl Fn(&str) -> bool) -> Etcd {
+        let mut e = Etcd::plan(n);
+        for m in &mut e.members {
+            m.tls = true;
+        }
+        e.tls = Some(tls);
+        e.spawn_all();
+        for i in 0..n {
+            let t = Instant::now();
+            let ep = e.members[i].endpoint();
+            while !ready(&ep) {
+                if t.elapsed() > Duration::from_secs(30) {
+                    let log = std::fs::read_to_string(e.dir.path().join(format!("m{i}.log"))).unwrap_or_default();
+                    panic!("etcd member m{i} did not answer over TLS in 30 s; its log:\n{log}");
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+        e
     }
 
     /// Start an `n`-member cluster and wait until it answers.
@@ -56,13 +96,30 @@ impl Etcd {
 
     /// Start every planned member and wait until each is healthy.
     pub fn launch(&mut self) {
+        self.spawn_all();
+        for i in 0..self.members.len() {
+            self.wait_healthy(i);
+        }
+    }
+
+    fn spawn_all(&mut self) {
         let cluster: Vec<String> =
             self.members.iter().map(|m| format!("{}=http://127.0.0.1:{}", m.name, m.peer_port)).collect();
         let cluster = cluster.join(",");
         for m in &mut self.members {
             let data: PathBuf = self.dir.path().join(&m.name);
             let log = std::fs::File::create(self.dir.path().join(format!("{}.log", m.name))).unwrap();
-            let child = Command::new(ETCD)
+            let mut cmd = Command::new(ETCD);
+            if let Some(t) = &self.tls {
+                cmd.arg("--cert-file")
+                    .arg(&t.cert)
+                    .arg("--key-file")
+                    .arg(&t.key)
+                    .arg("--client-cert-auth")
+                    .arg("--trusted-ca-file")
+                    .arg(&t.client_ca);
+            }
+            let child = cmd
                 .arg("--name")
                 .arg(&m.name)
                 .arg("--data-dir")
@@ -87,9 +144,6 @@ impl Etcd {
                 .spawn()
                 .unwrap();
             m.child = Some(child);
-        }
-        for i in 0..self.members.len() {
-            self.wait_healthy(i);
         }
     }
 

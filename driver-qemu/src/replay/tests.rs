@@ -200,3 +200,23 @@ fn host_facts_replace_and_merge() {
         FactsFile::parse("f.json", "{\"cpu_map_dir\": \"/nonexistent\"}").unwrap().apply("f.json", &base).unwrap_err();
     assert!(e.to_string().contains("/nonexistent"), "{e}");
 }
+
+#[test]
+fn truncated_or_damaged_transcripts_are_errors_not_panics() {
+    let data = recorded_x86();
+    let mut small = data.run(Accel::Tcg).unwrap().clone();
+    small.exchanges.retain(|e| matches!(e.execute.as_str(), "query-target" | "query-kvm" | "query-version"));
+    let text = replies(&[&small, &small]);
+    assert!(parse("t.replies", &text).is_ok());
+    for cut in (0..text.len()).filter(|c| text.is_char_boundary(*c)) {
+        let _ = parse("t.replies", &text[..cut]);
+    }
+    let bytes = text.as_bytes();
+    for i in (0..bytes.len()).step_by(7) {
+        let mut b = bytes.to_vec();
+        b[i] = b'}';
+        if let Ok(s) = std::str::from_utf8(&b) {
+            let _ = parse("t.replies", s);
+        }
+    }
+}

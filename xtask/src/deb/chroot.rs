@@ -26,6 +26,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
+use super::Report;
+
 /// What a base chroot holds besides minbase; a change rebuilds the bases.
 const BASE_PACKAGES: &str = "systemd man-db bash-completion";
 
@@ -48,24 +50,18 @@ const STATE_PATHS: [&str; 12] = [
     "etc/subuid",
 ];
 
-pub fn run(root: &Path, deb: &Path, suites: &[String]) -> Result<()> {
-    let uid = super::output(Command::new("id").arg("-u"))?;
-    if uid.trim() != "0" {
-        bail!("cargo xtask deb --test builds and enters chroots: run it as root");
-    }
+pub fn run(root: &Path, deb: &Path, suites: &[String], report: &mut Report) -> Result<()> {
     super::require_tools(&[
         ("debootstrap", "debootstrap"),
         ("chroot", "coreutils"),
         ("mount", "mount"),
         ("lintian", "lintian"),
     ])?;
-    let dir =
-        std::env::var_os("CAPSD_DEB_TEST_DIR").map_or_else(|| PathBuf::from("/var/lib/capsd-deb-test"), PathBuf::from);
+    let dir = test_dir();
     let arch = super::output(Command::new("dpkg").arg("--print-architecture"))?.trim().to_owned();
     let commit = super::output(Command::new("git").args(["rev-parse", "--short=12", "HEAD"]).current_dir(root))
         .map(|c| c.trim().to_owned())
         .ok();
-    let mut report = Report::default();
     report.check("host", "lintian: no errors or warnings", || {
         super::output(Command::new("lintian").args(["--fail-on", "error,warning"]).arg(deb)).map(drop)
     });
@@ -78,7 +74,7 @@ pub fn run(root: &Path, deb: &Path, suites: &[String]) -> Result<()> {
             let sys = Overlay::mount(&dir.join(suite), &base)?;
             let ctx =
                 Ctx { root: sys.merged.clone(), suite: suite.clone(), deb: deb.to_path_buf(), commit: commit.clone() };
-            checks(&ctx, &mut report);
+            checks(&ctx, report);
         }
         println!(
             "xtask deb: {suite}: base ready in {:.0} s, checks took {:.0} s",
@@ -86,44 +82,16 @@ pub fn run(root: &Path, deb: &Path, suites: &[String]) -> Result<()> {
             t.elapsed().as_secs_f64()
         );
     }
-    let failed = report.failed.len();
-    for (name, why) in &report.failed {
-        println!("xtask deb: FAILED {name}: {why:#}");
-    }
-    println!("deb: {} passed, {failed} failed", report.passed);
-    if failed > 0 {
-        bail!("{failed} package check(s) failed");
-    }
     Ok(())
 }
 
-#[derive(Debug, Default)]
-struct Report {
-    passed: usize,
-    failed: Vec<(String, anyhow::Error)>,
-}
-
-impl Report {
-    fn check(&mut self, suite: &str, name: &str, f: impl FnOnce() -> Result<()>) -> bool {
-        let name = format!("{suite}: {name}");
-        let t = Instant::now();
-        match f() {
-            Ok(()) => {
-                println!("xtask deb: ok {name} ({:.1} s)", t.elapsed().as_secs_f64());
-                self.passed += 1;
-                true
-            }
-            Err(e) => {
-                println!("xtask deb: FAILED {name}: {e:#}");
-                self.failed.push((name, e));
-                false
-            }
-        }
-    }
+/// Where the cached bases live: `/var/lib/capsd-deb-test`, or `$CAPSD_DEB_TEST_DIR`.
+pub(super) fn test_dir() -> PathBuf {
+    std::env::var_os("CAPSD_DEB_TEST_DIR").map_or_else(|| PathBuf::from("/var/lib/capsd-deb-test"), PathBuf::from)
 }
 
 /// The Debian mirror this machine's apt uses (its main archive, not the security one).
-fn mirror() -> Result<String> {
+pub(super) fn mirror() -> Result<String> {
     let mut text = String::new();
     for f in ["/etc/apt/sources.list", "/etc/apt/sources.list.d/debian.sources"] {
         text.push_str(&std::fs::read_to_string(f).unwrap_or_default());
@@ -196,7 +164,7 @@ fn ensure_base(dir: &Path, suite: &str, arch: &str) -> Result<PathBuf> {
 }
 
 /// Refuse to delete a tree something is still mounted in (a host /dev bound in, say).
-fn refuse_mounted(dir: &Path) -> Result<()> {
+pub(super) fn refuse_mounted(dir: &Path) -> Result<()> {
     let mounts = std::fs::read_to_string("/proc/self/mounts").context("reading /proc/self/mounts")?;
     let prefix = dir.to_string_lossy().into_owned();
     if let Some(m) = mounts.lines().filter_map(|l| l.split(' ').nth(1)).find(|m| m.starts_with(&prefix)) {
@@ -211,11 +179,11 @@ fn mount(args: &[&str], target: &Path) -> Result<()> {
 
 /// Mount points made by a run, unmounted in reverse order when dropped.
 #[derive(Debug, Default)]
-struct Mounts(Vec<PathBuf>);
+pub(super) struct Mounts(Vec<PathBuf>);
 
 impl Mounts {
     /// The host's /proc, /sys, /dev and /dev/pts bound into `root`.
-    fn bind_host(root: &Path) -> Result<Mounts> {
+    pub(super) fn bind_host(root: &Path) -> Result<Mounts> {
         let mut m = Mounts::default();
         m.bind_into(root)?;
         Ok(m)
@@ -282,7 +250,7 @@ impl Drop for Overlay {
 
 /// `sh -ec SCRIPT` in the chroot with a clean environment; its stdout, or an error with its
 /// output.
-fn in_chroot(root: &Path, script: &str) -> Result<String> {
+pub(super) fn in_chroot(root: &Path, script: &str) -> Result<String> {
     let out = Command::new("chroot")
         .arg(root)
         .args(["/usr/bin/env", "-i", "PATH=/usr/sbin:/usr/bin:/sbin:/bin", "HOME=/root", "LC_ALL=C.UTF-8"])
@@ -303,7 +271,7 @@ fn in_chroot(root: &Path, script: &str) -> Result<String> {
     Ok(stdout)
 }
 
-fn tail(text: &str) -> String {
+pub(super) fn tail(text: &str) -> String {
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(15)..].iter().map(|l| format!("  {l}\n")).collect()
 }
@@ -321,7 +289,7 @@ fn checks(ctx: &Ctx, report: &mut Report) {
     let before = match tree(root) {
         Ok(t) => t,
         Err(e) => {
-            report.failed.push((format!("{suite}: listing the clean chroot"), e));
+            report.fail(suite, "listing the clean chroot", e);
             return;
         }
     };

@@ -156,8 +156,9 @@ FAKE
 c_devices() {
     local d made=() conf=/run/systemd/system/capsd.service.d/zz-vmtest-devices.conf inside outside
     # The loop writes nothing: it opens each device write-only (what the cgroup's device filter
-    # decides on; QEMU opens them read-write) as the service's user.
-    local loop='for d in /dev/kvm /dev/sev /dev/sgx_vepc; do if [ -e $d ]; then if : 2>/dev/null >>$d; then echo "$d open"; else echo "$d refused"; fi; fi; done'
+    # decides on; QEMU opens them read-write) as the service's user. `true`, not `:`: a failed
+    # redirection of a special built-in ends a POSIX shell.
+    local loop='for d in /dev/kvm /dev/sev /dev/sgx_vepc; do if [ -e $d ]; then if true 2>/dev/null >>$d; then echo "$d open"; else echo "$d refused"; fi; fi; done'
     for d in /dev/sev /dev/sgx_vepc; do
         if [ ! -e "$d" ]; then
             # This VM has no SEV or SGX: a stand-in node (/dev/kmsg's numbers, which user capsd

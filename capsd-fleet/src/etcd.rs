@@ -29,6 +29,9 @@ use serde_json::{json, Value};
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long one request may take (a watch: its start).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long one range may take: a page of 100,000 keys is a few seconds of a loaded etcd's
+/// JSON encoding.
+const RANGE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Largest reply read: etcd's gateway itself sets no limit, so this bounds the client's
 /// memory; a range page above it is read again in smaller pages (`store::range_all`).
 const MAX_REPLY: usize = 64 << 20;
@@ -700,8 +703,8 @@ impl Client {
         with_token: bool,
     ) -> Result<T, EtcdError> {
         let shown = self.endpoint().to_owned();
-        let timeout =
-            || EtcdError::Timeout { endpoint: shown.clone(), path: path.to_owned(), secs: REQUEST_TIMEOUT.as_secs() };
+        let limit = if path == "/v3/kv/range" { RANGE_TIMEOUT } else { REQUEST_TIMEOUT };
+        let timeout = || EtcdError::Timeout { endpoint: shown.clone(), path: path.to_owned(), secs: limit.as_secs() };
         let work = async {
             let pooled = self.inner.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
             let mut conn = match pooled {
@@ -750,7 +753,7 @@ impl Client {
             }
             serde_json::from_slice(&bytes).map_err(not_json)
         };
-        tokio::time::timeout(REQUEST_TIMEOUT, work).await.map_err(|_| timeout())?
+        tokio::time::timeout(limit, work).await.map_err(|_| timeout())?
     }
 
     /// `/v3/kv/range` (the answer decoded straight into its types: a page of thousands of

@@ -33,6 +33,10 @@
 //! firmware descriptor directories (listing with sizes and mtimes), and the
 //! presence/identity of a few other host files the document depends on (swtpm, `/dev/sev`,
 //! libvirt's default loader images, ...). Computing it reads no large file: about 100 µs.
+//! The probe user enters as what it is chosen from (`CAPSD_PROBE_USER` or `host`, and the
+//! stamps of `qemu.conf`, libvirt's QEMU driver module, `/etc/passwd`, `/etc/group`,
+//! `/etc/nsswitch.conf`), so a lookup resolves no user. A header whose stored key is byte
+//! for byte the current key's serialization is read without decoding that key.
 //! Not covered: the firmware images a descriptor names (only the descriptors are stamped;
 //! an image deleted or installed alone leaves the entry in place).
 //!

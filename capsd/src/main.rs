@@ -123,8 +123,11 @@ fn main() -> ExitCode {
         plugin_timeout: std::time::Duration::from_millis(cli.plugin_timeout_ms),
     };
     // The agent handles its signals itself, the plugin helper needs no cleanup; every other
-    // command removes its probes on them.
-    if !matches!(cli.command, Command::Serve(_) | Command::PluginHost(_)) {
+    // command removes its probes on them. `domcapabilities`, which starts no thread before it
+    // probes and is mostly answered from the cache, sets that up only when a probe starts.
+    if matches!(cli.command, Command::DomCapabilities(_)) {
+        signals::cleanup_on_signals_before_probes();
+    } else if !matches!(cli.command, Command::Serve(_) | Command::PluginHost(_)) {
         if let Err(e) = signals::cleanup_on_signals() {
             tracing::warn!(error = %format!("{e:#}"), "an interrupted probe may leave files behind");
         }

@@ -91,6 +91,15 @@ pub fn abort_probes() {
     driver_qemu::process::abort_all();
 }
 
+/// Run `hook` on the thread about to probe, before each probe of driver-qemu starts (never
+/// for an answer from its cache); nothing without driver-qemu.
+pub fn before_probes(hook: fn()) {
+    #[cfg(feature = "qemu")]
+    driver_qemu::before_probes(hook);
+    #[cfg(not(feature = "qemu"))]
+    let _ = hook;
+}
+
 /// The default probe cache directory (driver-qemu's rule), `None` without driver-qemu.
 pub fn default_cache_dir() -> Option<std::path::PathBuf> {
     #[cfg(feature = "qemu")]

@@ -7,6 +7,23 @@
 use anyhow::{Context, Result};
 use nix::sys::signal::{self, SigHandler, SigSet, Signal};
 
+/// [`cleanup_on_signals`] when a probe is about to start (see
+/// [`crate::registry::before_probes`]), once per process: a command whose answer may come
+/// from the probe cache (`domcapabilities`) starts no signal thread for a warm answer. The
+/// hook runs on the thread that is about to probe, before the probe starts any thread, so
+/// for a command with no other thread every thread that exists during a probe has the
+/// signals blocked.
+pub fn cleanup_on_signals_before_probes() {
+    crate::registry::before_probes(|| {
+        static ONCE: std::sync::Once = std::sync::Once::new();
+        ONCE.call_once(|| {
+            if let Err(e) = cleanup_on_signals() {
+                tracing::warn!(error = %format!("{e:#}"), "an interrupted probe may leave files behind");
+            }
+        });
+    });
+}
+
 /// Block the signals in this thread (and so in every thread it starts afterwards: call it
 /// before any) and start the thread that handles them.
 pub fn cleanup_on_signals() -> Result<()> {

@@ -33,6 +33,10 @@
 //! firmware descriptor directories (listing with sizes and mtimes), and the
 //! presence/identity of a few other host files the document depends on (swtpm, `/dev/sev`,
 //! libvirt's default loader images, ...). Computing it reads no large file: about 100 µs.
+//! The probe user enters as what it is chosen from (`CAPSD_PROBE_USER` or `host`, and the
+//! stamps of `qemu.conf`, libvirt's QEMU driver module, `/etc/passwd`, `/etc/group`,
+//! `/etc/nsswitch.conf`), so a lookup resolves no user. A header whose stored key is byte
+//! for byte the current key's serialization is read without decoding that key.
 //! Not covered: the firmware images a descriptor names (only the descriptors are stamped;
 //! an image deleted or installed alone leaves the entry in place).
 //!
@@ -119,10 +123,13 @@ pub struct KeySources {
     /// The program itself (like libvirt watching its daemon's ctime): a rebuilt or upgraded
     /// capsd may ask QEMU more, so it re-probes even when its version string is unchanged.
     pub app_binary: Option<PathBuf>,
-    /// The user probes run as ([`crate::process::choose_probe_user`]: `CAPSD_PROBE_USER`,
-    /// libvirt's QEMU user, ...), `None` when they run as capsd itself: whether a probe gets
-    /// KVM depends on it, and processes with different settings share one cache directory. (`QemuDriver::with_probe_user` is not
-    /// seen here: a caller that sets it sets this too.)
+    /// Who probes run as, `None` when they run as capsd itself: whether a probe gets KVM
+    /// depends on it, and processes with different settings share one cache directory.
+    /// [`KeySources::host`] puts here what [`crate::process::choose_probe_user`] decides
+    /// from ([`crate::process::probe_user_inputs`]: `CAPSD_PROBE_USER` or `host`), and the
+    /// files it reads ([`crate::process::probe_user_files`]) in `other_files`, so a lookup
+    /// resolves no user. (`QemuDriver::with_probe_user` is not seen here: a caller that
+    /// sets it sets this too, e.g. to the user's name.)
     pub probe_user: Option<String>,
 }
 
@@ -176,12 +183,12 @@ impl KeySources {
                 "/sys/firmware/uv/prot_virt_host",
                 "/sys/module/kvm_amd/parameters/sev",
                 "/sys/module/kvm/parameters/prot_virt",
-                // Who probes (libvirt's QEMU user and group) and that user's groups.
-                crate::process::LIBVIRT_QEMU_CONF,
-                "/etc/group",
             ]
             .iter()
             .map(PathBuf::from)
+            // Who probes (libvirt's QEMU user and group) and that user's groups: the files
+            // the choice is made from, so that a warm lookup looks no user up.
+            .chain(crate::process::probe_user_files())
             // Listed as `<loader>` values when no firmware descriptor applies.
             .chain(crate::host::DEFAULT_LOADERS.iter().map(PathBuf::from))
             // The installed libvirt's library (its file name is the release the documents
@@ -191,8 +198,9 @@ impl KeySources {
             .collect(),
             cpu_map_dir: crate::cpu::host::cpu_map_dir(),
             app_binary: std::env::current_exe().ok(),
-            // As the driver chooses it; an unknown CAPSD_PROBE_USER fails the query anyway.
-            probe_user: crate::process::choose_probe_user().ok().flatten().map(|u| u.label()),
+            // What the driver's choice is made from (with the files above), not the choice:
+            // the user is looked up only when a probe runs.
+            probe_user: crate::process::probe_user_inputs(),
         }
     }
 }
@@ -868,6 +876,12 @@ struct Header {
     written: u64,
 }
 
+/// A [`Header`] read without its key (known equal: [`header_holds_key`]).
+#[derive(Debug, Deserialize)]
+struct HeaderSegments {
+    segments: Vec<Segment>,
+}
+
 #[derive(Debug, Serialize, Deserialize)]
 struct Segment {
     name: String,
@@ -1061,21 +1075,32 @@ fn decode(f: &File, size: usize, key: &CacheKey, runs: Runs<'_>) -> Result<(Prob
     if format!("{:016x}", checksum(header_bytes)) != hsum {
         return Err(damaged("header checksum mismatch"));
     }
-    let header: Header =
-        serde_json::from_slice(header_bytes).map_err(|e| FileProblem::Damaged(format!("header: {e}")))?;
-    if header.probe_format != PROBE_FORMAT_VERSION {
-        return Err(FileProblem::OtherVersion(format!(
-            "probe format {}, this capsd uses {PROBE_FORMAT_VERSION}",
-            header.probe_format
-        )));
-    }
-    if let Some(what) = key_difference(&header.key, key) {
-        return Err(FileProblem::Stale(what));
-    }
+    // The stored key is compared as the bytes [`encode`] wrote for it: when they are the
+    // current key's serialization, the keys are equal and the header is read without
+    // building the stored key (a few hundred file stamps). Anything else (another key, or
+    // the same key serialized otherwise) takes the whole comparison.
+    let segments = if header_holds_key(header_bytes, key) {
+        let header: HeaderSegments =
+            serde_json::from_slice(header_bytes).map_err(|e| FileProblem::Damaged(format!("header: {e}")))?;
+        header.segments
+    } else {
+        let header: Header =
+            serde_json::from_slice(header_bytes).map_err(|e| FileProblem::Damaged(format!("header: {e}")))?;
+        if header.probe_format != PROBE_FORMAT_VERSION {
+            return Err(FileProblem::OtherVersion(format!(
+                "probe format {}, this capsd uses {PROBE_FORMAT_VERSION}",
+                header.probe_format
+            )));
+        }
+        if let Some(what) = key_difference(&header.key, key) {
+            return Err(FileProblem::Stale(what));
+        }
+        header.segments
+    };
     // Segment table: name -> range of the file.
     let mut offset = header_end;
     let mut table: BTreeMap<&str, std::ops::Range<usize>> = BTreeMap::new();
-    for s in &header.segments {
+    for s in &segments {
         let len = usize::try_from(s.len).map_err(|_| damaged("segment length"))?;
         let end = offset
             .checked_add(len)
@@ -1087,7 +1112,7 @@ fn decode(f: &File, size: usize, key: &CacheKey, runs: Runs<'_>) -> Result<(Prob
     if offset != size {
         return Err(damaged("trailing bytes after the last segment"));
     }
-    let sums: HashMap<&str, &str> = header.segments.iter().map(|s| (s.name.as_str(), s.sum.as_str())).collect();
+    let sums: HashMap<&str, &str> = segments.iter().map(|s| (s.name.as_str(), s.sum.as_str())).collect();
     let verified = |name: &str| -> Result<Vec<u8>, FileProblem> {
         let range = table.get(name).ok_or_else(|| FileProblem::Damaged(format!("segment {name} missing")))?;
         let bytes = match head.get(range.clone()) {
@@ -1129,6 +1154,17 @@ fn decode(f: &File, size: usize, key: &CacheKey, runs: Runs<'_>) -> Result<(Prob
         data.runs.insert(accel, t);
     }
     Ok((data, complete))
+}
+
+/// Whether `header` (a [`Header`] as [`encode`] serializes it) starts with this capsd's
+/// probe format and exactly the serialization of `key`: then its key equals `key`.
+fn header_holds_key(header: &[u8], key: &CacheKey) -> bool {
+    let Ok(now) = serde_json::to_vec(key) else { return false };
+    let prefix = format!("{{\"probe_format\":{PROBE_FORMAT_VERSION},\"key\":");
+    header
+        .strip_prefix(prefix.as_bytes())
+        .and_then(|rest| rest.strip_prefix(now.as_slice()))
+        .is_some_and(|rest| rest.starts_with(b",\"segments\":"))
 }
 
 /// The first part of the key that differs, for the log.
@@ -1226,6 +1262,57 @@ mod tests {
             assert!(s.other_files.contains(&PathBuf::from(f)), "{f}");
         }
         assert!(s.nested_params.contains(&PathBuf::from("/sys/module/vfio/parameters/enable_unsafe_noiommu_mode")));
+        // Who probes: what the choice is made from, every file it reads.
+        assert_eq!(s.probe_user, crate::process::probe_user_inputs());
+        for f in crate::process::probe_user_files() {
+            assert!(s.other_files.contains(&f), "{}", f.display());
+        }
+        for f in [crate::process::LIBVIRT_QEMU_CONF, "/etc/passwd", "/etc/group", "/etc/nsswitch.conf"] {
+            assert!(s.other_files.contains(&PathBuf::from(f)), "{f}");
+        }
+    }
+
+    #[test]
+    fn a_header_is_read_without_its_key_exactly_when_the_key_is_equal() {
+        let dir = tempfile::tempdir().unwrap();
+        let sources = KeySources {
+            module_dirs: vec![dir.path().to_owned()],
+            firmware_dirs: vec![],
+            cpuinfo: dir.path().join("cpuinfo"),
+            kernel_files: vec![],
+            kvm_device: dir.path().join("kvm"),
+            nested_params: vec![],
+            other_files: vec![dir.path().join("swtpm")],
+            cpu_map_dir: dir.path().join("cpu_map"),
+            app_binary: None,
+            probe_user: None,
+        };
+        fs::write(dir.path().join("qemu"), b"binary").unwrap();
+        let cache = ProbeCache::with_options(
+            dir.path().join("cache"),
+            CacheOptions { sources: sources.clone(), app_version: "1".into() },
+        );
+        let key = cache.key(&dir.path().join("qemu")).unwrap();
+        let data = ProbeData {
+            format_version: PROBE_FORMAT_VERSION,
+            binary: "qemu".into(),
+            runs: BTreeMap::new(),
+            host: HostFacts::default(),
+        };
+        let bytes = encode(&key, &data).unwrap();
+        let nl = bytes.iter().position(|b| *b == b'\n').unwrap();
+        let header = &bytes[nl + 1..];
+        assert!(header_holds_key(header, &key));
+        // Any change of the key: the whole comparison (which then names what changed).
+        let mut other = key.clone();
+        other.host.probe_user = Some("capsd".into());
+        assert!(!header_holds_key(header, &other));
+        let mut other = key.clone();
+        other.binary.size += 1;
+        assert!(!header_holds_key(header, &other));
+        fs::write(dir.path().join("swtpm"), b"").unwrap();
+        let moved = cache.key(&dir.path().join("qemu")).unwrap();
+        assert!(!header_holds_key(header, &moved));
     }
 
     #[test]

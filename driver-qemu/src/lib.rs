@@ -40,6 +40,16 @@ use crate::process::ProbeUser;
 
 const DRIVER: &str = "qemu";
 
+static BEFORE_PROBES: std::sync::OnceLock<fn()> = std::sync::OnceLock::new();
+
+/// Run `hook` on the calling thread each time a [`QemuDriver`] is about to probe (before
+/// the probe starts any thread or process), never for an answer from the cache: the CLI
+/// installs its signal handling there, so a warm answer starts no thread. The first hook
+/// set stays.
+pub fn before_probes(hook: fn()) {
+    let _ = BEFORE_PROBES.set(hook);
+}
+
 /// The qemu driver.
 #[derive(Debug, Default)]
 pub struct QemuDriver {
@@ -166,10 +176,15 @@ impl QemuDriver {
         self.emulators()
     }
 
-    fn options(&self) -> Result<ProbeOptions, DriverError> {
-        let mut o = self.options.clone();
-        if o.process.user.is_none() {
-            o.process.user = process::choose_probe_user().map_err(|e| {
+    /// Probe `binary` now: the probe user is chosen here ([`process::choose_probe_user`]),
+    /// not for an answer from the cache (whose key holds what the choice is made from), and
+    /// the [`before_probes`] hook runs first.
+    fn probe_now(&self, binary: &Path, mut opts: ProbeOptions) -> Result<ProbeData, DriverError> {
+        if let Some(hook) = BEFORE_PROBES.get() {
+            hook();
+        }
+        if opts.process.user.is_none() {
+            opts.process.user = process::choose_probe_user().map_err(|e| {
                 DriverError::invalid(
                     process::PROBE_USER_ENV,
                     std::env::var(process::PROBE_USER_ENV).unwrap_or_default(),
@@ -177,15 +192,15 @@ impl QemuDriver {
                 )
             })?;
         }
-        Ok(o)
+        probe::probe(binary, &opts)
     }
 
     /// The probe data of `binary`: from the cache when configured and valid, else probed.
     pub fn probe_data(&self, binary: &Path) -> Result<ProbeData, DriverError> {
-        let opts = self.options()?;
+        let opts = self.options.clone();
         match &self.cache {
-            Some(c) => c.get_or_probe(binary, || probe::probe(binary, &opts)).map(|(d, _)| d),
-            None => probe::probe(binary, &opts),
+            Some(c) => c.get_or_probe(binary, || self.probe_now(binary, opts)).map(|(d, _)| d),
+            None => self.probe_now(binary, opts),
         }
     }
 
@@ -195,16 +210,16 @@ impl QemuDriver {
     /// the TCG run ([`cpu::kvm_query_reads_tcg_run`]). An entry without a KVM run (a foreign
     /// arch) gives every run at once ([`cache::Runs::Only`]). Otherwise every run is read.
     fn probe_data_for(&self, binary: &Path, query: &Query) -> Result<ProbeData, DriverError> {
-        let mut opts = self.options()?;
+        let mut opts = self.options.clone();
         // With a check: the one descriptor that is checked, keyed and run.
         let opened = self.check.as_ref().map(|c| binary::open_checked(binary, c)).transpose()?;
         if let Some(o) = &opened {
             opts.process.exec = Some(o.fd.clone());
         }
-        let Some(cache) = &self.cache else { return probe::probe(binary, &opts) };
+        let Some(cache) = &self.cache else { return self.probe_now(binary, opts) };
         let lookup = |runs: cache::Runs<'_>| match &opened {
-            Some(o) => cache.get_or_probe_opened_runs(binary, &o.stat, runs, || probe::probe(binary, &opts)),
-            None => cache.get_or_probe_owned_runs(binary, runs, || probe::probe(binary, &opts)),
+            Some(o) => cache.get_or_probe_opened_runs(binary, &o.stat, runs, || self.probe_now(binary, opts.clone())),
+            None => cache.get_or_probe_owned_runs(binary, runs, || self.probe_now(binary, opts.clone())),
         };
         let kvm_query = matches!(
             resolve::parse_virt_type(query.virt_type.as_deref()),

@@ -188,7 +188,7 @@ impl UserSources {
     /// The real host.
     pub fn host() -> Self {
         let triplet = format!("{}-linux-gnu", std::env::consts::ARCH);
-        let module = |dir: &str| Path::new(dir).join("libvirt/connection-driver/libvirt_driver_qemu.so").exists();
+        let module = |dir: &str| Path::new(dir).join(LIBVIRT_QEMU_MODULE).exists();
         UserSources {
             env: std::env::var(PROBE_USER_ENV).ok().filter(|v| !v.is_empty()),
             qemu_conf: PathBuf::from(LIBVIRT_QEMU_CONF),
@@ -208,6 +208,41 @@ pub fn choose_probe_user() -> Result<Option<ProbeUser>, ProcessError> {
     }
     choose(&UserSources::host(), false)
 }
+
+/// What decides [`choose_probe_user`]'s answer, without looking any user up: `None` when
+/// capsd is not root (probes then run as capsd itself), else `CAPSD_PROBE_USER`'s value or
+/// `host` (the choice is then made from [`PROBE_USER_FILES`]). The probe cache keys entries
+/// by this and by the stamps of [`PROBE_USER_FILES`] instead of by the chosen user, so a
+/// query answered from the cache parses neither `qemu.conf` nor the user and group
+/// databases: the chosen user can only differ when one of those inputs did.
+pub fn probe_user_inputs() -> Option<String> {
+    if !nix::unistd::geteuid().is_root() {
+        return None;
+    }
+    Some(match std::env::var(PROBE_USER_ENV).ok().filter(|v| !v.is_empty()) {
+        Some(v) => format!("{PROBE_USER_ENV}={v}"),
+        None => "host".to_owned(),
+    })
+}
+
+/// The files [`choose_probe_user`] reads, or whose presence it tests, as root: libvirt's
+/// `qemu.conf` and QEMU driver module (the two places [`UserSources::host`] looks), the
+/// user and group databases (names to ids, supplementary groups) and how they are looked
+/// up (`nsswitch.conf`).
+pub fn probe_user_files() -> Vec<PathBuf> {
+    let triplet = format!("{}-linux-gnu", std::env::consts::ARCH);
+    let mut files: Vec<PathBuf> = PROBE_USER_FILES.iter().map(PathBuf::from).collect();
+    for dir in [format!("/usr/lib/{triplet}"), "/usr/lib64".to_owned()] {
+        files.push(Path::new(&dir).join(LIBVIRT_QEMU_MODULE));
+    }
+    files
+}
+
+/// See [`probe_user_files`].
+pub const PROBE_USER_FILES: [&str; 4] = [LIBVIRT_QEMU_CONF, "/etc/passwd", "/etc/group", "/etc/nsswitch.conf"];
+
+/// libvirt's QEMU driver, under a library directory.
+const LIBVIRT_QEMU_MODULE: &str = "libvirt/connection-driver/libvirt_driver_qemu.so";
 
 /// Log why probes run as the user [`choose_probe_user`] picks, with a warning when it had to
 /// fall back (libvirt's QEMU user missing, or `nobody`). Called when probing, not on every

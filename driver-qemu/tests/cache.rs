@@ -39,6 +39,7 @@ impl World {
         fs::write(root.join("sys/kvm"), "").unwrap();
         fs::write(root.join("sys/nested"), "Y\n").unwrap();
         fs::write(root.join("capsd"), "capsd 1").unwrap();
+        fs::write(root.join("sys/passwd"), "root:x:0:0:root:/root:/bin/bash\n").unwrap();
         fs::write(root.join("cpu_map/index.xml"), "<cpus/>").unwrap();
         fs::write(root.join("cpu_map/x86_Broadwell.xml"), "<cpus/>").unwrap();
         let sources = KeySources {
@@ -48,7 +49,7 @@ impl World {
             kernel_files: vec![root.join("sys/osrelease")],
             kvm_device: root.join("sys/kvm"),
             nested_params: vec![root.join("sys/nested")],
-            other_files: vec![root.join("sys/swtpm")],
+            other_files: vec![root.join("sys/swtpm"), root.join("sys/passwd")],
             cpu_map_dir: root.join("cpu_map"),
             app_binary: Some(root.join("capsd")),
             probe_user: None,
@@ -231,6 +232,16 @@ fn changing_kvm_nested_invalidates() {
 #[test]
 fn installing_swtpm_invalidates() {
     assert_invalidated_by(|w| fs::write(w.root.join("sys/swtpm"), "#!/bin/sh\n").unwrap());
+}
+
+#[test]
+fn editing_the_user_database_in_place_invalidates() {
+    // The key holds what the probe user is chosen from (qemu.conf, passwd, group) as file
+    // stamps, not the looked-up user: an edit that keeps the file's inode must re-probe.
+    assert_invalidated_by(|w| {
+        let mut f = fs::OpenOptions::new().append(true).open(w.root.join("sys/passwd")).unwrap();
+        std::io::Write::write_all(&mut f, b"libvirt-qemu:x:64055:994::/var/lib/libvirt:/usr/sbin/nologin\n").unwrap();
+    });
 }
 
 #[test]

@@ -13,6 +13,30 @@ use std::process::Command;
 
 use anyhow::{bail, Context as _, Result};
 
+/// The machine the figures come from, printed before them: CPU model, cores, memory,
+/// kernel and the load average when the run started (figures from a loaded machine are
+/// not comparable with the targets; `cargo xtask bench` says so rather than hiding it).
+pub(crate) fn machine() -> String {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name").and_then(|r| r.split_once(':')).map(|(_, v)| v.trim().to_owned()))
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism().map_or(0, usize::from);
+    let mem_gib = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines().find_map(|l| {
+                l.strip_prefix("MemTotal:").and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            })
+        })
+        .map_or(0.0, |kb| kb as f64 / 1024.0 / 1024.0);
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let load: Vec<&str> = load.split_whitespace().take(3).collect();
+    format!("{model}, {cores} cores, {mem_gib:.1} GiB, Linux {}, load average {}", kernel.trim(), load.join(" "))
+}
+
 /// Run the named groups, or all of them.
 pub fn run(args: &[String]) -> Result<()> {
     let all = ["core", "qemu", "agent", "plugin", "stacks", "fleet"];
@@ -32,6 +56,9 @@ pub fn run(args: &[String]) -> Result<()> {
     }
     let args = &rest;
     let groups: Vec<&str> = if args.is_empty() { all.to_vec() } else { args.iter().map(String::as_str).collect() };
+    if cfg!(not(debug_assertions)) || std::env::var_os("CAPSD_BENCH_IN_PLACE").is_some() {
+        println!("bench: machine: {}", machine());
+    }
     for g in groups {
         match g {
             "core" => core::run()?,

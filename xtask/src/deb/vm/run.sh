@@ -213,9 +213,11 @@ c_fleet_published() {
     install -D -m 644 "$ex" "$d/fleet.conf" && sed -i 's/^IPAddressAllow=.*/IPAddressAllow=10.99.0.1/' "$d/fleet.conf"
     systemctl daemon-reload
     restart_agent || return 1
-    until_ok 900 sh -c "ETCDCTL_API=3 etcdctl --endpoints http://10.99.0.1:2379 get --prefix --keys-only /capsd/hosts/vmtest/docs/ | grep -q ." ||
-        explain "nothing published under /capsd/hosts/vmtest/docs/ within 900 s" || return 1
-    echo "note published: $(etcd_keys /capsd/hosts/vmtest | grep -c .) keys under /capsd/hosts/vmtest" >&2
+    # References are P/refs/VIRTTYPE/ARCH/MACHINE/HOST (capsd-fleet's layout); the host record P/hosts/HOST.
+    until_ok 900 sh -c "ETCDCTL_API=3 etcdctl --endpoints http://10.99.0.1:2379 get --prefix --keys-only /capsd/refs/ | grep -q '/vmtest\$'" ||
+        explain "no reference of host vmtest under /capsd/refs/ within 900 s" || return 1
+    [ -n "$(etcd_keys /capsd/hosts/vmtest)" ] || { echo "no host record /capsd/hosts/vmtest"; return 1; }
+    echo "note published: $(etcd_keys /capsd/refs/ | grep -c '/vmtest$') references of host vmtest" >&2
     rm -f /etc/default/capsd "$d/fleet.conf"
     systemctl daemon-reload
     restart_agent

@@ -58,10 +58,13 @@ fn driver_answers_and_matches_replay_of_its_own_probe() {
     assert_eq!(caps.arch, "x86_64");
     assert!(caps.machine.as_deref().unwrap().starts_with("pc-q35-"));
     // Deterministic: a fresh probe replayed through resolve + derive gives the same document.
-    let (r, data) = resolve_query(&q, &driver_qemu::host::host_arch(), driver_qemu::host::find_in_path, |b| {
-        probe(b, &ProbeOptions::default())
-    })
-    .unwrap();
+    // Probed as the user the driver probes as (libvirt's QEMU user when run as root, with the
+    // /dev/kvm access that user has), so both documents come from the same host facts.
+    let mut opts = ProbeOptions::default();
+    opts.process.user = driver_qemu::process::choose_probe_user().unwrap();
+    let (r, data) =
+        resolve_query(&q, &driver_qemu::host::host_arch(), driver_qemu::host::find_in_path, |b| probe(b, &opts))
+            .unwrap();
     let again = driver_qemu::derive::domain_capabilities(&data, &r).unwrap();
     assert_eq!(capsd_core::xml::to_xml(&again), capsd_core::xml::to_xml(&caps));
 }

@@ -310,7 +310,11 @@ fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
             continue;
         }
         if p.is_dir() {
-            rust_files(&p, out);
+            // Any cargo build directory (`CARGO_TARGET_DIR` may be inside the tree under another
+            // name) carries CACHEDIR.TAG: generated sources are not the workspace's tests.
+            if !p.join("CACHEDIR.TAG").exists() {
+                rust_files(&p, out);
+            }
         } else if name.ends_with(".rs") {
             out.push(p);
         }

@@ -309,7 +309,9 @@ fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
         if name.starts_with('.') || name == "target" {
             continue;
         }
-        if p.is_dir() {
+        // Symbolic links are not followed: the corpus's sysfs fixtures hold link cycles.
+        let Ok(kind) = e.file_type() else { continue };
+        if kind.is_dir() {
             // Any cargo build directory (`CARGO_TARGET_DIR` may be inside the tree under another
             // name) carries CACHEDIR.TAG: generated sources are not the workspace's tests.
             if !p.join("CACHEDIR.TAG").exists() {

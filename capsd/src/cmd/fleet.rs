@@ -285,34 +285,34 @@ async fn fleet(args: Args) -> Result<ExitCode> {
                 records: query.arch.is_none() || !sel.selectors.is_empty(),
             };
             let mut snap = Snapshot::read(&client, &layout, &scope).await?;
-            let need = capsd_fleet::analysis::needed(
-                &snap,
-                &sel,
-                &query.virttype,
-                query.arch.as_deref(),
-                query.machine.as_deref(),
-            )?;
-            snap.fetch(&client, &layout, need).await?;
-            warn_problems(&snap, json);
+            fetch_needed(&client, &layout, &mut snap, &sel, &query, json).await?;
             (baseline(&snap, &sel, &query, json)?, 0)
         }
         Command::Diff { host_a, host_b, query } => {
             let mut snap = Snapshot::read(&client, &layout, &Scope::All).await?;
             let sel = Selection { hosts: vec![host_a.clone(), host_b.clone()], selectors: Vec::new() };
-            let need = capsd_fleet::analysis::needed(
-                &snap,
-                &sel,
-                &query.virttype,
-                query.arch.as_deref(),
-                query.machine.as_deref(),
-            )?;
-            snap.fetch(&client, &layout, need).await?;
-            warn_problems(&snap, json);
+            fetch_needed(&client, &layout, &mut snap, &sel, &query, json).await?;
             diff(&snap, &host_a, &host_b, &query, json)?
         }
     };
     std::io::stdout().lock().write_all(out.as_bytes()).context("writing to standard output")?;
     Ok(ExitCode::from(code))
+}
+
+/// Fetch the documents `sel`'s hosts publish for `q` into `snap`, then warn about what the
+/// read left out.
+async fn fetch_needed(
+    client: &capsd_fleet::Client,
+    layout: &Layout,
+    snap: &mut Snapshot,
+    sel: &Selection,
+    q: &QueryArgs,
+    json: bool,
+) -> Result<()> {
+    let need = capsd_fleet::analysis::needed(snap, sel, &q.virttype, q.arch.as_deref(), q.machine.as_deref())?;
+    snap.fetch(client, layout, need).await?;
+    warn_problems(snap, json);
+    Ok(())
 }
 
 /// What the read left out, as warnings on standard error (escaped; in JSON output they are

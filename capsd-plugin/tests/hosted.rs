@@ -44,7 +44,7 @@ fn a_helper_that_never_says_hello_is_killed_at_the_deadline_and_the_queued_call_
         (a.join().unwrap(), b.join().unwrap())
     });
     let took = t.elapsed();
-    assert!(took >= Duration::from_millis(400) && took < Duration::from_secs(10), "{took:?}");
+    assert!(took >= Duration::from_millis(400) && took < Duration::from_secs(120), "{took:?}");
     let (timed_out, queued) = if first.contains("no answer") { (first, second) } else { (second, first) };
     assert!(timed_out.starts_with("probing plugin 'c-minimal' ("), "{timed_out}");
     assert!(
@@ -88,13 +88,13 @@ fn a_helper_that_exits_at_once_is_reported_with_its_status() {
 #[test]
 fn an_oversized_frame_ends_the_helper_before_its_body_is_read() {
     let dir = plugin_dir(&["tp_c_minimal"]);
-    let p = hosted(dir.path(), r"printf '\377\377\377\177' >&3; exec sleep 1000", Duration::from_secs(5));
+    let p = hosted(dir.path(), r"printf '\377\377\377\177' >&3; exec sleep 1000", Duration::from_secs(300));
     let t = Instant::now();
     let msg = message(p.domain_capabilities(&Query::default()));
     assert!(msg.contains("broke the protocol during loading the plugin"), "{msg}");
     assert!(msg.contains("(frame of 2147483647 bytes is larger than the 16777232-byte limit) and was killed"), "{msg}");
-    // Not a deadline: the frame header alone was enough.
-    assert!(t.elapsed() < Duration::from_secs(4), "{:?}", t.elapsed());
+    // Not the deadline (300 s): the frame header alone was enough.
+    assert!(t.elapsed() < Duration::from_secs(200), "{:?}", t.elapsed());
     let pid = pid_in(&msg);
     assert!(!Path::new(&format!("/proc/{pid}")).exists(), "helper {pid} survived");
 }

@@ -16,8 +16,10 @@ use driver_qemu::qmp::Timeouts;
 fn opts() -> ProbeOptions {
     ProbeOptions {
         process: ProcessOptions {
-            start_timeout: Duration::from_millis(1500),
-            qmp: Timeouts { per_command: Duration::from_millis(800), overall: Duration::from_secs(5) },
+            // Generous, so a python3 fake that is slow to start on a loaded machine still
+            // reaches the stage each case is about; the hung cases pay them once each.
+            start_timeout: Duration::from_secs(20),
+            qmp: Timeouts { per_command: Duration::from_secs(10), overall: Duration::from_secs(30) },
             ..Default::default()
         },
         no_kvm: true,
@@ -160,7 +162,7 @@ os._exit(3)"#,
 
     // Nothing survives: no process mentions the temp dir (scripts, their sleeps). SIGKILL
     // reaches re-parented grandchildren asynchronously, so allow a bounded grace period.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     let mut left = survivors(&marker);
     while !left.is_empty() && std::time::Instant::now() < deadline {
         std::thread::sleep(std::time::Duration::from_millis(20));

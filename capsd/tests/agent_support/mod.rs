@@ -68,7 +68,7 @@ impl Agent {
             if let Some(st) = self.child.try_wait().unwrap() {
                 return st;
             }
-            assert!(t.elapsed() < Duration::from_secs(10), "agent did not stop on SIGTERM");
+            assert!(t.elapsed() < Duration::from_secs(60), "agent did not stop on SIGTERM");
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -138,7 +138,7 @@ pub fn connect_tcp(port: u16) -> std::net::TcpStream {
     loop {
         match std::net::TcpStream::connect(("127.0.0.1", port)) {
             Ok(s) => return s,
-            Err(_) if t.elapsed() < Duration::from_secs(10) => std::thread::sleep(Duration::from_millis(20)),
+            Err(_) if t.elapsed() < Duration::from_secs(60) => std::thread::sleep(Duration::from_millis(20)),
             Err(e) => panic!("{e}"),
         }
     }

@@ -387,6 +387,26 @@ fn fleet_page_http_token_cookie_bad_input_and_escaping() {
     // Read-only: the store's revision did not move through all of the above.
     assert_eq!(raw.revision(), before, "a request wrote to etcd");
     assert_eq!(s.request("GET", "/healthz", &[], b"").status, 200);
+
+    // SIGHUP reads the token file again: the old token and its cookie stop working.
+    let new_token = "second-token-0123456789";
+    std::fs::write(s._dir.path().join("token"), format!("{new_token}\n")).unwrap();
+    let pid = nix::unistd::Pid::from_raw(s.child.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP).unwrap();
+    let t = Instant::now();
+    while s.request("GET", "/api/hosts", &[("Authorization", &format!("Bearer {new_token}"))], b"").status != 200 {
+        assert!(t.elapsed() < Duration::from_secs(60), "the new token was not taken within 60 s");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(s.api("GET", "/api/hosts", b"").status, 401);
+    assert_eq!(s.request("GET", "/api/hosts", &[("Cookie", &cookie)], b"").status, 401);
+
+    // SIGTERM: a clean exit, and the socket it bound is gone.
+    let mut s = s;
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    let st = s.child.wait().unwrap();
+    assert!(st.success(), "{st}");
+    assert!(!s.socket.exists(), "{} left behind", s.socket.display());
 }
 
 // --- The page in a real browser. ---

@@ -189,6 +189,13 @@ enum Command {
     },
 }
 
+impl Args {
+    /// `capsd fleet serve`, which handles its signals itself (SIGHUP reads the token again).
+    pub fn serves(&self) -> bool {
+        matches!(self.command, Command::Serve(_))
+    }
+}
+
 pub fn run(args: Args) -> Result<ExitCode> {
     let rt =
         tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the async runtime")?;

@@ -43,6 +43,7 @@ use serde_json::{json, Value};
 use subtle::ConstantTimeEq;
 
 use crate::agent::auth::TokenFile;
+use crate::agent::conn::{self, ConnLimits, Pool, Pools};
 use crate::agent::server::{bind_tcp, bind_unix, remove_socket, SocketOptions};
 
 const PAGE_HTML: &str = include_str!("fleet_page.html");
@@ -55,6 +56,12 @@ pub const MAX_DOMAIN: usize = capsd_analysis::tree::MAX_INPUT_BYTES;
 const WAIT: Duration = Duration::from_secs(25);
 /// The session cookie's name.
 const COOKIE: &str = "capsd_fleet_session";
+/// Connections with the token (or on the Unix socket): the agent's defaults, fewer slots.
+const LIMITS: ConnLimits =
+    ConnLimits { max_connections: 64, header_timeout: Duration::from_secs(10), idle_timeout: Duration::from_secs(60) };
+/// TCP connections that have not yet sent the token (or cookie).
+const UNAUTHENTICATED: ConnLimits =
+    ConnLimits { max_connections: 16, header_timeout: Duration::from_secs(2), idle_timeout: Duration::from_secs(2) };
 
 #[derive(Debug, Clone, clap::Args)]
 #[command(after_help = "Open http://ADDR/?token=TOKEN once (TOKEN: the content of --token-file); the page \
@@ -205,20 +212,24 @@ pub async fn serve(args: ServeArgs, layout: Layout, cfg: capsd_fleet::EtcdConfig
     publish(&shared, Ok(first));
     tokio::spawn(follow(shared.clone(), cfg));
 
+    // The agent's accept loop: bounded connections, header and idle timeouts, a small pool
+    // for TCP connections that have not shown the token yet.
+    let metrics = Arc::new(crate::agent::metrics::Metrics::default());
+    let (stop, stopped) = tokio::sync::watch::channel(false);
     let mut tasks = tokio::task::JoinSet::new();
     let mut bound_socket = None;
     for addr in &args.listen {
         let l = bind_tcp(*addr).await?;
         tracing::info!(addr = ?l.local_addr().ok(), "fleet page on loopback TCP (token required)");
-        let app = router(shared.clone(), true);
-        tasks.spawn(async move { axum::serve(l, app).await });
+        let pools = Pools { main: Pool::new(LIMITS), unauthenticated: Some(Pool::new(UNAUTHENTICATED)) };
+        tasks.spawn(conn::serve(l, router(shared.clone(), true), pools, metrics.clone(), stopped.clone()));
     }
     if let Some(path) = &args.socket {
         let l = bind_unix(&SocketOptions { path: path.clone(), mode: args.socket_mode, group: args.socket_group })?;
         bound_socket = Some(path.clone());
         tracing::info!(path = %path.display(), "fleet page on a Unix socket");
-        let app = router(shared.clone(), false);
-        tasks.spawn(async move { axum::serve(l, app).await });
+        let pools = Pools { main: Pool::new(LIMITS), unauthenticated: None };
+        tasks.spawn(conn::serve(l, router(shared.clone(), false), pools, metrics.clone(), stopped.clone()));
     }
     let result = loop {
         tokio::select! {
@@ -237,14 +248,13 @@ pub async fn serve(args: ServeArgs, layout: Layout, cfg: capsd_fleet::EtcdConfig
                 }
             }
             Some(r) = tasks.join_next() => {
-                break match r {
-                    Ok(Ok(())) => Err(anyhow::anyhow!("a listener stopped")),
-                    Ok(Err(e)) => Err(anyhow::Error::new(e).context("serving")),
-                    Err(e) => Err(anyhow::anyhow!("a listener task failed: {e}")),
-                };
+                break Err(anyhow::anyhow!("a listener stopped{}", r.err().map(|e| format!(": {e}")).unwrap_or_default()));
             }
         }
     };
+    // Requests in flight get a second (a long poll is cut short).
+    stop.send_replace(true);
+    let _ = tokio::time::timeout(Duration::from_secs(1), async { while tasks.join_next().await.is_some() {} }).await;
     tasks.abort_all();
     if let Some(p) = bound_socket {
         remove_socket(&p);
@@ -400,7 +410,18 @@ async fn guard(State(shared): State<Arc<Shared>>, req: Request, next: Next) -> R
     }
     let bearer = req.headers().get(header::AUTHORIZATION).map(HeaderValue::as_bytes);
     if token.admits(bearer) || session_ok(&shared, req.headers()) {
-        return next.run(req).await;
+        // The connection moves to the authenticated pool (503 when that is full).
+        if req.extensions().get::<Arc<conn::Upgrade>>().is_none_or(|u| u.authenticated()) {
+            return next.run(req).await;
+        }
+        let mut r = ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too_many_connections",
+            format!("all {} connection slots for signed-in clients are taken; try again later", LIMITS.max_connections),
+        )
+        .into_response();
+        r.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+        return r;
     }
     refuse("this page needs the token: open it once as /?token=TOKEN (the content of --token-file), or send Authorization: Bearer TOKEN")
 }

@@ -749,6 +749,36 @@ fn the_fleet_page_in_a_headless_browser() {
             assert!(bv[2].as_str().unwrap().contains("graphics"), "{bv}");
         }
     }
+    // Uploading a file checks it the same way; a 10 MB file gets a message, not a check.
+    let upload = |br: &mut Browser, file: &Path| {
+        let doc = br.page("DOM.getDocument", json!({}));
+        let node = br.page("DOM.querySelector", json!({"nodeId": doc["root"]["nodeId"], "selector": "#domain-file"}));
+        // Chromium reads only a path without `..` in it.
+        let file = file.canonicalize().unwrap();
+        br.page("DOM.setFileInputFiles", json!({"nodeId": node["nodeId"], "files": [file.to_str().unwrap()]}));
+    };
+    br.eval("document.getElementById('check-table').hidden = true; document.getElementById('domain').value = ''")
+        .unwrap();
+    upload(&mut br, &domains().join("spice-q35.xml"));
+    let got = br.wait_for(
+        "verdicts for the uploaded file",
+        "const t = document.getElementById('check-table'); if (t.hidden) return null; \
+         return [...t.querySelectorAll('tbody tr')].map(tr => [tr.dataset.host, tr.dataset.verdict]);",
+    );
+    assert_eq!(got, json!([["host-a", "unknown"], ["host-b", "unsupported"]]), "{got}");
+    let big = tempfile::tempdir().unwrap();
+    let big_file = big.path().join("huge.xml");
+    let mut content = b"<domain type='kvm'><description>".to_vec();
+    content.resize(10 << 20, b'a');
+    std::fs::write(&big_file, content).unwrap();
+    upload(&mut br, &big_file);
+    let msg = br.wait_for(
+        "the message for a 10 MB file",
+        "const m = document.getElementById('check-message'); \
+         return m.classList.contains('error') && m.textContent.includes('huge.xml') ? m.textContent : null;",
+    );
+    assert!(msg.as_str().unwrap().contains("larger than the 4 MiB"), "{msg}");
+
     // Malformed XML: a message on the page, no crash.
     br.eval("document.getElementById('domain').value = '<domain type=\"kvm\"><os>'; document.getElementById('check-button').click()")
         .unwrap();
@@ -797,4 +827,15 @@ fn the_fleet_page_in_a_headless_browser() {
     br.screenshot(&shot);
     assert!(std::fs::metadata(&shot).unwrap().len() > 10_000, "{}", shot.display());
     eprintln!("screenshot: {}", shot.display());
+
+    // etcd gone: the page says so and keeps what it showed.
+    let mut etcd = etcd;
+    etcd.kill(0);
+    let status = br.wait_for(
+        "the page reports the store unreachable",
+        "const s = document.getElementById('status'); return s.classList.contains('error') ? s.textContent : null;",
+    );
+    assert!(status.as_str().unwrap().starts_with("etcd: "), "{status}");
+    let still = br.eval("document.querySelectorAll('#hosts tbody tr').length").unwrap();
+    assert!(still.as_u64().unwrap() >= 3, "{still}");
 }

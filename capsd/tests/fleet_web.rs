@@ -409,6 +409,37 @@ fn fleet_page_http_token_cookie_bad_input_and_escaping() {
     assert!(!s.socket.exists(), "{} left behind", s.socket.display());
 }
 
+/// Options that cannot work are refused before etcd is reached, naming the option.
+#[test]
+fn fleet_serve_names_bad_options() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let loose = dir.path().join("loose-token");
+    std::fs::write(&loose, "0123456789abcdef0123\n").unwrap();
+    std::fs::set_permissions(&loose, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let loose = loose.to_str().unwrap();
+    // Nothing listens on port 9 of loopback: reaching etcd would fail differently.
+    for (args, needle) in [
+        (vec![], "--listen ADDR"),
+        (vec!["--listen", "127.0.0.1:0"], "--token-file"),
+        (vec!["--listen", "192.0.2.1:8096", "--token-file", loose], "only loopback"),
+        (vec!["--listen", "127.0.0.1:0", "--token-file", loose], "lets others read it"),
+        (vec!["--socket", "/tmp/x.sock", "--socket-mode", "999"], "octal"),
+    ] {
+        let o = Command::new(CAPSD)
+            .args(["fleet", "--etcd", "http://127.0.0.1:9", "serve"])
+            .args(&args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success() && err.contains(needle), "{args:?}: {o:?}");
+    }
+    let help = Command::new(CAPSD).args(["fleet", "serve", "--help"]).output().unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    assert!(help.contains("?token=") && help.contains("Where can this VM run?"), "{help}");
+}
+
 // --- The page in a real browser. ---
 
 /// Chromium headless, driven over the DevTools protocol on a pipe (`--remote-debugging-pipe`:

@@ -181,6 +181,12 @@ pub async fn serve(args: ServeArgs, layout: Layout, cfg: capsd_fleet::EtcdConfig
     if !args.listen.is_empty() && args.token_file.is_none() {
         anyhow::bail!("--listen needs --token-file: every TCP client must present the token");
     }
+    if let Some(a) = args.listen.iter().find(|a| !a.ip().is_loopback()) {
+        anyhow::bail!(
+            "--listen {a}: only loopback addresses are allowed (the token and the page travel in clear text); \
+             reach it through ssh -L or a TLS proxy"
+        );
+    }
     let token = match &args.token_file {
         Some(p) => Some(TokenFile::load(p).map_err(anyhow::Error::msg)?),
         None => None,

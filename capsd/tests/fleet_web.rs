@@ -440,6 +440,138 @@ fn fleet_serve_names_bad_options() {
     assert!(help.contains("?token=") && help.contains("Where can this VM run?"), "{help}");
 }
 
+/// TLS certificates for etcd: a CA, the member's certificate for 127.0.0.1, and a client
+/// certificate without a CommonName (etcd's JSON gateway refuses those with one).
+fn make_certs(dir: &Path) {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose as Eku, IsCa, KeyPair};
+    let write = |name: &str, text: String| std::fs::write(dir.join(name), text).unwrap();
+    let ca_key = KeyPair::generate().unwrap();
+    let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    p.distinguished_name.push(DnType::CommonName, "capsd fleet page test CA");
+    let ca = p.self_signed(&ca_key).unwrap();
+    write("ca.pem", ca.pem());
+    for (name, cn, sans) in
+        [("server", Some("etcd-member"), vec!["127.0.0.1".to_owned()]), ("client", None, Vec::new())]
+    {
+        let key = KeyPair::generate().unwrap();
+        let mut p = CertificateParams::new(sans).unwrap();
+        p.distinguished_name = rcgen::DistinguishedName::new();
+        if let Some(cn) = cn {
+            p.distinguished_name.push(DnType::CommonName, cn);
+        }
+        p.extended_key_usages = vec![Eku::ServerAuth, Eku::ClientAuth];
+        write(&format!("{name}.pem"), p.signed_by(&key, &ca, &ca_key).unwrap().pem());
+        write(&format!("{name}-key.pem"), key.serialize_pem());
+    }
+}
+
+/// With TLS and etcd's authentication, the page reads with the other fleet commands'
+/// options and a read-only user (`grant-reader`): hosts and verdicts as `fleet check`'s.
+#[test]
+fn the_fleet_page_reads_a_tls_cluster_as_a_read_only_user() {
+    let certs = tempfile::tempdir().unwrap();
+    make_certs(certs.path());
+    let path = |n: &str| certs.path().join(n).to_string_lossy().into_owned();
+    let config = |ep: &str| capsd_fleet::EtcdConfig {
+        endpoints: vec![ep.to_owned()],
+        cacert: Some(path("ca.pem").into()),
+        cert: Some(path("client.pem").into()),
+        key: Some(path("client-key.pem").into()),
+        user: None,
+        password: None,
+    };
+    let probe = |ep: &str| {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(capsd_fleet::connect(&config(ep))).is_ok()
+    };
+    let tls = etcd_support::ServerTls {
+        cert: certs.path().join("server.pem"),
+        key: certs.path().join("server-key.pem"),
+        client_ca: certs.path().join("ca.pem"),
+    };
+    let etcd = Etcd::start_tls(1, tls, probe);
+    let ep = etcd.endpoints();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let root = rt.block_on(capsd_fleet::connect(&config(&ep))).unwrap();
+    rt.block_on(async {
+        root.user_add("root", "root-pw").await.unwrap();
+        root.role_add("root").await.unwrap();
+        root.user_grant_role("root", "root").await.unwrap();
+        root.call("/v3/auth/enable", &json!({})).await.unwrap();
+    });
+    std::fs::write(certs.path().join("root-pw"), "root-pw\n").unwrap();
+    std::fs::write(certs.path().join("page-pw"), "page-pw\n").unwrap();
+    let tls_args = |user: &str| {
+        vec![
+            "--etcd-cacert".to_owned(),
+            path("ca.pem"),
+            "--etcd-cert".to_owned(),
+            path("client.pem"),
+            "--etcd-key".to_owned(),
+            path("client-key.pem"),
+            "--etcd-user".to_owned(),
+            user.to_owned(),
+            "--etcd-password-file".to_owned(),
+            path(&format!("{user}-pw")),
+        ]
+    };
+    let o = Command::new(CAPSD)
+        .args(["fleet", "--etcd", &ep])
+        .args(tls_args("root"))
+        .args(["grant-reader", "page", "--password-file", &path("page-pw")])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{o:?}");
+    let mut agent_args = vec!["--etcd", &ep, "--host-id", "tls-host", "--publish-driver", "test"];
+    let root_args = tls_args("root");
+    agent_args.extend(root_args.iter().map(String::as_str));
+    let _agent = Agent::start(&agent_args);
+
+    // The server, as the reader.
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("page.sock");
+    let mut child = Command::new(CAPSD)
+        .args(["fleet", "--etcd", &ep])
+        .args(tls_args("page"))
+        .arg("serve")
+        .arg("--socket")
+        .arg(&socket)
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    let get = |method: &str, target: &str, body: &[u8]| -> Option<Resp> {
+        let u = std::os::unix::net::UnixStream::connect(&socket).ok()?;
+        request(u, method, target, &[], body).ok()
+    };
+    let t = Instant::now();
+    loop {
+        if let Some(r) = get("GET", "/api/hosts", b"") {
+            if r.status == 200 && host_listed(&r.json(), "tls-host") {
+                break;
+            }
+            get("GET", &format!("/api/wait?after={}", r.json()["revision"]), b"");
+        } else {
+            assert!(child.try_wait().unwrap().is_none(), "capsd fleet serve exited");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert!(t.elapsed() < Duration::from_secs(90), "tls-host not listed within 90 s");
+    }
+    let dom = domains().join("spice-q35.xml");
+    let r = get("POST", "/api/check", &std::fs::read(&dom).unwrap()).unwrap();
+    assert_eq!(r.status, 200, "{r:?}");
+    let o = Command::new(CAPSD)
+        .args(["fleet", "--etcd", &ep])
+        .args(tls_args("page"))
+        .args(["check", dom.to_str().unwrap(), "--format", "json"])
+        .output()
+        .unwrap();
+    let want: Value = serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {o:?}"));
+    assert_eq!(r.json()["hosts"], want["hosts"], "{}", r.text());
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
 // --- The page in a real browser. ---
 
 /// Chromium headless, driven over the DevTools protocol on a pipe (`--remote-debugging-pipe`:

@@ -244,6 +244,8 @@ async function follow() {
         await refresh();
       } else if (w.error) {
         setStatus("etcd: " + w.error + " (showing revision " + state.revision + ")", true);
+      } else {
+        setStatus("revision " + state.revision + ", live", false);
       }
     } catch (e) {
       if (e.status === 401) { setStatus("not signed in: open this page once as /?token=TOKEN", true); return; }

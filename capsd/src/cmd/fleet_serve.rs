@@ -10,8 +10,8 @@
 //!   compares), never a second reading of the XML.
 //! - `POST /api/check[?strict=1]` with a domain definition as the body: exactly the JSON of
 //!   `capsd fleet check --format json` (the same `check` function writes it).
-//! - `GET /api/wait?after=REV`: long poll; answers when the snapshot's revision is newer than
-//!   REV (or after 25 s). The snapshot is read again after every change under the prefix
+//! - `GET /api/wait?after=REV`: long poll; answers at once when the snapshot's revision is
+//!   newer than REV, else at the next read of the store (good or failed), or after 25 s. The snapshot is read again after every change under the prefix
 //!   (an etcd watch), so an open page follows the fleet without reloading.
 //!
 //! On TCP every route but `/healthz` needs the token of `--token-file` (the agent's rules):
@@ -274,7 +274,9 @@ fn publish(shared: &Shared, read: Result<Snapshot, String>) {
     match read {
         Ok(s) => {
             let rev = s.revision;
-            for p in &s.problems {
+            // Each problem once (it stays in the page's list while it lasts).
+            let before = c.snap.as_ref().map(|s| s.problems.as_slice()).unwrap_or_default();
+            for p in s.problems.iter().filter(|p| !before.contains(p)) {
                 tracing::warn!(key = %p.key.escape_debug(), reason = %p.reason.escape_debug(), "left out");
             }
             c.snap = Some(Arc::new(s));
@@ -551,7 +553,14 @@ async fn api_wait(State(shared): State<Arc<Shared>>, uri: Uri) -> Result<Respons
         None => 0,
     };
     let mut rx = shared.revision.subscribe();
-    let _ = tokio::time::timeout(WAIT, rx.wait_for(|r| *r > after)).await;
+    // Answer at a newer revision, or at the next read after this request came (a failed read
+    // too, or a good one at the same revision after a failure: the page shows the store's state).
+    let _ = tokio::time::timeout(WAIT, async {
+        if *rx.borrow_and_update() <= after {
+            let _ = rx.changed().await;
+        }
+    })
+    .await;
     let rev = *rx.borrow();
     let error = shared.current.lock().unwrap_or_else(|e| e.into_inner()).error.clone();
     Ok(json_response(&json!({"revision": rev, "error": error})))

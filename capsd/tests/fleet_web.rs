@@ -111,6 +111,23 @@ impl Server {
         self.request(method, target, &[("Authorization", &auth)], body)
     }
 
+    /// Wait until everything `agent` publishes as `id` is in the store, as the page sees it:
+    /// a document for every query its driver answers (the agent publishes arch by arch).
+    fn wait_published(&self, agent: &Agent, id: &str) {
+        let want = capsd_fleet::published_queries()
+            .iter()
+            .filter(|q| {
+                let m = q.machine.as_deref().map(|m| format!("&machine={m}")).unwrap_or_default();
+                let target = format!("/v1/domcapabilities?driver=test&virttype={}&arch={}{m}", q.virt_type, q.arch);
+                agent.get(&target).status == 200
+            })
+            .count();
+        assert!(want > 1, "{id}: {want}");
+        self.wait_hosts(&format!("{id} publishes its {want} documents"), |v| {
+            v["hosts"].as_array().unwrap().iter().any(|h| h["id"] == id && h["documents"] == want)
+        });
+    }
+
     /// Wait until `/api/hosts` satisfies `pred` (or panic naming `what`).
     fn wait_hosts(&self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
         let t = Instant::now();
@@ -277,11 +294,12 @@ impl Raw {
 fn fleet_page_http_token_cookie_bad_input_and_escaping() {
     let etcd = Etcd::start(1);
     let ep = etcd.endpoints();
-    let _a = test_agent(&ep, "host-a", None);
+    let a = test_agent(&ep, "host-a", None);
     // Characters a URL must encode: the exchange decodes them (and keeps a '+').
     let token = "fleet+Token/0123456789=";
     let s = Server::start(&ep, token);
-    s.wait_hosts("host-a listed", |v| host_listed(v, "host-a"));
+    // Everything the agent publishes is in, so that it writes nothing more.
+    s.wait_published(&a, "host-a");
     let raw = Raw::plain(&ep);
 
     // No token: 401 everywhere but /healthz, with a message saying how to get in.
@@ -792,7 +810,8 @@ fn the_fleet_page_in_a_headless_browser() {
     let b = test_agent(&ep, "host-b", Some(b_fixtures.path()));
     let token = "browser-token-0123456789";
     let s = Server::start(&ep, token);
-    s.wait_hosts("both hosts listed", |v| host_listed(v, "host-a") && host_listed(v, "host-b"));
+    s.wait_published(&a, "host-a");
+    s.wait_published(&b, "host-b");
     let mut br = Browser::start();
     let base = format!("http://127.0.0.1:{}/", s.port);
     br.page("Page.navigate", json!({"url": format!("{base}?token={token}")}));

@@ -740,8 +740,9 @@ impl Browser {
         panic!("{what}: not within 90 s (last: {last}; page status: {status:?})");
     }
 
-    fn screenshot(&mut self, path: &Path) {
-        let r = self.page("Page.captureScreenshot", json!({"format": "png", "captureBeyondViewport": true}));
+    /// The page as a PNG: all of it (`whole`) or the window.
+    fn screenshot(&mut self, path: &Path, whole: bool) {
+        let r = self.page("Page.captureScreenshot", json!({"format": "png", "captureBeyondViewport": whole}));
         let png = base64_decode(r["data"].as_str().unwrap());
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
         std::fs::write(path, png).unwrap();
@@ -1006,7 +1007,9 @@ fn the_fleet_page_in_a_headless_browser() {
     assert_eq!(shared, json!(["host-a", "host-c"]));
 
     let shot = Path::new(env!("CARGO_TARGET_TMPDIR")).join("fleet-web/fleet-page.png");
-    br.screenshot(&shot);
+    br.screenshot(&shot, true);
+    br.eval("window.scrollTo(0, 0)").unwrap();
+    br.screenshot(&shot.with_file_name("fleet-page-top.png"), false);
     assert!(std::fs::metadata(&shot).unwrap().len() > 10_000, "{}", shot.display());
     eprintln!("screenshot: {}", shot.display());
 

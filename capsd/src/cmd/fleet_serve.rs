@@ -842,5 +842,8 @@ mod tests {
         assert_eq!(without_param(&u, "token"), "/");
         assert_eq!(percent_decode("%4"), b"%4");
         assert_eq!(percent_decode("%zz%41"), b"%zzA");
+        // Not ASCII after a '%': kept as is, no panic on a character boundary.
+        assert_eq!(percent_decode("%é%41"), "%éA".as_bytes());
+        assert_eq!(percent_decode("a%"), b"a%");
     }
 }

@@ -978,7 +978,7 @@ fn the_fleet_page_in_a_headless_browser() {
     let _c = test_agent(&ep, "host-c", None);
     let raw = Raw::plain(&ep);
     raw.put("/capsd/hosts/evil", hostile_record("evil"));
-    raw.put("/capsd/hosts/<img src=x onerror=\"document.title='pwned'\">", "x");
+    raw.put("/capsd/hosts/<img src=x onerror=\"document.title='pwned'\">\u{1b}[31m", "x");
     let evil = br.wait_for(
         "host-c and the hostile record appear",
         "const r = [...document.querySelectorAll('#hosts tbody tr')]; \
@@ -994,6 +994,10 @@ fn the_fleet_page_in_a_headless_browser() {
         "const t = document.getElementById('problems').textContent; return t.includes('<img src=x') ? t : null;",
     );
     assert!(problems.as_str().unwrap().contains("not a host record key"), "{problems}");
+    assert!(
+        problems.as_str().unwrap().contains("\\u{1b}[31m") && !problems.as_str().unwrap().contains('\u{1b}'),
+        "{problems}"
+    );
     // Nothing of it became markup or ran.
     assert_eq!(br.eval("document.querySelectorAll('img, b, main script').length").unwrap(), json!(0));
     assert_eq!(br.eval("document.title").unwrap(), json!("capsd fleet"));

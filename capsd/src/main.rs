@@ -122,12 +122,14 @@ fn main() -> ExitCode {
         cache_dir,
         plugin_timeout: std::time::Duration::from_millis(cli.plugin_timeout_ms),
     };
-    // The agent handles its signals itself, the plugin helper needs no cleanup; every other
+    // The agent and the fleet page handle their signals themselves, the plugin helper needs no cleanup; every other
     // command removes its probes on them. `domcapabilities`, which starts no thread before it
     // probes and is mostly answered from the cache, sets that up only when a probe starts.
     if matches!(cli.command, Command::DomCapabilities(_)) {
         signals::cleanup_on_signals_before_probes();
-    } else if !matches!(cli.command, Command::Serve(_) | Command::PluginHost(_)) {
+    } else if !matches!(cli.command, Command::Serve(_) | Command::PluginHost(_))
+        && !matches!(&cli.command, Command::Fleet(f) if f.serves())
+    {
         if let Err(e) = signals::cleanup_on_signals() {
             tracing::warn!(error = %format!("{e:#}"), "an interrupted probe may leave files behind");
         }

@@ -175,6 +175,9 @@ enum Command {
         #[arg(long, value_name = "FILE", required = true)]
         password_file: PathBuf,
     },
+    /// A read-only web page of the fleet (hosts, capability matrix, "where can this VM
+    /// run?") and the JSON behind it, following the store while open.
+    Serve(super::fleet_serve::ServeArgs),
     /// Least privilege: make etcd user NAME with a read-only role on the fleet's prefix (for
     /// `capsd fleet hosts|check|baseline|diff`).
     GrantReader {
@@ -184,6 +187,13 @@ enum Command {
         #[arg(long, value_name = "FILE", required = true)]
         password_file: PathBuf,
     },
+}
+
+impl Args {
+    /// `capsd fleet serve`, which handles its signals itself (SIGHUP reads the token again).
+    pub fn serves(&self) -> bool {
+        matches!(self.command, Command::Serve(_))
+    }
 }
 
 pub fn run(args: Args) -> Result<ExitCode> {
@@ -208,6 +218,9 @@ pub fn run(args: Args) -> Result<ExitCode> {
 
 async fn fleet(args: Args) -> Result<ExitCode> {
     let layout = Layout::new(&args.etcd_prefix).context("--etcd-prefix")?;
+    if let Command::Serve(s) = args.command {
+        return super::fleet_serve::serve(s, layout, args.etcd_auth.config(&args.etcd)?).await;
+    }
     // Inputs are read before the store, so bad input is named even when etcd is down.
     let domain = match &args.command {
         Command::Check { domain, .. } => {
@@ -229,12 +242,13 @@ async fn fleet(args: Args) -> Result<ExitCode> {
             query.validate()?;
         }
         Command::GrantHost { id, .. } => capsd_fleet::validate_host_id(id)?,
-        Command::Gc | Command::GrantReader { .. } => {}
+        Command::Gc | Command::GrantReader { .. } | Command::Serve(_) => {}
     }
     let cfg = args.etcd_auth.config(&args.etcd)?;
     let client = capsd_fleet::connect(&cfg).await?;
     let json = args.format == ReportFormat::Json;
     let (out, code) = match args.command {
+        Command::Serve(_) => unreachable!("served above"),
         Command::Gc => {
             let n = capsd_fleet::gc(&client, &layout).await?;
             (format!("deleted {n} unreferenced document(s)\n"), 0)
@@ -369,7 +383,9 @@ fn hosts(snap: &Snapshot, sel: &Selection, json: bool) -> Result<String> {
     Ok(out)
 }
 
-fn check(
+/// Per-host verdicts as `fleet check` prints them (text or JSON) and its exit status; the
+/// fleet page (`fleet_serve`) answers with this JSON.
+pub(super) fn check(
     snap: &Snapshot,
     name: &str,
     domain: &Domain,

@@ -9,6 +9,7 @@ pub mod diff;
 pub mod domcaps;
 pub mod drivers;
 pub mod fleet;
+pub mod fleet_serve;
 pub mod fmt;
 pub mod labels;
 pub mod plugin_host;

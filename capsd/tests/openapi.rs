@@ -137,6 +137,20 @@ fn generate_assets_names_a_bad_openapi_file_and_leaves_the_old_one() {
     assert!(target.join("keep").is_file());
     let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
     assert_eq!(left.len(), 1, "a temporary file was left behind: {left:?}");
+    // A link is followed, and stays a link; a pipe or device is written in place
+    // (`--openapi /dev/stdout` prints it).
+    let real = dir.path().join("real.json");
+    let link = dir.path().join("link.json");
+    std::fs::write(&real, "old").unwrap();
+    std::os::unix::fs::symlink(&real, &link).unwrap();
+    let out = capsd(&["generate-assets", "--openapi", link.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(std::fs::symlink_metadata(&link).unwrap().file_type().is_symlink());
+    let text = std::fs::read_to_string(&real).unwrap();
+    assert!(text.starts_with("{\n  \"openapi\": \"3.1.0\""), "{text}");
+    let out = capsd(&["generate-assets", "--openapi", "/dev/stdout"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8(out.stdout).unwrap(), text);
 }
 
 /// One request, `Connection: close`, the whole answer read.

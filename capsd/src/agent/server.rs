@@ -25,7 +25,7 @@
 //! authenticated slot (`conn`), 403 for an `emulatorbin` the agent does not run (`emulators`), 404 for a
 //! combination the driver does not offer, 501 for a driver not built in or not working on
 //! this host, 502 when probing the hypervisor failed, 504 past the request timeout, 500 for
-//! other failures.
+//! other failures; 405 for a method but GET on a route, 404 `not-found` for any other path.
 
 use std::net::SocketAddr;
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};

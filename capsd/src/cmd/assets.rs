@@ -72,10 +72,25 @@ fn without_hidden_subcommands(cmd: &clap::Command) -> clap::Command {
     out.args(cmd.get_arguments().cloned()).subcommands(cmd.get_subcommands().filter(|s| !s.is_hide_set()).cloned())
 }
 
-/// Write `bytes` to `file` through a temporary file beside it, renamed into place: the file
-/// is either the old one or the whole new one, never half-written.
+/// Write `bytes` to `file`. A regular file (or one to be made) is written through a
+/// temporary file beside it, renamed into place: it is either the old one or the whole new
+/// one, never half-written. A link is followed first (the link stays); a device or pipe
+/// (`/dev/stdout`) is written in place; a directory is refused.
 fn write_whole(file: &Path, bytes: &[u8]) -> Result<()> {
     use std::io::Write as _;
+    let file = match std::fs::canonicalize(file) {
+        Ok(resolved) => resolved,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => file.to_path_buf(),
+        Err(e) => return Err(e.into()),
+    };
+    match std::fs::metadata(&file) {
+        Ok(m) if m.is_dir() => bail!("is a directory"),
+        Ok(m) if !m.is_file() => {
+            std::fs::OpenOptions::new().write(true).open(&file)?.write_all(bytes)?;
+            return Ok(());
+        }
+        _ => {}
+    }
     let name = file.file_name().context("not a file name")?;
     let dir = file.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
     existing_dir(dir, "the directory of")?;
@@ -85,7 +100,7 @@ fn write_whole(file: &Path, bytes: &[u8]) -> Result<()> {
         .create_new(true)
         .open(&tmp)
         .and_then(|mut f| f.write_all(bytes).and_then(|()| f.sync_all()))
-        .and_then(|()| std::fs::rename(&tmp, file));
+        .and_then(|()| std::fs::rename(&tmp, &file));
     if let Err(e) = written {
         let _ = std::fs::remove_file(&tmp);
         return Err(e.into());

@@ -43,7 +43,7 @@ pub fn json() -> &'static str {
 }
 
 /// The headers the router always sends with a status (utoipa's `Header` has no `required`).
-const REQUIRED_HEADERS: [(&str, &str); 2] = [("401", "WWW-Authenticate"), ("503", "Connection")];
+const REQUIRED_HEADERS: [(&str, &str); 3] = [("401", "WWW-Authenticate"), ("405", "Allow"), ("503", "Connection")];
 
 /// The form of header values (utoipa's header annotation takes a type only).
 const HEADER_PATTERNS: [(&str, &str); 3] = [
@@ -122,8 +122,11 @@ pub fn document() -> OpenApi {
         ),
     );
     for (path, item) in api.paths.paths.iter_mut() {
+        // axum's 405 names the methods served (HEAD with GET).
+        let only_get = item.get.is_some() && operations(item).count() == 1;
+        let allow = if only_get { "^GET,HEAD$" } else { "^[A-Z]+(,[A-Z]+)*$" };
         for op in operations(item) {
-            complete(path, op);
+            complete(path, op, allow);
         }
     }
     api
@@ -146,7 +149,7 @@ fn operations(item: &mut utoipa::openapi::PathItem) -> impl Iterator<Item = &mut
 }
 
 /// What the router adds around every route (see the module docs).
-fn complete(path: &str, op: &mut Operation) {
+fn complete(path: &str, op: &mut Operation, allow: &str) {
     let responses = &mut op.responses.responses;
     let mut add = |status: &str, r: Response| {
         responses.entry(status.to_owned()).or_insert(RefOr::T(r));
@@ -167,7 +170,15 @@ fn complete(path: &str, op: &mut Operation) {
     } else {
         op.security = Some(vec![SecurityRequirement::default()]);
     }
-    add("405", error("Any method but GET (and HEAD) on this path (`method-not-allowed`); no operation answers it."));
+    add(
+        "405",
+        with_header(
+            error("Any method but GET (and HEAD) on this path (`method-not-allowed`); no operation answers it."),
+            "Allow",
+            "The methods this path serves.",
+            allow,
+        ),
+    );
     add(
         "503",
         with_header(

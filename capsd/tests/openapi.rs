@@ -395,6 +395,20 @@ fn a_client_driven_by_the_description_gets_what_it_describes_from_every_route() 
     assert_eq!(r.status, 404, "{}", r.body);
     let r = c.call(Via::Unix(&a), "GET", dc, "driver=test&arch=x86_64", &[("Accept", "application/json")]);
     assert_eq!(r.status, 200, "{}", r.body);
+    // The JSON form of every built-in test document, against the schema traced from the model.
+    for q in [
+        "arch=x86_64&virttype=kvm",
+        "arch=x86_64&virttype=kvm&machine=q35",
+        "arch=x86_64&virttype=qemu",
+        "arch=x86_64&virttype=qemu&machine=q35",
+        "arch=aarch64&virttype=qemu",
+        "arch=ppc64&virttype=qemu",
+        "arch=riscv64&virttype=qemu",
+        "arch=s390x&virttype=qemu",
+    ] {
+        let r = c.call(Via::Unix(&a), "GET", dc, &format!("driver=test&{q}"), &[("Accept", "application/json")]);
+        assert_eq!(r.status, 200, "{q}: {}", r.body);
+    }
     let r = c.call(Via::Unix(&a), "GET", dc, "driver=nosuch", &[]);
     assert_eq!((r.status, r.json()["error"].as_str()), (400, Some("invalid-parameter")), "{}", r.body);
     let r = c.call(Via::Unix(&a), "GET", dc, &format!("emulatorbin={}", enc(failing.to_str().unwrap())), &[]);

@@ -12,10 +12,11 @@
 //!
 //! The document is rendered once per process ([`json`]); the route serves those bytes.
 //!
-//! Body schemas: the error body, the driver listing and the document's JSON form at its top
-//! level (the keys the model has; what is below them is libvirt's `<domainCapabilities>`
-//! element by element, see `capsd-core`'s `json.rs`). The XML form is a string here; its
-//! schema is libvirt's `domaincaps.rng`.
+//! Body schemas: the error body and the driver listing (structs here mirroring what the
+//! handlers write, checked against real answers by `capsd/tests/openapi.rs`), and the
+//! document's JSON form, every element of it, traced from `capsd_core`'s model itself
+//! ([`model_schemas`]). The XML form is a string here; its schema is libvirt's
+//! `domaincaps.rng`.
 
 use std::sync::OnceLock;
 
@@ -36,10 +37,133 @@ pub fn json() -> &'static str {
     DOC.get_or_init(|| {
         let mut doc = serde_json::to_value(document()).expect("the OpenAPI document always serializes");
         require_headers(&mut doc);
+        model_schemas(&mut doc);
         let mut s = serde_json::to_string_pretty(&doc).expect("a JSON value always serializes");
         s.push('\n');
         s
     })
+}
+
+/// The schemas of the document's JSON form, traced from `capsd_core::DomainCapabilities`'s
+/// own serde definitions (serde-reflection), replacing the placeholder
+/// [`DomainCapabilitiesJson`] the annotations name. Every model struct is
+/// `deny_unknown_fields` (no other key); `Option` and `Vec` fields may be absent (they are
+/// left out when empty), any other field is required; unit enums are their names.
+///
+/// Should the model ever hold something serde-reflection cannot trace, the placeholder (an
+/// object) stays and a warning is logged; `tests::the_document_is_rendered_once` fails then.
+fn model_schemas(doc: &mut serde_json::Value) {
+    let registry = match trace_model() {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot trace the model's JSON schema; /v1/openapi.json describes the document's JSON form as an object only");
+            return;
+        }
+    };
+    let schemas = doc
+        .pointer_mut("/components/schemas")
+        .and_then(|s| s.as_object_mut())
+        .expect("the annotations name component schemas");
+    let placeholder = schemas.remove("DomainCapabilities").expect("an annotation names the DomainCapabilities schema");
+    for (name, container) in &registry {
+        let mut schema = container_schema(container);
+        if name == "DomainCapabilities" {
+            schema["description"] = placeholder["description"].clone();
+        }
+        let clash = schemas.insert(name.clone(), schema);
+        assert!(clash.is_none(), "the model's type {name} has the name of another schema of the description");
+    }
+}
+
+/// The model's types as serde sees them. An enum is explored variant by variant only when
+/// traced on its own: every enum of the model is listed (a new one makes `registry()` fail,
+/// naming it).
+fn trace_model() -> serde_reflection::Result<serde_reflection::Registry> {
+    use capsd_core::model::{DomainCapabilities, Fallback, FeaturePolicy, MaxPhysAddrMode, Support, Usable};
+    let mut tracer = serde_reflection::Tracer::new(serde_reflection::TracerConfig::default());
+    tracer.trace_simple_type::<DomainCapabilities>()?;
+    tracer.trace_simple_type::<Support>()?;
+    tracer.trace_simple_type::<Fallback>()?;
+    tracer.trace_simple_type::<FeaturePolicy>()?;
+    tracer.trace_simple_type::<MaxPhysAddrMode>()?;
+    tracer.trace_simple_type::<Usable>()?;
+    tracer.registry()
+}
+
+fn container_schema(c: &serde_reflection::ContainerFormat) -> serde_json::Value {
+    use serde_json::json;
+    use serde_reflection::{ContainerFormat, VariantFormat};
+    match c {
+        ContainerFormat::UnitStruct => json!({"type": "null"}),
+        ContainerFormat::NewTypeStruct(f) => format_schema(f),
+        ContainerFormat::TupleStruct(fs) => tuple_schema(fs),
+        ContainerFormat::Struct(fields) => struct_schema(fields),
+        ContainerFormat::Enum(variants) => {
+            let named: Vec<_> = variants.values().collect();
+            if named.iter().all(|v| matches!(v.value, VariantFormat::Unit)) {
+                return json!({"type": "string", "enum": named.iter().map(|v| v.name.clone()).collect::<Vec<_>>()});
+            }
+            // Externally tagged, serde's default.
+            let one_of: Vec<_> = named
+                .iter()
+                .map(|v| {
+                    let inner = match &v.value {
+                        VariantFormat::Unit => return json!({"const": v.name}),
+                        VariantFormat::NewType(f) => format_schema(f),
+                        VariantFormat::Tuple(fs) => tuple_schema(fs),
+                        VariantFormat::Struct(fields) => struct_schema(fields),
+                        VariantFormat::Variable(_) => json!({}),
+                    };
+                    json!({"type": "object", "properties": {(v.name.clone()): inner}, "required": [v.name], "additionalProperties": false})
+                })
+                .collect();
+            json!({"oneOf": one_of})
+        }
+    }
+}
+
+fn struct_schema(fields: &[serde_reflection::Named<serde_reflection::Format>]) -> serde_json::Value {
+    use serde_reflection::Format;
+    let mut properties = serde_json::Map::new();
+    let mut required = Vec::new();
+    for f in fields {
+        if !matches!(f.value, Format::Option(_) | Format::Seq(_)) {
+            required.push(serde_json::Value::from(f.name.clone()));
+        }
+        properties.insert(f.name.clone(), format_schema(&f.value));
+    }
+    serde_json::json!({"type": "object", "properties": properties, "required": required, "additionalProperties": false})
+}
+
+fn tuple_schema(fs: &[serde_reflection::Format]) -> serde_json::Value {
+    let items: Vec<_> = fs.iter().map(format_schema).collect();
+    serde_json::json!({"type": "array", "prefixItems": items, "items": false})
+}
+
+fn format_schema(f: &serde_reflection::Format) -> serde_json::Value {
+    use serde_json::json;
+    use serde_reflection::Format;
+    match f {
+        Format::TypeName(n) => json!({"$ref": format!("#/components/schemas/{n}")}),
+        Format::Unit => json!({"type": "null"}),
+        Format::Bool => json!({"type": "boolean"}),
+        Format::I8 | Format::I16 | Format::I32 | Format::I64 | Format::I128 => json!({"type": "integer"}),
+        Format::U8 | Format::U16 | Format::U32 | Format::U64 | Format::U128 => {
+            json!({"type": "integer", "minimum": 0})
+        }
+        Format::F32 | Format::F64 => json!({"type": "number"}),
+        Format::Char | Format::Str => json!({"type": "string"}),
+        Format::Bytes => json!({"type": "array", "items": {"type": "integer", "minimum": 0, "maximum": 255}}),
+        // Left out when absent (the model skips every `None`).
+        Format::Option(inner) => format_schema(inner),
+        Format::Seq(inner) => json!({"type": "array", "items": format_schema(inner)}),
+        Format::Map { value, .. } => json!({"type": "object", "additionalProperties": format_schema(value)}),
+        Format::Tuple(fs) => tuple_schema(fs),
+        Format::TupleArray { content, size } => {
+            json!({"type": "array", "items": format_schema(content), "minItems": size, "maxItems": size})
+        }
+        Format::Variable(_) => json!({}),
+    }
 }
 
 /// The headers the router always sends with a status (utoipa's `Header` has no `required`).
@@ -310,52 +434,26 @@ pub enum ErrorKind {
 }
 
 /// The JSON form of a `<domainCapabilities>` document (`capsd domcapabilities --format
-/// json`): element names in camelCase, absent elements left out, no other key.
-#[derive(Debug, Serialize, ToSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-#[schema(as = DomainCapabilities)]
-#[allow(dead_code)]
-pub struct DomainCapabilitiesJson {
-    /// `<path>`: the emulator binary.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(nullable = false)]
-    path: Option<String>,
-    /// `<domain>`: the virt type.
-    domain: String,
-    /// `<machine>`: the canonical machine type.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(nullable = false)]
-    machine: Option<String>,
-    /// `<arch>`.
-    arch: String,
-    /// `<vcpu max='N'/>`.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Object, nullable = false)]
-    vcpu: Option<serde_json::Value>,
-    /// `<iothreads supported='...'/>`.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Object, nullable = false)]
-    iothreads: Option<serde_json::Value>,
-    /// `<os>`.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Object, nullable = false)]
-    os: Option<serde_json::Value>,
-    /// `<cpu>`.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Object, nullable = false)]
-    cpu: Option<serde_json::Value>,
-    /// `<memoryBacking>`.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Object, nullable = false)]
-    memory_backing: Option<serde_json::Value>,
-    /// `<devices>`.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Object, nullable = false)]
-    devices: Option<serde_json::Value>,
-    /// `<features>`.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Object, nullable = false)]
-    features: Option<serde_json::Value>,
+/// json`): element names in camelCase, absent elements left out, no other key. The schema the
+/// annotations name; [`model_schemas`] puts the one traced from `capsd_core`'s model in its place.
+#[derive(Debug)]
+pub struct DomainCapabilitiesJson;
+
+impl utoipa::PartialSchema for DomainCapabilitiesJson {
+    fn schema() -> RefOr<Schema> {
+        ObjectBuilder::new()
+            .description(Some(
+                "The JSON form of a `<domainCapabilities>` document (`capsd domcapabilities --format json`): \
+                 element and attribute names in camelCase, absent elements left out, no other key.",
+            ))
+            .into()
+    }
+}
+
+impl ToSchema for DomainCapabilitiesJson {
+    fn name() -> std::borrow::Cow<'static, str> {
+        "DomainCapabilities".into()
+    }
 }
 
 /// One entry of `/v1/drivers` (the same as `capsd drivers --json`).
@@ -546,5 +644,10 @@ mod tests {
         let doc: serde_json::Value = serde_json::from_str(json()).unwrap();
         assert_eq!(doc["openapi"], "3.1.0");
         assert_eq!(doc["info"]["version"], env!("CARGO_PKG_VERSION"));
+        // The document's JSON form is the model's, traced in full.
+        trace_model().unwrap();
+        let schemas = &doc["components"]["schemas"];
+        assert_eq!(schemas["DomainCapabilities"]["additionalProperties"], false, "{}", schemas["DomainCapabilities"]);
+        assert_eq!(schemas["Support"]["enum"], serde_json::json!(["yes", "no"]), "{}", schemas["Support"]);
     }
 }

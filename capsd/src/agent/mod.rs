@@ -10,6 +10,7 @@
 //!
 //! - [`server`]: listeners (Unix socket, loopback TCP), routes, errors as HTTP statuses.
 //! - [`metrics`]: counters and histograms for `/metrics`.
+//! - [`openapi`]: the OpenAPI description of the routes (`/v1/openapi.json`).
 //! - [`flight`]: one derivation per key at a time; its failure goes to the requests that
 //!   waited for it.
 //! - [`emulators`]: which `emulatorbin` the agent runs.
@@ -27,6 +28,7 @@ pub mod conn;
 pub mod emulators;
 pub mod flight;
 pub mod metrics;
+pub mod openapi;
 pub mod publish;
 pub mod server;
 

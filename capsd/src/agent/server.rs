@@ -12,6 +12,12 @@
 //!   as `capsd drivers --json`).
 //! - `GET /healthz`: `ok`.
 //! - `GET /metrics`: OpenMetrics text (Prometheus reads it).
+//! - `GET /v1/openapi.json`: the OpenAPI 3.1 description of all of this ([`super::openapi`]).
+//!
+//! Every route is registered through [`api_routes`] from its handler's `#[utoipa::path]`
+//! annotation (path, method, parameters, answers), so the description cannot name another
+//! path than the one served; a test enumerates the routes the router serves and fails on one
+//! the description lacks.
 //!
 //! Errors: `{"error": KIND, "message": TEXT, ...}` with 400 for bad input (unknown or repeated
 //! parameter, malformed value, a value the driver rejects), 401 on loopback TCP without the
@@ -19,7 +25,7 @@
 //! authenticated slot (`conn`), 403 for an `emulatorbin` the agent does not run (`emulators`), 404 for a
 //! combination the driver does not offer, 501 for a driver not built in or not working on
 //! this host, 502 when probing the hypervisor failed, 504 past the request timeout, 500 for
-//! other failures.
+//! other failures; 405 for a method but GET on a route, 404 `not-found` for any other path.
 
 use std::net::SocketAddr;
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
@@ -35,18 +41,20 @@ use axum::extract::{Query as QueryParams, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
 use axum::Router;
 use capsd_core::{DriverError, Query};
 use serde_json::json;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::auth::TokenFile;
+use super::openapi::{self, DomainCapabilitiesJson, DomcapsQuery, DriverEntry, ErrorBody, OpenApiDocument};
 use super::{conn, metrics, Agent, DocKey};
 use crate::cmd::drivers;
 use crate::registry::{self, IN_TREE};
 
 /// The parameters `/v1/domcapabilities` takes.
-const PARAMS: [&str; 6] = ["emulatorbin", "arch", "machine", "virttype", "driver", "libvirt"];
+pub(crate) const PARAMS: [&str; 6] = ["emulatorbin", "arch", "machine", "virttype", "driver", "libvirt"];
 
 /// An error answer: status and JSON body.
 #[derive(Debug)]
@@ -106,11 +114,10 @@ pub struct RouterOptions {
 /// token check. Routes that wait (a derivation, the driver listing) answer 504 past the
 /// agent's request timeout ([`within`]); a warm answer sets no timer.
 pub fn router(agent: Arc<Agent>, opts: &RouterOptions) -> Router {
-    Router::new()
-        .route("/v1/domcapabilities", get(domcapabilities))
-        .route("/v1/drivers", get(drivers))
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route("/metrics", get(metrics_text))
+    // Rendered now, once for the process, rather than on the first request.
+    let _ = openapi::json();
+    let (routes, _) = api_routes().split_for_parts();
+    routes
         .method_not_allowed_fallback(|req: Request| async move {
             ApiError::new(
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -131,6 +138,24 @@ pub fn router(agent: Arc<Agent>, opts: &RouterOptions) -> Router {
             guard,
         ))
         .with_state(agent)
+}
+
+/// Every route, each registered from its handler's annotation (path and method are taken
+/// from it, so the description in [`openapi`] is of these very routes). A route added any
+/// other way is missing from the description, which a test catches.
+pub fn api_routes() -> OpenApiRouter<Arc<Agent>> {
+    OpenApiRouter::new()
+        .routes(routes!(domcapabilities))
+        .routes(routes!(drivers))
+        .routes(routes!(healthz))
+        .routes(routes!(metrics_text))
+        .routes(routes!(openapi_json))
+}
+
+/// Whether a path needs the token where the router has one (loopback TCP): all but
+/// `/healthz` and `/metrics`.
+pub fn needs_token(path: &str) -> bool {
+    !matches!(path, "/healthz" | "/metrics")
 }
 
 /// What [`guard`] needs.
@@ -190,7 +215,7 @@ fn unauthorized(g: &Guard, req: &Request) -> Option<Response> {
         resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
         return Some(resp);
     }
-    if matches!(req.uri().path(), "/healthz" | "/metrics") {
+    if !needs_token(req.uri().path()) {
         return None;
     }
     g.agent.metrics.unauthorized.fetch_add(1, Ordering::Relaxed);
@@ -209,10 +234,54 @@ fn unauthorized(g: &Guard, req: &Request) -> Option<Response> {
     Some(resp)
 }
 
+/// Liveness: answers while the agent serves.
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "operations",
+    operation_id = "healthz",
+    responses((status = 200, description = "The agent is serving.", body = String, content_type = "text/plain; charset=utf-8", example = "ok\n")),
+)]
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+/// This description.
+#[utoipa::path(
+    get,
+    path = "/v1/openapi.json",
+    tag = "operations",
+    operation_id = "openapi",
+    responses((status = 200, description = "The OpenAPI 3.1 description of this agent (what `capsd generate-assets --openapi FILE` writes).", body = OpenApiDocument, content_type = "application/json")),
+)]
+async fn openapi_json() -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], openapi::json())
+}
+
+/// The agent's counters and histograms for Prometheus.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "operations",
+    operation_id = "metrics",
+    responses((status = 200, description = "OpenMetrics text (requests by endpoint and status, latencies, derivations, cache, refusals, time-outs), ending in `# EOF`.", body = String, content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8")),
+)]
 async fn metrics_text(State(agent): State<Arc<Agent>>) -> impl IntoResponse {
     ([(header::CONTENT_TYPE, HeaderValue::from_static(metrics::CONTENT_TYPE))], agent.metrics.render())
 }
 
+/// The drivers, whether each can answer here, and refused or failed plugins (the same as
+/// `capsd drivers --json`).
+#[utoipa::path(
+    get,
+    path = "/v1/drivers",
+    tag = "documents",
+    operation_id = "drivers",
+    responses(
+        (status = 200, description = "One entry per driver, in-tree driver not built in, refused plugin and failed plugin.", body = Vec<DriverEntry>, content_type = "application/json"),
+        (status = 504, description = "The availability checks took longer than the request timeout (`timeout`).", body = ErrorBody, content_type = "application/json"),
+    ),
+)]
 async fn drivers(State(agent): State<Arc<Agent>>) -> Result<Response, ApiError> {
     // `availability()` looks at the host (PATH directories, device nodes) and a plugin's runs
     // foreign code: off the async workers, like a derivation.
@@ -321,6 +390,34 @@ pub fn parse_query(params: &[(String, String)]) -> Result<(String, Query), ApiEr
     Ok((driver.unwrap_or_else(|| "qemu".to_owned()), q))
 }
 
+/// The `<domainCapabilities>` document of a query, as `capsd domcapabilities` prints it.
+#[utoipa::path(
+    get,
+    path = "/v1/domcapabilities",
+    tag = "documents",
+    operation_id = "domcapabilities",
+    params(DomcapsQuery),
+    responses(
+        (status = 200,
+            description = "The document: XML (libvirt's form, the default), or its JSON form when `Accept` names `application/json` before any XML type.",
+            headers(
+                ("Capsd-Libvirt-Version" = String, description = "Driver qemu: the libvirt release (X.Y.Z) the document is for."),
+                ("Capsd-Libvirt-Rules" = String, description = "Driver qemu: the release whose rules were applied (the newest capsd knows, for a newer release)."),
+                ("Warning" = String, description = "Driver qemu, for a release newer than every one capsd knows: `299 capsd \"...\"` (later changes are unknown)."),
+            ),
+            content(
+                (String = "application/xml"),
+                (DomainCapabilitiesJson = "application/json"),
+            ),
+        ),
+        (status = 400, description = "A bad query: unknown or repeated parameter, malformed value, unknown driver (`invalid-parameter`), or a value the driver rejects (`invalid-input`).", body = ErrorBody, content_type = "application/json"),
+        (status = 403, description = "An `emulatorbin` the agent does not run (`emulator-not-allowed`).", body = ErrorBody, content_type = "application/json"),
+        (status = 404, description = "A combination the driver does not offer (`not-supported`).", body = ErrorBody, content_type = "application/json"),
+        (status = 501, description = "A driver not built into this capsd (`driver-not-built-in`) or unusable on this host (`driver-unavailable`).", body = ErrorBody, content_type = "application/json"),
+        (status = 502, description = "Probing the hypervisor failed, or the plugin failed (`probe-failed`).", body = ErrorBody, content_type = "application/json"),
+        (status = 504, description = "No document within the request timeout (`timeout`); the derivation goes on and is kept.", body = ErrorBody, content_type = "application/json"),
+    ),
+)]
 async fn domcapabilities(
     State(agent): State<Arc<Agent>>,
     headers: HeaderMap,

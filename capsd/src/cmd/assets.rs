@@ -1,6 +1,7 @@
 //! `capsd generate-assets` (hidden, not in the pages or completions): the man pages and shell completions of this very binary,
 //! written from its clap definitions, so `--help`, the pages and the completions cannot drift
-//! apart. `cargo xtask deb` runs it on the binary it packages (same features, same version).
+//! apart, and the agent's OpenAPI description, the very bytes its `/v1/openapi.json` serves.
+//! `cargo xtask deb` runs it on the binary it packages (same features, same version).
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -16,13 +17,21 @@ pub struct Args {
     /// Write completions here: capsd.bash, _capsd (zsh) and capsd.fish.
     #[arg(long, value_name = "DIR")]
     completions: Option<PathBuf>,
+    /// Write the agent's OpenAPI 3.1 description (what `capsd serve` answers at
+    /// /v1/openapi.json) to this file, replacing it whole.
+    #[arg(long, value_name = "FILE")]
+    openapi: Option<PathBuf>,
 }
 
 /// Write what `args` asks for, from the CLI's definitions.
 pub fn run(args: Args) -> Result<ExitCode> {
     let cmd = <crate::Cli as clap::CommandFactory>::command();
-    if args.man.is_none() && args.completions.is_none() {
-        bail!("nothing to write: give --man DIR and/or --completions DIR");
+    if args.man.is_none() && args.completions.is_none() && args.openapi.is_none() {
+        bail!("nothing to write: give --man DIR, --completions DIR and/or --openapi FILE");
+    }
+    if let Some(file) = &args.openapi {
+        write_whole(file, crate::agent::openapi::json().as_bytes())
+            .with_context(|| format!("--openapi {}: cannot write the OpenAPI description", file.display()))?;
     }
     if let Some(dir) = &args.man {
         existing_dir(dir, "--man")?;
@@ -61,6 +70,42 @@ fn without_hidden_subcommands(cmd: &clap::Command) -> clap::Command {
         out = out.about(about.clone());
     }
     out.args(cmd.get_arguments().cloned()).subcommands(cmd.get_subcommands().filter(|s| !s.is_hide_set()).cloned())
+}
+
+/// Write `bytes` to `file`. A regular file (or one to be made) is written through a
+/// temporary file beside it, renamed into place: it is either the old one or the whole new
+/// one, never half-written. A link is followed first (the link stays); a device or pipe
+/// (`/dev/stdout`) is written in place; a directory is refused.
+fn write_whole(file: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write as _;
+    let file = match std::fs::canonicalize(file) {
+        Ok(resolved) => resolved,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => file.to_path_buf(),
+        Err(e) => return Err(e.into()),
+    };
+    match std::fs::metadata(&file) {
+        Ok(m) if m.is_dir() => bail!("is a directory"),
+        Ok(m) if !m.is_file() => {
+            std::fs::OpenOptions::new().write(true).open(&file)?.write_all(bytes)?;
+            return Ok(());
+        }
+        _ => {}
+    }
+    let name = file.file_name().context("not a file name")?;
+    let dir = file.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    existing_dir(dir, "the directory of")?;
+    let tmp = dir.join(format!(".{}.tmp-{}", name.to_string_lossy(), std::process::id()));
+    let written = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&tmp)
+        .and_then(|mut f| f.write_all(bytes).and_then(|()| f.sync_all()))
+        .and_then(|()| std::fs::rename(&tmp, &file));
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e.into());
+    }
+    Ok(())
 }
 
 fn existing_dir(dir: &Path, flag: &str) -> Result<()> {

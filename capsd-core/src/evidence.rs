@@ -193,6 +193,11 @@ pub fn parent(path: &str) -> &str {
     }
 }
 
+/// The number of steps of a path (`0` for the document's node).
+pub fn depth(path: &str) -> usize {
+    split_steps(path).len()
+}
+
 /// Split a path at the `/` that are not inside a predicate's quotes.
 fn split_steps(path: &str) -> Vec<&str> {
     if path.is_empty() {
@@ -286,6 +291,171 @@ impl Selector {
     }
 }
 
+/// What one selector names in an explanation: the nodes it matches with everything
+/// recorded below them, and the recorded ancestors of the first (whose facts decided them
+/// too).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Selection {
+    pub selector: String,
+    /// How the selector was answered when it names no recorded node itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+    pub context: Vec<Node>,
+    pub nodes: Vec<Node>,
+}
+
+/// A selector that names nothing: neither a node of the document nor anything the
+/// derivation considered.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("selector '{0}' matches no element of the document and nothing the derivation considered")]
+pub struct NoMatch(pub String);
+
+impl Explanation {
+    fn with_descendants(&self, roots: &[&Node]) -> Vec<Node> {
+        self.nodes
+            .iter()
+            .filter(|n| {
+                roots
+                    .iter()
+                    .any(|r| n.path == r.path || r.path.is_empty() || n.path.starts_with(&format!("{}/", r.path)))
+            })
+            .cloned()
+            .collect()
+    }
+
+    /// Answer `selector` for the document whose element paths are `document` (see
+    /// [`document_paths`]): the recorded nodes it matches; else, for an element of the
+    /// document decided as part of an ancestor, that ancestor; else, for something not in the
+    /// document, its nearest recorded ancestor that was left out (which says why).
+    pub fn selection(&self, selector: &Selector, document: &[String]) -> Result<Selection, NoMatch> {
+        let matched = self.select(selector);
+        let context_of = |n: &Node| self.ancestors(&n.path).into_iter().cloned().collect::<Vec<_>>();
+        if let Some(first) = matched.first() {
+            return Ok(Selection {
+                selector: selector.as_str().to_owned(),
+                note: None,
+                context: context_of(first),
+                nodes: self.with_descendants(&matched),
+            });
+        }
+        if let Some(doc) = document.iter().find(|p| selector.matches(p)) {
+            if let Some(n) = self.accounting_for(doc) {
+                return Ok(Selection {
+                    selector: selector.as_str().to_owned(),
+                    note: Some(format!("{doc} is decided as part of {}", display_path(&n.path))),
+                    context: context_of(n),
+                    nodes: vec![n.clone()],
+                });
+            }
+        }
+        for k in (1..selector.steps.len()).rev() {
+            let prefix = Selector { text: String::new(), steps: selector.steps[..k].to_vec() };
+            if let Some(n) = self.nodes.iter().find(|n| !n.present && prefix.matches(&n.path)) {
+                return Ok(Selection {
+                    selector: selector.as_str().to_owned(),
+                    note: Some(format!("not in the document: {} is left out", display_path(&n.path))),
+                    context: context_of(n),
+                    nodes: vec![n.clone()],
+                });
+            }
+        }
+        Err(NoMatch(selector.as_str().to_owned()))
+    }
+}
+
+/// A path for people: the document's node is `/`.
+pub fn display_path(path: &str) -> &str {
+    if path.is_empty() {
+        "/"
+    } else {
+        path
+    }
+}
+
+/// The key a fact is compared by between two explanations (`capsd explain --diff`): a
+/// rule's target release is left out, since it always differs between two releases.
+pub fn diff_key(f: &Fact) -> String {
+    match f {
+        Fact::Rule { change, since, applies, .. } => {
+            format!("libvirt rule {change} (since {since}) {}", if *applies { "applies" } else { "does not apply" })
+        }
+        other => other.to_string(),
+    }
+}
+
+/// One node whose presence differs between two explanations, and the facts of it or its
+/// ancestors that differ.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeChange {
+    pub path: String,
+    /// In the document of A / of B.
+    pub in_a: bool,
+    pub in_b: bool,
+    /// Facts (by [`diff_key`]) only A / only B cites for this node or its ancestors.
+    pub only_a: Vec<String>,
+    pub only_b: Vec<String>,
+}
+
+/// What differs between two explanations: facts cited only by one, and the nodes whose
+/// presence changed with the differing facts that decided them.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct ExplanationDiff {
+    pub facts_only_a: Vec<String>,
+    pub facts_only_b: Vec<String>,
+    pub changed: Vec<NodeChange>,
+}
+
+impl ExplanationDiff {
+    pub fn is_empty(&self) -> bool {
+        self.facts_only_a.is_empty() && self.facts_only_b.is_empty() && self.changed.is_empty()
+    }
+}
+
+/// Compare two explanations; `doc_a`/`doc_b` are their documents' element paths (a node
+/// recorded in neither explanation is present when its document has it).
+pub fn diff(a: &Explanation, doc_a: &[String], b: &Explanation, doc_b: &[String]) -> ExplanationDiff {
+    use std::collections::BTreeSet;
+    let keys = |e: &Explanation| e.nodes.iter().flat_map(|n| n.facts.iter().map(diff_key)).collect::<BTreeSet<_>>();
+    let (ka, kb) = (keys(a), keys(b));
+    let node_keys = |e: &Explanation, path: &str| {
+        let mut out: BTreeSet<String> = e.get(path).map(|n| n.facts.iter().map(diff_key).collect()).unwrap_or_default();
+        for anc in e.ancestors(path) {
+            out.extend(anc.facts.iter().map(diff_key));
+        }
+        out
+    };
+    let present = |e: &Explanation, doc: &[String], path: &str| match e.get(path) {
+        Some(n) => n.present,
+        None => doc.iter().any(|p| p == path),
+    };
+    let mut paths: Vec<String> = Vec::new();
+    for p in a.nodes.iter().map(|n| &n.path).chain(b.nodes.iter().map(|n| &n.path)).chain(doc_a).chain(doc_b) {
+        if !paths.contains(p) {
+            paths.push(p.clone());
+        }
+    }
+    let mut changed = Vec::new();
+    for path in paths {
+        let (in_a, in_b) = (present(a, doc_a, &path), present(b, doc_b, &path));
+        if in_a == in_b {
+            continue;
+        }
+        let (fa, fb) = (node_keys(a, &path), node_keys(b, &path));
+        changed.push(NodeChange {
+            only_a: fa.difference(&fb).cloned().collect(),
+            only_b: fb.difference(&fa).cloned().collect(),
+            path,
+            in_a,
+            in_b,
+        });
+    }
+    ExplanationDiff {
+        facts_only_a: ka.difference(&kb).cloned().collect(),
+        facts_only_b: kb.difference(&ka).cloned().collect(),
+        changed,
+    }
+}
+
 /// The path step of an element: `tag[@name='x']` with a `name` attribute, `tag[.='text']`
 /// with text, `tag` otherwise.
 pub fn step(tag: &str, name: Option<&str>, text: Option<&str>) -> String {
@@ -304,26 +474,35 @@ pub fn value_step(v: &str) -> String {
 /// The paths of every element of a document written by [`crate::xml::to_xml`], in
 /// document order (the root `<domainCapabilities>` is `""` and not listed).
 pub fn document_paths(caps: &crate::DomainCapabilities) -> Vec<String> {
-    use quick_xml::events::Event;
+    document_nodes(caps).into_iter().map(|(p, _)| p).collect()
+}
+
+/// [`document_paths`] with each element's other attributes (`supported='yes'`, ...), as
+/// written: what a node's evidence decides besides its children.
+pub fn document_nodes(caps: &crate::DomainCapabilities) -> Vec<(String, String)> {
+    use quick_xml::events::{BytesStart, Event};
     let xml = crate::xml::to_xml(caps);
     let mut reader = quick_xml::Reader::from_str(&xml);
-    // (path so far, pending element: tag + name attribute, waiting for text or children)
+    // Paths of the open elements; the element just opened, waiting for its text or children.
     let mut stack: Vec<String> = Vec::new();
-    let mut pending: Option<(String, Option<String>)> = None;
+    let mut pending: Option<(String, Option<String>, String)> = None;
     let mut out = Vec::new();
-    let attr_name = |e: &quick_xml::events::BytesStart<'_>| {
-        e.attributes()
-            .flatten()
-            .find(|a| a.key.as_ref() == b"name")
-            .and_then(|a| a.unescape_value().ok().map(|v| v.into_owned()))
-    };
-    let join = |stack: &[String], s: &str| {
-        let base = stack.last().map(String::as_str).unwrap_or("");
-        if base.is_empty() {
-            s.to_owned()
-        } else {
-            format!("{base}/{s}")
+    let read = |e: &BytesStart<'_>| {
+        let tag = String::from_utf8_lossy(e.name().as_ref()).into_owned();
+        let (mut name, mut attrs) = (None, Vec::new());
+        for a in e.attributes().flatten() {
+            let v = a.unescape_value().map(|v| v.into_owned()).unwrap_or_default();
+            if a.key.as_ref() == b"name" {
+                name = Some(v);
+            } else {
+                attrs.push(format!("{}='{v}'", String::from_utf8_lossy(a.key.as_ref())));
+            }
         }
+        (tag, name, attrs.join(" "))
+    };
+    let join = |stack: &[String], s: &str| match stack.last().map(String::as_str) {
+        None | Some("") => s.to_owned(),
+        Some(base) => format!("{base}/{s}"),
     };
     let mut depth = 0usize;
     loop {
@@ -333,9 +512,9 @@ pub fn document_paths(caps: &crate::DomainCapabilities) -> Vec<String> {
         };
         match ev {
             Event::Start(e) => {
-                if let Some((tag, name)) = pending.take() {
+                if let Some((tag, name, attrs)) = pending.take() {
                     let p = join(&stack, &step(&tag, name.as_deref(), None));
-                    out.push(p.clone());
+                    out.push((p.clone(), attrs));
                     stack.push(p);
                 }
                 depth += 1;
@@ -343,32 +522,32 @@ pub fn document_paths(caps: &crate::DomainCapabilities) -> Vec<String> {
                     stack.push(String::new());
                     continue;
                 }
-                pending = Some((String::from_utf8_lossy(e.name().as_ref()).into_owned(), attr_name(&e)));
+                pending = Some(read(&e));
             }
             Event::Empty(e) => {
-                if let Some((tag, name)) = pending.take() {
+                if let Some((tag, name, attrs)) = pending.take() {
                     let p = join(&stack, &step(&tag, name.as_deref(), None));
-                    out.push(p.clone());
+                    out.push((p.clone(), attrs));
                     stack.push(p);
                 }
-                let tag = String::from_utf8_lossy(e.name().as_ref()).into_owned();
-                out.push(join(&stack, &step(&tag, attr_name(&e).as_deref(), None)));
+                let (tag, name, attrs) = read(&e);
+                out.push((join(&stack, &step(&tag, name.as_deref(), None)), attrs));
             }
             Event::Text(t) => {
                 let text = t.unescape().map(|c| c.into_owned()).unwrap_or_default();
                 if text.trim().is_empty() {
                     continue;
                 }
-                if let Some((tag, name)) = pending.take() {
+                if let Some((tag, name, attrs)) = pending.take() {
                     let p = join(&stack, &step(&tag, name.as_deref(), Some(&text)));
-                    out.push(p.clone());
+                    out.push((p.clone(), attrs));
                     stack.push(p);
                 }
             }
             Event::End(_) => {
-                if let Some((tag, name)) = pending.take() {
+                if let Some((tag, name, attrs)) = pending.take() {
                     // An element with neither text nor children.
-                    out.push(join(&stack, &step(&tag, name.as_deref(), None)));
+                    out.push((join(&stack, &step(&tag, name.as_deref(), None)), attrs));
                 } else {
                     stack.pop();
                 }

@@ -189,11 +189,18 @@ pub fn tpm(a: &Answers<'_>, host: &HostFacts) -> Option<EnumElement> {
 }
 
 fn tpm_from_lists(a: &Answers<'_>, host: &HostFacts) -> EnumElement {
-    let model_values = pick!("model";
-        ("tpm-tis", a.list_has("query-tpm-models", "tpm-tis")),
-        ("tpm-crb", a.list_has("query-tpm-models", "tpm-crb")),
-        ("tpm-spapr", a.list_has("query-tpm-models", "tpm-spapr")),
-        ("spapr-tpm-proxy", a.has_type("spapr-tpm-proxy")),
+    // Without a model the element is `supported='no'` and has no enum.
+    let model_values = capsd_core::evidence::node(
+        || capsd_core::evidence::step("enum", Some("model"), None),
+        || {
+            pick!(@values
+                ("tpm-tis", a.list_has("query-tpm-models", "tpm-tis")),
+                ("tpm-crb", a.list_has("query-tpm-models", "tpm-crb")),
+                ("tpm-spapr", a.list_has("query-tpm-models", "tpm-spapr")),
+                ("spapr-tpm-proxy", a.has_type("spapr-tpm-proxy")),
+            )
+        },
+        |v| !v.is_empty(),
     );
     if model_values.is_empty() {
         return EnumElement::unsupported();

@@ -48,6 +48,11 @@ fn flag(b: Option<bool>) -> Option<String> {
     b.map(|b| if b { "Y" } else { "N" }.to_owned())
 }
 
+/// A flag stored only as "is `Y`": false may mean the file is absent.
+fn y_or_not(b: bool) -> Option<String> {
+    Some(if b { "Y" } else { "not Y" }.to_owned())
+}
+
 fn exists(b: bool) -> Option<String> {
     b.then(|| "exists".to_owned())
 }
@@ -72,7 +77,7 @@ pub fn swtpm_setup_features(h: &HostFacts) {
 pub fn vfio(h: &HostFacts) {
     host(source::IOMMU_GROUPS, || Some(if h.vfio.iommu_groups { "has entries" } else { "no entries" }.to_owned()));
     if !h.vfio.iommu_groups {
-        host(source::VFIO_NOIOMMU, || flag(Some(h.vfio.noiommu_mode)));
+        host(source::VFIO_NOIOMMU, || y_or_not(h.vfio.noiommu_mode));
     }
     host(source::DEV_VFIO, || exists(h.vfio.dev_vfio));
 }
@@ -101,7 +106,7 @@ pub fn s390_pv(h: &HostFacts) {
 
 /// Intel TDX.
 pub fn tdx(h: &HostFacts) {
-    host(source::KVM_INTEL_TDX, || flag(Some(h.tdx)));
+    host(source::KVM_INTEL_TDX, || y_or_not(h.tdx));
 }
 
 /// KVM's vCPU limit (`<vcpu max>`).

@@ -95,8 +95,9 @@ impl<'a> Answers<'a> {
     }
 
     /// Whether any of `names` is a QOM type.
+    /// Every name is looked up (no short cut), so the evidence cites all that were there.
     pub fn has_any_type(&self, names: &[&str]) -> bool {
-        names.iter().any(|n| self.has_type(n))
+        names.iter().fold(false, |any, n| self.has_type(n) | any)
     }
 
     /// The string list a command returned (`query-tpm-models`, `query-tpm-types`); empty

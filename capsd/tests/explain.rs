@@ -1,0 +1,325 @@
+//! `capsd explain` over every conformance case whose emulator is installed here
+//! (`driver-qemu/tests/data/oracle-cases.txt`, `more-cases.txt`), from recordings made by
+//! `capsd probe --record` with this host's real QEMU:
+//! - every element of the document is accounted for by evidence (a node of its own or of an
+//!   ancestor, never only the document's root), and the evidence agrees with the document:
+//!   each node it says is present is in the document, each it says is left out is not;
+//! - the evidence is causal: for a sample of elements per case whose own evidence is QEMU
+//!   listing something (`qom-list-types`, `query-tpm-models`, `query-tpm-types`), removing
+//!   those items from the recording changes that element (it, its attributes or what is
+//!   below it) in the replayed document;
+//! - the cited host facts are true: files said absent are absent, flags read as cited,
+//!   programs found where cited, firmware descriptors have or lack the cited feature.
+
+mod live_support;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use capsd_core::evidence::{document_nodes, Explanation, Fact, Node, Selection};
+use capsd_core::Query;
+use live_support::live;
+use serde_json::Value;
+
+struct Case {
+    name: String,
+    args: Vec<String>,
+}
+
+impl Case {
+    fn arg(&self, flag: &str) -> Option<&str> {
+        self.args.iter().position(|a| a == flag).and_then(|i| self.args.get(i + 1)).map(String::as_str)
+    }
+
+    fn query(&self) -> Query {
+        Query {
+            emulator: self.arg("--emulatorbin").map(PathBuf::from),
+            arch: self.arg("--arch").map(str::to_owned),
+            machine: self.arg("--machine").map(str::to_owned),
+            virt_type: self.arg("--virttype").map(str::to_owned),
+            libvirt: None,
+        }
+    }
+
+    fn emulator(&self) -> PathBuf {
+        match self.arg("--emulatorbin") {
+            Some(e) => PathBuf::from(e),
+            None => PathBuf::from(format!("/usr/bin/qemu-system-{}", self.arg("--arch").unwrap_or("x86_64"))),
+        }
+    }
+}
+
+fn cases() -> Vec<Case> {
+    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("../driver-qemu/tests/data");
+    let mut out = Vec::new();
+    for file in ["oracle-cases.txt", "more-cases.txt"] {
+        let text = std::fs::read_to_string(data.join(file)).unwrap();
+        for l in text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')) {
+            let mut w = l.split_whitespace().map(str::to_owned);
+            out.push(Case { name: w.next().unwrap(), args: w.collect() });
+        }
+    }
+    out
+}
+
+fn capsd(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_capsd")).args(args).env("NO_COLOR", "1").output().unwrap()
+}
+
+fn ok(out: &Output, what: &str) -> String {
+    assert!(out.status.success(), "{what}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout.clone()).unwrap()
+}
+
+/// The document of a recording (its elements with their attributes) and its evidence,
+/// derived in this process once with the recorder on; `None` when the query fails.
+fn replay(name: &str, text: &str, q: &Query) -> Option<(Vec<(String, String)>, Explanation)> {
+    let rec = driver_qemu::replay::parse(name, text).unwrap();
+    let (caps, ex) = capsd_core::evidence::record(|| {
+        driver_qemu::replay::domain_capabilities(&rec, q, driver_qemu::cpu::CpuOptions::default())
+    });
+    Some((document_nodes(&caps.ok()?), ex))
+}
+
+/// The document's elements at `path` and below it, with their attributes.
+fn subtree<'d>(doc: &'d [(String, String)], path: &str) -> Vec<&'d (String, String)> {
+    let below = format!("{path}/");
+    doc.iter().filter(|(p, _)| p == path || p.starts_with(&below)).collect()
+}
+
+fn explain(rec: &Path, args: &[String], selectors: &[&str]) -> Vec<Selection> {
+    let mut a = vec!["--no-cache", "explain", "--format", "json", "--replay", rec.to_str().unwrap()];
+    a.extend(args.iter().map(String::as_str));
+    a.extend(selectors);
+    let v: Value = serde_json::from_str(&ok(&capsd(&a), "explain")).unwrap();
+    serde_json::from_value(v["selections"].clone()).unwrap()
+}
+
+/// Items a node's own evidence says QEMU listed, by command (those the test can remove).
+fn listed(n: &Node) -> BTreeMap<String, Vec<String>> {
+    let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for f in &n.facts {
+        if let Fact::Qmp { command, item, holds: true, .. } = f {
+            if matches!(command.as_str(), "qom-list-types" | "query-tpm-models" | "query-tpm-types") {
+                out.entry(command.clone()).or_default().push(item.clone());
+            }
+        }
+    }
+    out
+}
+
+/// Only QMP list facts (and none the test cannot undo) decide the node.
+fn only_listed(n: &Node) -> bool {
+    n.facts.iter().all(|f| match f {
+        Fact::Qmp { command, holds, .. } => {
+            !holds || matches!(command.as_str(), "qom-list-types" | "query-tpm-models" | "query-tpm-types")
+        }
+        Fact::Reply { .. } | Fact::Query { .. } | Fact::Rule { .. } => true,
+        Fact::Host { .. } => false,
+    }) && !listed(n).is_empty()
+}
+
+/// The recording with `remove` taken out of the replies of every run.
+fn without(rec: &Value, remove: &BTreeMap<String, Vec<String>>) -> Value {
+    let mut rec = rec.clone();
+    for run in rec["runs"].as_object_mut().unwrap().values_mut() {
+        for ex in run["exchanges"].as_array_mut().unwrap() {
+            let Some(items) = remove.get(ex["execute"].as_str().unwrap_or("")) else { continue };
+            if let Some(list) = ex["reply"]["Ok"].as_array_mut() {
+                list.retain(|e| {
+                    let name = e.as_str().or_else(|| e.get("name").and_then(Value::as_str)).unwrap_or("");
+                    !items.iter().any(|i| i == name)
+                });
+            }
+        }
+    }
+    rec
+}
+
+#[test]
+fn explain_accounts_for_every_element_causally_with_true_host_facts() {
+    if !live() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let cases = cases();
+    let mut recordings: BTreeMap<PathBuf, PathBuf> = BTreeMap::new();
+    for c in &cases {
+        let emu = c.emulator();
+        if recordings.contains_key(&emu) || !emu.exists() {
+            continue;
+        }
+        let file = tmp.path().join(format!("{}.json", emu.file_name().unwrap().to_str().unwrap()));
+        let out = capsd(&["probe", "--record", file.to_str().unwrap(), "--emulatorbin", emu.to_str().unwrap()]);
+        ok(&out, &format!("recording {}", emu.display()));
+        recordings.insert(emu, file);
+    }
+    let (mut explained, mut causal, mut host_checked, mut skipped, mut failures) = (0, 0, 0, Vec::new(), Vec::new());
+    let texts: BTreeMap<&PathBuf, String> =
+        recordings.iter().map(|(e, f)| (e, std::fs::read_to_string(f).unwrap())).collect();
+    let mut cli_compared = false;
+    for c in &cases {
+        let Some(text) = texts.get(&c.emulator()) else {
+            skipped.push(c.name.clone());
+            continue;
+        };
+        let q = c.query();
+        let Some((doc, ex)) = replay(&c.name, text, &q) else { continue };
+        explained += 1;
+        let paths: Vec<&String> = doc.iter().map(|(p, _)| p).collect();
+        // Every element accounted for below the document's root.
+        for p in &paths {
+            match ex.accounting_for(p) {
+                Some(n) if !n.path.is_empty() => {}
+                _ => failures.push(format!("{}: no evidence for {p}", c.name)),
+            }
+        }
+        // The evidence agrees with the document.
+        for n in ex.nodes.iter().filter(|n| !n.path.is_empty()) {
+            let in_doc = paths.contains(&&n.path);
+            if n.present != in_doc {
+                failures.push(format!("{}: evidence says {} present={}, document {in_doc}", c.name, n.path, n.present));
+            }
+            if !n.present && n.omitted.is_none() {
+                failures.push(format!("{}: {} left out without a reason", c.name, n.path));
+            }
+        }
+        // The CLI prints the same evidence (once).
+        if !cli_compared {
+            let all = explain(&recordings[&c.emulator()], &c.args, &[]);
+            assert_eq!(
+                all[0].nodes, ex.nodes,
+                "{}: capsd explain --replay differs from the derivation's evidence",
+                c.name
+            );
+            cli_compared = true;
+        }
+        // Causality, for up to 3 present elements decided by QEMU's lists alone.
+        let recording: Value = serde_json::from_str(text).unwrap();
+        let sample: Vec<&Node> = ex.nodes.iter().filter(|n| n.present && only_listed(n)).collect();
+        let step = (sample.len() / 3).max(1);
+        for n in sample.iter().step_by(step).take(3) {
+            let altered = serde_json::to_string(&without(&recording, &listed(n))).unwrap();
+            let after = replay(&c.name, &altered, &q).map(|(d, _)| d).unwrap_or_default();
+            if subtree(&after, &n.path) == subtree(&doc, &n.path) {
+                failures.push(format!(
+                    "{}: removing {:?} from the recording left {} unchanged",
+                    c.name,
+                    listed(n),
+                    n.path
+                ));
+            } else {
+                causal += 1;
+            }
+        }
+        // Host facts against the host (the recordings were made here).
+        for f in ex.nodes.iter().flat_map(|n| &n.facts) {
+            let Fact::Host { source, value } = f else { continue };
+            match check_host_fact(source, value.as_deref()) {
+                Ok(true) => host_checked += 1,
+                Ok(false) => {}
+                Err(e) => failures.push(format!("{}: host fact {f}: {e}", c.name)),
+            }
+        }
+    }
+    eprintln!(
+        "{explained} case(s) explained, {causal} causal check(s), {host_checked} host fact check(s); skipped \
+         (emulator not installed): {skipped:?}"
+    );
+    assert!(explained > 0 && causal > 0 && host_checked > 0);
+    failures.dedup();
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// Check one cited host fact against this host: `Ok(true)` checked, `Ok(false)` not a
+/// fact a file can confirm (CPUID, an ioctl), `Err` when the host says otherwise.
+fn check_host_fact(source: &str, value: Option<&str>) -> Result<bool, String> {
+    if let Some(prog) = source.strip_suffix(" in PATH") {
+        return match value {
+            Some(p) if Path::new(p).is_file() && p.ends_with(&format!("/{prog}")) => Ok(true),
+            Some(p) => Err(format!("{p} is not {prog}")),
+            None => match std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
+                .map(|d| d.join(prog))
+                .find(|p| p.is_file())
+            {
+                Some(p) => Err(format!("{} exists", p.display())),
+                None => Ok(true),
+            },
+        };
+    }
+    if !source.starts_with('/') || source.contains(' ') {
+        return Ok(false);
+    }
+    let path = Path::new(source);
+    match value {
+        None if path.exists() => Err("cited as absent, but it exists".into()),
+        None => Ok(true),
+        Some("exists") if path.exists() => Ok(true),
+        Some("exists") => Err("cited as existing, but it is absent".into()),
+        Some(flag @ ("Y" | "N")) => {
+            let text = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
+            let read = if matches!(text.trim(), "1" | "Y" | "y") { "Y" } else { "N" };
+            if read == flag {
+                Ok(true)
+            } else {
+                Err(format!("the file says {}", text.trim()))
+            }
+        }
+        Some("not Y") => match std::fs::read_to_string(path) {
+            Ok(text) if matches!(text.trim(), "1" | "Y" | "y") => Err("the file says Y".into()),
+            _ => Ok(true),
+        },
+        Some(entries @ ("has entries" | "no entries")) => {
+            let has = std::fs::read_dir(path).map(|mut d| d.next().is_some()).unwrap_or(false);
+            if has == (entries == "has entries") {
+                Ok(true)
+            } else {
+                Err(format!("the directory {} entries", if has { "has" } else { "has no" }))
+            }
+        }
+        Some(v) if source.ends_with(".json") => {
+            let d: Value = serde_json::from_str(&std::fs::read_to_string(path).map_err(|e| e.to_string())?)
+                .map_err(|e| e.to_string())?;
+            let features: Vec<&str> =
+                d["features"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+            if let Some(rest) = v.strip_prefix("features ") {
+                let (verb, feature) = rest.split_once(' ').unwrap();
+                return if features.contains(&feature) == (verb == "has") {
+                    Ok(true)
+                } else {
+                    Err("features differ".into())
+                };
+            }
+            if let Some(types) = v.strip_prefix("interface-types ") {
+                let want: Vec<&str> =
+                    d["interface-types"].as_array().unwrap().iter().filter_map(Value::as_str).collect();
+                return if want.join(" ") == types { Ok(true) } else { Err("interface types differ".into()) };
+            }
+            if let Some(rest) = v.strip_prefix("image ") {
+                let (image, state) = rest.rsplit_once(' ').unwrap();
+                return if Path::new(image).exists() == (state == "exists") {
+                    Ok(true)
+                } else {
+                    Err(format!("{image} is not as cited"))
+                };
+            }
+            Err(format!("unknown descriptor fact {v}"))
+        }
+        Some(_) => Ok(false),
+    }
+}
+
+#[test]
+fn a_selector_that_names_nothing_is_an_error_naming_it() {
+    if !live() {
+        return;
+    }
+    let out = capsd(&["explain", "devices/nosuch/enum[@name='x']"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("devices/nosuch/enum[@name='x']"), "{err}");
+    let out = capsd(&["explain", "devices/tpm[@name=x]"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("devices/tpm[@name=x]"));
+}

@@ -11,6 +11,7 @@
 //! - the cited host facts are true: files said absent are absent, flags read as cited,
 //!   programs found where cited, firmware descriptors have or lack the cited feature.
 
+mod agent_support;
 mod live_support;
 
 use std::collections::BTreeMap;
@@ -322,4 +323,98 @@ fn a_selector_that_names_nothing_is_an_error_naming_it() {
     let out = capsd(&["explain", "devices/tpm[@name=x]"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("devices/tpm[@name=x]"));
+}
+
+/// Percent-encode a query parameter value.
+fn encode(v: &str) -> String {
+    v.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn the_agent_explains_as_the_cli_does() {
+    if !live() {
+        return;
+    }
+    let a = agent_support::Agent::start(&[]);
+    let sel = ["devices/tpm/enum[@name='backendModel']/value[.='emulator']", "os/loader/enum[@name='secure']"];
+    let target = format!("/v1/explain?machine=q35&select={}&select={}", encode(sel[0]), encode(sel[1]));
+    let r = a.get(&target);
+    assert_eq!(r.status, 200, "{}", r.body);
+    let agent: Vec<Selection> = serde_json::from_value(r.json()["selections"].clone()).unwrap();
+    let cache = a.dir.path().join("cache");
+    let out = capsd(&[
+        "--cache-dir",
+        cache.to_str().unwrap(),
+        "explain",
+        "--format",
+        "json",
+        "--machine",
+        "q35",
+        sel[0],
+        sel[1],
+    ]);
+    let v: Value = serde_json::from_str(&ok(&out, "explain")).unwrap();
+    let cli: Vec<Selection> = serde_json::from_value(v["selections"].clone()).unwrap();
+    // The document's own node holds what resolving the query read, which differs with how
+    // the probe was found (the agent's memory, the cache); every element's evidence is equal.
+    let below_root = |sel: &[Selection]| -> Vec<Selection> {
+        sel.iter()
+            .map(|s| Selection {
+                context: s.context.iter().filter(|n| !n.path.is_empty()).cloned().collect(),
+                ..s.clone()
+            })
+            .collect()
+    };
+    assert_eq!(below_root(&agent), below_root(&cli));
+    assert_eq!(agent.len(), 2);
+    assert!(agent[0].nodes.iter().any(|n| n.path == sel[0]), "{agent:?}");
+    // A selector naming nothing is a 400 naming it.
+    let r = a.get(&format!("/v1/explain?select={}", encode("devices/nosuch")));
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert_eq!(r.json()["parameter"], "select");
+    assert!(r.body.contains("devices/nosuch"), "{}", r.body);
+    let r = a.get(&format!("/v1/explain?select={}", encode("devices/tpm[x]")));
+    assert_eq!(r.status, 400, "{}", r.body);
+}
+
+#[test]
+fn diff_of_one_recording_under_two_releases_names_the_rules_and_elements() {
+    if !live() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let rec = tmp.path().join("x86.json");
+    ok(&capsd(&["probe", "--record", rec.to_str().unwrap(), "--emulatorbin", live_support::X86]), "record");
+    let r = rec.to_str().unwrap();
+    let out = capsd(&[
+        "explain",
+        "--format",
+        "json",
+        "--diff",
+        r,
+        r,
+        "--libvirt-version",
+        "9.0",
+        "--against-libvirt-version",
+        "11.3",
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+    let d: capsd_core::evidence::ExplanationDiff = serde_json::from_slice(&out.stdout).unwrap();
+    // libvirt 9.1 added <crypto>: the element appears, because of that rule.
+    let crypto = d.changed.iter().find(|c| c.path == "devices/crypto").expect("devices/crypto changes");
+    assert!(!crypto.in_a && crypto.in_b);
+    assert!(crypto.only_b.iter().any(|f| f.contains("rule Crypto") && f.ends_with(" applies")), "{crypto:?}");
+    assert!(d.facts_only_b.iter().any(|f| f.contains("rule Crypto")));
+    // The same recording and release: nothing differs.
+    let out = capsd(&["explain", "--diff", r, r, "--libvirt-version", "9.0"]);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("no difference"));
 }

@@ -418,3 +418,40 @@ fn diff_of_one_recording_under_two_releases_names_the_rules_and_elements() {
     assert_eq!(out.status.code(), Some(0));
     assert!(String::from_utf8_lossy(&out.stdout).contains("no difference"));
 }
+
+#[test]
+fn check_findings_name_the_evidence_that_decided_them() {
+    if !live() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let dom = tmp.path().join("dom.xml");
+    std::fs::write(
+        &dom,
+        "<domain type='kvm'><name>t</name><memory>1048576</memory>\
+         <os><type arch='x86_64' machine='q35'>hvm</type></os><devices>\
+         <tpm model='tpm-spapr'><backend type='emulator' version='2.0'/></tpm></devices></domain>",
+    )
+    .unwrap();
+    let cache = tmp.path().join("cache");
+    let out = capsd(&["--cache-dir", cache.to_str().unwrap(), "check", "--format", "json", dom.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let finding = |path: &str| v["findings"].as_array().unwrap().iter().find(|f| f["path"] == path).unwrap().clone();
+    let cites = |f: &Value, what: &str| {
+        f["evidence"].as_array().is_some_and(|e| e.iter().any(|x| x.as_str().unwrap().contains(what)))
+    };
+    let model = finding("/domain/devices/tpm/@model");
+    assert_eq!(model["verdict"], "unsupported");
+    assert!(cites(&model, "query-tpm-models (kvm run): lacks tpm-spapr"), "{model}");
+    let backend = finding("/domain/devices/tpm/backend/@type");
+    // The swtpm tools decide the emulator backend whichever way it goes here.
+    assert!(cites(&backend, "swtpm_setup in PATH"), "{backend}");
+    // A document read from a file carries no evidence.
+    let caps = tmp.path().join("caps.xml");
+    let doc = capsd(&["--cache-dir", cache.to_str().unwrap(), "domcapabilities", "--machine", "q35"]);
+    std::fs::write(&caps, ok(&doc, "domcapabilities")).unwrap();
+    let out = capsd(&["check", "--format", "json", "--caps", caps.to_str().unwrap(), dom.to_str().unwrap()]);
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(v["findings"].as_array().unwrap().iter().all(|f| f.get("evidence").is_none()), "{v}");
+}

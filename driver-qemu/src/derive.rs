@@ -175,7 +175,7 @@ pub fn domain_capabilities_with(
         vcpu: Some(Vcpu { max }),
         iothreads: Some(ev::always("iothreads", || Flag::new(Support::from_bool(a.has_type("iothread"))))),
         os: Some(ev::always("os", || {
-            os::os_caps_for(host, arch, &info.name, target, a.has_any_type(&["uefi-vars-x64", "uefi-vars-sysbus"]))
+            os::os_caps_for(host, arch, &info.name, target, || a.has_any_type(&["uefi-vars-x64", "uefi-vars-sysbus"]))
         })),
         cpu,
         memory_backing: Some(memory_backing),

@@ -225,16 +225,17 @@ fn text(s: &Selection) -> String {
             out.push_str(&format!("{pad}  - {}\n", clean(&f.to_string())));
         }
     };
-    if !s.context.is_empty() {
+    if s.context.iter().any(|n| !n.facts.is_empty() && !n.path.is_empty()) {
         out.push_str("decided within:\n");
-        for n in s.context.iter().filter(|n| !n.facts.is_empty()) {
+        // The document's own node (what resolving the query read) is in the JSON form.
+        for n in s.context.iter().filter(|n| !n.facts.is_empty() && !n.path.is_empty()) {
             node(&mut out, n, 1);
         }
         out.push_str("evidence:\n");
     }
     let base = s.nodes.first().map(|n| evidence::depth(&n.path)).unwrap_or(0);
     for n in &s.nodes {
-        node(&mut out, n, evidence::depth(&n.path).saturating_sub(base) + usize::from(!s.context.is_empty()));
+        node(&mut out, n, evidence::depth(&n.path).saturating_sub(base) + 1);
     }
     out
 }

@@ -82,8 +82,14 @@ fn firmware_features(matching: &[&FirmwareDescriptor]) -> EnumElement {
 }
 
 /// The `<os>` element for `arch` + canonical `machine`, as the target libvirt prints it.
-/// `uefi_vars_device`: QEMU has a `uefi-vars` device (`<varstore>`).
-pub fn os_caps_for(host: &HostFacts, arch: &str, machine: &str, target: Target, uefi_vars_device: bool) -> Os {
+/// `uefi_vars_device`: QEMU has a `uefi-vars` device (`<varstore>`; asked only for it).
+pub fn os_caps_for(
+    host: &HostFacts,
+    arch: &str,
+    machine: &str,
+    target: Target,
+    uefi_vars_device: impl FnOnce() -> bool,
+) -> Os {
     let mut os = os_caps(host, arch, machine);
     let matching: Vec<&FirmwareDescriptor> = host.firmware.iter().filter(|d| applies(d, arch, machine)).collect();
     os.firmware_features = ev::element("firmwareFeatures", || {
@@ -94,7 +100,7 @@ pub fn os_caps_for(host: &HostFacts, arch: &str, machine: &str, target: Target, 
     });
     os.varstore = ev::element("varstore", || {
         target.has(Change::Varstore).then(|| {
-            let yes = uefi_vars_device
+            let yes = uefi_vars_device()
                 && matching.iter().any(|d| {
                     note(d, "host-uefi-vars");
                     d.has_feature("host-uefi-vars")

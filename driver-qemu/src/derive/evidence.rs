@@ -118,3 +118,47 @@ pub fn kvm_max_vcpus(h: &HostFacts) {
 pub fn qemu_rdp(h: &HostFacts) {
     host("qemu-rdp in PATH", || h.qemu_rdp.then(|| "found".to_owned()));
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use capsd_core::evidence::{document_paths, record};
+
+    use crate::derive::{domain_capabilities_with, ResolvedQuery};
+    use crate::libvirt::{version::LibvirtVersion, Target};
+    use crate::probe_data::Accel;
+
+    /// Recording the evidence does not change the document, for every release and both
+    /// accelerators of the committed x86_64 recording; and what the evidence says is present
+    /// is exactly what the document has.
+    #[test]
+    fn recording_leaves_the_document_alone_and_agrees_with_it() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/qemu-7.2-x86_64.json");
+        let rec = crate::replay::load(&path).unwrap();
+        for (accel, machine) in [(Accel::Kvm, "pc-q35-7.2"), (Accel::Tcg, "pc-i440fx-7.2")] {
+            if rec.data.run(accel).is_none() {
+                continue;
+            }
+            for release in [(9, 0), (10, 5), (11, 3), (12, 8)] {
+                let q = ResolvedQuery {
+                    emulator: rec.data.binary.clone(),
+                    arch: "x86_64".into(),
+                    machine: machine.into(),
+                    accel,
+                };
+                let target = Target::new(LibvirtVersion::new(release.0, release.1, 0));
+                let opts = crate::cpu::CpuOptions { target, ..Default::default() };
+                let plain = domain_capabilities_with(&rec.data, &q, opts).unwrap();
+                let (recorded, ex) = record(|| domain_capabilities_with(&rec.data, &q, opts));
+                let recorded = recorded.unwrap();
+                assert_eq!(plain, recorded, "{accel:?} {release:?}");
+                let doc = document_paths(&recorded);
+                for n in ex.nodes.iter().filter(|n| !n.path.is_empty()) {
+                    assert_eq!(n.present, doc.contains(&n.path), "{accel:?} {release:?}: {}", n.path);
+                }
+                assert!(doc.iter().all(|p| ex.accounting_for(p).is_some_and(|n| !n.path.is_empty())));
+            }
+        }
+    }
+}

@@ -70,6 +70,12 @@ pub struct Finding {
     /// Why, when the verdict is not plain (values listed, blockers, omitted element...).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
+    /// The facts that decided the capability (`capsd explain`'s evidence), when the
+    /// document's evidence was at hand ([`Report::attach_evidence`]: a live query of the qemu
+    /// driver, CLI or agent). `None` for a document read from a file or from the fleet's
+    /// store, which carry no evidence.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub evidence: Option<Vec<String>>,
 }
 
 /// All findings for one domain, in domain document order.
@@ -105,6 +111,9 @@ impl Report {
                 out.push_str(&format!(": {n}"));
             }
             out.push('\n');
+            for e in f.evidence.iter().flatten() {
+                out.push_str(&format!("             because {e}\n"));
+            }
         }
         out.push_str(&format!(
             "{} findings: {} supported, {} unsupported, {} unknown\n",
@@ -114,6 +123,37 @@ impl Report {
             self.count(Verdict::Unknown)
         ));
         out
+    }
+}
+
+impl Report {
+    /// Name, for each finding, the facts that decided its capability: the evidence of the
+    /// capability's value node when the derivation considered that value (offered or left
+    /// out), else of the capability's element, else of its nearest recorded ancestor; a node
+    /// left out says why first. Findings whose capability has no evidence keep `None`.
+    pub fn attach_evidence(&mut self, ex: &capsd_core::evidence::Explanation) {
+        use capsd_core::evidence::{parent, value_step};
+        for f in &mut self.findings {
+            let base = f.capability.strip_prefix("/domainCapabilities/").unwrap_or(&f.capability);
+            let value_path = format!("{base}/{}", value_step(&f.value));
+            let mut path = if ex.get(&value_path).is_some() { value_path.as_str() } else { base };
+            let mut facts = Vec::new();
+            while !path.is_empty() {
+                if let Some(n) = ex.get(path) {
+                    if let (false, Some(why)) = (n.present, n.omitted) {
+                        facts.push(format!("{path} is left out: {why}"));
+                    }
+                    facts.extend(n.facts.iter().map(ToString::to_string));
+                    if !facts.is_empty() {
+                        break;
+                    }
+                }
+                path = parent(path);
+            }
+            if !facts.is_empty() {
+                f.evidence = Some(facts);
+            }
+        }
     }
 }
 
@@ -271,7 +311,7 @@ fn from_elem(e: Option<&EnumElement>) -> EnumSource<'_> {
 
 impl<'a> Checker<'a> {
     fn push(&mut self, path: String, value: &str, capability: String, verdict: Verdict, note: Option<String>) {
-        self.out.push(Finding { path, value: value.to_owned(), capability, verdict, note });
+        self.out.push(Finding { path, value: value.to_owned(), capability, verdict, note, evidence: None });
     }
 
     /// The value against enum `name` of the element at `base`.

@@ -7,6 +7,7 @@
 
 pub mod arch;
 pub mod driver;
+pub mod evidence;
 pub mod json;
 pub mod machine;
 pub mod model;

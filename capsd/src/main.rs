@@ -69,6 +69,10 @@ enum Command {
     /// Check a libvirt domain definition against the capabilities (exit 1: unsupported parts,
     /// 2: bad input, 3: the capabilities could not be obtained).
     Check(cmd::check::Args),
+    /// Why each element of the qemu document is there or not: the QMP replies, host facts
+    /// and libvirt release rules that decided it (`--diff`: what changes between two
+    /// recordings or releases).
+    Explain(cmd::explain::Args),
     /// Compare two capabilities documents fact by fact (exit 1: different).
     Diff(cmd::diff::Args),
     /// The capabilities document every given host satisfies.
@@ -141,6 +145,7 @@ fn main() -> ExitCode {
         Command::Probe(a) => cmd::probe::run(&ctx, a),
         Command::Serve(a) => cmd::serve::run(&ctx, a),
         Command::Check(a) => cmd::check::run(&ctx, a),
+        Command::Explain(a) => cmd::explain::run(&ctx, a),
         Command::Diff(a) => cmd::diff::run(a),
         Command::Baseline(a) => cmd::baseline::run(a),
         Command::Labels(a) => cmd::labels::run_labels(&ctx, a),

@@ -294,6 +294,17 @@ impl Client {
     }
 }
 
+/// The query each route answers 200 to: the test driver's documents, except for
+/// `/v1/explain`, which only the qemu driver records evidence for (this host's default
+/// QEMU document; a live test, as CI requires).
+fn ok_query(path: &str) -> &'static str {
+    if path == "/v1/explain" {
+        "select=os"
+    } else {
+        "driver=test"
+    }
+}
+
 fn fake_emulator(dir: &Path, name: &str, body: &str) -> PathBuf {
     let p = dir.join(name);
     std::fs::write(&p, format!("#!/bin/sh\n{body}\n")).unwrap();
@@ -342,12 +353,12 @@ fn a_client_driven_by_the_description_gets_what_it_describes_from_every_route() 
         assert!(op.is_object(), "{path}: only GET is served, and it is not described");
         // Each documented content of the 200 answer, asked for by Accept.
         for ctype in op["responses"]["200"]["content"].as_object().unwrap().keys() {
-            let r = c.call(Via::Unix(&a), "GET", path, "driver=test", &[("Accept", ctype)]);
-            if path == "/v1/domcapabilities" {
+            let r = c.call(Via::Unix(&a), "GET", path, ok_query(path), &[("Accept", ctype)]);
+            if path == "/v1/domcapabilities" || (path == "/v1/explain" && live_support::live()) {
                 assert_eq!((r.status, r.header("content-type")), (200, Some(ctype.as_str())), "Accept: {ctype}");
             }
             let r = c.call(Via::Unix(&a), "GET", path, "", &[("Accept", ctype)]);
-            assert!(r.status < 500 || path == "/v1/domcapabilities", "{path}: {}", r.body);
+            assert!(r.status < 500 || path == "/v1/domcapabilities" || path == "/v1/explain", "{path}: {}", r.body);
         }
         let params = op["parameters"].as_array().cloned().unwrap_or_default();
         for p in &params {
@@ -379,8 +390,10 @@ fn a_client_driven_by_the_description_gets_what_it_describes_from_every_route() 
         assert_eq!(r.status == 401, secured, "{path}: {}", r.body);
         let r = c.call(Via::Tcp(port, Some("Bearer wrong-token-of-sixteen")), "GET", path, "", &[]);
         assert_eq!(r.status == 401, secured, "{path}: {}", r.body);
-        let r = c.call(Via::Tcp(port, Some(&auth)), "GET", path, "driver=test", &[]);
-        assert_eq!(r.status, 200, "{path} with the token: {}", r.body);
+        let r = c.call(Via::Tcp(port, Some(&auth)), "GET", path, ok_query(path), &[]);
+        if path != "/v1/explain" || live_support::live() {
+            assert_eq!(r.status, 200, "{path} with the token: {}", r.body);
+        }
         for method in OTHER_METHODS {
             let r = c.call(Via::Unix(&a), method, path, "", &[]);
             assert_eq!(r.status, 405, "{method} {path}");

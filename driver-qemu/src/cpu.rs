@@ -217,7 +217,23 @@ pub fn cpu_capabilities_with(
     let t = data.run(accel)?;
     let barch = binary_arch(t, arch);
     let native = guest_is_native(&data.host.host_arch, barch);
-    let defs = definitions(t);
+    let ev_native = || {
+        use capsd_core::evidence::{fact, Fact};
+        fact(|| Fact::Host { source: crate::host::source::UNAME.into(), value: Some(data.host.host_arch.clone()) });
+        fact(|| Fact::Query { name: "arch".into(), value: barch.to_owned() });
+        fact(|| Fact::Query { name: "virttype".into(), value: accel.virt_type().to_owned() });
+    };
+    let mode = |name: &'static str| move || capsd_core::evidence::step("mode", Some(name), None);
+    let ev_map = || {
+        capsd_core::evidence::fact(|| capsd_core::evidence::Fact::Host {
+            source: "libvirt cpu_map (/usr/share/libvirt/cpu_map or $CAPSD_CPU_MAP_DIR)".into(),
+            value: match (&data.host.cpu_map, &data.host.cpu_map_error) {
+                (Some(_), _) => Some("read".into()),
+                (None, Some(e)) => Some(format!("unusable: {e}")),
+                (None, None) => None,
+            },
+        })
+    };
 
     // s390x KVM with machine types older than CPU models: only host-passthrough.
     let s390_old_machine = barch == "s390x"
@@ -227,7 +243,53 @@ pub fn cpu_capabilities_with(
             "s390-ccw-virtio-2.4" | "s390-ccw-virtio-2.5" | "s390-ccw-virtio-2.6" | "s390-ccw-virtio-2.7"
         );
 
-    let host_passthrough = if accel == Accel::Kvm && native {
+    let host_passthrough = capsd_core::evidence::node(
+        mode("host-passthrough"),
+        || {
+            ev_native();
+            host_passthrough(t, accel, native)
+        },
+        |_| true,
+    );
+
+    let maximum =
+        capsd_core::evidence::node(mode("maximum"), || maximum(definitions(t), s390_old_machine), Option::is_some);
+
+    let host_model = capsd_core::evidence::node(
+        mode("host-model"),
+        || {
+            ev_native();
+            ev_map();
+            if native && !s390_old_machine {
+                host_model(data, t, barch, accel, options)
+            } else {
+                Some(HostModel::unsupported())
+            }
+        },
+        Option::is_some,
+    );
+
+    let custom = capsd_core::evidence::node(
+        mode("custom"),
+        || {
+            ev_map();
+            match definitions(t) {
+                _ if s390_old_machine || !has_cpu_driver(arch, options.target) => Some(CustomModels::unsupported()),
+                Err(()) => None,
+                Ok(Some(d)) if !d.is_empty() => custom_models(data, t, arch, d, options),
+                Ok(_) => Some(CustomModels::unsupported()),
+            }
+        },
+        Option::is_some,
+    );
+
+    Some(Cpu { host_passthrough: Some(host_passthrough), maximum, host_model, custom })
+}
+
+/// `<mode name='host-passthrough'>`: KVM on a native guest, with `migratable` when QEMU's
+/// `max` CPU type has that property.
+fn host_passthrough(t: &Transcript, accel: Accel, native: bool) -> CpuModeEnums {
+    if accel == Accel::Kvm && native {
         let mut values = Vec::new();
         if plan::qom_has_property(t, plan::MAX_X86_64_CPU_TYPE, "migratable").unwrap_or(false) {
             values.push("on");
@@ -236,32 +298,20 @@ pub fn cpu_capabilities_with(
         CpuModeEnums { supported: Support::Yes, enums: vec![Enum::new("hostPassthroughMigratable", values)] }
     } else {
         CpuModeEnums::unsupported()
-    };
+    }
+}
 
-    // Without QEMU's model list (the command failed) nothing says whether `max` exists.
-    let maximum = match defs {
+/// `<mode name='maximum'>`. Without QEMU's model list (the command failed) nothing says
+/// whether `max` exists.
+fn maximum(defs: Result<Option<&Vec<Value>>, ()>, s390_old_machine: bool) -> Option<CpuModeEnums> {
+    match defs {
         _ if s390_old_machine => Some(CpuModeEnums::unsupported()),
         Err(()) => None,
         Ok(d) if d.is_some_and(|d| d.iter().any(|x| def_name(x) == Some("max"))) => {
             Some(CpuModeEnums { supported: Support::Yes, enums: vec![Enum::new("maximumMigratable", ["on", "off"])] })
         }
         Ok(_) => Some(CpuModeEnums::unsupported()),
-    };
-
-    let host_model = if native && !s390_old_machine {
-        host_model(data, t, barch, accel, options)
-    } else {
-        Some(HostModel::unsupported())
-    };
-
-    let custom = match defs {
-        _ if s390_old_machine || !has_cpu_driver(arch, options.target) => Some(CustomModels::unsupported()),
-        Err(()) => None,
-        Ok(Some(d)) if !d.is_empty() => custom_models(data, t, arch, d, options),
-        Ok(_) => Some(CustomModels::unsupported()),
-    };
-
-    Some(Cpu { host_passthrough: Some(host_passthrough), maximum, host_model, custom })
+    }
 }
 
 /// libvirt's cpu_map could not be used (see [`crate::host::HostFacts::cpu_map_error`]):

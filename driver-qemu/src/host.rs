@@ -84,6 +84,24 @@ pub struct HostFacts {
     pub default_loaders_present: Vec<String>,
 }
 
+/// Where the host facts are read: the gathering below reads these, and derivation cites
+/// them as evidence (`capsd explain`), so both name the same file.
+pub mod source {
+    pub const IOMMU_GROUPS: &str = "/sys/kernel/iommu_groups";
+    pub const VFIO_NOIOMMU: &str = "/sys/module/vfio/parameters/enable_unsafe_noiommu_mode";
+    pub const DEV_VFIO: &str = "/dev/vfio/vfio";
+    pub const DEV_IOMMU: &str = "/dev/iommu";
+    pub const KVM_AMD_SEV: &str = "/sys/module/kvm_amd/parameters/sev";
+    pub const DEV_SEV: &str = "/dev/sev";
+    pub const SEV_CPUID: &str = "CPUID 0x8000001F (ECX, EDX)";
+    pub const PROT_VIRT_HOST: &str = "/sys/firmware/uv/prot_virt_host";
+    pub const KVM_PROT_VIRT: &str = "/sys/module/kvm/parameters/prot_virt";
+    pub const KVM_INTEL_TDX: &str = "/sys/module/kvm_intel/parameters/tdx";
+    pub const KVM_MAX_VCPUS: &str = "/dev/kvm KVM_CHECK_EXTENSION(KVM_CAP_MAX_VCPUS)";
+    pub const UNAME: &str = "uname -m";
+    pub const CPUINFO: &str = "/proc/cpuinfo";
+}
+
 /// libvirt's built-in firmware image list (the code halves of its default
 /// `loader:nvram` pairs), in its order.
 pub const DEFAULT_LOADERS: [&str; 4] = [
@@ -228,21 +246,21 @@ impl HostFacts {
             kvm_max_vcpus: kvm_max_vcpus(),
             firmware,
             vfio: VfioFacts {
-                iommu_groups: dir_has_entries(Path::new("/sys/kernel/iommu_groups")),
-                noiommu_mode: read_flag("/sys/module/vfio/parameters/enable_unsafe_noiommu_mode") == Some(true),
-                dev_vfio: Path::new("/dev/vfio/vfio").exists(),
+                iommu_groups: dir_has_entries(Path::new(source::IOMMU_GROUPS)),
+                noiommu_mode: read_flag(source::VFIO_NOIOMMU) == Some(true),
+                dev_vfio: Path::new(source::DEV_VFIO).exists(),
                 module: Path::new("/sys/module/vfio").exists(),
-                iommufd_device: Path::new("/dev/iommu").exists(),
+                iommufd_device: Path::new(source::DEV_IOMMU).exists(),
             },
             sev: SevFacts {
-                kvm_amd_sev: read_flag("/sys/module/kvm_amd/parameters/sev"),
-                dev_sev: Path::new("/dev/sev").exists(),
+                kvm_amd_sev: read_flag(source::KVM_AMD_SEV),
+                dev_sev: Path::new(source::DEV_SEV).exists(),
                 cpuid_asids: sev_cpuid_asids(),
                 snp: read_flag("/sys/module/kvm_amd/parameters/sev_snp") == Some(true),
             },
             s390_pv: S390PvFacts {
-                prot_virt_host: read_flag("/sys/firmware/uv/prot_virt_host"),
-                kvm_prot_virt: read_flag("/sys/module/kvm/parameters/prot_virt"),
+                prot_virt_host: read_flag(source::PROT_VIRT_HOST),
+                kvm_prot_virt: read_flag(source::KVM_PROT_VIRT),
             },
             sgx: SgxFacts {
                 dev_sgx_enclave: Path::new("/dev/sgx_enclave").exists(),
@@ -251,7 +269,7 @@ impl HostFacts {
             swtpm: swtpm(),
             cpu_map,
             cpu_map_error,
-            tdx: read_flag("/sys/module/kvm_intel/parameters/tdx") == Some(true),
+            tdx: read_flag(source::KVM_INTEL_TDX) == Some(true),
             qemu_rdp: find_in_path("qemu-rdp").is_some(),
             default_loaders_present: DEFAULT_LOADERS
                 .iter()

@@ -296,7 +296,19 @@ impl Target {
 
     /// Whether the target release prints the document with `change`.
     pub fn has(&self, change: Change) -> bool {
-        CHANGES.iter().find(|r| r.change == change).is_some_and(|r| self.version >= r.since)
+        let row = CHANGES.iter().find(|r| r.change == change);
+        let applies = row.is_some_and(|r| self.version >= r.since);
+        if let Some(r) = row {
+            // Evidence (`capsd explain`): the row that decided, and for which release.
+            capsd_core::evidence::fact(|| capsd_core::evidence::Fact::Rule {
+                change: format!("{change:?}"),
+                since: r.since.to_string(),
+                target: self.version.to_string(),
+                applies,
+                source: r.source.to_owned(),
+            });
+        }
+        applies
     }
 }
 

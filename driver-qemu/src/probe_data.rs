@@ -57,7 +57,9 @@ impl Transcript {
     /// `None` when the command was not asked or failed: derivation treats both as
     /// "QEMU did not say", never as "no".
     pub fn reply(&self, execute: &str, arguments: Option<&Value>) -> Option<&Value> {
-        self.exchange(execute, arguments).and_then(|e| e.reply.get().ok())
+        let e = self.exchange(execute, arguments);
+        self.note(execute, arguments, e);
+        e.and_then(|e| e.reply.get().ok())
     }
 
     /// The reply to a command asked without arguments.
@@ -68,7 +70,26 @@ impl Transcript {
     /// The successful reply to a command asked without arguments, read in place
     /// ([`Reply::view`]).
     pub fn view(&self, execute: &str) -> Option<View<'_>> {
-        self.exchange(execute, None).and_then(|e| e.reply.view())
+        let e = self.exchange(execute, None);
+        self.note(execute, None, e);
+        e.and_then(|e| e.reply.view())
+    }
+
+    /// Evidence (`capsd explain`): whether `execute` was answered, failed or not asked.
+    fn note(&self, execute: &str, arguments: Option<&Value>, e: Option<&Exchange>) {
+        use capsd_core::evidence::{fact, Answer, Fact};
+        fact(|| Fact::Reply {
+            command: match arguments {
+                Some(a) => format!("{execute} {a}"),
+                None => execute.to_owned(),
+            },
+            run: None,
+            answer: match e {
+                None => Answer::NotAsked,
+                Some(e) if e.reply.is_ok() => Answer::Answered,
+                Some(_) => Answer::Failed,
+            },
+        });
     }
 
     /// The whole exchange, including an error reply.

@@ -380,6 +380,48 @@ pub struct DomcapsQuery {
     libvirt: Option<String>,
 }
 
+/// The query of `/v1/explain`: that of `/v1/domcapabilities` for the qemu driver (the one
+/// whose derivation records evidence), and the nodes to explain.
+#[derive(Debug, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)] // A description: the handler reads the query itself, by the same rules.
+pub struct ExplainQuery {
+    /// As for `/v1/domcapabilities`.
+    #[param(min_length = 1, max_length = 4096, pattern = "^/", example = "/usr/bin/qemu-system-x86_64")]
+    emulatorbin: Option<String>,
+    /// As for `/v1/domcapabilities`.
+    #[param(min_length = 1, max_length = 64, pattern = "^[A-Za-z0-9_]+$", example = "x86_64")]
+    arch: Option<String>,
+    /// As for `/v1/domcapabilities`.
+    #[param(min_length = 1, max_length = 64, pattern = "^[A-Za-z0-9_.-]+$", example = "q35")]
+    machine: Option<String>,
+    /// As for `/v1/domcapabilities`.
+    #[param(min_length = 1, max_length = 64, pattern = "^[A-Za-z0-9]+$", example = "kvm")]
+    virttype: Option<String>,
+    /// Only `qemu` (the default) records evidence; another driver is 400.
+    #[param(min_length = 1, max_length = 64, pattern = "^qemu$", example = "qemu")]
+    driver: Option<String>,
+    /// As for `/v1/domcapabilities`.
+    #[param(min_length = 1, max_length = 64, pattern = "^[0-9.]+$", example = "9.0")]
+    libvirt: Option<String>,
+    /// A node of the document to explain, XPath-like (`os/loader/enum[@name='secure']`,
+    /// `devices/tpm`); repeat for several; none: every node. One that does not parse or
+    /// matches nothing is 400.
+    #[param(example = json!(["os"]))]
+    select: Option<Vec<String>>,
+}
+
+/// The answer of `/v1/explain`: `capsd explain --format json`.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = Explanation)]
+#[allow(dead_code)] // A description of what `server::explain` writes.
+pub struct ExplainBody {
+    /// One per selector, in order (one with every node when none was given): the nodes it
+    /// names with the facts that decided each, as `capsd explain --format json` prints them.
+    #[schema(value_type = Vec<Object>)]
+    selections: Vec<serde_json::Value>,
+}
+
 /// An error answer's body.
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]

@@ -146,6 +146,7 @@ pub fn router(agent: Arc<Agent>, opts: &RouterOptions) -> Router {
 pub fn api_routes() -> OpenApiRouter<Arc<Agent>> {
     OpenApiRouter::new()
         .routes(routes!(domcapabilities))
+        .routes(routes!(explain))
         .routes(routes!(drivers))
         .routes(routes!(healthz))
         .routes(routes!(metrics_text))
@@ -471,6 +472,87 @@ async fn domcapabilities(
         libvirt_headers(resp.headers_mut(), l);
     }
     Ok(resp)
+}
+
+/// `GET /v1/explain?<the parameters of /v1/domcapabilities>&select=SELECTOR...`: the
+/// evidence of the qemu driver's document (`capsd explain --format json`), every node or
+/// those the `select` parameters name. Derived anew each time with the evidence recorder on
+/// (the probe itself comes from the cache as for a document), bounded like a document's
+/// derivation by the agent's turns and request timeout. A selector that does not parse or
+/// matches nothing is a 400 naming it.
+#[utoipa::path(
+    get,
+    path = "/v1/explain",
+    tag = "documents",
+    operation_id = "explain",
+    params(openapi::ExplainQuery),
+    responses(
+        (status = 200, description = "The evidence behind the qemu driver's document (`capsd explain --format json`): one selection per `select` (or one with every node).", body = openapi::ExplainBody, content_type = "application/json"),
+        (status = 400, description = "A bad query (`invalid-parameter`: also a selector that does not parse or matches nothing, and a driver other than qemu), or a value the driver rejects (`invalid-input`).", body = ErrorBody, content_type = "application/json"),
+        (status = 403, description = "An `emulatorbin` the agent does not run (`emulator-not-allowed`).", body = ErrorBody, content_type = "application/json"),
+        (status = 404, description = "A combination the driver does not offer (`not-supported`).", body = ErrorBody, content_type = "application/json"),
+        (status = 501, description = "The qemu driver is not built into this capsd (`driver-not-built-in`) or unusable on this host (`driver-unavailable`).", body = ErrorBody, content_type = "application/json"),
+        (status = 502, description = "Probing the hypervisor failed (`probe-failed`).", body = ErrorBody, content_type = "application/json"),
+        (status = 504, description = "No answer within the request timeout (`timeout`).", body = ErrorBody, content_type = "application/json"),
+    ),
+)]
+async fn explain(
+    State(agent): State<Arc<Agent>>,
+    params: Result<QueryParams<Vec<(String, String)>>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let QueryParams(params) = params.map_err(|e| {
+        ApiError::new(StatusCode::BAD_REQUEST, "invalid-parameter", format!("cannot read the query string: {e}"))
+    })?;
+    let (selectors, rest): (Vec<_>, Vec<_>) = params.into_iter().partition(|(k, _)| k == "select");
+    let selectors: Vec<String> = selectors.into_iter().map(|(_, v)| v).collect();
+    for s in &selectors {
+        capsd_core::evidence::Selector::parse(s).map_err(|e| ApiError::bad_parameter("select", s, &e.reason))?;
+    }
+    let (driver_name, mut query) = parse_query(&rest)?;
+    if driver_name != "qemu" {
+        return Err(ApiError::bad_parameter("driver", &driver_name, "only the qemu driver records evidence"));
+    }
+    let Some(driver) = agent.registry.all().iter().find(|d| d.name() == "qemu").cloned() else {
+        return Err(ApiError::new(
+            StatusCode::NOT_IMPLEMENTED,
+            "driver-not-built-in",
+            "driver 'qemu' is not built into this capsd (rebuild with --features qemu)".to_owned(),
+        ));
+    };
+    if let Some(requested) = query.emulator.as_deref() {
+        let allowed = agent.policy.check(requested).map_err(|why| {
+            let mut e =
+                ApiError::new(StatusCode::FORBIDDEN, "emulator-not-allowed", format!("parameter 'emulatorbin': {why}"));
+            e.body["parameter"] = json!("emulatorbin");
+            e.body["value"] = json!(requested.display().to_string());
+            e
+        })?;
+        query.emulator = Some(allowed);
+    }
+    let work = async {
+        let turn = agent.turns.clone().acquire_owned().await.map_err(|_| {
+            ApiError::from(DriverError::probe_failed("qemu".to_owned(), "the agent is shutting down".to_owned()))
+        })?;
+        let q = query.clone();
+        let (caps, evidence) = tokio::task::spawn_blocking(move || {
+            let r = capsd_core::evidence::record(|| driver.domain_capabilities(&q));
+            drop(turn);
+            r
+        })
+        .await
+        .map_err(|e| {
+            ApiError::from(DriverError::probe_failed("qemu".to_owned(), format!("driver task failed: {e}")))
+        })?;
+        Ok::<_, ApiError>(crate::cmd::explain::Explained { caps: caps.map_err(ApiError::from)?, evidence })
+    };
+    let explained = within(&agent, "GET /v1/explain", work).await??;
+    let selections = crate::cmd::explain::select(&explained, &selectors).map_err(|e| {
+        let bad = e.downcast_ref::<capsd_core::evidence::NoMatch>().map(|m| m.0.clone()).unwrap_or_default();
+        ApiError::bad_parameter("select", &bad, &e.to_string())
+    })?;
+    let mut body = json!({ "selections": selections }).to_string();
+    body.push('\n');
+    Ok(([(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], body).into_response())
 }
 
 /// `Capsd-Libvirt-Version` (the release the document is for), `Capsd-Libvirt-Rules` (the

@@ -51,6 +51,16 @@ impl CapsSource {
     /// The document from --caps, or from the driver with the query flags, each flag left
     /// out taken from `defaults`.
     pub fn load(&self, ctx: &super::Context, defaults: Query) -> Result<DomainCapabilities> {
+        self.load_with_evidence(ctx, defaults).map(|(caps, _)| caps)
+    }
+
+    /// [`Self::load`], with the evidence the derivation recorded when the qemu driver
+    /// answered (`capsd explain`); `None` for a document read from a file or another driver.
+    pub fn load_with_evidence(
+        &self,
+        ctx: &super::Context,
+        defaults: Query,
+    ) -> Result<(DomainCapabilities, Option<capsd_core::evidence::Explanation>)> {
         let driver_name = self.driver.clone().unwrap_or_else(|| {
             match self.virttype.as_deref().or(defaults.virt_type.as_deref()) {
                 Some("xen") => "xen",
@@ -63,6 +73,7 @@ impl CapsSource {
         if let Some(path) = &self.caps {
             let (name, text) = super::fmt::read_input(path)?;
             return capsd_core::parse_any(&text)
+                .map(|caps| (caps, None))
                 .with_context(|| format!("{name}: not a valid domain capabilities document"));
         }
         let opts = DriverOptions {
@@ -85,7 +96,9 @@ impl CapsSource {
             virt_type: self.virttype.clone().or(defaults.virt_type),
             libvirt: self.libvirt_version.clone(),
         };
-        driver.domain_capabilities(&query).map_err(|e: DriverError| {
+        let (caps, evidence) = capsd_core::evidence::record(|| driver.domain_capabilities(&query));
+        let evidence = (driver_name == "qemu").then_some(evidence);
+        caps.map(|caps| (caps, evidence)).map_err(|e: DriverError| {
             let bad_input = e.kind() == ErrorKind::InvalidInput;
             let e = anyhow::Error::new(e).context(format!("driver '{driver_name}', query {query}"));
             if bad_input {
@@ -156,9 +169,12 @@ fn check(ctx: &super::Context, args: &Args) -> Result<ExitCode> {
         virt_type: Some(domain.virt_type().to_owned()),
         libvirt: None,
     };
-    let caps = args.source.load(ctx, defaults)?;
-    let report =
+    let (caps, evidence) = args.source.load_with_evidence(ctx, defaults)?;
+    let mut report =
         capsd_analysis::check(&domain, &caps).with_context(|| format!("{name}: not a usable domain definition"))?;
+    if let Some(ex) = &evidence {
+        report.attach_evidence(ex);
+    }
     let out = match args.format {
         ReportFormat::Text => report.to_text(),
         ReportFormat::Json => {

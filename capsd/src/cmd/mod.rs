@@ -8,6 +8,7 @@ pub mod check;
 pub mod diff;
 pub mod domcaps;
 pub mod drivers;
+pub mod explain;
 pub mod fleet;
 pub mod fleet_serve;
 pub mod fmt;

@@ -4,6 +4,7 @@
 use capsd_core::{EnumElement, Flag, Sev, SevParams, Sgx, SgxInfo, SgxSection, Support};
 use serde_json::Value;
 
+use super::evidence as ev;
 use super::machine;
 use super::probe::Answers;
 use crate::host::HostFacts;
@@ -67,6 +68,7 @@ pub fn s390_pv(a: &Answers<'_>, host: &HostFacts, arch: &str) -> Option<Flag> {
         return None;
     }
     let qemu = a.has_type("s390-pv-guest");
+    ev::s390_pv(host);
     Some(Flag::new(Support::from_bool(qemu && a.kvm_probed && host.s390_pv.enabled())))
 }
 
@@ -98,7 +100,14 @@ pub fn ps2(a: &Answers<'_>, arch: &str, machine_name: &str) -> Option<Flag> {
 /// `<tdx>` ([`Change::Tdx`]): x86_64 KVM guests with QEMU's `tdx-guest` object on a host
 /// whose KVM enables TDX.
 pub fn tdx(a: &Answers<'_>, host: &HostFacts, arch: &str, accel: Accel) -> Flag {
-    Flag::new(Support::from_bool(arch == "x86_64" && accel == Accel::Kvm && a.has_type("tdx-guest") && host.tdx))
+    ev::query("arch", arch);
+    ev::query("virttype", accel.virt_type());
+    Flag::new(Support::from_bool(
+        arch == "x86_64" && accel == Accel::Kvm && a.has_type("tdx-guest") && {
+            ev::tdx(host);
+            host.tdx
+        },
+    ))
 }
 
 /// `<launchSecurity>` ([`Change::LaunchSecurity`]): the confidential guest types usable here,
@@ -107,19 +116,38 @@ pub fn tdx(a: &Answers<'_>, host: &HostFacts, arch: &str, accel: Accel) -> Flag 
 /// `query-sev-capabilities` (SEV built in, not usable on this host). The kernel's
 /// `kvm_amd` `sev_snp` parameter is not consulted (no release from 10.5 to 12.8 reads it).
 pub fn launch_security(a: &Answers<'_>, host: &HostFacts, arch: &str, sev: &Sev, target: Target) -> EnumElement {
-    let sev_ok = sev.supported == Support::Yes;
-    let pv = machine::is_s390(arch)
-        && a.has_type("s390-pv-guest")
-        && a.type_has_property("none-machine", "confidential-guest-support").unwrap_or(false)
-        && host.s390_pv.enabled();
-    let tdx = target.has(Change::Tdx) && a.has_type("tdx-guest") && host.tdx;
-    let types = [
-        ("sev", sev_ok && a.has_type("sev-guest")),
-        ("sev-snp", sev_ok && a.has_type("sev-snp-guest")),
-        ("s390-pv", pv),
-        ("tdx", tdx),
-    ];
-    let values = super::devices::pick(&types);
+    let sev_ok = || {
+        ev::sev(host);
+        sev.supported == Support::Yes
+    };
+    let pv = || {
+        machine::is_s390(arch)
+            && a.has_type("s390-pv-guest")
+            && a.type_has_property("none-machine", "confidential-guest-support").unwrap_or(false)
+            && {
+                ev::s390_pv(host);
+                host.s390_pv.enabled()
+            }
+    };
+    let tdx = || {
+        target.has(Change::Tdx) && a.has_type("tdx-guest") && {
+            ev::tdx(host);
+            host.tdx
+        }
+    };
+    // The enum is printed only with a value (else the element is `supported='no'`).
+    let values = capsd_core::evidence::node(
+        || capsd_core::evidence::step("enum", Some("sectype"), None),
+        || {
+            pick!(@values
+                ("sev", sev_ok() && a.has_type("sev-guest")),
+                ("sev-snp", sev_ok() && a.has_type("sev-snp-guest")),
+                ("s390-pv", pv()),
+                ("tdx", tdx()),
+            )
+        },
+        |v| !v.is_empty(),
+    );
     if values.is_empty() {
         return EnumElement::unsupported();
     }
@@ -136,6 +164,7 @@ pub fn sev(a: &Answers<'_>, host: &HostFacts, target: Target) -> Sev {
         return Sev { supported: Support::No, params: None, cpu0_id: None };
     };
     let num = |k: &str| reply.get(k).and_then(Value::as_u64).and_then(|n| u32::try_from(n).ok()).unwrap_or(0);
+    ev::sev_asids(host);
     let (max_guests, max_es_guests) = match host.sev.cpuid_asids {
         Some((max_asid, min_asid)) if max_asid != 0 && min_asid != 0 && max_asid >= min_asid => {
             (max_asid - min_asid + 1, min_asid - 1)

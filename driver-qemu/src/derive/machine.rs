@@ -3,28 +3,46 @@
 //! take a floppy drive, which are ARM `virt`...). Machine names are canonical names
 //! (`pc-q35-7.2`), as `<machine>` prints them.
 
+/// Evidence (`capsd explain`): the query's arch decided.
+fn note_arch(arch: &str) {
+    capsd_core::evidence::fact(|| capsd_core::evidence::Fact::Query { name: "arch".into(), value: arch.to_owned() });
+}
+
+/// Evidence (`capsd explain`): the query's (canonical) machine decided.
+fn note_machine(machine: &str) {
+    capsd_core::evidence::fact(|| capsd_core::evidence::Fact::Query {
+        name: "machine".into(),
+        value: machine.to_owned(),
+    });
+}
+
 /// The 32- and 64-bit x86 guest architectures.
 pub fn is_x86(arch: &str) -> bool {
+    note_arch(arch);
     matches!(arch, "i686" | "x86_64")
 }
 
 /// The ARM guest architectures libvirt knows.
 pub fn is_arm(arch: &str) -> bool {
+    note_arch(arch);
     matches!(arch, "armv6l" | "armv7l" | "armv7b" | "aarch64")
 }
 
 /// 64-bit POWER.
 pub fn is_ppc64(arch: &str) -> bool {
+    note_arch(arch);
     matches!(arch, "ppc64" | "ppc64le")
 }
 
 /// s390 / s390x.
 pub fn is_s390(arch: &str) -> bool {
+    note_arch(arch);
     matches!(arch, "s390" | "s390x")
 }
 
 /// The i440FX PC family (`pc`, `pc-i440fx-*`, the old `pc-0.*`/`pc-1.*`, RHEL's `rhel*`).
 pub fn is_i440fx(arch: &str, machine: &str) -> bool {
+    note_machine(machine);
     is_x86(arch)
         && (machine == "pc"
             || machine.starts_with("pc-0.")
@@ -35,22 +53,26 @@ pub fn is_i440fx(arch: &str, machine: &str) -> bool {
 
 /// The Q35 PC family (`q35`, `pc-q35-*`).
 pub fn is_q35(arch: &str, machine: &str) -> bool {
+    note_machine(machine);
     is_x86(arch) && (machine == "q35" || machine.starts_with("pc-q35"))
 }
 
 /// IBM pSeries (`pseries`, `pseries-*`) on 64-bit POWER.
 pub fn is_pseries(arch: &str, machine: &str) -> bool {
+    note_machine(machine);
     is_ppc64(arch) && (machine == "pseries" || machine.starts_with("pseries-"))
 }
 
 /// The ARM `virt` board (`virt`, `virt-*`).
 pub fn is_arm_virt(arch: &str, machine: &str) -> bool {
+    note_machine(machine);
     is_arm(arch) && (machine == "virt" || machine.starts_with("virt-"))
 }
 
 /// Machines with an IDE controller built into the board: i440FX PCs, MIPS Malta, SPARC
 /// sun4u and the PowerMac G3 (`g3beige`).
 pub fn has_builtin_ide(arch: &str, machine: &str) -> bool {
+    note_machine(machine);
     is_i440fx(arch, machine) || matches!(machine, "malta" | "sun4u" | "g3beige")
 }
 

@@ -11,6 +11,7 @@
 
 use capsd_core::{Enum, EnumElement, Flag, Loader, Os, Support};
 
+use super::evidence as ev;
 use super::machine::descriptor_arch_matches;
 use crate::firmware::FirmwareDescriptor;
 use crate::host::HostFacts;
@@ -22,6 +23,28 @@ fn applies(d: &FirmwareDescriptor, arch: &str, machine: &str) -> bool {
         descriptor_arch_matches(&t.architecture, arch)
             && t.machines.iter().any(|g| crate::firmware::glob_match(g, machine))
     })
+}
+
+/// Evidence (`capsd explain`): descriptor `d` was read, and what in it decided.
+fn note(d: &FirmwareDescriptor, what: &str) {
+    ev::host(&d.path, || {
+        Some(match what {
+            "interface" => format!("interface-types {}", d.interface_types.join(" ")),
+            "image" => {
+                format!("image {} {}", d.mapping.executable_path(), if image_exists(d) { "exists" } else { "absent" })
+            }
+            feature => format!("features {} {}", if d.has_feature(feature) { "has" } else { "lack" }, feature),
+        })
+    });
+}
+
+/// Evidence: no descriptor covers the arch and machine.
+fn note_none(matching: &[&FirmwareDescriptor], arch: &str, machine: &str) {
+    if matching.is_empty() {
+        ev::query("arch", arch);
+        ev::query("machine", machine);
+        ev::host("firmware descriptors for this arch and machine", || None);
+    }
 }
 
 /// Whether the image a descriptor boots from exists on the host.
@@ -37,33 +60,54 @@ fn image_exists(d: &FirmwareDescriptor) -> bool {
 /// offer `yes` when a matching descriptor has the feature and `no` when one lacks it (both
 /// empty without descriptors).
 fn firmware_features(matching: &[&FirmwareDescriptor]) -> EnumElement {
-    let values = |feature: &str| {
-        let mut v = Vec::new();
-        if matching.iter().any(|d| d.has_feature(feature)) {
-            v.push("yes");
-        }
-        if matching.iter().any(|d| !d.has_feature(feature)) {
-            v.push("no");
-        }
-        v
+    let values = |name: &str, feature: &str| {
+        ev::enum_node(name, || {
+            let has = |d: &&&FirmwareDescriptor| {
+                note(d, feature);
+                d.has_feature(feature)
+            };
+            let mut v = Vec::new();
+            if ev::value_node("yes", || matching.iter().any(|d| has(&d))) {
+                v.push("yes");
+            }
+            if ev::value_node("no", || matching.iter().any(|d| !has(&d))) {
+                v.push("no");
+            }
+            v
+        })
     };
     EnumElement::new(Support::Yes)
-        .with_enum("secureBoot", values("secure-boot"))
-        .with_enum("enrolledKeys", values("enrolled-keys"))
+        .with_enum("secureBoot", values("secureBoot", "secure-boot"))
+        .with_enum("enrolledKeys", values("enrolledKeys", "enrolled-keys"))
 }
 
 /// The `<os>` element for `arch` + canonical `machine`, as the target libvirt prints it.
-/// `uefi_vars_device`: QEMU has a `uefi-vars` device (`<varstore>`).
-pub fn os_caps_for(host: &HostFacts, arch: &str, machine: &str, target: Target, uefi_vars_device: bool) -> Os {
+/// `uefi_vars_device`: QEMU has a `uefi-vars` device (`<varstore>`; asked only for it).
+pub fn os_caps_for(
+    host: &HostFacts,
+    arch: &str,
+    machine: &str,
+    target: Target,
+    uefi_vars_device: impl FnOnce() -> bool,
+) -> Os {
     let mut os = os_caps(host, arch, machine);
     let matching: Vec<&FirmwareDescriptor> = host.firmware.iter().filter(|d| applies(d, arch, machine)).collect();
-    if target.has(Change::FirmwareFeatures) {
-        os.firmware_features = Some(firmware_features(&matching));
-    }
-    if target.has(Change::Varstore) {
-        let yes = uefi_vars_device && matching.iter().any(|d| d.has_feature("host-uefi-vars"));
-        os.varstore = Some(Flag::new(Support::from_bool(yes)));
-    }
+    os.firmware_features = ev::element("firmwareFeatures", || {
+        target.has(Change::FirmwareFeatures).then(|| {
+            note_none(&matching, arch, machine);
+            firmware_features(&matching)
+        })
+    });
+    os.varstore = ev::element("varstore", || {
+        target.has(Change::Varstore).then(|| {
+            let yes = uefi_vars_device()
+                && matching.iter().any(|d| {
+                    note(d, "host-uefi-vars");
+                    d.has_feature("host-uefi-vars")
+                });
+            Flag::new(Support::from_bool(yes))
+        })
+    });
     os
 }
 
@@ -71,43 +115,64 @@ pub fn os_caps_for(host: &HostFacts, arch: &str, machine: &str, target: Target, 
 pub fn os_caps(host: &HostFacts, arch: &str, machine: &str) -> Os {
     let matching: Vec<&FirmwareDescriptor> = host.firmware.iter().filter(|d| applies(d, arch, machine)).collect();
 
-    let has_interface = |i: &str| matching.iter().any(|d| d.interface_types.iter().any(|t| t == i));
-    let mut firmware = Vec::new();
-    if has_interface("bios") {
-        firmware.push("bios");
-    }
-    if has_interface("uefi") {
-        firmware.push("efi");
-    }
+    let has_interface = |i: &str| {
+        matching.iter().any(|d| {
+            note(d, "interface");
+            d.interface_types.iter().any(|t| t == i)
+        })
+    };
+    let firmware = ev::enum_node("firmware", || {
+        note_none(&matching, arch, machine);
+        pick!(@values ("bios", has_interface("bios")), ("efi", has_interface("uefi")))
+    });
 
-    let mut values: Vec<String> = Vec::new();
-    if matching.is_empty() {
-        for path in &host.default_loaders_present {
-            if !values.contains(path) {
-                values.push(path.clone());
+    let loader = ev::always("loader", || {
+        let mut values: Vec<String> = Vec::new();
+        if matching.is_empty() {
+            note_none(&matching, arch, machine);
+            for path in crate::host::DEFAULT_LOADERS {
+                let present = host.default_loaders_present.iter().any(|p| p == path);
+                ev::value_node(path, || {
+                    ev::host(path, || present.then(|| "exists".to_owned()));
+                    present
+                });
+            }
+            for path in &host.default_loaders_present {
+                if !values.contains(path) {
+                    values.push(path.clone());
+                }
+            }
+        } else {
+            for d in &matching {
+                let path = d.mapping.executable_path();
+                let new = !values.iter().any(|v| v == path);
+                if ev::value_node(path, || {
+                    note(d, "image");
+                    image_exists(d)
+                }) && new
+                {
+                    values.push(path.to_owned());
+                }
             }
         }
-    } else {
-        for d in &matching {
-            let path = d.mapping.executable_path();
-            if image_exists(d) && !values.iter().any(|v| v == path) {
-                values.push(path.to_owned());
+
+        let secure = ev::enum_node("secure", || {
+            let secure_yes = ev::value_node("yes", || {
+                note_none(&matching, arch, machine);
+                matching.iter().any(|d| {
+                    note(d, "requires-smm");
+                    d.has_feature("requires-smm")
+                })
+            });
+            let mut secure = Vec::new();
+            if secure_yes {
+                secure.push("yes");
             }
-        }
-    }
-
-    let secure_yes = matching.iter().any(|d| d.has_feature("requires-smm"));
-    let mut secure = Vec::new();
-    if secure_yes {
-        secure.push("yes");
-    }
-    secure.push("no");
-
-    Os {
-        supported: Support::Yes,
-        enums: vec![Enum::new("firmware", firmware)],
-        firmware_features: None,
-        loader: Some(Loader {
+            ev::value_node("no", || true);
+            secure.push("no");
+            secure
+        });
+        Loader {
             supported: Support::Yes,
             values,
             enums: vec![
@@ -115,7 +180,14 @@ pub fn os_caps(host: &HostFacts, arch: &str, machine: &str) -> Os {
                 Enum::new("readonly", ["yes", "no"]),
                 Enum::new("secure", secure),
             ],
-        }),
+        }
+    });
+
+    Os {
+        supported: Support::Yes,
+        enums: vec![Enum::new("firmware", firmware)],
+        firmware_features: None,
+        loader: Some(loader),
         varstore: None,
     }
 }

@@ -53,18 +53,51 @@ impl<'a> Answers<'a> {
             .flat_map(|l| l.array())
             .filter_map(|t| t.get("name")?.as_str())
             .collect();
-        let schema = Schema::new(primary.view("query-qmp-schema"));
+        let schema = Schema::new(primary.view("query-qmp-schema")).with_run(if data.run(Accel::Kvm).is_some() {
+            "kvm"
+        } else {
+            "tcg"
+        });
         Some(Answers { primary, accel_run, kvm_probed: data.run(Accel::Kvm).is_some(), types, schema })
     }
 
     /// Whether `qom-list-types` listed `name`.
     pub fn has_type(&self, name: &str) -> bool {
-        self.types.contains(name)
+        let holds = self.types.contains(name);
+        self.note("qom-list-types", name, holds);
+        holds
+    }
+
+    /// The run that answers accelerator-independent questions (`kvm` or `tcg`).
+    pub fn primary_run(&self) -> &'static str {
+        if self.kvm_probed {
+            "kvm"
+        } else {
+            "tcg"
+        }
+    }
+
+    /// Evidence (`capsd explain`): the primary run's `command` has `item` or not.
+    pub fn note(&self, command: &str, item: &str, holds: bool) {
+        capsd_core::evidence::fact(|| capsd_core::evidence::Fact::Qmp {
+            command: command.to_owned(),
+            run: Some(self.primary_run().to_owned()),
+            item: item.to_owned(),
+            holds,
+        });
+    }
+
+    /// Whether the string list `command` returned has `item` (see [`Self::string_list`]).
+    pub fn list_has(&self, command: &str, item: &str) -> bool {
+        let holds = self.string_list(command).contains(&item);
+        self.note(command, item, holds);
+        holds
     }
 
     /// Whether any of `names` is a QOM type.
+    /// Every name is looked up (no short cut), so the evidence cites all that were there.
     pub fn has_any_type(&self, names: &[&str]) -> bool {
-        names.iter().any(|n| self.has_type(n))
+        names.iter().fold(false, |any, n| self.has_type(n) | any)
     }
 
     /// The string list a command returned (`query-tpm-models`, `query-tpm-types`); empty
@@ -142,7 +175,13 @@ impl<'a> Answers<'a> {
     /// is loaded). Recordings made before capsd asked `query-command-line-options` fall back
     /// to the schema's `query-spice` command.
     pub fn has_spice(&self) -> bool {
-        self.cmdline_option("spice").unwrap_or_else(|| self.schema.has_command("query-spice"))
+        match self.cmdline_option("spice") {
+            Some(holds) => {
+                self.note("query-command-line-options", "option group spice", holds);
+                holds
+            }
+            None => self.schema.has_command("query-spice"),
+        }
     }
 
     /// The successful reply of a command in the primary run.

@@ -12,6 +12,8 @@ use crate::probe_data::View;
 #[derive(Debug, Default)]
 pub struct Schema<'a> {
     by_name: HashMap<&'a str, View<'a>>,
+    /// The run the schema came from (`kvm`/`tcg`), for evidence.
+    run: Option<&'static str>,
 }
 
 impl<'a> Schema<'a> {
@@ -27,7 +29,24 @@ impl<'a> Schema<'a> {
                 }
             }
         }
-        Schema { by_name }
+        Schema { by_name, run: None }
+    }
+
+    /// Name the run the schema came from in the evidence it records.
+    pub fn with_run(mut self, run: &'static str) -> Self {
+        self.run = Some(run);
+        self
+    }
+
+    /// Evidence (`capsd explain`): the schema has `item` or not.
+    fn note(&self, item: impl FnOnce() -> String, holds: bool) -> bool {
+        capsd_core::evidence::fact(|| capsd_core::evidence::Fact::Qmp {
+            command: "query-qmp-schema".into(),
+            run: self.run.map(str::to_owned),
+            item: item(),
+            holds,
+        });
+        holds
     }
 
     /// Whether the schema was present at all.
@@ -45,12 +64,16 @@ impl<'a> Schema<'a> {
 
     /// Whether `name` is a command.
     pub fn has_command(&self, name: &str) -> bool {
+        self.note(|| format!("command {name}"), self.is_command(name))
+    }
+
+    fn is_command(&self, name: &str) -> bool {
         self.meta_type(name) == Some("command")
     }
 
     /// The type name of a command's arguments.
     pub fn command_arg_type(&self, command: &str) -> Option<&'a str> {
-        if !self.has_command(command) {
+        if !self.is_command(command) {
             return None;
         }
         self.entity(command)?.get("arg-type")?.as_str()
@@ -58,7 +81,7 @@ impl<'a> Schema<'a> {
 
     /// The type name of a command's return value.
     pub fn command_ret_type(&self, command: &str) -> Option<&'a str> {
-        if !self.has_command(command) {
+        if !self.is_command(command) {
             return None;
         }
         self.entity(command)?.get("ret-type")?.as_str()
@@ -97,20 +120,24 @@ impl<'a> Schema<'a> {
 
     /// Whether the value returned by `command` is a union with branch `case`.
     pub fn ret_has_variant(&self, command: &str, case: &str) -> bool {
-        self.command_ret_type(command).is_some_and(|t| self.has_variant(t, case))
+        let holds = self.command_ret_type(command).is_some_and(|t| self.has_variant(t, case));
+        self.note(|| format!("{command} returns branch {case}"), holds)
     }
 
     /// Whether the arguments of `command` are a union with branch `case` (`netdev_add`'s
     /// `Netdev`: `user`, `stream`, ...).
     pub fn arg_has_variant(&self, command: &str, case: &str) -> bool {
-        self.command_arg_type(command).is_some_and(|t| self.has_variant(t, case))
+        let holds = self.command_arg_type(command).is_some_and(|t| self.has_variant(t, case));
+        self.note(|| format!("{command} takes branch {case}"), holds)
     }
 
     /// Whether argument `member` of `command` is a union with branch `case`.
     pub fn arg_member_has_variant(&self, command: &str, member: &str, case: &str) -> bool {
-        self.command_arg_type(command)
+        let holds = self
+            .command_arg_type(command)
             .and_then(|t| self.member_type(t, member))
-            .is_some_and(|t| self.has_variant(t, case))
+            .is_some_and(|t| self.has_variant(t, case));
+        self.note(|| format!("{command} argument {member} takes branch {case}"), holds)
     }
 }
 

@@ -75,6 +75,7 @@ use std::time::{Duration, Instant, SystemTime};
 use capsd_core::DriverError;
 use serde::{Deserialize, Serialize};
 
+mod answer;
 pub(crate) mod compact;
 
 use crate::host::HostFacts;
@@ -625,11 +626,27 @@ impl ProbeCache {
         runs: Runs<'_>,
         probe: impl FnOnce() -> Result<ProbeData, DriverError>,
     ) -> Result<(ProbeData, CacheOutcome), DriverError> {
-        let (d, o) = self.get_pinned(binary, Some(stat), runs, false, probe)?;
+        let (d, o, _) = self.get_pinned(binary, Some(stat), runs, false, probe)?;
         Ok((Arc::try_unwrap(d).unwrap_or_else(|d| (*d).clone()), o))
     }
 
-    fn key_pinned(&self, binary: &Path, stat: Option<&nix::sys::stat::FileStat>) -> Result<CacheKey, DriverError> {
+    /// Like [`Self::get_or_probe_owned_runs`] (or [`Self::get_or_probe_opened_runs`] with
+    /// `pinned`), also returning the key the data is valid for: the key under which an
+    /// answer derived from it is kept ([`Self::store_answer`]).
+    pub fn get_or_probe_keyed(
+        &self,
+        binary: &Path,
+        pinned: Option<&nix::sys::stat::FileStat>,
+        runs: Runs<'_>,
+        probe: impl FnOnce() -> Result<ProbeData, DriverError>,
+    ) -> Result<(ProbeData, CacheOutcome, CacheKey), DriverError> {
+        let (d, o, k) = self.get_pinned(binary, pinned, runs, false, probe)?;
+        Ok((Arc::try_unwrap(d).unwrap_or_else(|d| (*d).clone()), o, k))
+    }
+
+    /// The current invalidation key of `binary`, whose identity is `stat` when given (a
+    /// binary opened once, [`crate::binary::Opened`]), else its path's.
+    pub fn key_pinned(&self, binary: &Path, stat: Option<&nix::sys::stat::FileStat>) -> Result<CacheKey, DriverError> {
         match stat {
             None => self.key(binary),
             Some(st) => {
@@ -646,7 +663,7 @@ impl ProbeCache {
         keep: bool,
         probe: impl FnOnce() -> Result<ProbeData, DriverError>,
     ) -> Result<(Arc<ProbeData>, CacheOutcome), DriverError> {
-        self.get_pinned(binary, None, runs, keep, probe)
+        self.get_pinned(binary, None, runs, keep, probe).map(|(d, o, _)| (d, o))
     }
 
     fn get_pinned(
@@ -656,10 +673,10 @@ impl ProbeCache {
         runs: Runs<'_>,
         keep: bool,
         probe: impl FnOnce() -> Result<ProbeData, DriverError>,
-    ) -> Result<(Arc<ProbeData>, CacheOutcome), DriverError> {
+    ) -> Result<(Arc<ProbeData>, CacheOutcome, CacheKey), DriverError> {
         let key = self.key_pinned(binary, pinned)?;
         if let Some(d) = self.lookup_with(binary, &key, runs, keep) {
-            return Ok((d, CacheOutcome::Hit));
+            return Ok((d, CacheOutcome::Hit, key));
         }
         // Miss: one probe per binary at a time in this process.
         let slot = lock(&self.inner.slots).entry(binary.to_owned()).or_default().clone();
@@ -673,13 +690,13 @@ impl ProbeCache {
         // Someone may have probed while we waited; the key may have changed meanwhile too.
         let key = self.key_pinned(binary, pinned)?;
         if let Some(d) = self.lookup_with(binary, &key, runs, keep) {
-            return Ok((d, CacheOutcome::Hit));
+            return Ok((d, CacheOutcome::Hit, key));
         }
         let file = self.file_for(binary);
         let _flock = self.lock_file(binary);
         // And across processes.
         if let Some(d) = self.lookup_with(binary, &key, runs, keep) {
-            return Ok((d, CacheOutcome::Hit));
+            return Ok((d, CacheOutcome::Hit, key));
         }
         STATS.misses.fetch_add(1, Ordering::Relaxed);
         let t = Instant::now();
@@ -701,9 +718,10 @@ impl ProbeCache {
         }
         let data = Arc::new(data);
         if keep {
-            lock(&self.inner.memo).insert(binary.to_owned(), MemoEntry { key, data: data.clone(), complete: true });
+            lock(&self.inner.memo)
+                .insert(binary.to_owned(), MemoEntry { key: key.clone(), data: data.clone(), complete: true });
         }
-        Ok((data, CacheOutcome::Miss))
+        Ok((data, CacheOutcome::Miss, key))
     }
 
     /// The cached probe of `binary` when present and valid, without probing.

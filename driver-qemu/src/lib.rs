@@ -204,37 +204,87 @@ impl QemuDriver {
         }
     }
 
-    /// The probe data a query needs. From the cache, a query that can only be answered with
-    /// KVM (the default virt type or `kvm`) first reads the KVM run alone: that is enough when
-    /// KVM is enabled there (the query then resolves to `kvm`) and derivation will not read
-    /// the TCG run ([`cpu::kvm_query_reads_tcg_run`]). An entry without a KVM run (a foreign
-    /// arch) gives every run at once ([`cache::Runs::Only`]). Otherwise every run is read.
-    fn probe_data_for(&self, binary: &Path, query: &Query) -> Result<ProbeData, DriverError> {
+    /// The probe data a query needs, and the cache key it is valid for (with a cache).
+    ///
+    /// From the cache, a query that can only be answered with KVM (the default virt type or
+    /// `kvm`) first reads the KVM run alone: that is enough when KVM is enabled there (the
+    /// query then resolves to `kvm`) and derivation will not read the TCG run
+    /// ([`cpu::kvm_query_reads_tcg_run`]). An entry without a KVM run (a foreign arch) gives
+    /// every run at once ([`cache::Runs::Only`]). Otherwise every run is read.
+    ///
+    /// Without a cache, such a query starts the KVM run alone and answers from it when it
+    /// suffices by the same rule; the TCG run is started only when it does not (KVM not
+    /// enabled, a foreign arch, no cpu_map for x86 vendors), and added to it.
+    fn probe_data_for(
+        &self,
+        binary: &Path,
+        query: &Query,
+    ) -> Result<(ProbeData, Option<cache::CacheKey>), DriverError> {
         let mut opts = self.options.clone();
         // With a check: the one descriptor that is checked, keyed and run.
         let opened = self.check.as_ref().map(|c| binary::open_checked(binary, c)).transpose()?;
         if let Some(o) = &opened {
             opts.process.exec = Some(o.fd.clone());
         }
-        let Some(cache) = &self.cache else { return self.probe_now(binary, opts) };
-        let lookup = |runs: cache::Runs<'_>| match &opened {
-            Some(o) => cache.get_or_probe_opened_runs(binary, &o.stat, runs, || self.probe_now(binary, opts.clone())),
-            None => cache.get_or_probe_owned_runs(binary, runs, || self.probe_now(binary, opts.clone())),
-        };
         let kvm_query = matches!(
             resolve::parse_virt_type(query.virt_type.as_deref()),
             Ok(resolve::VirtTypeArg::Default | resolve::VirtTypeArg::Accel(probe_data::Accel::Kvm))
         );
+        let suffices = |d: &ProbeData| resolve::kvm_enabled(d) && !cpu::kvm_query_reads_tcg_run(d);
+        let Some(cache) = &self.cache else {
+            if !kvm_query || opts.no_kvm || opts.only.is_some() {
+                return self.probe_now(binary, opts).map(|d| (d, None));
+            }
+            let mut first = opts.clone();
+            first.only = Some(probe_data::Accel::Kvm);
+            let mut d = self.probe_now(binary, first)?;
+            if d.runs.contains_key(&probe_data::Accel::Kvm) && suffices(&d) {
+                return Ok((d, None));
+            }
+            let mut rest = opts;
+            rest.only = Some(probe_data::Accel::Tcg);
+            let tcg = self.probe_now(binary, rest)?;
+            d.runs.extend(tcg.runs);
+            return Ok((d, None));
+        };
+        let pinned = opened.as_ref().map(|o| &o.stat);
+        let lookup = |runs: cache::Runs<'_>| {
+            cache.get_or_probe_keyed(binary, pinned, runs, || self.probe_now(binary, opts.clone()))
+        };
         if kvm_query {
             let kvm = [probe_data::Accel::Kvm];
-            let (d, _) = lookup(cache::Runs::Only(&kvm))?;
+            let (d, _, key) = lookup(cache::Runs::Only(&kvm))?;
             // Every run is there when there are several, or when the entry has no KVM run.
             let complete = d.runs.len() > 1 || !d.runs.contains_key(&probe_data::Accel::Kvm);
-            if complete || (resolve::kvm_enabled(&d) && !cpu::kvm_query_reads_tcg_run(&d)) {
-                return Ok(d);
+            if complete || suffices(&d) {
+                return Ok((d, Some(key)));
             }
         }
-        lookup(cache::Runs::All).map(|(d, _)| d)
+        lookup(cache::Runs::All).map(|(d, _, key)| (d, Some(key)))
+    }
+
+    /// The libvirt release, the first phase of resolution and the description of the query
+    /// an answer is kept under ([`cache::ProbeCache::answer`]): everything besides the probe
+    /// record that the document depends on.
+    fn answer_query(
+        &self,
+        query: &Query,
+        form: &str,
+    ) -> Result<(libvirt::Target, resolve::PreProbe, String), DriverError> {
+        let target = libvirt::Target::new(self.target(query)?.version);
+        let host_arch = host::host_arch();
+        let pre = resolve::pre_probe(query, target, &host_arch, |n| self.find(n))?;
+        let options = cpu::CpuOptions { target, ..self.cpu_options };
+        let id = format!(
+            "emulator={:?} arch={:?} host_arch={host_arch:?} machine={:?} virttype={:?} target={:?} options={options:?} form={form:?} driver={}",
+            pre.emulator,
+            pre.arch,
+            query.machine,
+            query.virt_type,
+            target,
+            env!("CARGO_PKG_VERSION"),
+        );
+        Ok((target, pre, id))
     }
 }
 
@@ -283,10 +333,41 @@ impl DomainCapsDriver for QemuDriver {
             target,
             &host::host_arch(),
             |n| self.find(n),
-            |b| self.probe_data_for(b, query),
+            |b| self.probe_data_for(b, query).map(|(d, _)| d),
         )?;
         let options = cpu::CpuOptions { target, ..self.cpu_options };
         derive::domain_capabilities_with(&data, &r, options)
+    }
+
+    /// With a cache, the rendered answer is kept beside the probe record it was derived
+    /// from ([`cache::ProbeCache::answer`]): a warm query checks the key, reads that one
+    /// file and loads no probe, derives nothing.
+    #[tracing::instrument(skip_all, fields(driver = DRIVER, query = %query, form))]
+    fn domain_capabilities_rendered(
+        &self,
+        query: &Query,
+        form: &str,
+        render: &dyn Fn(&DomainCapabilities) -> Vec<u8>,
+    ) -> Result<Vec<u8>, DriverError> {
+        // A binary check (the agent's) opens the binary once and keys that descriptor: the
+        // agent keeps its documents in memory and does not come here.
+        let Some(cache) = self.cache.as_ref().filter(|_| self.check.is_none()) else {
+            return Ok(render(&self.domain_capabilities(query)?));
+        };
+        let (target, pre, id) = self.answer_query(query, form)?;
+        let binary = pre.emulator.clone();
+        let key = cache.key_pinned(&binary, None)?;
+        if let Some(body) = cache.answer(&binary, &key, &id) {
+            return Ok(body);
+        }
+        let (data, key) = self.probe_data_for(&binary, query)?;
+        let r = resolve::resolve(&pre, query.machine.as_deref(), &data)?;
+        let options = cpu::CpuOptions { target, ..self.cpu_options };
+        let body = render(&derive::domain_capabilities_with(&data, &r, options)?);
+        if let Some(key) = key {
+            cache.store_answer(&binary, &key, &id, &body);
+        }
+        Ok(body)
     }
 
     fn details(&self) -> Vec<(String, String)> {

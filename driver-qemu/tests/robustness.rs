@@ -21,6 +21,7 @@ fn opts() -> ProbeOptions {
             ..Default::default()
         },
         no_kvm: true,
+        only: None,
     }
 }
 

@@ -1,0 +1,151 @@
+//! Rendered answers kept beside the probe record they were derived from, so that a warm
+//! `capsd domcapabilities` reads one small file instead of loading the probe and deriving.
+//!
+//! An answer file holds the bytes one query printed (XML or JSON) and, in its header, what
+//! they were computed from: the query as the driver resolved it before probing (emulator,
+//! arch, machine and virt type as given, target libvirt release, output form and options),
+//! the whole invalidation key ([`CacheKey`]) the probe record was valid for, and the stamp
+//! (inode, size, times) of that probe record's file. An answer is served only when all three
+//! are byte for byte what the current lookup computes: any input that would re-probe (the
+//! binary, a cpu_map file, a firmware descriptor, qemu.conf, the kernel, capsd itself, ...)
+//! also voids every answer, and so does a probe record rewritten or removed
+//! ([`ProbeCache::invalidate`]). Derivation is a pure function of the probe record and the
+//! query, so nothing else can change the bytes.
+//!
+//! Files are trusted, opened and written exactly like probe records (the directory's and
+//! file's owner and mode, `O_NOFOLLOW`, atomic replacement), and checked by a checksum of
+//! the header and body; anything wrong is logged and the answer computed again.
+//!
+//! ```text
+//! capsd-answer <file version> <header length> <body length> <checksum>\n
+//! <header: JSON {"query":..,"probe_file":..,"key":..}><body>
+//! ```
+
+use std::fs::File;
+use std::io;
+use std::os::fd::AsRawFd;
+use std::path::Path;
+
+use serde::Serialize;
+
+use super::{checksum, entry_name, open_dir, open_trusted, write_atomic, CacheKey, FileProblem, FileStamp, ProbeCache};
+
+const MAGIC: &str = "capsd-answer";
+const VERSION: u32 = 1;
+/// Largest answer read (a document is tens of KiB).
+const MAX_ANSWER: u64 = 16 * 1024 * 1024;
+
+#[derive(Serialize)]
+struct Header<'a> {
+    query: &'a str,
+    probe_file: &'a FileStamp,
+    key: &'a CacheKey,
+}
+
+/// The answer file of `query` for `binary`: `<probe entry stem>-<hash of the query>.answer`.
+fn answer_name(binary: &Path, query: &str) -> String {
+    let entry = entry_name(binary);
+    let stem = entry.strip_suffix(".probe").unwrap_or(&entry);
+    format!("{stem}-{:016x}.answer", checksum(query.as_bytes()))
+}
+
+/// The stamp of `binary`'s probe record in `dir` (not following a link), `None` when absent.
+fn probe_file_stamp(dir: &File, binary: &Path) -> Option<FileStamp> {
+    let st = nix::sys::stat::fstatat(
+        Some(dir.as_raw_fd()),
+        entry_name(binary).as_str(),
+        nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+    )
+    .ok()?;
+    Some(FileStamp::of_stat(String::new(), &st))
+}
+
+fn header_bytes(query: &str, probe_file: &FileStamp, key: &CacheKey) -> io::Result<Vec<u8>> {
+    serde_json::to_vec(&Header { query, probe_file, key }).map_err(io::Error::other)
+}
+
+impl ProbeCache {
+    /// The answer kept for `query` (a description of everything besides the probe that the
+    /// answer depends on) of `binary`, when it was derived from the probe record that is
+    /// there now, under `key` (the current key). `None` (logged when the file was damaged
+    /// or not ours) otherwise.
+    pub fn answer(&self, binary: &Path, key: &CacheKey, query: &str) -> Option<Vec<u8>> {
+        let name = answer_name(binary, query);
+        match self.read_answer(binary, key, query, &name) {
+            Ok(body) => Some(body),
+            Err(FileProblem::Absent) => None,
+            Err(FileProblem::Stale(what)) => {
+                tracing::debug!(file = %self.dir().join(&name).display(), changed = %what, "kept answer is stale");
+                None
+            }
+            Err(e) => {
+                tracing::warn!(file = %self.dir().join(&name).display(), problem = %e, "kept answer ignored");
+                None
+            }
+        }
+    }
+
+    fn read_answer(&self, binary: &Path, key: &CacheKey, query: &str, name: &str) -> Result<Vec<u8>, FileProblem> {
+        use std::io::Read;
+        let dir = open_dir(self.dir(), false)?;
+        let f = match open_trusted(&dir, name) {
+            Ok(f) => f,
+            Err(FileProblem::Io(e)) if e.kind() == io::ErrorKind::NotFound => return Err(FileProblem::Absent),
+            Err(e) => return Err(e),
+        };
+        let probe_file = probe_file_stamp(&dir, binary).ok_or_else(|| FileProblem::Stale("the probe record".into()))?;
+        let mut bytes = Vec::new();
+        (&f).take(MAX_ANSWER + 1).read_to_end(&mut bytes)?;
+        if bytes.len() as u64 > MAX_ANSWER {
+            return Err(FileProblem::Damaged(format!("larger than {MAX_ANSWER} bytes")));
+        }
+        let damaged = |s: &str| FileProblem::Damaged(s.to_owned());
+        let nl = bytes.iter().position(|b| *b == b'\n').ok_or_else(|| damaged("no header line"))?;
+        let first = std::str::from_utf8(&bytes[..nl]).map_err(|_| damaged("header line is not text"))?;
+        let parts: Vec<&str> = first.split(' ').collect();
+        let [magic, version, hlen, blen, sum] = parts[..] else { return Err(damaged("malformed header line")) };
+        if magic != MAGIC {
+            return Err(damaged("not a capsd answer file"));
+        }
+        if version != VERSION.to_string() {
+            return Err(FileProblem::OtherVersion(format!("answer file version {version}")));
+        }
+        let hlen: usize = hlen.parse().map_err(|_| damaged("bad header length"))?;
+        let blen: usize = blen.parse().map_err(|_| damaged("bad body length"))?;
+        let start = nl + 1;
+        if start.checked_add(hlen).and_then(|h| h.checked_add(blen)) != Some(bytes.len()) {
+            return Err(damaged("lengths do not match the file's size"));
+        }
+        let rest = &bytes[start..];
+        if format!("{:016x}", checksum(rest)) != sum {
+            return Err(damaged("checksum mismatch"));
+        }
+        let expected = header_bytes(query, &probe_file, key)?;
+        if rest[..hlen] != expected[..] {
+            return Err(FileProblem::Stale("the probe record, the key or the query".into()));
+        }
+        bytes.drain(..start + hlen);
+        Ok(bytes)
+    }
+
+    /// Keep `body`, the answer to `query` derived from `binary`'s probe record valid under
+    /// `key`, for [`Self::answer`]. Only when that record is in the cache directory (an
+    /// answer is never kept without the record it came from); failures are logged.
+    pub fn store_answer(&self, binary: &Path, key: &CacheKey, query: &str, body: &[u8]) {
+        let name = answer_name(binary, query);
+        let stored = (|| -> Result<(), FileProblem> {
+            let dir = open_dir(self.dir(), false)?;
+            let Some(probe_file) = probe_file_stamp(&dir, binary) else { return Ok(()) };
+            let header = header_bytes(query, &probe_file, key)?;
+            let mut rest = header;
+            let hlen = rest.len();
+            rest.extend_from_slice(body);
+            let mut out = format!("{MAGIC} {VERSION} {hlen} {} {:016x}\n", body.len(), checksum(&rest)).into_bytes();
+            out.extend_from_slice(&rest);
+            Ok(write_atomic(&dir, &name, &out)?)
+        })();
+        if let Err(e) = stored {
+            tracing::debug!(file = %self.dir().join(&name).display(), problem = %e, "answer not kept");
+        }
+    }
+}

@@ -206,20 +206,20 @@ impl QemuDriver {
 
     /// The probe data a query needs, and the cache key it is valid for (with a cache).
     ///
-    /// From the cache, a query that can only be answered with KVM (the default virt type or
-    /// `kvm`) first reads the KVM run alone: that is enough when KVM is enabled there (the
-    /// query then resolves to `kvm`) and derivation will not read the TCG run
-    /// ([`cpu::kvm_query_reads_tcg_run`]). An entry without a KVM run (a foreign arch) gives
-    /// every run at once ([`cache::Runs::Only`]). Otherwise every run is read.
-    ///
-    /// Without a cache, such a query starts the KVM run alone and answers from it when it
-    /// suffices by the same rule; the TCG run is started only when it does not (KVM not
-    /// enabled, a foreign arch, no cpu_map for x86 vendors), and added to it.
+    /// A query that can only be answered with KVM (the default virt type or `kvm`) needs the
+    /// KVM run alone when KVM is enabled there (the query then resolves to `kvm`) and
+    /// derivation will not read the TCG run ([`cpu::kvm_query_reads_tcg_run`]). Such a query
+    /// reads the KVM run alone from the cache; when it has to probe, it starts the KVM run
+    /// alone and answers from it when that suffices, leaving the TCG run for a query that
+    /// needs it (the record says so: [`cache::ProbeCache::get_or_probe_partial`]); when it
+    /// does not suffice (KVM not enabled, no KVM run, x86 without libvirt's cpu_map) the TCG
+    /// run is started and added. Every other query reads or probes every run.
     fn probe_data_for(
         &self,
         binary: &Path,
         query: &Query,
     ) -> Result<(ProbeData, Option<cache::CacheKey>), DriverError> {
+        use probe_data::Accel;
         let mut opts = self.options.clone();
         // With a check: the one descriptor that is checked, keyed and run.
         let opened = self.check.as_ref().map(|c| binary::open_checked(binary, c)).transpose()?;
@@ -228,39 +228,43 @@ impl QemuDriver {
         }
         let kvm_query = matches!(
             resolve::parse_virt_type(query.virt_type.as_deref()),
-            Ok(resolve::VirtTypeArg::Default | resolve::VirtTypeArg::Accel(probe_data::Accel::Kvm))
-        );
-        let suffices = |d: &ProbeData| resolve::kvm_enabled(d) && !cpu::kvm_query_reads_tcg_run(d);
-        let Some(cache) = &self.cache else {
-            if !kvm_query || opts.no_kvm || opts.only.is_some() {
-                return self.probe_now(binary, opts).map(|d| (d, None));
+            Ok(resolve::VirtTypeArg::Default | resolve::VirtTypeArg::Accel(Accel::Kvm))
+        ) && !opts.no_kvm
+            && opts.only.is_none();
+        let suffices = |d: &ProbeData| {
+            d.runs.contains_key(&Accel::Kvm) && resolve::kvm_enabled(d) && !cpu::kvm_query_reads_tcg_run(d)
+        };
+        // The KVM run first; the TCG run only when the answer needs it. Returns the data and
+        // the runs left unprobed.
+        let kvm_first = || -> Result<(ProbeData, Vec<Accel>), DriverError> {
+            let mut d = self.probe_now(binary, ProbeOptions { only: Some(Accel::Kvm), ..opts.clone() })?;
+            if suffices(&d) {
+                return Ok((d, vec![Accel::Tcg]));
             }
-            let mut first = opts.clone();
-            first.only = Some(probe_data::Accel::Kvm);
-            let mut d = self.probe_now(binary, first)?;
-            if d.runs.contains_key(&probe_data::Accel::Kvm) && suffices(&d) {
-                return Ok((d, None));
-            }
-            let mut rest = opts;
-            rest.only = Some(probe_data::Accel::Tcg);
-            let tcg = self.probe_now(binary, rest)?;
+            let tcg = self.probe_now(binary, ProbeOptions { only: Some(Accel::Tcg), ..opts.clone() })?;
             d.runs.extend(tcg.runs);
-            return Ok((d, None));
+            Ok((d, Vec::new()))
+        };
+        let Some(cache) = &self.cache else {
+            return if kvm_query {
+                kvm_first().map(|(d, _)| (d, None))
+            } else {
+                self.probe_now(binary, opts.clone()).map(|d| (d, None))
+            };
         };
         let pinned = opened.as_ref().map(|o| &o.stat);
-        let lookup = |runs: cache::Runs<'_>| {
-            cache.get_or_probe_keyed(binary, pinned, runs, || self.probe_now(binary, opts.clone()))
-        };
         if kvm_query {
-            let kvm = [probe_data::Accel::Kvm];
-            let (d, _, key) = lookup(cache::Runs::Only(&kvm))?;
+            let kvm = [Accel::Kvm];
+            let (d, _, key) = cache.get_or_probe_partial(binary, pinned, cache::Runs::Only(&kvm), kvm_first)?;
             // Every run is there when there are several, or when the entry has no KVM run.
-            let complete = d.runs.len() > 1 || !d.runs.contains_key(&probe_data::Accel::Kvm);
+            let complete = d.runs.len() > 1 || !d.runs.contains_key(&Accel::Kvm);
             if complete || suffices(&d) {
                 return Ok((d, Some(key)));
             }
         }
-        lookup(cache::Runs::All).map(|(d, _, key)| (d, Some(key)))
+        cache
+            .get_or_probe_keyed(binary, pinned, cache::Runs::All, || self.probe_now(binary, opts.clone()))
+            .map(|(d, _, key)| (d, Some(key)))
     }
 
     /// The libvirt release, the first phase of resolution and the description of the query

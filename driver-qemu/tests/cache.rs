@@ -929,3 +929,55 @@ fn kept_answers_are_served_until_any_input_changes() {
     assert_eq!(answer(&w), direct(n));
     assert_eq!(renders.load(Ordering::SeqCst), before + 1, "a damaged answer was served");
 }
+
+/// A record stored with a run left for later (the KVM run alone, TCG pending) serves
+/// lookups of the KVM run; a lookup that needs the TCG run is a miss that probes and stores
+/// every run, and is then served from the file like any complete record. A pending run is
+/// never taken for one that failed (absent from a complete record).
+#[test]
+fn a_run_left_for_later_is_probed_when_a_lookup_needs_it() {
+    let w = World::new();
+    let n = AtomicUsize::new(0);
+    let kvm_only = || {
+        n.fetch_add(1, Ordering::SeqCst);
+        let mut d = fake_probe(&w.binary, "kvm-first");
+        d.runs.remove(&Accel::Tcg);
+        Ok((d, vec![Accel::Tcg]))
+    };
+    let never = || -> Result<(ProbeData, Vec<Accel>), DriverError> { panic!("must not probe") };
+    let (d, o, _) = w.cache().get_or_probe_partial(&w.binary, None, Runs::Only(&[Accel::Kvm]), kvm_only).unwrap();
+    assert_eq!((o, d.runs.keys().copied().collect::<Vec<_>>()), (CacheOutcome::Miss, vec![Accel::Kvm]));
+    // The KVM run again, from the file (a new cache: no memory), without probing.
+    let (d, o, _) = w.cache().get_or_probe_partial(&w.binary, None, Runs::Only(&[Accel::Kvm]), never).unwrap();
+    assert_eq!((o, d.runs.keys().copied().collect::<Vec<_>>()), (CacheOutcome::Hit, vec![Accel::Kvm]));
+    // Every run, or the TCG run: a miss, whichever entry point.
+    for runs in [Runs::All, Runs::Only(&[Accel::Tcg])] {
+        let before = n.load(Ordering::SeqCst);
+        let (d, o) = w
+            .cache()
+            .get_or_probe_owned_runs(&w.binary, runs, || {
+                n.fetch_add(1, Ordering::SeqCst);
+                Ok(fake_probe(&w.binary, "both"))
+            })
+            .unwrap();
+        assert_eq!((o, n.load(Ordering::SeqCst)), (CacheOutcome::Miss, before + 1), "{runs:?}");
+        assert!(d.runs.contains_key(&Accel::Tcg), "{runs:?}");
+        // Put the partial record back for the next round.
+        if runs == Runs::All {
+            w.cache().invalidate(&w.binary).unwrap();
+            w.cache().get_or_probe_partial(&w.binary, None, Runs::Only(&[Accel::Kvm]), kvm_only).unwrap();
+        }
+    }
+    // Now complete: every run from the file.
+    let (d, o) = get(&w.cache(), &w, &n, "unused");
+    assert_eq!((o, tag_of(&d)), (CacheOutcome::Hit, "both".to_owned()));
+    // The shared lookup (which keeps what it reads in memory) likewise.
+    let w = World::new();
+    let cache = w.cache();
+    cache.get_or_probe_partial(&w.binary, None, Runs::Only(&[Accel::Kvm]), kvm_only).unwrap();
+    let (d, o) = cache
+        .get_or_probe_runs(&w.binary, Runs::All, || Ok(fake_probe(&w.binary, "all")))
+        .map(|(d, o)| ((*d).clone(), o))
+        .unwrap();
+    assert_eq!((o, tag_of(&d)), (CacheOutcome::Miss, "all".to_owned()));
+}

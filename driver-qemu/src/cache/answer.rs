@@ -18,7 +18,7 @@
 //!
 //! ```text
 //! capsd-answer <file version> <header length> <body length> <checksum>\n
-//! <header: JSON {"query":..,"probe_file":..,"key":..}><body>
+//! <header: query, probe record stamp, key; each length-prefixed bytes><body>
 //! ```
 
 use std::fs::File;
@@ -26,20 +26,33 @@ use std::io;
 use std::os::fd::AsRawFd;
 use std::path::Path;
 
-use serde::Serialize;
+use std::hash::{Hash, Hasher};
 
 use super::{checksum, entry_name, open_dir, open_trusted, write_atomic, CacheKey, FileProblem, FileStamp, ProbeCache};
 
 const MAGIC: &str = "capsd-answer";
-const VERSION: u32 = 1;
+const VERSION: u32 = 2;
 /// Largest answer read (a document is tens of KiB).
 const MAX_ANSWER: u64 = 16 * 1024 * 1024;
 
-#[derive(Serialize)]
-struct Header<'a> {
-    query: &'a str,
-    probe_file: &'a FileStamp,
-    key: &'a CacheKey,
+/// The bytes of `value` as its `Hash` implementation feeds them: every field in order,
+/// strings followed by a byte no UTF-8 text has, sequences and options by a length or
+/// discriminant first, so two different keys give different bytes. Not a hash: the bytes
+/// themselves are kept and compared. Native integer widths and byte order: an answer file
+/// is read only by the program that wrote it (the key holds capsd's executable).
+fn key_bytes(value: &impl Hash) -> Vec<u8> {
+    struct Sink(Vec<u8>);
+    impl Hasher for Sink {
+        fn finish(&self) -> u64 {
+            0
+        }
+        fn write(&mut self, bytes: &[u8]) {
+            self.0.extend_from_slice(bytes);
+        }
+    }
+    let mut sink = Sink(Vec::with_capacity(16 * 1024));
+    value.hash(&mut sink);
+    sink.0
 }
 
 /// The answer file of `query` for `binary`: `<probe entry stem>-<hash of the query>.answer`.
@@ -60,8 +73,15 @@ fn probe_file_stamp(dir: &File, binary: &Path) -> Option<FileStamp> {
     Some(FileStamp::of_stat(String::new(), &st))
 }
 
-fn header_bytes(query: &str, probe_file: &FileStamp, key: &CacheKey) -> io::Result<Vec<u8>> {
-    serde_json::to_vec(&Header { query, probe_file, key }).map_err(io::Error::other)
+/// The header of an answer: the query's description, the probe record's stamp and the key
+/// ([`key_bytes`]), each preceded by its length.
+fn header_bytes(query: &str, probe_file: &FileStamp, key: &CacheKey) -> Vec<u8> {
+    let mut out = Vec::new();
+    for part in [query.as_bytes(), &key_bytes(probe_file), &key_bytes(key)] {
+        out.extend_from_slice(&(part.len() as u64).to_le_bytes());
+        out.extend_from_slice(part);
+    }
+    out
 }
 
 impl ProbeCache {
@@ -120,7 +140,7 @@ impl ProbeCache {
         if format!("{:016x}", checksum(rest)) != sum {
             return Err(damaged("checksum mismatch"));
         }
-        let expected = header_bytes(query, &probe_file, key)?;
+        let expected = header_bytes(query, &probe_file, key);
         if rest[..hlen] != expected[..] {
             return Err(FileProblem::Stale("the probe record, the key or the query".into()));
         }
@@ -136,7 +156,7 @@ impl ProbeCache {
         let stored = (|| -> Result<(), FileProblem> {
             let dir = open_dir(self.dir(), false)?;
             let Some(probe_file) = probe_file_stamp(&dir, binary) else { return Ok(()) };
-            let header = header_bytes(query, &probe_file, key)?;
+            let header = header_bytes(query, &probe_file, key);
             let mut rest = header;
             let hlen = rest.len();
             rest.extend_from_slice(body);

@@ -75,7 +75,7 @@ use std::time::{Duration, Instant, SystemTime};
 use capsd_core::DriverError;
 use serde::{Deserialize, Serialize};
 
-mod answer;
+pub(crate) mod answer;
 pub(crate) mod compact;
 
 use crate::host::HostFacts;

@@ -367,9 +367,12 @@ impl DomainCapsDriver for QemuDriver {
         let (data, key) = self.probe_data_for(&binary, query)?;
         let r = resolve::resolve(&pre, query.machine.as_deref(), &data)?;
         let options = cpu::CpuOptions { target, ..self.cpu_options };
-        let body = render(&derive::domain_capabilities_with(&data, &r, options)?);
-        if let Some(key) = key {
-            cache.store_answer(&binary, &key, &id, &body);
+        // A derivation that warned is not kept: its warning is printed with every answer.
+        let (caps, warned) = cache::answer::warned_during(|| derive::domain_capabilities_with(&data, &r, options));
+        let body = render(&caps?);
+        match key {
+            Some(key) if !warned => cache.store_answer(&binary, &key, &id, &body),
+            _ => {}
         }
         Ok(body)
     }

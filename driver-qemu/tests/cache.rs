@@ -981,3 +981,36 @@ fn a_run_left_for_later_is_probed_when_a_lookup_needs_it() {
         .unwrap();
     assert_eq!((o, tag_of(&d)), (CacheOutcome::Miss, "all".to_owned()));
 }
+
+/// An answer whose derivation logged a warning (here: the KVM vCPU limit unknown, so the
+/// machine's own limit is printed) is not kept: every query derives again and warns again.
+#[test]
+fn an_answer_whose_derivation_warned_is_not_kept() {
+    use capsd_core::{DomainCapabilities, DomainCapsDriver, Query};
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/qemu-7.2-x86_64.json");
+    let mut recorded: ProbeData = serde_json::from_str(&fs::read_to_string(path).unwrap()).unwrap();
+    let w = World::new();
+    let q = Query {
+        emulator: Some(w.binary.clone()),
+        virt_type: Some("kvm".into()),
+        libvirt: Some("9.0".into()),
+        ..Default::default()
+    };
+    let renders = AtomicUsize::new(0);
+    let render = |c: &DomainCapabilities| {
+        renders.fetch_add(1, Ordering::SeqCst);
+        capsd_core::xml::to_xml(c).into_bytes()
+    };
+    for (limit, kept) in [(None, false), (Some(64), true)] {
+        recorded.host.kvm_max_vcpus = limit;
+        w.cache().invalidate(&w.binary).unwrap();
+        w.cache().get_or_probe(&w.binary, || Ok(recorded.clone())).unwrap();
+        let before = renders.load(Ordering::SeqCst);
+        let driver = driver_qemu::QemuDriver::new().with_cache(w.cache());
+        let a = driver.domain_capabilities_rendered(&q, "xml", &render).unwrap();
+        let b = driver.domain_capabilities_rendered(&q, "xml", &render).unwrap();
+        assert_eq!(a, b);
+        let derived = renders.load(Ordering::SeqCst) - before;
+        assert_eq!(derived, if kept { 1 } else { 2 }, "vCPU limit {limit:?}");
+    }
+}

@@ -169,3 +169,76 @@ impl ProbeCache {
         }
     }
 }
+
+/// Run `f` (a derivation) and say whether it logged a warning or an error: an answer whose
+/// derivation warned (something omitted because it could not be read, say) is not kept,
+/// so that every answer that omits for such a reason is printed with its warning, as
+/// before answers were kept. Events reach the subscriber in place as before; this counts
+/// them on the way, whatever level that subscriber shows.
+pub(crate) fn warned_during<T>(f: impl FnOnce() -> T) -> (T, bool) {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    use tracing::level_filters::LevelFilter;
+    use tracing::span::{Attributes, Id, Record};
+    use tracing::subscriber::Interest;
+    use tracing::{Event, Level, Metadata, Subscriber};
+
+    struct Counting {
+        inner: tracing::Dispatch,
+        warned: Arc<AtomicBool>,
+    }
+    fn counted(m: &Metadata<'_>) -> bool {
+        m.is_event() && *m.level() <= Level::WARN
+    }
+    impl Subscriber for Counting {
+        fn register_callsite(&self, m: &'static Metadata<'static>) -> Interest {
+            if counted(m) {
+                Interest::sometimes()
+            } else {
+                self.inner.register_callsite(m)
+            }
+        }
+        fn enabled(&self, m: &Metadata<'_>) -> bool {
+            counted(m) || self.inner.enabled(m)
+        }
+        fn max_level_hint(&self) -> Option<LevelFilter> {
+            // The inner subscriber's hint is not public: no hint, every level asked.
+            None
+        }
+        fn new_span(&self, a: &Attributes<'_>) -> Id {
+            self.inner.new_span(a)
+        }
+        fn record(&self, span: &Id, values: &Record<'_>) {
+            self.inner.record(span, values)
+        }
+        fn record_follows_from(&self, span: &Id, follows: &Id) {
+            self.inner.record_follows_from(span, follows)
+        }
+        fn event(&self, e: &Event<'_>) {
+            if counted(e.metadata()) {
+                self.warned.store(true, Ordering::Relaxed);
+                if !self.inner.enabled(e.metadata()) {
+                    return;
+                }
+            }
+            self.inner.event(e)
+        }
+        fn enter(&self, span: &Id) {
+            self.inner.enter(span)
+        }
+        fn exit(&self, span: &Id) {
+            self.inner.exit(span)
+        }
+        fn clone_span(&self, id: &Id) -> Id {
+            self.inner.clone_span(id)
+        }
+        fn try_close(&self, id: Id) -> bool {
+            self.inner.try_close(id)
+        }
+    }
+    let warned = Arc::new(AtomicBool::new(false));
+    let inner = tracing::dispatcher::get_default(Clone::clone);
+    let counting = tracing::Dispatch::new(Counting { inner, warned: warned.clone() });
+    let out = tracing::dispatcher::with_default(&counting, f);
+    (out, warned.load(Ordering::Relaxed))
+}

@@ -299,6 +299,18 @@ fn cache_load(cache: &Path, capsd: &Path) -> Result<()> {
         sources: KeySources { app_binary: Some(capsd.to_owned()), ..KeySources::host() },
         ..CacheOptions::default()
     };
+    // The default (KVM) query probed the KVM run alone; a TCG query completes the record,
+    // so that "every run" has every run to load.
+    let st = Command::new(capsd)
+        .arg("--cache-dir")
+        .arg(cache)
+        .args(["domcapabilities", "--virttype", "qemu"])
+        .stdout(Stdio::null())
+        .status()
+        .context("running capsd domcapabilities --virttype qemu")?;
+    if !st.success() {
+        bail!("capsd domcapabilities --virttype qemu failed: {st}");
+    }
     let pc = ProbeCache::with_options(cache.to_owned(), opts.clone());
     let file = pc.file_for(x86);
     let size = std::fs::metadata(&file).with_context(|| format!("no cache file {}", file.display()))?.len();

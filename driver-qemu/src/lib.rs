@@ -213,7 +213,10 @@ impl QemuDriver {
     /// alone and answers from it when that suffices, leaving the TCG run for a query that
     /// needs it (the record says so: [`cache::ProbeCache::get_or_probe_partial`]); when it
     /// does not suffice (KVM not enabled, no KVM run, x86 without libvirt's cpu_map) the TCG
-    /// run is started and added. Every other query reads or probes every run.
+    /// run is started and added. Every other query reads or probes every run, and so does
+    /// every query with a binary check (the agent's): the agent's publisher asks every virt
+    /// type right away and its requests come concurrently, so a binary probed twice (the KVM
+    /// run, then both) would cost it more than the KVM-only first answer saves.
     fn probe_data_for(
         &self,
         binary: &Path,
@@ -231,6 +234,8 @@ impl QemuDriver {
             Ok(resolve::VirtTypeArg::Default | resolve::VirtTypeArg::Accel(Accel::Kvm))
         ) && !opts.no_kvm
             && opts.only.is_none();
+        // Whether a probe for it starts the KVM run alone (not for the agent: see above).
+        let lazy = kvm_query && self.check.is_none();
         let suffices = |d: &ProbeData| {
             d.runs.contains_key(&Accel::Kvm) && resolve::kvm_enabled(d) && !cpu::kvm_query_reads_tcg_run(d)
         };
@@ -246,7 +251,7 @@ impl QemuDriver {
             Ok((d, Vec::new()))
         };
         let Some(cache) = &self.cache else {
-            return if kvm_query {
+            return if lazy {
                 kvm_first().map(|(d, _)| (d, None))
             } else {
                 self.probe_now(binary, opts.clone()).map(|d| (d, None))
@@ -255,7 +260,13 @@ impl QemuDriver {
         let pinned = opened.as_ref().map(|o| &o.stat);
         if kvm_query {
             let kvm = [Accel::Kvm];
-            let (d, _, key) = cache.get_or_probe_partial(binary, pinned, cache::Runs::Only(&kvm), kvm_first)?;
+            let (d, _, key) = if lazy {
+                cache.get_or_probe_partial(binary, pinned, cache::Runs::Only(&kvm), kvm_first)?
+            } else {
+                cache.get_or_probe_keyed(binary, pinned, cache::Runs::Only(&kvm), || {
+                    self.probe_now(binary, opts.clone())
+                })?
+            };
             // Every run is there when there are several, or when the entry has no KVM run.
             let complete = d.runs.len() > 1 || !d.runs.contains_key(&Accel::Kvm);
             if complete || suffices(&d) {

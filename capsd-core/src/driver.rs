@@ -164,6 +164,20 @@ pub trait DomainCapsDriver: Send + Sync {
     /// Answer one query. Elements the driver cannot establish are left out of the document.
     fn domain_capabilities(&self, query: &Query) -> Result<DomainCapabilities, DriverError>;
 
+    /// The answer to one query as `render` writes it (`form` names what `render` writes,
+    /// e.g. `xml`: distinct renderers have distinct names). By default `render` of
+    /// [`Self::domain_capabilities`]; a driver may keep rendered answers (the qemu driver's
+    /// probe cache does) as long as it returns what that would.
+    fn domain_capabilities_rendered(
+        &self,
+        query: &Query,
+        form: &str,
+        render: &dyn Fn(&DomainCapabilities) -> Vec<u8>,
+    ) -> Result<Vec<u8>, DriverError> {
+        let _ = form;
+        Ok(render(&self.domain_capabilities(query)?))
+    }
+
     /// Facts about how this driver answers on this host, as `(name, value)` pairs for
     /// listings (`capsd drivers`): for example the libvirt release whose documents it
     /// reproduces and where that was read. None by default.

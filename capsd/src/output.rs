@@ -11,6 +11,14 @@ pub enum Format {
 }
 
 impl Format {
+    /// The form's name (as `--format` spells it).
+    pub fn name(self) -> &'static str {
+        match self {
+            Format::Xml => "xml",
+            Format::Json => "json",
+        }
+    }
+
     pub fn render(self, caps: &DomainCapabilities) -> String {
         match self {
             Format::Xml => xml::to_xml(caps),

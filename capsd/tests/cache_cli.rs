@@ -61,9 +61,24 @@ fn warm_answers_come_from_the_cache_and_match() {
     let warm = capsd(&cache, &["domcapabilities"]);
     assert!(!probed(&warm), "second run must not probe: {}", String::from_utf8_lossy(&warm.stderr));
     assert_eq!(warm.stdout, cold.stdout);
-    // The same data answers other queries of the same binary.
+    // The printed answer is kept beside the probe record.
+    let answers = std::fs::read_dir(&cache)
+        .unwrap()
+        .filter(|e| e.as_ref().unwrap().path().extension().is_some_and(|x| x == "answer"))
+        .count();
+    assert_eq!(answers, 1);
+    // The same record answers other queries of the same binary: a TCG query probes at most
+    // once (a KVM query that the KVM run answered left the TCG run for later), then never.
     let q35 = capsd(&cache, &["domcapabilities", "--machine", "q35", "--virttype", "qemu"]);
-    assert!(!probed(&q35));
+    let q35_again = capsd(&cache, &["domcapabilities", "--machine", "q35", "--virttype", "qemu"]);
+    assert!(!probed(&q35_again), "{}", String::from_utf8_lossy(&q35_again.stderr));
+    assert_eq!(q35_again.stdout, q35.stdout);
+    let pc = capsd(&cache, &["domcapabilities", "--machine", "pc", "--virttype", "qemu"]);
+    assert!(!probed(&pc));
+    // The default query again: the same document (derived again if the TCG query re-probed).
+    let warm = capsd(&cache, &["domcapabilities"]);
+    assert!(!probed(&warm));
+    assert_eq!(warm.stdout, cold.stdout);
     // And --no-cache really probes.
     let out = Command::new(env!("CARGO_BIN_EXE_capsd"))
         .args(["--no-cache", "domcapabilities"])

@@ -75,6 +75,7 @@ use std::time::{Duration, Instant, SystemTime};
 use capsd_core::DriverError;
 use serde::{Deserialize, Serialize};
 
+pub(crate) mod answer;
 pub(crate) mod compact;
 
 use crate::host::HostFacts;
@@ -221,7 +222,7 @@ impl Default for CacheOptions {
 }
 
 /// Identity of one file or directory entry: changes when it is replaced or rewritten.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct FileStamp {
     pub name: String,
     pub size: u64,
@@ -260,7 +261,7 @@ impl FileStamp {
 }
 
 /// What the host looks like, for every binary's entry.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct HostKey {
     pub app_version: String,
     /// Identity of the program's executable, when known.
@@ -296,7 +297,7 @@ pub struct HostKey {
 }
 
 /// The whole invalidation key of one binary's entry.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct CacheKey {
     pub binary: FileStamp,
     pub host: HostKey,
@@ -528,6 +529,9 @@ enum FileProblem {
     Stale(String),
     #[error("not trusted: {0}")]
     Untrusted(String),
+    /// The record was stored before a run the lookup needs was probed ([`Header::pending`]).
+    #[error("the {0} run was not probed yet")]
+    Incomplete(&'static str),
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -625,11 +629,42 @@ impl ProbeCache {
         runs: Runs<'_>,
         probe: impl FnOnce() -> Result<ProbeData, DriverError>,
     ) -> Result<(ProbeData, CacheOutcome), DriverError> {
-        let (d, o) = self.get_pinned(binary, Some(stat), runs, false, probe)?;
+        let (d, o, _) = self.get_pinned(binary, Some(stat), runs, false, || probe().map(|d| (d, Vec::new())))?;
         Ok((Arc::try_unwrap(d).unwrap_or_else(|d| (*d).clone()), o))
     }
 
-    fn key_pinned(&self, binary: &Path, stat: Option<&nix::sys::stat::FileStat>) -> Result<CacheKey, DriverError> {
+    /// Like [`Self::get_or_probe_owned_runs`] (or [`Self::get_or_probe_opened_runs`] with
+    /// `pinned`), also returning the key the data is valid for: the key under which an
+    /// answer derived from it is kept ([`Self::store_answer`]).
+    pub fn get_or_probe_keyed(
+        &self,
+        binary: &Path,
+        pinned: Option<&nix::sys::stat::FileStat>,
+        runs: Runs<'_>,
+        probe: impl FnOnce() -> Result<ProbeData, DriverError>,
+    ) -> Result<(ProbeData, CacheOutcome, CacheKey), DriverError> {
+        self.get_or_probe_partial(binary, pinned, runs, || probe().map(|d| (d, Vec::new())))
+    }
+
+    /// Like [`Self::get_or_probe_keyed`], where `probe` may leave runs for later: it returns
+    /// the data and the accelerators it did not probe yet (not ones that failed: those are
+    /// simply absent from the data). The record is stored saying so, and a later lookup
+    /// that needs one of those runs ([`Runs::All`], or [`Runs::Only`] naming it) is a miss
+    /// and probes again; lookups of the runs it has are served from it.
+    pub fn get_or_probe_partial(
+        &self,
+        binary: &Path,
+        pinned: Option<&nix::sys::stat::FileStat>,
+        runs: Runs<'_>,
+        probe: impl FnOnce() -> Result<(ProbeData, Vec<Accel>), DriverError>,
+    ) -> Result<(ProbeData, CacheOutcome, CacheKey), DriverError> {
+        let (d, o, k) = self.get_pinned(binary, pinned, runs, false, probe)?;
+        Ok((Arc::try_unwrap(d).unwrap_or_else(|d| (*d).clone()), o, k))
+    }
+
+    /// The current invalidation key of `binary`, whose identity is `stat` when given (a
+    /// binary opened once, [`crate::binary::Opened`]), else its path's.
+    pub fn key_pinned(&self, binary: &Path, stat: Option<&nix::sys::stat::FileStat>) -> Result<CacheKey, DriverError> {
         match stat {
             None => self.key(binary),
             Some(st) => {
@@ -646,7 +681,7 @@ impl ProbeCache {
         keep: bool,
         probe: impl FnOnce() -> Result<ProbeData, DriverError>,
     ) -> Result<(Arc<ProbeData>, CacheOutcome), DriverError> {
-        self.get_pinned(binary, None, runs, keep, probe)
+        self.get_pinned(binary, None, runs, keep, || probe().map(|d| (d, Vec::new()))).map(|(d, o, _)| (d, o))
     }
 
     fn get_pinned(
@@ -655,11 +690,11 @@ impl ProbeCache {
         pinned: Option<&nix::sys::stat::FileStat>,
         runs: Runs<'_>,
         keep: bool,
-        probe: impl FnOnce() -> Result<ProbeData, DriverError>,
-    ) -> Result<(Arc<ProbeData>, CacheOutcome), DriverError> {
+        probe: impl FnOnce() -> Result<(ProbeData, Vec<Accel>), DriverError>,
+    ) -> Result<(Arc<ProbeData>, CacheOutcome, CacheKey), DriverError> {
         let key = self.key_pinned(binary, pinned)?;
         if let Some(d) = self.lookup_with(binary, &key, runs, keep) {
-            return Ok((d, CacheOutcome::Hit));
+            return Ok((d, CacheOutcome::Hit, key));
         }
         // Miss: one probe per binary at a time in this process.
         let slot = lock(&self.inner.slots).entry(binary.to_owned()).or_default().clone();
@@ -673,19 +708,19 @@ impl ProbeCache {
         // Someone may have probed while we waited; the key may have changed meanwhile too.
         let key = self.key_pinned(binary, pinned)?;
         if let Some(d) = self.lookup_with(binary, &key, runs, keep) {
-            return Ok((d, CacheOutcome::Hit));
+            return Ok((d, CacheOutcome::Hit, key));
         }
         let file = self.file_for(binary);
         let _flock = self.lock_file(binary);
         // And across processes.
         if let Some(d) = self.lookup_with(binary, &key, runs, keep) {
-            return Ok((d, CacheOutcome::Hit));
+            return Ok((d, CacheOutcome::Hit, key));
         }
         STATS.misses.fetch_add(1, Ordering::Relaxed);
         let t = Instant::now();
         let result = probe();
         record_probe(t.elapsed(), result.is_ok());
-        let data = match result {
+        let (data, pending) = match result {
             Ok(d) => d,
             Err(e) => {
                 slot.last_failure = Some((Instant::now(), e.to_string()));
@@ -696,14 +731,16 @@ impl ProbeCache {
         tracing::info!(binary = %binary.display(), elapsed_ms = t.elapsed().as_millis() as u64, "probed");
         // The key as it was before probing: if the binary changed during the probe, the
         // next lookup sees a different key and probes again.
-        if let Err(e) = self.store(binary, &key, &data) {
+        if let Err(e) = self.store(binary, &key, &data, &pending) {
             tracing::warn!(file = %file.display(), problem = %e, "cannot write probe cache; answering without it")
         }
         let data = Arc::new(data);
         if keep {
-            lock(&self.inner.memo).insert(binary.to_owned(), MemoEntry { key, data: data.clone(), complete: true });
+            let complete = pending.iter().all(|a| data.runs.contains_key(a));
+            lock(&self.inner.memo)
+                .insert(binary.to_owned(), MemoEntry { key: key.clone(), data: data.clone(), complete });
         }
-        Ok((data, CacheOutcome::Miss))
+        Ok((data, CacheOutcome::Miss, key))
     }
 
     /// The cached probe of `binary` when present and valid, without probing.
@@ -756,6 +793,10 @@ impl ProbeCache {
                 Some(data)
             }
             Err(FileProblem::Absent) => None,
+            Err(e @ FileProblem::Incomplete(_)) => {
+                tracing::info!(file = %file.display(), problem = %e, "probe cache entry lacks a run; probing");
+                None
+            }
             Err(FileProblem::Stale(what)) => {
                 STATS.stale.fetch_add(1, Ordering::Relaxed);
                 tracing::info!(file = %file.display(), changed = %what, "probe cache entry is stale; re-probing");
@@ -808,10 +849,10 @@ impl ProbeCache {
         nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusive).ok()
     }
 
-    fn store(&self, binary: &Path, key: &CacheKey, data: &ProbeData) -> Result<(), FileProblem> {
+    fn store(&self, binary: &Path, key: &CacheKey, data: &ProbeData, pending: &[Accel]) -> Result<(), FileProblem> {
         let dir = open_dir(&self.inner.dir, true)?;
         remove_abandoned_temporaries(&dir, &self.inner.dir);
-        let bytes = encode(key, data)?;
+        let bytes = encode(key, data, pending)?;
         Ok(write_atomic(&dir, &entry_name(binary), &bytes)?)
     }
 }
@@ -872,6 +913,9 @@ struct Header {
     probe_format: u32,
     key: CacheKey,
     segments: Vec<Segment>,
+    /// Runs not probed yet (accelerator tags, `tcg`): a lookup needing one is a miss.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pending: Vec<String>,
     /// Unix seconds when written (information only).
     written: u64,
 }
@@ -880,6 +924,8 @@ struct Header {
 #[derive(Debug, Deserialize)]
 struct HeaderSegments {
     segments: Vec<Segment>,
+    #[serde(default)]
+    pending: Vec<String>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -919,7 +965,7 @@ fn json_err(part: &str) -> impl Fn(serde_json::Error) -> io::Error + '_ {
 }
 
 /// The file's bytes for `data` under `key`.
-fn encode(key: &CacheKey, data: &ProbeData) -> io::Result<Vec<u8>> {
+fn encode(key: &CacheKey, data: &ProbeData, pending: &[Accel]) -> io::Result<Vec<u8>> {
     let mut segs: Vec<(String, Vec<u8>)> = Vec::new();
     let meta = Meta { format_version: data.format_version, binary: data.binary.clone(), host: &data.host };
     segs.push(("meta".to_owned(), serde_json::to_vec(&meta).map_err(json_err("the host facts"))?));
@@ -934,6 +980,7 @@ fn encode(key: &CacheKey, data: &ProbeData) -> io::Result<Vec<u8>> {
             .iter()
             .map(|(n, b)| Segment { name: n.clone(), len: b.len() as u64, sum: format!("{:016x}", checksum(b)) })
             .collect(),
+        pending: pending.iter().filter(|a| !data.runs.contains_key(a)).map(|a| accel_tag(*a).to_owned()).collect(),
         written: SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
     };
     let h = serde_json::to_vec(&header).map_err(json_err("the cache key"))?;
@@ -1079,10 +1126,10 @@ fn decode(f: &File, size: usize, key: &CacheKey, runs: Runs<'_>) -> Result<(Prob
     // current key's serialization, the keys are equal and the header is read without
     // building the stored key (a few hundred file stamps). Anything else (another key, or
     // the same key serialized otherwise) takes the whole comparison.
-    let segments = if header_holds_key(header_bytes, key) {
+    let (segments, pending) = if header_holds_key(header_bytes, key) {
         let header: HeaderSegments =
             serde_json::from_slice(header_bytes).map_err(|e| FileProblem::Damaged(format!("header: {e}")))?;
-        header.segments
+        (header.segments, header.pending)
     } else {
         let header: Header =
             serde_json::from_slice(header_bytes).map_err(|e| FileProblem::Damaged(format!("header: {e}")))?;
@@ -1095,7 +1142,7 @@ fn decode(f: &File, size: usize, key: &CacheKey, runs: Runs<'_>) -> Result<(Prob
         if let Some(what) = key_difference(&header.key, key) {
             return Err(FileProblem::Stale(what));
         }
-        header.segments
+        (header.segments, header.pending)
     };
     // Segment table: name -> range of the file.
     let mut offset = header_end;
@@ -1138,7 +1185,18 @@ fn decode(f: &File, size: usize, key: &CacheKey, runs: Runs<'_>) -> Result<(Prob
         Runs::Only(want) if !want.iter().any(|a| has_run(*a)) => Runs::All,
         r => r,
     };
+    // Runs left for later: a lookup that needs one probes (and then stores every run).
     let mut complete = true;
+    for tag in &pending {
+        let accel = accel_of(tag).ok_or_else(|| FileProblem::Damaged(format!("unknown pending run {tag}")))?;
+        if has_run(accel) {
+            return Err(FileProblem::Damaged(format!("run {tag} both stored and pending")));
+        }
+        if runs == Runs::All || matches!(runs, Runs::Only(want) if want.contains(&accel)) {
+            return Err(FileProblem::Incomplete(accel_tag(accel)));
+        }
+        complete = false;
+    }
     for name in table.keys() {
         let Some(tag) = name.strip_prefix("run:") else { continue };
         let accel = accel_of(tag).ok_or_else(|| FileProblem::Damaged(format!("unknown run segment {name}")))?;
@@ -1299,7 +1357,7 @@ mod tests {
             runs: BTreeMap::new(),
             host: HostFacts::default(),
         };
-        let bytes = encode(&key, &data).unwrap();
+        let bytes = encode(&key, &data, &[]).unwrap();
         let nl = bytes.iter().position(|b| *b == b'\n').unwrap();
         let header = &bytes[nl + 1..];
         assert!(header_holds_key(header, &key));

@@ -204,37 +204,102 @@ impl QemuDriver {
         }
     }
 
-    /// The probe data a query needs. From the cache, a query that can only be answered with
-    /// KVM (the default virt type or `kvm`) first reads the KVM run alone: that is enough when
-    /// KVM is enabled there (the query then resolves to `kvm`) and derivation will not read
-    /// the TCG run ([`cpu::kvm_query_reads_tcg_run`]). An entry without a KVM run (a foreign
-    /// arch) gives every run at once ([`cache::Runs::Only`]). Otherwise every run is read.
-    fn probe_data_for(&self, binary: &Path, query: &Query) -> Result<ProbeData, DriverError> {
+    /// The probe data a query needs, and the cache key it is valid for (with a cache).
+    ///
+    /// A query that can only be answered with KVM (the default virt type or `kvm`) needs the
+    /// KVM run alone when KVM is enabled there (the query then resolves to `kvm`) and
+    /// derivation will not read the TCG run ([`cpu::kvm_query_reads_tcg_run`]). Such a query
+    /// reads the KVM run alone from the cache; when it has to probe, it starts the KVM run
+    /// alone and answers from it when that suffices, leaving the TCG run for a query that
+    /// needs it (the record says so: [`cache::ProbeCache::get_or_probe_partial`]); when it
+    /// does not suffice (KVM not enabled, no KVM run, x86 without libvirt's cpu_map) the TCG
+    /// run is started and added. Every other query reads or probes every run, and so does
+    /// every query with a binary check (the agent's): the agent's publisher asks every virt
+    /// type right away and its requests come concurrently, so a binary probed twice (the KVM
+    /// run, then both) would cost it more than the KVM-only first answer saves.
+    fn probe_data_for(
+        &self,
+        binary: &Path,
+        query: &Query,
+    ) -> Result<(ProbeData, Option<cache::CacheKey>), DriverError> {
+        use probe_data::Accel;
         let mut opts = self.options.clone();
         // With a check: the one descriptor that is checked, keyed and run.
         let opened = self.check.as_ref().map(|c| binary::open_checked(binary, c)).transpose()?;
         if let Some(o) = &opened {
             opts.process.exec = Some(o.fd.clone());
         }
-        let Some(cache) = &self.cache else { return self.probe_now(binary, opts) };
-        let lookup = |runs: cache::Runs<'_>| match &opened {
-            Some(o) => cache.get_or_probe_opened_runs(binary, &o.stat, runs, || self.probe_now(binary, opts.clone())),
-            None => cache.get_or_probe_owned_runs(binary, runs, || self.probe_now(binary, opts.clone())),
-        };
         let kvm_query = matches!(
             resolve::parse_virt_type(query.virt_type.as_deref()),
-            Ok(resolve::VirtTypeArg::Default | resolve::VirtTypeArg::Accel(probe_data::Accel::Kvm))
-        );
+            Ok(resolve::VirtTypeArg::Default | resolve::VirtTypeArg::Accel(Accel::Kvm))
+        ) && !opts.no_kvm
+            && opts.only.is_none();
+        // Whether a probe for it starts the KVM run alone (not for the agent: see above).
+        let lazy = kvm_query && self.check.is_none();
+        let suffices = |d: &ProbeData| {
+            d.runs.contains_key(&Accel::Kvm) && resolve::kvm_enabled(d) && !cpu::kvm_query_reads_tcg_run(d)
+        };
+        // The KVM run first; the TCG run only when the answer needs it. Returns the data and
+        // the runs left unprobed.
+        let kvm_first = || -> Result<(ProbeData, Vec<Accel>), DriverError> {
+            let mut d = self.probe_now(binary, ProbeOptions { only: Some(Accel::Kvm), ..opts.clone() })?;
+            if suffices(&d) {
+                return Ok((d, vec![Accel::Tcg]));
+            }
+            let tcg = self.probe_now(binary, ProbeOptions { only: Some(Accel::Tcg), ..opts.clone() })?;
+            d.runs.extend(tcg.runs);
+            Ok((d, Vec::new()))
+        };
+        let Some(cache) = &self.cache else {
+            return if lazy {
+                kvm_first().map(|(d, _)| (d, None))
+            } else {
+                self.probe_now(binary, opts.clone()).map(|d| (d, None))
+            };
+        };
+        let pinned = opened.as_ref().map(|o| &o.stat);
         if kvm_query {
-            let kvm = [probe_data::Accel::Kvm];
-            let (d, _) = lookup(cache::Runs::Only(&kvm))?;
+            let kvm = [Accel::Kvm];
+            let (d, _, key) = if lazy {
+                cache.get_or_probe_partial(binary, pinned, cache::Runs::Only(&kvm), kvm_first)?
+            } else {
+                cache.get_or_probe_keyed(binary, pinned, cache::Runs::Only(&kvm), || {
+                    self.probe_now(binary, opts.clone())
+                })?
+            };
             // Every run is there when there are several, or when the entry has no KVM run.
-            let complete = d.runs.len() > 1 || !d.runs.contains_key(&probe_data::Accel::Kvm);
-            if complete || (resolve::kvm_enabled(&d) && !cpu::kvm_query_reads_tcg_run(&d)) {
-                return Ok(d);
+            let complete = d.runs.len() > 1 || !d.runs.contains_key(&Accel::Kvm);
+            if complete || suffices(&d) {
+                return Ok((d, Some(key)));
             }
         }
-        lookup(cache::Runs::All).map(|(d, _)| d)
+        cache
+            .get_or_probe_keyed(binary, pinned, cache::Runs::All, || self.probe_now(binary, opts.clone()))
+            .map(|(d, _, key)| (d, Some(key)))
+    }
+
+    /// The libvirt release, the first phase of resolution and the description of the query
+    /// an answer is kept under ([`cache::ProbeCache::answer`]): everything besides the probe
+    /// record that the document depends on.
+    fn answer_query(
+        &self,
+        query: &Query,
+        form: &str,
+    ) -> Result<(libvirt::Target, resolve::PreProbe, String), DriverError> {
+        let target = libvirt::Target::new(self.target(query)?.version);
+        let host_arch = host::host_arch();
+        let pre = resolve::pre_probe(query, target, &host_arch, |n| self.find(n))?;
+        let options = cpu::CpuOptions { target, ..self.cpu_options };
+        let id = format!(
+            "emulator={:?} arch={:?} host_arch={host_arch:?} machine={:?} virttype={:?} target={:?} options={options:?} form={form:?} driver={}",
+            pre.emulator,
+            pre.arch,
+            query.machine,
+            query.virt_type,
+            target,
+            env!("CARGO_PKG_VERSION"),
+        );
+        Ok((target, pre, id))
     }
 }
 
@@ -283,10 +348,44 @@ impl DomainCapsDriver for QemuDriver {
             target,
             &host::host_arch(),
             |n| self.find(n),
-            |b| self.probe_data_for(b, query),
+            |b| self.probe_data_for(b, query).map(|(d, _)| d),
         )?;
         let options = cpu::CpuOptions { target, ..self.cpu_options };
         derive::domain_capabilities_with(&data, &r, options)
+    }
+
+    /// With a cache, the rendered answer is kept beside the probe record it was derived
+    /// from ([`cache::ProbeCache::answer`]): a warm query checks the key, reads that one
+    /// file and loads no probe, derives nothing.
+    #[tracing::instrument(skip_all, fields(driver = DRIVER, query = %query, form))]
+    fn domain_capabilities_rendered(
+        &self,
+        query: &Query,
+        form: &str,
+        render: &dyn Fn(&DomainCapabilities) -> Vec<u8>,
+    ) -> Result<Vec<u8>, DriverError> {
+        // A binary check (the agent's) opens the binary once and keys that descriptor: the
+        // agent keeps its documents in memory and does not come here.
+        let Some(cache) = self.cache.as_ref().filter(|_| self.check.is_none()) else {
+            return Ok(render(&self.domain_capabilities(query)?));
+        };
+        let (target, pre, id) = self.answer_query(query, form)?;
+        let binary = pre.emulator.clone();
+        let key = cache.key_pinned(&binary, None)?;
+        if let Some(body) = cache.answer(&binary, &key, &id) {
+            return Ok(body);
+        }
+        let (data, key) = self.probe_data_for(&binary, query)?;
+        let r = resolve::resolve(&pre, query.machine.as_deref(), &data)?;
+        let options = cpu::CpuOptions { target, ..self.cpu_options };
+        // A derivation that warned is not kept: its warning is printed with every answer.
+        let (caps, warned) = cache::answer::warned_during(|| derive::domain_capabilities_with(&data, &r, options));
+        let body = render(&caps?);
+        match key {
+            Some(key) if !warned => cache.store_answer(&binary, &key, &id, &body),
+            _ => {}
+        }
+        Ok(body)
     }
 
     fn details(&self) -> Vec<(String, String)> {

@@ -21,6 +21,11 @@ pub struct ProbeOptions {
     pub process: ProcessOptions,
     /// Skip the KVM run even when `/dev/kvm` is usable.
     pub no_kvm: bool,
+    /// Run this accelerator alone (when it is usable): what a query needs first, the other
+    /// run left for later ([`crate::QemuDriver`] asks for it only when derivation needs
+    /// it). A run that fails then leaves no transcript and no error, except a TCG run
+    /// alone, whose failure fails the probe as when both runs fail.
+    pub only: Option<Accel>,
 }
 
 /// Probe one binary, reading the host facts too.
@@ -105,7 +110,19 @@ fn probe_runs(
     opts: &ProbeOptions,
 ) -> Result<BTreeMap<Accel, Transcript>, DriverError> {
     check_binary(binary, opts)?;
-    let want_kvm = kvm_usable && !opts.no_kvm;
+    let want_kvm = kvm_usable && !opts.no_kvm && opts.only != Some(Accel::Tcg);
+    if opts.only == Some(Accel::Kvm) {
+        let mut runs = BTreeMap::new();
+        if want_kvm {
+            match run_one(binary, Accel::Kvm, opts) {
+                Ok(t) => {
+                    runs.insert(Accel::Kvm, t);
+                }
+                Err(e) => tracing::info!(error = %e, "no KVM run for this binary"),
+            }
+        }
+        return Ok(runs);
+    }
     let (kvm, tcg) = std::thread::scope(|s| {
         let kvm = want_kvm.then(|| s.spawn(|| run_one(binary, Accel::Kvm, opts)));
         let tcg = run_one(binary, Accel::Tcg, opts);

@@ -814,3 +814,203 @@ fn a_symlink_in_place_of_the_entry_is_neither_followed_nor_written_through() {
     let (d, _) = get(&other, &w, &n, "unused");
     assert_eq!(tag_of(&d), "linked", "the link's target was changed");
 }
+
+/// Kept rendered answers (`domain_capabilities_rendered` with a cache): a second query is
+/// answered from the kept bytes without deriving (the renderer is not called), and after a
+/// change of any key input (an in-place edit of one cpu_map file, a firmware descriptor
+/// edited in place, the binary rewritten, qemu.conf edited) the answer is derived afresh
+/// from the new probe record, never the old bytes. Each "probe" here gives the recorded
+/// x86_64 probe with another KVM vCPU limit, which the document prints (`<vcpu max=...>`).
+#[test]
+fn kept_answers_are_served_until_any_input_changes() {
+    use capsd_core::{DomainCapabilities, DomainCapsDriver, Query};
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/qemu-7.2-x86_64.json");
+    let recorded: ProbeData = serde_json::from_str(&fs::read_to_string(path).unwrap()).unwrap();
+    let mut w = World::new();
+    fs::write(w.root.join("sys/qemu.conf"), "user = \"libvirt-qemu\"\n").unwrap();
+    w.sources.other_files.push(w.root.join("sys/qemu.conf"));
+    let probes = AtomicUsize::new(0);
+    // What the cache holds after a (fake) probe: vCPU limit 100 + the probe's number.
+    let probe_into = |w: &World| {
+        let n = probes.fetch_add(1, Ordering::SeqCst) + 1;
+        let mut d = recorded.clone();
+        d.host.kvm_max_vcpus = Some(100 + n as u32);
+        let (_, o) = w.cache().get_or_probe(&w.binary, || Ok(d)).unwrap();
+        assert_eq!(o, CacheOutcome::Miss, "probe {n}: the change was not noticed by the probe cache");
+        n
+    };
+    let renders = AtomicUsize::new(0);
+    let render = |c: &DomainCapabilities| {
+        renders.fetch_add(1, Ordering::SeqCst);
+        capsd_core::xml::to_xml(c).into_bytes()
+    };
+    let q = Query {
+        emulator: Some(w.binary.clone()),
+        arch: None,
+        machine: None,
+        virt_type: Some("kvm".into()),
+        libvirt: Some("9.0".into()),
+    };
+    let answer = |w: &World| {
+        let driver = driver_qemu::QemuDriver::new().with_cache(w.cache());
+        String::from_utf8(driver.domain_capabilities_rendered(&q, "xml", &render).unwrap()).unwrap()
+    };
+    let direct = |n: usize| {
+        let mut d = recorded.clone();
+        d.host.kvm_max_vcpus = Some(100 + n as u32);
+        let host_arch = driver_qemu::host::host_arch();
+        let (r, d) = driver_qemu::resolve::resolve_query(&q, &host_arch, |_| None, |_| Ok(d)).unwrap();
+        capsd_core::xml::to_xml(&driver_qemu::derive::domain_capabilities(&d, &r).unwrap())
+    };
+
+    let n = probe_into(&w);
+    let first = answer(&w);
+    assert_eq!(renders.load(Ordering::SeqCst), 1);
+    assert_eq!(first, direct(n));
+    assert!(first.contains(&format!("<vcpu max='{}'/>", 100 + n)), "{first}");
+    // Warm: the kept bytes, no derivation.
+    assert_eq!(answer(&w), first);
+    assert_eq!(renders.load(Ordering::SeqCst), 1);
+    // Another form or query is another answer.
+    let driver = driver_qemu::QemuDriver::new().with_cache(w.cache());
+    let json = driver
+        .domain_capabilities_rendered(&q, "json", &|c: &DomainCapabilities| capsd_core::json::to_json(c).into_bytes())
+        .unwrap();
+    assert_ne!(json, first.as_bytes());
+
+    let edit_in_place = |p: &Path, text: &str| {
+        // Same inode, no directory entry changes: only the file's own stat moves.
+        let ino = std::os::unix::fs::MetadataExt::ino(&fs::metadata(p).unwrap());
+        fs::OpenOptions::new().append(true).open(p).unwrap().write_all(text.as_bytes()).unwrap();
+        assert_eq!(std::os::unix::fs::MetadataExt::ino(&fs::metadata(p).unwrap()), ino);
+    };
+    use std::io::Write as _;
+    type Change<'a> = Box<dyn Fn(&World) + 'a>;
+    let changes: Vec<(&str, Change<'_>)> = vec![
+        ("one cpu_map file", Box::new(|w: &World| edit_in_place(&w.root.join("cpu_map/x86_Broadwell.xml"), "\n"))),
+        (
+            "a firmware descriptor",
+            Box::new(|w: &World| edit_in_place(&w.root.join("firmware/60-edk2-x86_64.json"), " ")),
+        ),
+        ("the binary", Box::new(|w: &World| fs::write(&w.binary, b"\x7fELF another fake emulator").unwrap())),
+        ("qemu.conf", Box::new(|w: &World| edit_in_place(&w.root.join("sys/qemu.conf"), "group = \"kvm\"\n"))),
+    ];
+    for (what, change) in changes {
+        let before = renders.load(Ordering::SeqCst);
+        change(&w);
+        // The driver itself would probe now; the fake probe stands in for it.
+        let n = probe_into(&w);
+        let fresh = answer(&w);
+        assert_eq!(renders.load(Ordering::SeqCst), before + 1, "{what}: the answer was not derived again");
+        assert_eq!(fresh, direct(n), "{what}");
+        assert!(fresh.contains(&format!("<vcpu max='{}'/>", 100 + n)), "{what}: {fresh}");
+        assert_eq!(answer(&w), fresh, "{what}");
+        assert_eq!(renders.load(Ordering::SeqCst), before + 1, "{what}: the fresh answer was not kept");
+    }
+    // The probe record forgotten: so are its answers.
+    w.cache().invalidate(&w.binary).unwrap();
+    let n = probe_into(&w);
+    let before = renders.load(Ordering::SeqCst);
+    assert_eq!(answer(&w), direct(n));
+    assert_eq!(renders.load(Ordering::SeqCst), before + 1);
+    // A damaged answer file is not served: derived again (and kept again).
+    let kept: Vec<PathBuf> = fs::read_dir(&w.cache_dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "answer"))
+        .collect();
+    for p in &kept {
+        let mut b = fs::read(p).unwrap();
+        let last = b.len() - 2;
+        b[last] ^= 0x20;
+        fs::write(p, b).unwrap();
+    }
+    let before = renders.load(Ordering::SeqCst);
+    assert_eq!(answer(&w), direct(n));
+    assert_eq!(renders.load(Ordering::SeqCst), before + 1, "a damaged answer was served");
+}
+
+/// A record stored with a run left for later (the KVM run alone, TCG pending) serves
+/// lookups of the KVM run; a lookup that needs the TCG run is a miss that probes and stores
+/// every run, and is then served from the file like any complete record. A pending run is
+/// never taken for one that failed (absent from a complete record).
+#[test]
+fn a_run_left_for_later_is_probed_when_a_lookup_needs_it() {
+    let w = World::new();
+    let n = AtomicUsize::new(0);
+    let kvm_only = || {
+        n.fetch_add(1, Ordering::SeqCst);
+        let mut d = fake_probe(&w.binary, "kvm-first");
+        d.runs.remove(&Accel::Tcg);
+        Ok((d, vec![Accel::Tcg]))
+    };
+    let never = || -> Result<(ProbeData, Vec<Accel>), DriverError> { panic!("must not probe") };
+    let (d, o, _) = w.cache().get_or_probe_partial(&w.binary, None, Runs::Only(&[Accel::Kvm]), kvm_only).unwrap();
+    assert_eq!((o, d.runs.keys().copied().collect::<Vec<_>>()), (CacheOutcome::Miss, vec![Accel::Kvm]));
+    // The KVM run again, from the file (a new cache: no memory), without probing.
+    let (d, o, _) = w.cache().get_or_probe_partial(&w.binary, None, Runs::Only(&[Accel::Kvm]), never).unwrap();
+    assert_eq!((o, d.runs.keys().copied().collect::<Vec<_>>()), (CacheOutcome::Hit, vec![Accel::Kvm]));
+    // Every run, or the TCG run: a miss, whichever entry point.
+    for runs in [Runs::All, Runs::Only(&[Accel::Tcg])] {
+        let before = n.load(Ordering::SeqCst);
+        let (d, o) = w
+            .cache()
+            .get_or_probe_owned_runs(&w.binary, runs, || {
+                n.fetch_add(1, Ordering::SeqCst);
+                Ok(fake_probe(&w.binary, "both"))
+            })
+            .unwrap();
+        assert_eq!((o, n.load(Ordering::SeqCst)), (CacheOutcome::Miss, before + 1), "{runs:?}");
+        assert!(d.runs.contains_key(&Accel::Tcg), "{runs:?}");
+        // Put the partial record back for the next round.
+        if runs == Runs::All {
+            w.cache().invalidate(&w.binary).unwrap();
+            w.cache().get_or_probe_partial(&w.binary, None, Runs::Only(&[Accel::Kvm]), kvm_only).unwrap();
+        }
+    }
+    // Now complete: every run from the file.
+    let (d, o) = get(&w.cache(), &w, &n, "unused");
+    assert_eq!((o, tag_of(&d)), (CacheOutcome::Hit, "both".to_owned()));
+    // The shared lookup (which keeps what it reads in memory) likewise.
+    let w = World::new();
+    let cache = w.cache();
+    cache.get_or_probe_partial(&w.binary, None, Runs::Only(&[Accel::Kvm]), kvm_only).unwrap();
+    let (d, o) = cache
+        .get_or_probe_runs(&w.binary, Runs::All, || Ok(fake_probe(&w.binary, "all")))
+        .map(|(d, o)| ((*d).clone(), o))
+        .unwrap();
+    assert_eq!((o, tag_of(&d)), (CacheOutcome::Miss, "all".to_owned()));
+}
+
+/// An answer whose derivation logged a warning (here: the KVM vCPU limit unknown, so the
+/// machine's own limit is printed) is not kept: every query derives again and warns again.
+#[test]
+fn an_answer_whose_derivation_warned_is_not_kept() {
+    use capsd_core::{DomainCapabilities, DomainCapsDriver, Query};
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/qemu-7.2-x86_64.json");
+    let mut recorded: ProbeData = serde_json::from_str(&fs::read_to_string(path).unwrap()).unwrap();
+    let w = World::new();
+    let q = Query {
+        emulator: Some(w.binary.clone()),
+        virt_type: Some("kvm".into()),
+        libvirt: Some("9.0".into()),
+        ..Default::default()
+    };
+    let renders = AtomicUsize::new(0);
+    let render = |c: &DomainCapabilities| {
+        renders.fetch_add(1, Ordering::SeqCst);
+        capsd_core::xml::to_xml(c).into_bytes()
+    };
+    for (limit, kept) in [(None, false), (Some(64), true)] {
+        recorded.host.kvm_max_vcpus = limit;
+        w.cache().invalidate(&w.binary).unwrap();
+        w.cache().get_or_probe(&w.binary, || Ok(recorded.clone())).unwrap();
+        let before = renders.load(Ordering::SeqCst);
+        let driver = driver_qemu::QemuDriver::new().with_cache(w.cache());
+        let a = driver.domain_capabilities_rendered(&q, "xml", &render).unwrap();
+        let b = driver.domain_capabilities_rendered(&q, "xml", &render).unwrap();
+        assert_eq!(a, b);
+        let derived = renders.load(Ordering::SeqCst) - before;
+        assert_eq!(derived, if kept { 1 } else { 2 }, "vCPU limit {limit:?}");
+    }
+}

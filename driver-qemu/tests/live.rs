@@ -164,3 +164,66 @@ fn s390x_probe_asks_for_the_host_model_expansion() {
     assert_eq!(as_listed(host_model("11.3")), (model.clone(), props));
     assert_eq!(as_listed(host_model("12.8")), (model, by_name));
 }
+
+/// A KVM query probes the KVM run alone when that answers it, with a cache and without, and
+/// leaves the TCG run for the first query that needs it: every document equals the one
+/// derived from a whole probe (both runs), and the cache record says which runs it lacks.
+#[test]
+fn a_kvm_query_probes_the_kvm_run_first_and_tcg_when_needed() {
+    let Some(bin) = live(X86) else { return };
+    // As the user the driver probes as, so both come from the same /dev/kvm access.
+    let mut opts = ProbeOptions::default();
+    opts.process.user = driver_qemu::process::choose_probe_user().unwrap();
+    let whole = probe(&bin, &opts).unwrap();
+    let xml = |q: &Query, data: &driver_qemu::probe_data::ProbeData| {
+        let host_arch = driver_qemu::host::host_arch();
+        let (r, d) = resolve_query(q, &host_arch, |_| Some(bin.clone()), |_| Ok(data.clone())).unwrap();
+        capsd_core::xml::to_xml(&driver_qemu::derive::domain_capabilities(&d, &r).unwrap())
+    };
+    let query = |virt: Option<&str>| Query {
+        emulator: Some(bin.clone()),
+        virt_type: virt.map(str::to_owned),
+        libvirt: Some("9.0".into()),
+        ..Default::default()
+    };
+    // Whether the KVM run alone answers here (KVM usable, libvirt's cpu_map installed).
+    let kvm_alone = whole.run(Accel::Kvm).is_some() && !driver_qemu::cpu::kvm_query_reads_tcg_run(&whole);
+    let tmp = tempfile::tempdir().unwrap();
+    let cached = QemuDriver::new().with_cache_dir(tmp.path().to_owned());
+    let record = || {
+        let entry = fs_entry(tmp.path(), ".probe");
+        let head = std::fs::read(entry).unwrap();
+        String::from_utf8_lossy(&head[..head.len().min(64 * 1024)]).into_owned()
+    };
+    for (driver, name) in [(QemuDriver::new(), "no cache"), (cached, "cache")] {
+        let render = |c: &capsd_core::DomainCapabilities| capsd_core::xml::to_xml(c).into_bytes();
+        for virt in [None, Some("kvm")] {
+            if virt == Some("kvm") && whole.run(Accel::Kvm).is_none() {
+                continue;
+            }
+            let q = query(virt);
+            let got = String::from_utf8(driver.domain_capabilities_rendered(&q, "xml", &render).unwrap()).unwrap();
+            assert_eq!(got, xml(&q, &whole), "{name} {virt:?}");
+        }
+        if name == "cache" {
+            assert_eq!(record().contains("\"pending\":[\"tcg\"]"), kvm_alone, "the record's pending runs");
+        }
+        let q = query(Some("qemu"));
+        let got = String::from_utf8(driver.domain_capabilities_rendered(&q, "xml", &render).unwrap()).unwrap();
+        assert_eq!(got, xml(&q, &whole), "{name} qemu");
+        if name == "cache" {
+            assert!(!record().contains("\"pending\""), "the TCG query completed the record");
+        }
+    }
+}
+
+/// The one file of `dir` whose name ends with `suffix`.
+fn fs_entry(dir: &Path, suffix: &str) -> PathBuf {
+    let found: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.to_string_lossy().ends_with(suffix))
+        .collect();
+    assert_eq!(found.len(), 1, "{found:?}");
+    found.into_iter().next().unwrap()
+}

@@ -23,6 +23,7 @@ fn opts() -> ProbeOptions {
             ..Default::default()
         },
         no_kvm: true,
+        only: None,
     }
 }
 

@@ -118,9 +118,14 @@ pub fn run(ctx: &super::Context, args: Args) -> Result<ExitCode> {
         virt_type: args.virttype,
         libvirt: args.libvirt_version,
     };
-    let caps =
-        driver.domain_capabilities(&query).with_context(|| format!("driver '{}', query {query}", args.driver))?;
-    std::io::stdout().lock().write_all(args.format.render(&caps).as_bytes()).context("writing to standard output")?;
+    // Rendered by the driver's call: a driver that keeps rendered answers (qemu, with its
+    // cache) returns the bytes it kept without deriving the document again.
+    let format = args.format;
+    let render = move |caps: &capsd_core::DomainCapabilities| format.render(caps).into_bytes();
+    let body = driver
+        .domain_capabilities_rendered(&query, format.name(), &render)
+        .with_context(|| format!("driver '{}', query {query}", args.driver))?;
+    std::io::stdout().lock().write_all(&body).context("writing to standard output")?;
     Ok(ExitCode::SUCCESS)
 }
 

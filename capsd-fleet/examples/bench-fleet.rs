@@ -172,6 +172,32 @@ fn content(id: &str, docs: BTreeMap<QueryKey, Arc<str>>) -> Content {
     }
 }
 
+/// The machine the figures are from: CPU model, cores, memory, load, etcd's version.
+fn machine() -> String {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name").and_then(|r| r.split_once(':')).map(|(_, m)| m.trim().to_owned()))
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let mem_gb = std::fs::read_to_string("/proc/meminfo")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("MemTotal:").map(|r| r.trim().trim_end_matches("kB").trim().parse::<f64>().unwrap_or(0.0))
+        })
+        .map_or(0.0, |kb| kb / 1e6);
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let load = load.split_whitespace().take(3).collect::<Vec<_>>().join(" ");
+    let etcd = Command::new("/usr/bin/etcd")
+        .arg("--version")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).lines().next().map(str::to_owned))
+        .unwrap_or_default();
+    format!("{model}, {cores} cores, {mem_gb:.1} GB; load average {load} at start; {etcd}")
+}
+
 fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();
     v[v.len() / 2]
@@ -184,6 +210,7 @@ fn main() -> Result<()> {
     let changes: usize = env_num("CAPSD_BENCH_CHANGES", 20).max(1);
     let capsd =
         PathBuf::from(std::env::args_os().nth(1).context("usage: bench-fleet CAPSD (the capsd binary to time)")?);
+    println!("bench fleet: machine: {}", machine());
     let etcd = start_etcd(members)?;
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     let cfg = EtcdConfig::new(etcd.endpoints.clone());

@@ -18,6 +18,9 @@ use crate::{content_hash, FleetError, HostRecord, Layout, QueryKey};
 
 /// Largest host record believed (an agent's is a few hundred bytes).
 pub const MAX_RECORD: usize = 64 << 10;
+/// Bytes a page of a range aims at: below gRPC's customary 4 MiB message limit (etcd's own
+/// server sends more, but a smaller answer is less to hold at once).
+pub const PAGE_BYTES: usize = 3 << 20;
 /// Largest document believed (libvirt's are tens of KiB; etcd's default request limit is 1.5 MiB).
 pub const MAX_DOCUMENT: usize = 4 << 20;
 
@@ -309,9 +312,10 @@ fn check_document(key: &str, hash: &str, value: &[u8]) -> Doc {
     }
 }
 
-/// Every key under `prefix` at `revision` (0: the current one), in pages; returns the
-/// revision read. A page too large for a reply is read again in smaller pages, down to one
-/// key; a key whose value is too large alone is reported in `problems` and skipped.
+/// Every key under `prefix` at `revision` (0: the current one), in pages sized by bytes
+/// (about [`PAGE_BYTES`] each, from the size of the keys read so far); returns the revision
+/// read. A page too large for a reply is read again in smaller pages, down to one key; a key
+/// whose value is too large alone is reported in `problems` and skipped.
 pub(crate) async fn range_all(
     client: &Client,
     problems: &mut Vec<Problem>,
@@ -321,8 +325,10 @@ pub(crate) async fn range_all(
 ) -> Result<(Vec<etcd::KeyValue>, i64), FleetError> {
     /// Keys per page at first: references and records are small (a few hundred bytes, so
     /// a page is a few MiB). Large pages also matter to etcd 3.4, which walks the whole
-    /// range's index for every page.
+    /// rest of the range's index for every page.
     const PAGE: i64 = 10_000;
+    /// Most keys per page however small they are.
+    const MAX_PAGE: i64 = 100_000;
     let end = etcd::prefix_end(prefix.as_bytes());
     let mut from = prefix.as_bytes().to_vec();
     let mut revision = revision;
@@ -370,6 +376,9 @@ pub(crate) async fn range_all(
         from = last.key.clone();
         from.push(0);
         let more = r.more;
+        // The next page: about PAGE_BYTES at this page's bytes per key.
+        let bytes: usize = r.kvs.iter().map(|kv| kv.key.len() + kv.value.len() + 32).sum();
+        page = ((PAGE_BYTES * r.kvs.len() / bytes.max(1)) as i64).clamp(1, MAX_PAGE);
         out.extend(r.kvs);
         if !more {
             break;

@@ -1473,6 +1473,39 @@ mod tests {
     }
 
     #[test]
+    fn grpc_messages_are_framed_and_read_back_whole_only() {
+        let req = pb::RangeRequest { key: b"/capsd/refs/".to_vec(), limit: 7, keys_only: true, ..Default::default() };
+        let framed = framed(&req);
+        assert_eq!(framed[0], 0, "not compressed");
+        assert_eq!(u32::from_be_bytes([framed[1], framed[2], framed[3], framed[4]]) as usize, framed.len() - 5);
+        // Arriving in pieces: nothing until the message is whole, then exactly it.
+        let mut buf = BytesMut::new();
+        for (i, b) in framed.iter().enumerate() {
+            assert!(take_message(&mut buf).unwrap().is_none(), "{i}");
+            buf.extend_from_slice(&[*b]);
+        }
+        let msg = take_message(&mut buf).unwrap().unwrap();
+        assert_eq!(pb::RangeRequest::decode(msg).unwrap(), req);
+        assert!(buf.is_empty());
+        // A compressed message (never asked for) and one above the limit are refused.
+        let mut buf = BytesMut::from(&[1u8, 0, 0, 0, 1, 0][..]);
+        assert!(take_message(&mut buf).unwrap_err().contains("compressed"));
+        let mut buf = BytesMut::from(&[0u8, 0xff, 0xff, 0xff, 0xff][..]);
+        assert!(take_message(&mut buf).unwrap_err().contains("too large"));
+    }
+
+    #[test]
+    fn grpc_status_and_its_percent_encoded_message_are_read() {
+        let mut h = hyper::HeaderMap::new();
+        assert_eq!(grpc_status(&h), None);
+        h.insert("grpc-status", "7".parse().unwrap());
+        h.insert("grpc-message", "etcdserver: permission denied %E2%9C%93 100%".parse().unwrap());
+        assert_eq!(grpc_status(&h), Some((7, "etcdserver: permission denied \u{2713} 100%".to_owned())));
+        let e = EtcdError::Server { endpoint: "e".into(), path: "p".into(), code: 7, message: "m".into() };
+        assert!(e.is_permission_denied());
+    }
+
+    #[test]
     fn prefix_end_is_the_next_key() {
         assert_eq!(prefix_end(b"/capsd/hosts/"), b"/capsd/hosts0".to_vec());
         assert_eq!(prefix_end(b"a\xff"), b"b".to_vec());

@@ -96,10 +96,26 @@ impl Snapshot {
             Scope::All => true,
             Scope::Query { records, .. } => *records,
         };
-        // Host records (or their ids alone) first; they fix the revision.
+        // One revision for everything read: the current one.
         let hosts_prefix = layout.hosts();
-        let (kvs, revision) = range_all(client, &mut s.problems, &hosts_prefix, 0, !records).await?;
-        s.revision = revision;
+        s.revision =
+            client.range(&Range::key(hosts_prefix.clone())).await.map_err(|e| FleetError::etcd("", e))?.revision;
+        let refs_prefix = match scope {
+            Scope::All => layout.refs(),
+            Scope::Query { virt_type, arch, machine, .. } => {
+                layout.refs_of(virt_type, arch.as_deref(), machine.as_deref().map(|m| machine_segment(Some(m))))
+            }
+        };
+        // Host records (or their ids alone) and the references, read at once (two streams
+        // of one connection; etcd serves them in parallel).
+        let (mut p_hosts, mut p_refs) = (Vec::new(), Vec::new());
+        let (hosts, refs) = tokio::join!(
+            range_all(client, &mut p_hosts, &hosts_prefix, s.revision, !records),
+            range_all(client, &mut p_refs, &refs_prefix, s.revision, false)
+        );
+        let ((kvs, _), (refs, _)) = (hosts?, refs?);
+        s.problems.extend(p_hosts);
+        s.problems.extend(p_refs);
         for kv in kvs {
             s.stored_bytes += (kv.key.len() + kv.value.len()) as u64;
             let key = kv.key_str().into_owned();
@@ -124,13 +140,7 @@ impl Snapshot {
             }
             s.hosts.insert(id.to_owned(), host);
         }
-        let refs_prefix = match scope {
-            Scope::All => layout.refs(),
-            Scope::Query { virt_type, arch, machine, .. } => {
-                layout.refs_of(virt_type, arch.as_deref(), machine.as_deref().map(|m| machine_segment(Some(m))))
-            }
-        };
-        s.read_refs(client, layout, &refs_prefix).await?;
+        s.add_refs(layout, refs);
         // A machine named that is not an alias a host publishes (a canonical name such as
         // pc-q35-7.2): those hosts' documents of the same virt type and arch are candidates.
         if let Scope::Query { virt_type, arch: Some(arch), machine: Some(m), .. } = scope {
@@ -159,6 +169,12 @@ impl Snapshot {
 
     async fn read_refs(&mut self, client: &Client, layout: &Layout, prefix: &str) -> Result<(), FleetError> {
         let (kvs, _) = range_all(client, &mut self.problems, prefix, self.revision, false).await?;
+        self.add_refs(layout, kvs);
+        Ok(())
+    }
+
+    /// Take references read (checked: key layout, host id, a hash as value) into the hosts.
+    fn add_refs(&mut self, layout: &Layout, kvs: Vec<etcd::KeyValue>) {
         let refs = layout.refs();
         for kv in kvs {
             self.stored_bytes += (kv.key.len() + kv.value.len()) as u64;
@@ -194,7 +210,6 @@ impl Snapshot {
                 h.docs.insert(q, hash);
             }
         }
-        Ok(())
     }
 
     /// Fetch the documents with these hashes (those not fetched yet), checking each

@@ -393,18 +393,34 @@ fn check(
     let hosts_can_run: Vec<&str> = verdicts.iter().filter(can_run).map(|h| h.host.as_str()).collect();
     let code = if hosts_can_run.is_empty() { 1 } else { 0 };
     if json {
-        let v = serde_json::json!({
-            "domain": name,
-            "revision": snap.revision,
-            "hosts": verdicts,
-            "can_run": hosts_can_run,
-            "summary": {
-                "supported": count(Verdict::Supported),
-                "unsupported": count(Verdict::Unsupported),
-                "unknown": count(Verdict::Unknown),
+        // Written straight from the verdicts (a JSON tree of 100,000 hosts' verdicts first
+        // would be hundreds of MB).
+        #[derive(serde::Serialize)]
+        struct Summary {
+            supported: usize,
+            unsupported: usize,
+            unknown: usize,
+        }
+        #[derive(serde::Serialize)]
+        struct Out<'a> {
+            domain: &'a str,
+            revision: i64,
+            hosts: &'a [capsd_fleet::HostVerdict],
+            can_run: &'a [&'a str],
+            summary: Summary,
+        }
+        let out = Out {
+            domain: name,
+            revision: snap.revision,
+            hosts: &verdicts,
+            can_run: &hosts_can_run,
+            summary: Summary {
+                supported: count(Verdict::Supported),
+                unsupported: count(Verdict::Unsupported),
+                unknown: count(Verdict::Unknown),
             },
-        });
-        return Ok((serde_json::to_string_pretty(&v)? + "\n", code));
+        };
+        return Ok((serde_json::to_string_pretty(&out)? + "\n", code));
     }
     let mut out = String::new();
     for h in &verdicts {

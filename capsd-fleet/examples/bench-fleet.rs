@@ -20,6 +20,9 @@
 //!    (`Publisher::update`, the call the agent makes when its watcher noticed a change) to
 //!    the new reference being seen by an etcd watch (`CAPSD_BENCH_CHANGES`, default 20).
 //!
+//! `CAPSD_BENCH_HOLD=FILE` keeps etcd and the fleet up at the end while FILE exists (its
+//! first line: the endpoints), for profiling by hand.
+//!
 //! Targets: check <= 1 s, baseline <= 2 s, client peak memory <= 256 MB, change visible
 //! <= 1 s. Loopback only; the counts above bound it; etcd and its data are removed at the end.
 
@@ -433,6 +436,14 @@ fn main() -> Result<()> {
         visible.0.as_secs_f64() * 1e3,
         visible.1.as_secs_f64() * 1e3
     );
+    if let Some(hold) = std::env::var_os("CAPSD_BENCH_HOLD") {
+        // For profiling by hand: etcd and its fleet stay up while this file exists.
+        std::fs::write(&hold, format!("{ep}\n"))?;
+        println!("  holding etcd at {ep} (prefix {PREFIX}) while {} exists", Path::new(&hold).display());
+        while Path::new(&hold).exists() {
+            std::thread::sleep(Duration::from_secs(1));
+        }
+    }
     drop(etcd);
     Ok(())
 }

@@ -49,7 +49,7 @@ use serde::{Deserialize, Serialize};
 pub use analysis::{HostVerdict, Selection};
 pub use etcd::{Client, EtcdConfig, EtcdError};
 pub use publish::{Content, PublishConfig, Publisher};
-pub use store::{connect, gc, Scope, Snapshot};
+pub use store::{connect, gc, Docs, Scope, Snapshot};
 
 /// Why a fleet operation failed.
 #[derive(Debug, thiserror::Error)]

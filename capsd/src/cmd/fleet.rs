@@ -420,10 +420,15 @@ fn check(
                 unknown: count(Verdict::Unknown),
             },
         };
-        return Ok((serde_json::to_string_pretty(&out)? + "\n", code));
+        // Straight to standard output: at 100,000 hosts the text is tens of MB.
+        let mut w = std::io::BufWriter::new(std::io::stdout().lock());
+        serde_json::to_writer_pretty(&mut w, &out).context("writing to standard output")?;
+        w.write_all(b"\n").and_then(|()| w.flush()).context("writing to standard output")?;
+        return Ok((String::new(), code));
     }
-    let mut out = String::new();
+    let mut w = std::io::BufWriter::new(std::io::stdout().lock());
     for h in &verdicts {
+        let mut out = String::new();
         out.push_str(&format!("{:<24} {:<12} {}", esc(&h.host), h.verdict.as_str(), h.query.as_deref().unwrap_or("-")));
         if let Some(f) = &h.finding {
             out.push_str(&format!("  {} = {} by {}", esc(&f.path), esc(&f.value), esc(&f.capability)));
@@ -435,15 +440,17 @@ fn check(
             out.push_str(&format!("  {}", esc(n)));
         }
         out.push('\n');
+        w.write_all(out.as_bytes()).context("writing to standard output")?;
     }
-    out.push_str(&format!(
+    w.flush().context("writing to standard output")?;
+    let out = format!(
         "{name}: {} host(s) can run it; {} host(s): {} supported, {} unsupported, {} unknown\n",
         hosts_can_run.len(),
         verdicts.len(),
         count(Verdict::Supported),
         count(Verdict::Unsupported),
         count(Verdict::Unknown)
-    ));
+    );
     Ok((out, code))
 }
 

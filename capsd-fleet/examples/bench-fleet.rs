@@ -16,9 +16,12 @@
 //!    keys and values of records and references), and etcd's database size; `capsd fleet
 //!    check` of a virt-install domain across all hosts and `capsd fleet baseline` of all
 //!    hosts' q35 documents (release `capsd`, whole process, median of `CAPSD_BENCH_RUNS`,
-//!    default 5) and the client's peak resident memory (the children's `ru_maxrss`); the time from a host's change
+//!    default 5) and the client's peak resident memory (one more run of each under GNU time); the time from a host's change
 //!    (`Publisher::update`, the call the agent makes when its watcher noticed a change) to
 //!    the new reference being seen by an etcd watch (`CAPSD_BENCH_CHANGES`, default 20).
+//!
+//! `CAPSD_BENCH_HOLD=FILE` keeps etcd and the fleet up at the end while FILE exists (its
+//! first line: the endpoints), for profiling by hand.
 //!
 //! Targets: check <= 1 s, baseline <= 2 s, client peak memory <= 256 MB, change visible
 //! <= 1 s. Loopback only; the counts above bound it; etcd and its data are removed at the end.
@@ -101,12 +104,6 @@ fn start_etcd(members: usize) -> Result<Etcd> {
     Ok(Etcd { children, _dir: dir, endpoints })
 }
 
-/// Peak resident memory of the waited-for children so far, in bytes.
-fn children_peak_rss() -> u64 {
-    nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_CHILDREN)
-        .map_or(0, |u| u.max_rss() as u64 * 1024)
-}
-
 fn shared() -> PathBuf {
     workspace_root().join("../shared/fixtures")
 }
@@ -172,6 +169,32 @@ fn content(id: &str, docs: BTreeMap<QueryKey, Arc<str>>) -> Content {
     }
 }
 
+/// The machine the figures are from: CPU model, cores, memory, load, etcd's version.
+fn machine() -> String {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name").and_then(|r| r.split_once(':')).map(|(_, m)| m.trim().to_owned()))
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let mem_gb = std::fs::read_to_string("/proc/meminfo")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("MemTotal:").map(|r| r.trim().trim_end_matches("kB").trim().parse::<f64>().unwrap_or(0.0))
+        })
+        .map_or(0.0, |kb| kb / 1e6);
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let load = load.split_whitespace().take(3).collect::<Vec<_>>().join(" ");
+    let etcd = Command::new("/usr/bin/etcd")
+        .arg("--version")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).lines().next().map(str::to_owned))
+        .unwrap_or_default();
+    format!("{model}, {cores} cores, {mem_gb:.1} GB; load average {load} at start; {etcd}")
+}
+
 fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();
     v[v.len() / 2]
@@ -184,6 +207,7 @@ fn main() -> Result<()> {
     let changes: usize = env_num("CAPSD_BENCH_CHANGES", 20).max(1);
     let capsd =
         PathBuf::from(std::env::args_os().nth(1).context("usage: bench-fleet CAPSD (the capsd binary to time)")?);
+    println!("bench fleet: machine: {}", machine());
     let etcd = start_etcd(members)?;
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     let cfg = EtcdConfig::new(etcd.endpoints.clone());
@@ -338,6 +362,31 @@ fn main() -> Result<()> {
         }
         Ok((median(ts), last.0, last.1))
     };
+    // The peak resident memory of one more run, measured by GNU time (a small process that
+    // forks capsd): getrusage(RUSAGE_CHILDREN) here would count this process's own peak,
+    // which a vforked child records as its own when it executes capsd.
+    let peak_cli = |args: &[&str]| -> Result<Option<u64>> {
+        if !Path::new("/usr/bin/time").exists() {
+            return Ok(None);
+        }
+        let out = tempfile::NamedTempFile::new()?;
+        let st = Command::new("/usr/bin/time")
+            .arg("-f")
+            .arg("%M")
+            .arg("-o")
+            .arg(out.path())
+            .arg(&capsd)
+            .args(["fleet", "--etcd", &ep, "--etcd-prefix", PREFIX])
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()?;
+        if matches!(st.code(), Some(2) | Some(3)) {
+            bail!("capsd fleet {args:?} failed: {st}");
+        }
+        let kb: u64 = std::fs::read_to_string(out.path())?.lines().last().unwrap_or("").trim().parse()?;
+        Ok(Some(kb * 1024))
+    };
     let (check, out, code) = time_cli(&["check", domain.to_str().unwrap_or_default(), "--format", "json"])?;
     let v: serde_json::Value = serde_json::from_slice(&out)?;
     println!(
@@ -348,15 +397,21 @@ fn main() -> Result<()> {
         v["summary"]["unknown"],
         code
     );
+    let check_args = ["check", domain.to_str().unwrap_or_default(), "--format", "json"];
+    let check_peak = peak_cli(&check_args)?;
     let (base, out, _) = time_cli(&["baseline", "--machine", "q35"])?;
+    let base_peak = peak_cli(&["baseline", "--machine", "q35"])?;
     println!(
         "  capsd fleet baseline --machine q35 of {hosts} hosts: median {:.0} ms (target <= 2000 ms) [{} bytes]",
         base.as_secs_f64() * 1e3,
         out.len()
     );
+    let mb =
+        |p: Option<u64>| p.map_or("unmeasured (no /usr/bin/time)".to_owned(), |b| format!("{:.0} MB", b as f64 / 1e6));
     println!(
-        "  client peak resident memory over those runs: {:.0} MB (target <= 256 MB)",
-        children_peak_rss() as f64 / 1e6
+        "  client peak resident memory (capsd's own, by /usr/bin/time): check {}, baseline {} (target <= 256 MB)",
+        mb(check_peak),
+        mb(base_peak)
     );
 
     // A host's change to its visibility: a real publisher (lease, keep-alive) and a watch.
@@ -406,6 +461,14 @@ fn main() -> Result<()> {
         visible.0.as_secs_f64() * 1e3,
         visible.1.as_secs_f64() * 1e3
     );
+    if let Some(hold) = std::env::var_os("CAPSD_BENCH_HOLD") {
+        // For profiling by hand: etcd and its fleet stay up while this file exists.
+        std::fs::write(&hold, format!("{ep}\n"))?;
+        println!("  holding etcd at {ep} (prefix {PREFIX}) while {} exists", Path::new(&hold).display());
+        while Path::new(&hold).exists() {
+            std::thread::sleep(Duration::from_secs(1));
+        }
+    }
     drop(etcd);
     Ok(())
 }

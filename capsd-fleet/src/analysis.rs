@@ -261,7 +261,6 @@ pub fn baseline(docs: &[(String, Arc<DomainCapabilities>)]) -> Result<DomainCapa
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
     use std::path::Path;
 
     use super::*;
@@ -293,9 +292,12 @@ mod tests {
         let hash = content_hash(q35.as_bytes());
         let mut s = Snapshot::default();
         s.insert_document(&hash, q35.as_bytes());
-        let docs = BTreeMap::from([(QueryKey::parse("kvm/x86_64/q35").unwrap(), hash)]);
+        let docs = crate::store::Docs::from([(QueryKey::parse("kvm/x86_64/q35").unwrap(), hash)]);
         s.hosts.insert("a".into(), Host { record: record("a", "AuthenticAMD"), damaged: None, docs });
-        s.hosts.insert("b".into(), Host { record: record("b", "GenuineIntel"), damaged: None, docs: BTreeMap::new() });
+        s.hosts.insert(
+            "b".into(),
+            Host { record: record("b", "GenuineIntel"), damaged: None, docs: crate::store::Docs::new() },
+        );
         s
     }
 

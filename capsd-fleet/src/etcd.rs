@@ -1,40 +1,48 @@
-//! A small etcd v3 client over etcd's own JSON gateway (`/v3/...` on the client port, on by
-//! default since etcd 3.4): HTTP/1.1 POSTs of JSON bodies, keys and values base64, 64-bit
-//! numbers as strings, streams (watch) as one JSON object per line. hyper carries it, rustls
-//! (ring) secures `https://` endpoints, so the crate builds with the Rust toolchain alone (no
-//! `protoc`, no system OpenSSL).
+//! A small etcd v3 client speaking etcd's own gRPC API: HTTP/2 (hyper) with the protobuf
+//! messages capsd needs declared by hand in [`pb`] with prost's derive (field numbers and
+//! types from etcd's `rpc.proto`, `kv.proto` and `auth.proto`), so the crate builds with
+//! the Rust toolchain alone (no `protoc`, no build script, no system OpenSSL: rustls with
+//! ring secures `https://` endpoints).
+//!
+//! gRPC on the wire: `POST /etcdserverpb.SERVICE/METHOD`, `content-type: application/grpc`,
+//! `te: trailers`, the request one message behind a 5-byte prefix (a zero compression flag
+//! and the length, big-endian), the answer the same, its status in the `grpc-status`
+//! trailer (or in the headers of an answer without a body). Streams (watch, lease
+//! keep-alive) are sent one request message then closed on our side, which etcd answers as
+//! it would a client that has nothing more to send: a keep-alive answers once, a watch keeps
+//! sending events.
 //!
 //! Authentication: TLS client certificates (`--etcd-cert`/`--etcd-key`) and etcd users
-//! (`/v3/auth/authenticate` gives a token sent as `Authorization`; an expired token is
-//! renewed once per request). etcd's gateway does not pass the client certificate's name on
-//! to its RBAC, so a role is reached through a user name and password.
+//! (`Authenticate` gives a token sent as the `token` metadata; an expired token is renewed
+//! once per request). Without a user, etcd maps a client certificate's CommonName to the
+//! user of that name when authentication is on.
 //!
 //! One member at a time: [`Client::connect`] tries the endpoints in turn (one further on each
 //! call in this process) until one answers a status request; a caller whose request failed
-//! connects again, to the next member.
+//! connects again, to the next member. Each client keeps one HTTP/2 connection to its
+//! member; concurrent requests share it as streams.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use base64::Engine as _;
-use bytes::Bytes;
+use bytes::{Buf as _, Bytes, BytesMut};
 use http_body_util::{BodyExt as _, Full};
-use hyper::client::conn::http1::SendRequest;
+use hyper::client::conn::http2::SendRequest;
+use prost::Message as _;
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
 
 /// How long connecting (TCP and TLS) may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long one request may take (a watch: its start).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long one range may take: a page of 100,000 keys is a few seconds of a loaded etcd's
-/// JSON encoding.
+/// How long one range may take (a page of thousands of keys on a loaded member).
 const RANGE_TIMEOUT: Duration = Duration::from_secs(60);
-/// Largest reply read: etcd's gateway itself sets no limit, so this bounds the client's
-/// memory; a range page above it is read again in smaller pages (`store::range_all`).
-const MAX_REPLY: usize = 64 << 20;
+/// Largest answer read: etcd itself sends answers of any size (its server side has no send
+/// limit), so this bounds the client's memory; a range page above it is read again in
+/// smaller pages (`store::range_all`).
+pub const MAX_REPLY: usize = 64 << 20;
 
 /// What failed talking to etcd, naming the endpoint.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -52,7 +60,7 @@ pub enum EtcdError {
     /// The TLS handshake failed (certificate not trusted, name mismatch, client certificate refused).
     #[error("{endpoint}: TLS: {reason}")]
     Tls { endpoint: String, reason: String },
-    /// The HTTP exchange failed (connection closed, a reply that is not etcd's).
+    /// The HTTP/2 exchange failed (connection closed, an answer that is not etcd's).
     #[error("{endpoint}: {reason}")]
     Http { endpoint: String, reason: String },
     /// etcd answered with an error (gRPC code and message: permission denied, invalid token...).
@@ -70,7 +78,8 @@ impl EtcdError {
     }
     fn is_invalid_token(&self) -> bool {
         matches!(self, EtcdError::Server { code: 16, .. })
-            || matches!(self, EtcdError::Server { message, .. } if message.contains("invalid auth token"))
+            || matches!(self, EtcdError::Server { message, .. }
+                if message.contains("invalid auth token") || message.contains("revision in header is old"))
     }
 }
 
@@ -147,14 +156,408 @@ fn parse_endpoint(s: &str) -> Result<Endpoint, EtcdError> {
     Ok(Endpoint { tls, host: host.to_owned(), port, shown: s.to_owned() })
 }
 
-type Conn = SendRequest<Full<Bytes>>;
+/// The messages of etcd's gRPC API that capsd uses, declared by hand: names, field numbers
+/// and types as in etcd's `etcdserverpb/rpc.proto`, `mvccpb/kv.proto` and
+/// `authpb/auth.proto` (fields capsd never sets or reads are left out; protobuf skips
+/// unknown fields when decoding). Enums are carried as their `int32` values.
+pub mod pb {
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct ResponseHeader {
+        #[prost(uint64, tag = "1")]
+        pub cluster_id: u64,
+        #[prost(uint64, tag = "2")]
+        pub member_id: u64,
+        #[prost(int64, tag = "3")]
+        pub revision: i64,
+        #[prost(uint64, tag = "4")]
+        pub raft_term: u64,
+    }
+
+    /// mvccpb.KeyValue.
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct KeyValue {
+        #[prost(bytes = "vec", tag = "1")]
+        pub key: Vec<u8>,
+        #[prost(int64, tag = "2")]
+        pub create_revision: i64,
+        #[prost(int64, tag = "3")]
+        pub mod_revision: i64,
+        #[prost(int64, tag = "4")]
+        pub version: i64,
+        #[prost(bytes = "vec", tag = "5")]
+        pub value: Vec<u8>,
+        #[prost(int64, tag = "6")]
+        pub lease: i64,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct RangeRequest {
+        #[prost(bytes = "vec", tag = "1")]
+        pub key: Vec<u8>,
+        #[prost(bytes = "vec", tag = "2")]
+        pub range_end: Vec<u8>,
+        #[prost(int64, tag = "3")]
+        pub limit: i64,
+        #[prost(int64, tag = "4")]
+        pub revision: i64,
+        #[prost(bool, tag = "8")]
+        pub keys_only: bool,
+        #[prost(bool, tag = "9")]
+        pub count_only: bool,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct RangeResponse {
+        #[prost(message, optional, tag = "1")]
+        pub header: Option<ResponseHeader>,
+        #[prost(message, repeated, tag = "2")]
+        pub kvs: Vec<KeyValue>,
+        #[prost(bool, tag = "3")]
+        pub more: bool,
+        #[prost(int64, tag = "4")]
+        pub count: i64,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct PutRequest {
+        #[prost(bytes = "vec", tag = "1")]
+        pub key: Vec<u8>,
+        #[prost(bytes = "vec", tag = "2")]
+        pub value: Vec<u8>,
+        #[prost(int64, tag = "3")]
+        pub lease: i64,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct DeleteRangeRequest {
+        #[prost(bytes = "vec", tag = "1")]
+        pub key: Vec<u8>,
+        #[prost(bytes = "vec", tag = "2")]
+        pub range_end: Vec<u8>,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct DeleteRangeResponse {
+        #[prost(message, optional, tag = "1")]
+        pub header: Option<ResponseHeader>,
+        #[prost(int64, tag = "2")]
+        pub deleted: i64,
+    }
+
+    /// Any answer read for its header alone (PutResponse, LeaseRevokeResponse, the auth calls').
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct HeaderOnly {
+        #[prost(message, optional, tag = "1")]
+        pub header: Option<ResponseHeader>,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct RequestOp {
+        #[prost(oneof = "Request", tags = "1, 2, 3, 4")]
+        pub request: Option<Request>,
+    }
+
+    #[derive(Clone, PartialEq, prost::Oneof)]
+    pub enum Request {
+        #[prost(message, tag = "1")]
+        Range(RangeRequest),
+        #[prost(message, tag = "2")]
+        Put(PutRequest),
+        #[prost(message, tag = "3")]
+        DeleteRange(DeleteRangeRequest),
+        #[prost(message, tag = "4")]
+        Txn(TxnRequest),
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct ResponseOp {
+        #[prost(oneof = "Response", tags = "1, 2, 3, 4")]
+        pub response: Option<Response>,
+    }
+
+    #[derive(Clone, PartialEq, prost::Oneof)]
+    pub enum Response {
+        #[prost(message, tag = "1")]
+        Range(RangeResponse),
+        #[prost(message, tag = "2")]
+        Put(HeaderOnly),
+        #[prost(message, tag = "3")]
+        DeleteRange(DeleteRangeResponse),
+        #[prost(message, tag = "4")]
+        Txn(TxnResponse),
+    }
+
+    /// Compare.CompareResult.
+    pub const EQUAL: i32 = 0;
+    pub const LESS: i32 = 2;
+    /// Compare.CompareTarget.
+    pub const VERSION: i32 = 0;
+    pub const MOD: i32 = 2;
+    pub const VALUE: i32 = 3;
+    pub const LEASE: i32 = 4;
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct Compare {
+        #[prost(int32, tag = "1")]
+        pub result: i32,
+        #[prost(int32, tag = "2")]
+        pub target: i32,
+        #[prost(bytes = "vec", tag = "3")]
+        pub key: Vec<u8>,
+        #[prost(oneof = "TargetUnion", tags = "4, 6, 7, 8")]
+        pub target_union: Option<TargetUnion>,
+        #[prost(bytes = "vec", tag = "64")]
+        pub range_end: Vec<u8>,
+    }
+
+    #[derive(Clone, PartialEq, prost::Oneof)]
+    pub enum TargetUnion {
+        #[prost(int64, tag = "4")]
+        Version(i64),
+        #[prost(int64, tag = "6")]
+        ModRevision(i64),
+        #[prost(bytes = "vec", tag = "7")]
+        Value(Vec<u8>),
+        #[prost(int64, tag = "8")]
+        Lease(i64),
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct TxnRequest {
+        #[prost(message, repeated, tag = "1")]
+        pub compare: Vec<Compare>,
+        #[prost(message, repeated, tag = "2")]
+        pub success: Vec<RequestOp>,
+        #[prost(message, repeated, tag = "3")]
+        pub failure: Vec<RequestOp>,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct TxnResponse {
+        #[prost(message, optional, tag = "1")]
+        pub header: Option<ResponseHeader>,
+        #[prost(bool, tag = "2")]
+        pub succeeded: bool,
+        #[prost(message, repeated, tag = "3")]
+        pub responses: Vec<ResponseOp>,
+    }
+
+    /// LeaseGrantRequest (`TTL`, `ID`), LeaseRevokeRequest and LeaseKeepAliveRequest (`ID`
+    /// alone), LeaseTimeToLiveRequest (`ID`, `keys`): one shape, fields 1 and 2.
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct LeaseGrantRequest {
+        #[prost(int64, tag = "1")]
+        pub ttl: i64,
+        #[prost(int64, tag = "2")]
+        pub id: i64,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct LeaseGrantResponse {
+        #[prost(message, optional, tag = "1")]
+        pub header: Option<ResponseHeader>,
+        #[prost(int64, tag = "2")]
+        pub id: i64,
+        #[prost(int64, tag = "3")]
+        pub ttl: i64,
+        #[prost(string, tag = "4")]
+        pub error: String,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct LeaseIdRequest {
+        #[prost(int64, tag = "1")]
+        pub id: i64,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct LeaseKeepAliveResponse {
+        #[prost(message, optional, tag = "1")]
+        pub header: Option<ResponseHeader>,
+        #[prost(int64, tag = "2")]
+        pub id: i64,
+        #[prost(int64, tag = "3")]
+        pub ttl: i64,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct LeaseTimeToLiveRequest {
+        #[prost(int64, tag = "1")]
+        pub id: i64,
+        #[prost(bool, tag = "2")]
+        pub keys: bool,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct LeaseTimeToLiveResponse {
+        #[prost(message, optional, tag = "1")]
+        pub header: Option<ResponseHeader>,
+        #[prost(int64, tag = "2")]
+        pub id: i64,
+        #[prost(int64, tag = "3")]
+        pub ttl: i64,
+        #[prost(int64, tag = "4")]
+        pub granted_ttl: i64,
+        #[prost(bytes = "vec", repeated, tag = "5")]
+        pub keys: Vec<Vec<u8>>,
+    }
+
+    /// WatchRequest with its `create_request` (field 1 of the `request_union` oneof, which
+    /// encodes as this optional field).
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct WatchRequest {
+        #[prost(message, optional, tag = "1")]
+        pub create_request: Option<WatchCreateRequest>,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct WatchCreateRequest {
+        #[prost(bytes = "vec", tag = "1")]
+        pub key: Vec<u8>,
+        #[prost(bytes = "vec", tag = "2")]
+        pub range_end: Vec<u8>,
+        #[prost(int64, tag = "3")]
+        pub start_revision: i64,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct WatchResponse {
+        #[prost(message, optional, tag = "1")]
+        pub header: Option<ResponseHeader>,
+        #[prost(int64, tag = "2")]
+        pub watch_id: i64,
+        #[prost(bool, tag = "3")]
+        pub created: bool,
+        #[prost(bool, tag = "4")]
+        pub canceled: bool,
+        #[prost(int64, tag = "5")]
+        pub compact_revision: i64,
+        #[prost(string, tag = "6")]
+        pub cancel_reason: String,
+        #[prost(message, repeated, tag = "11")]
+        pub events: Vec<Event>,
+    }
+
+    /// mvccpb.Event (`type`: 0 PUT, 1 DELETE).
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct Event {
+        #[prost(int32, tag = "1")]
+        pub r#type: i32,
+        #[prost(message, optional, tag = "2")]
+        pub kv: Option<KeyValue>,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct Empty {}
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct StatusResponse {
+        #[prost(message, optional, tag = "1")]
+        pub header: Option<ResponseHeader>,
+        #[prost(string, tag = "2")]
+        pub version: String,
+        #[prost(int64, tag = "3")]
+        pub db_size: i64,
+    }
+
+    /// AuthenticateRequest, AuthUserAddRequest, AuthUserChangePasswordRequest (`name`,
+    /// `password`); AuthRoleAddRequest (`name` alone).
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct NamePassword {
+        #[prost(string, tag = "1")]
+        pub name: String,
+        #[prost(string, tag = "2")]
+        pub password: String,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct AuthenticateResponse {
+        #[prost(message, optional, tag = "1")]
+        pub header: Option<ResponseHeader>,
+        #[prost(string, tag = "2")]
+        pub token: String,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct AuthUserGrantRoleRequest {
+        #[prost(string, tag = "1")]
+        pub user: String,
+        #[prost(string, tag = "2")]
+        pub role: String,
+    }
+
+    /// authpb.Permission (`permType`: 0 READ, 1 WRITE, 2 READWRITE).
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct Permission {
+        #[prost(int32, tag = "1")]
+        pub perm_type: i32,
+        #[prost(bytes = "vec", tag = "2")]
+        pub key: Vec<u8>,
+        #[prost(bytes = "vec", tag = "3")]
+        pub range_end: Vec<u8>,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct AuthRoleGrantPermissionRequest {
+        #[prost(string, tag = "1")]
+        pub name: String,
+        #[prost(message, optional, tag = "2")]
+        pub perm: Option<Permission>,
+    }
+}
+
+/// The gRPC methods used.
+mod method {
+    pub const RANGE: &str = "/etcdserverpb.KV/Range";
+    pub const PUT: &str = "/etcdserverpb.KV/Put";
+    pub const DELETE_RANGE: &str = "/etcdserverpb.KV/DeleteRange";
+    pub const TXN: &str = "/etcdserverpb.KV/Txn";
+    pub const LEASE_GRANT: &str = "/etcdserverpb.Lease/LeaseGrant";
+    pub const LEASE_REVOKE: &str = "/etcdserverpb.Lease/LeaseRevoke";
+    pub const LEASE_KEEP_ALIVE: &str = "/etcdserverpb.Lease/LeaseKeepAlive";
+    pub const LEASE_TIME_TO_LIVE: &str = "/etcdserverpb.Lease/LeaseTimeToLive";
+    pub const WATCH: &str = "/etcdserverpb.Watch/Watch";
+    pub const STATUS: &str = "/etcdserverpb.Maintenance/Status";
+    pub const AUTHENTICATE: &str = "/etcdserverpb.Auth/Authenticate";
+    pub const AUTH_ENABLE: &str = "/etcdserverpb.Auth/AuthEnable";
+    pub const USER_ADD: &str = "/etcdserverpb.Auth/UserAdd";
+    pub const USER_CHANGE_PASSWORD: &str = "/etcdserverpb.Auth/UserChangePassword";
+    pub const USER_GRANT_ROLE: &str = "/etcdserverpb.Auth/UserGrantRole";
+    pub const ROLE_ADD: &str = "/etcdserverpb.Auth/RoleAdd";
+    pub const ROLE_GRANT_PERMISSION: &str = "/etcdserverpb.Auth/RoleGrantPermission";
+}
+
+/// An HTTP/2 connection: its request handle, and how it ended (a TLS alert from the member
+/// arrives on the connection, not on the request it cancels).
+#[derive(Debug, Clone)]
+struct Conn {
+    send: SendRequest<Full<Bytes>>,
+    ended: tokio::sync::watch::Receiver<Option<EtcdError>>,
+}
+
+impl Conn {
+    fn is_closed(&self) -> bool {
+        self.send.is_closed()
+    }
+    /// Why the connection ended, when it ended with an error (waiting a little for it: a
+    /// request can see the cancellation before the connection's task recorded why).
+    async fn failure(&self) -> Option<EtcdError> {
+        let mut rx = self.ended.clone();
+        let _ = tokio::time::timeout(Duration::from_secs(1), rx.wait_for(Option::is_some)).await;
+        let e = rx.borrow().clone();
+        e
+    }
+}
 
 struct Inner {
     endpoint: Endpoint,
     tls: Option<tokio_rustls::TlsConnector>,
     user: Option<(String, String)>,
     token: Mutex<Option<String>>,
-    idle: Mutex<Vec<Conn>>,
+    /// A client certificate is configured.
+    client_cert: bool,
+    /// The HTTP/2 connection (opened on first use, again after it closed).
+    conn: tokio::sync::Mutex<Option<Conn>>,
 }
 
 impl std::fmt::Debug for Inner {
@@ -167,7 +570,7 @@ impl std::fmt::Debug for Inner {
     }
 }
 
-/// A client of one etcd member (cheap to clone; connections are pooled).
+/// A client of one etcd member (cheap to clone; requests share one HTTP/2 connection).
 #[derive(Debug, Clone)]
 pub struct Client {
     inner: Arc<Inner>,
@@ -190,6 +593,19 @@ impl KeyValue {
     }
 }
 
+impl From<pb::KeyValue> for KeyValue {
+    fn from(kv: pb::KeyValue) -> KeyValue {
+        KeyValue {
+            key: kv.key,
+            value: kv.value,
+            mod_revision: kv.mod_revision,
+            create_revision: kv.create_revision,
+            version: kv.version,
+            lease: kv.lease,
+        }
+    }
+}
+
 /// A range's answer.
 #[derive(Debug, Clone, Default)]
 pub struct RangeResponse {
@@ -197,6 +613,17 @@ pub struct RangeResponse {
     pub kvs: Vec<KeyValue>,
     pub more: bool,
     pub count: i64,
+}
+
+impl From<pb::RangeResponse> for RangeResponse {
+    fn from(r: pb::RangeResponse) -> RangeResponse {
+        RangeResponse {
+            revision: r.header.map_or(0, |h| h.revision),
+            kvs: r.kvs.into_iter().map(KeyValue::from).collect(),
+            more: r.more,
+            count: r.count,
+        }
+    }
 }
 
 /// A range request (`range_end` empty: the key alone).
@@ -218,24 +645,15 @@ impl Range {
         let key: Vec<u8> = prefix.into();
         Range { range_end: prefix_end(&key), key, ..Range::default() }
     }
-    fn json(&self) -> Value {
-        let mut v = json!({ "key": b64(&self.key) });
-        if !self.range_end.is_empty() {
-            v["range_end"] = b64(&self.range_end).into();
+    fn pb(&self) -> pb::RangeRequest {
+        pb::RangeRequest {
+            key: self.key.clone(),
+            range_end: self.range_end.clone(),
+            limit: self.limit,
+            revision: self.revision,
+            keys_only: self.keys_only,
+            count_only: self.count_only,
         }
-        if self.limit > 0 {
-            v["limit"] = self.limit.to_string().into();
-        }
-        if self.revision > 0 {
-            v["revision"] = self.revision.to_string().into();
-        }
-        if self.keys_only {
-            v["keys_only"] = true.into();
-        }
-        if self.count_only {
-            v["count_only"] = true.into();
-        }
-        v
     }
 }
 
@@ -265,19 +683,22 @@ pub enum Compare {
 }
 
 impl Compare {
-    fn json(&self) -> Value {
+    fn pb(&self) -> pb::Compare {
+        use pb::TargetUnion as U;
+        let c = |result, target, key: &[u8], u| pb::Compare {
+            result,
+            target,
+            key: key.to_vec(),
+            target_union: Some(u),
+            range_end: Vec::new(),
+        };
         match self {
-            Compare::VersionEq(k, v) => {
-                json!({"key": b64(k), "result": "EQUAL", "target": "VERSION", "version": v.to_string()})
+            Compare::VersionEq(k, v) => c(pb::EQUAL, pb::VERSION, k, U::Version(*v)),
+            Compare::ModLessInRange { key, end, revision } => {
+                pb::Compare { range_end: end.clone(), ..c(pb::LESS, pb::MOD, key, U::ModRevision(*revision)) }
             }
-            Compare::ModLessInRange { key, end, revision } => json!({
-                "key": b64(key), "range_end": b64(end), "result": "LESS", "target": "MOD",
-                "mod_revision": revision.to_string()
-            }),
-            Compare::ValueEq(k, v) => json!({"key": b64(k), "result": "EQUAL", "target": "VALUE", "value": b64(v)}),
-            Compare::LeaseEq(k, l) => {
-                json!({"key": b64(k), "result": "EQUAL", "target": "LEASE", "lease": l.to_string()})
-            }
+            Compare::ValueEq(k, v) => c(pb::EQUAL, pb::VALUE, k, U::Value(v.clone())),
+            Compare::LeaseEq(k, l) => c(pb::EQUAL, pb::LEASE, k, U::Lease(*l)),
         }
     }
 }
@@ -298,25 +719,18 @@ impl Op {
     pub fn delete(key: impl Into<Vec<u8>>) -> Op {
         Op::Delete { key: key.into(), range_end: Vec::new() }
     }
-    fn json(&self) -> Value {
-        match self {
+    fn pb(&self) -> pb::RequestOp {
+        let request = match self {
             Op::Put { key, value, lease } => {
-                let mut p = json!({"key": b64(key), "value": b64(value)});
-                if *lease != 0 {
-                    p["lease"] = lease.to_string().into();
-                }
-                json!({ "request_put": p })
+                pb::Request::Put(pb::PutRequest { key: key.clone(), value: value.clone(), lease: *lease })
             }
             Op::Delete { key, range_end } => {
-                let mut d = json!({"key": b64(key)});
-                if !range_end.is_empty() {
-                    d["range_end"] = b64(range_end).into();
-                }
-                json!({ "request_delete_range": d })
+                pb::Request::DeleteRange(pb::DeleteRangeRequest { key: key.clone(), range_end: range_end.clone() })
             }
-            Op::Range(r) => json!({ "request_range": r.json() }),
-            Op::Txn(t) => json!({ "request_txn": t.json() }),
-        }
+            Op::Range(r) => pb::Request::Range(r.pb()),
+            Op::Txn(t) => pb::Request::Txn(t.pb()),
+        };
+        pb::RequestOp { request: Some(request) }
     }
 }
 
@@ -329,12 +743,12 @@ pub struct Txn {
 }
 
 impl Txn {
-    fn json(&self) -> Value {
-        json!({
-            "compare": self.compare.iter().map(Compare::json).collect::<Vec<_>>(),
-            "success": self.success.iter().map(Op::json).collect::<Vec<_>>(),
-            "failure": self.failure.iter().map(Op::json).collect::<Vec<_>>(),
-        })
+    fn pb(&self) -> pb::TxnRequest {
+        pb::TxnRequest {
+            compare: self.compare.iter().map(Compare::pb).collect(),
+            success: self.success.iter().map(Op::pb).collect(),
+            failure: self.failure.iter().map(Op::pb).collect(),
+        }
     }
 }
 
@@ -353,165 +767,119 @@ pub struct Event {
     pub kv: KeyValue,
 }
 
-/// A running watch (its own connection).
+/// A running watch (a stream of the client's connection, which it keeps open).
 #[derive(Debug)]
 pub struct Watch {
     body: hyper::body::Incoming,
-    buf: Vec<u8>,
+    buf: BytesMut,
     endpoint: String,
+    _conn: Conn,
 }
 
 impl Watch {
     /// The next batch of events (None: the stream ended).
     pub async fn next(&mut self) -> Result<Option<Vec<Event>>, EtcdError> {
         loop {
-            if let Some(nl) = self.buf.iter().position(|&b| b == b'\n') {
-                let line: Vec<u8> = self.buf.drain(..=nl).collect();
-                let v: Value = serde_json::from_slice(&line).map_err(|e| EtcdError::Http {
-                    endpoint: self.endpoint.clone(),
-                    reason: format!("watch: a line that is not JSON: {e}"),
-                })?;
-                if let Some(err) = v.get("error") {
-                    return Err(server_error(&self.endpoint, "/v3/watch", err));
+            while let Some(msg) = take_message(&mut self.buf).map_err(|e| self.bad(e))? {
+                let r = pb::WatchResponse::decode(msg).map_err(|e| self.bad(format!("a watch answer: {e}")))?;
+                if r.canceled {
+                    let why = if r.compact_revision > 0 {
+                        format!("compacted at revision {}", r.compact_revision)
+                    } else {
+                        r.cancel_reason.clone()
+                    };
+                    return Err(self.bad(format!("the watch was cancelled by etcd: {why}")));
                 }
-                let r = &v["result"];
-                let events: Vec<Event> = r["events"]
-                    .as_array()
-                    .map(|a| {
-                        a.iter()
-                            .filter_map(|e| Some(Event { deleted: e["type"] == "DELETE", kv: kv_from(&e["kv"]).ok()? }))
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                if events.is_empty() {
-                    continue;
+                let events: Vec<Event> = r
+                    .events
+                    .into_iter()
+                    .filter_map(|e| Some(Event { deleted: e.r#type == 1, kv: KeyValue::from(e.kv?) }))
+                    .collect();
+                if !events.is_empty() {
+                    return Ok(Some(events));
                 }
-                return Ok(Some(events));
             }
             match self.body.frame().await {
                 None => return Ok(None),
-                Some(Err(e)) => return Err(EtcdError::Http { endpoint: self.endpoint.clone(), reason: e.to_string() }),
-                Some(Ok(f)) => {
-                    if let Ok(d) = f.into_data() {
-                        self.buf.extend_from_slice(&d);
+                Some(Err(e)) => return Err(self.bad(e.to_string())),
+                Some(Ok(f)) => match f.into_data() {
+                    Ok(d) => self.buf.extend_from_slice(&d),
+                    Err(f) => {
+                        if let Some(t) = f.trailers_ref() {
+                            if let Some((code, message)) = grpc_status(t) {
+                                if code != 0 {
+                                    return Err(EtcdError::Server {
+                                        endpoint: self.endpoint.clone(),
+                                        path: method::WATCH.into(),
+                                        code,
+                                        message,
+                                    });
+                                }
+                            }
+                        }
+                        return Ok(None);
                     }
-                }
+                },
             }
         }
     }
+
+    fn bad(&self, reason: String) -> EtcdError {
+        EtcdError::Http { endpoint: self.endpoint.clone(), reason: format!("{}: {reason}", method::WATCH) }
+    }
 }
 
-/// etcd's 64-bit numbers: strings in its JSON (numbers accepted too).
-#[derive(Debug, Default, Clone, Copy)]
-struct Num(i64);
+/// One gRPC message out of `buf` when it holds a whole one.
+fn take_message(buf: &mut BytesMut) -> Result<Option<Bytes>, String> {
+    if buf.len() < 5 {
+        return Ok(None);
+    }
+    if buf[0] != 0 {
+        return Err("a compressed gRPC message (none was asked for)".into());
+    }
+    let len = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
+    if len > MAX_REPLY {
+        return Err(format!("a gRPC message of {len} bytes: too large (more than {MAX_REPLY})"));
+    }
+    if buf.len() < 5 + len {
+        return Ok(None);
+    }
+    buf.advance(5);
+    Ok(Some(buf.split_to(len).freeze()))
+}
 
-impl<'de> Deserialize<'de> for Num {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Num, D::Error> {
-        struct V;
-        impl serde::de::Visitor<'_> for V {
-            type Value = Num;
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("a number or a string of one")
-            }
-            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<Num, E> {
-                s.parse().map(Num).map_err(E::custom)
-            }
-            fn visit_i64<E: serde::de::Error>(self, n: i64) -> Result<Num, E> {
-                Ok(Num(n))
-            }
-            fn visit_u64<E: serde::de::Error>(self, n: u64) -> Result<Num, E> {
-                i64::try_from(n).map(Num).map_err(E::custom)
+/// A message behind gRPC's 5-byte prefix.
+fn framed(msg: &impl prost::Message) -> Bytes {
+    let len = msg.encoded_len();
+    let mut v = Vec::with_capacity(5 + len);
+    v.push(0);
+    v.extend_from_slice(&(len as u32).to_be_bytes());
+    msg.encode(&mut v).unwrap_or_default();
+    Bytes::from(v)
+}
+
+/// `grpc-status` and `grpc-message` (percent-decoded) of headers or trailers, when present.
+fn grpc_status(h: &hyper::HeaderMap) -> Option<(i64, String)> {
+    let code = h.get("grpc-status")?.to_str().ok()?.trim().parse().unwrap_or(2);
+    let raw = h.get("grpc-message").map(|v| v.as_bytes().to_vec()).unwrap_or_default();
+    let mut msg = Vec::with_capacity(raw.len());
+    let mut i = 0;
+    while i < raw.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        if raw[i] == b'%' && i + 2 < raw.len() {
+            if let (Some(a), Some(b)) = (hex(raw[i + 1]), hex(raw[i + 2])) {
+                msg.push((a * 16 + b) as u8);
+                i += 3;
+                continue;
             }
         }
-        d.deserialize_any(V)
+        msg.push(raw[i]);
+        i += 1;
     }
+    let message = String::from_utf8_lossy(&msg).into_owned();
+    Some((code, if message.is_empty() { format!("gRPC status {code}") } else { message }))
 }
 
-#[derive(Debug, Default, Deserialize)]
-struct RawHeader {
-    #[serde(default)]
-    revision: Num,
-}
-
-#[derive(Debug, Deserialize)]
-struct RawKv {
-    #[serde(default)]
-    key: String,
-    #[serde(default)]
-    value: String,
-    #[serde(default)]
-    mod_revision: Num,
-    #[serde(default)]
-    create_revision: Num,
-    #[serde(default)]
-    version: Num,
-    #[serde(default)]
-    lease: Num,
-}
-
-#[derive(Debug, Deserialize)]
-struct RawRange {
-    #[serde(default)]
-    header: RawHeader,
-    #[serde(default)]
-    kvs: Vec<RawKv>,
-    #[serde(default)]
-    more: bool,
-    #[serde(default)]
-    count: Num,
-}
-
-fn decode(s: &str) -> Result<Vec<u8>, String> {
-    base64::engine::general_purpose::STANDARD.decode(s).map_err(|e| format!("base64: {e}"))
-}
-
-fn b64(b: &[u8]) -> String {
-    base64::engine::general_purpose::STANDARD.encode(b)
-}
-
-fn unb64(v: &Value) -> Result<Vec<u8>, String> {
-    match v.as_str() {
-        None => Ok(Vec::new()),
-        Some(s) => base64::engine::general_purpose::STANDARD.decode(s).map_err(|e| format!("base64: {e}")),
-    }
-}
-
-fn int(v: &Value) -> i64 {
-    match v {
-        Value::String(s) => s.parse().unwrap_or(0),
-        Value::Number(n) => n.as_i64().unwrap_or(0),
-        _ => 0,
-    }
-}
-
-fn kv_from(v: &Value) -> Result<KeyValue, String> {
-    Ok(KeyValue {
-        key: unb64(&v["key"])?,
-        value: unb64(&v["value"])?,
-        mod_revision: int(&v["mod_revision"]),
-        create_revision: int(&v["create_revision"]),
-        version: int(&v["version"]),
-        lease: int(&v["lease"]),
-    })
-}
-
-fn range_from(v: &Value) -> Result<RangeResponse, String> {
-    let kvs = v["kvs"].as_array().map(|a| a.iter().map(kv_from).collect::<Result<Vec<_>, _>>()).transpose()?;
-    Ok(RangeResponse {
-        revision: int(&v["header"]["revision"]),
-        kvs: kvs.unwrap_or_default(),
-        more: v["more"].as_bool().unwrap_or(false),
-        count: int(&v["count"]),
-    })
-}
-
-fn server_error(endpoint: &str, path: &str, v: &Value) -> EtcdError {
-    let message = v["message"].as_str().or(v["error"].as_str()).unwrap_or("an error without a message").to_owned();
-    let code = if v.get("code").is_some() { int(&v["code"]) } else { int(&v["grpc_code"]) };
-    EtcdError::Server { endpoint: endpoint.to_owned(), path: path.to_owned(), code, message }
-}
-
-/// Build the TLS settings of `cfg` (None when no endpoint is `https://`).
 fn tls_connector(cfg: &EtcdConfig) -> Result<Option<tokio_rustls::TlsConnector>, EtcdError> {
     use rustls_pki_types::pem::PemObject as _;
     use rustls_pki_types::{CertificateDer, PrivateKeyDer};
@@ -560,7 +928,7 @@ fn tls_connector(cfg: &EtcdConfig) -> Result<Option<tokio_rustls::TlsConnector>,
         (Some(c), None) => return Err(cfg_err("etcd client certificate", c, "needs --etcd-key too".into())),
         (None, Some(k)) => return Err(cfg_err("etcd client key", k, "needs --etcd-cert too".into())),
     };
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    config.alpn_protocols = vec![b"h2".to_vec()];
     Ok(Some(tokio_rustls::TlsConnector::from(Arc::new(config))))
 }
 
@@ -593,14 +961,15 @@ pub async fn connect(cfg: &EtcdConfig) -> Result<Client, EtcdError> {
                 endpoint: ep,
                 user: user.clone(),
                 token: Mutex::new(None),
-                idle: Mutex::new(Vec::new()),
+                client_cert: cfg.cert.is_some(),
+                conn: tokio::sync::Mutex::new(None),
             }),
         };
         let r = async {
             if client.inner.user.is_some() {
                 client.authenticate().await?;
             }
-            client.call("/v3/maintenance/status", &json!({})).await
+            client.db_size().await
         }
         .await;
         match r {
@@ -627,29 +996,29 @@ impl Client {
 
     async fn authenticate(&self) -> Result<(), EtcdError> {
         let Some((user, pw)) = &self.inner.user else { return Ok(()) };
-        let v = self.post("/v3/auth/authenticate", &json!({"name": user, "password": pw}), false).await?;
-        let token = v["token"].as_str().unwrap_or("").to_owned();
-        if token.is_empty() {
+        let req = pb::NamePassword { name: user.clone(), password: pw.clone() };
+        let r: pb::AuthenticateResponse = self.unary_once(method::AUTHENTICATE, &req, false).await?;
+        if r.token.is_empty() {
             return Err(EtcdError::Server {
                 endpoint: self.endpoint().to_owned(),
-                path: "/v3/auth/authenticate".into(),
+                path: method::AUTHENTICATE.into(),
                 code: 0,
                 message: format!("user '{user}' authenticated but etcd gave no token (is authentication enabled?)"),
             });
         }
-        *self.inner.token.lock().unwrap_or_else(|e| e.into_inner()) = Some(token);
+        *self.inner.token.lock().unwrap_or_else(|e| e.into_inner()) = Some(r.token);
         Ok(())
     }
 
-    /// POST `body` to `path`, the answer as JSON; an expired token is renewed once.
-    pub async fn call(&self, path: &str, body: &Value) -> Result<Value, EtcdError> {
-        match self.post(path, body, true).await {
-            Err(e) if e.is_invalid_token() && self.inner.user.is_some() => {
-                self.authenticate().await?;
-                self.post(path, body, true).await
-            }
-            r => r,
+    /// The connection, opened when there is none or it closed.
+    async fn conn(&self) -> Result<Conn, EtcdError> {
+        let mut slot = self.inner.conn.lock().await;
+        if let Some(c) = slot.as_ref().filter(|c| !c.is_closed()) {
+            return Ok(c.clone());
         }
+        let c = self.open().await?;
+        *slot = Some(c.clone());
+        Ok(c)
     }
 
     async fn open(&self) -> Result<Conn, EtcdError> {
@@ -660,311 +1029,336 @@ impl Client {
             .map_err(|_| EtcdError::Connect { endpoint: shown.clone(), reason: "timed out".into() })?
             .map_err(|e| EtcdError::Connect { endpoint: shown.clone(), reason: e.to_string() })?;
         let _ = tcp.set_nodelay(true);
-        let sender = if let Some(tls) = &self.inner.tls {
+        if let Some(tls) = &self.inner.tls {
             let name = rustls_pki_types::ServerName::try_from(ep.host.clone())
                 .map_err(|e| EtcdError::Tls { endpoint: shown.clone(), reason: format!("server name: {e}") })?;
             let stream = tokio::time::timeout(CONNECT_TIMEOUT, tls.connect(name, tcp))
                 .await
                 .map_err(|_| EtcdError::Tls { endpoint: shown.clone(), reason: "handshake timed out".into() })?
                 .map_err(|e| EtcdError::Tls { endpoint: shown.clone(), reason: tls_reason(&e) })?;
-            handshake(hyper_util::rt::TokioIo::new(stream), &shown).await?
-        } else {
-            handshake(hyper_util::rt::TokioIo::new(tcp), &shown).await?
-        };
-        Ok(sender)
-    }
-
-    fn request(&self, path: &str, body: &Value, with_token: bool) -> hyper::Request<Full<Bytes>> {
-        let ep = &self.inner.endpoint;
-        let mut req = hyper::Request::post(path)
-            .header(hyper::header::HOST, format!("{}:{}", ep.host, ep.port))
-            .header(hyper::header::CONTENT_TYPE, "application/json");
-        if with_token {
-            if let Some(t) = self.inner.token.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
-                req = req.header(hyper::header::AUTHORIZATION, t.as_str());
-            }
-        }
-        req.body(Full::new(Bytes::from(body.to_string()))).unwrap_or_else(|_| hyper::Request::new(Full::default()))
-    }
-
-    async fn post(&self, path: &str, body: &Value, with_token: bool) -> Result<Value, EtcdError> {
-        let v: Value = self.post_as(path, body, with_token).await?;
-        if v.get("error").is_some() && v.get("header").is_none() {
-            return Err(server_error(self.endpoint(), path, &v));
-        }
-        Ok(v)
-    }
-
-    /// POST and read the answer as `T` (an error answer as etcd's error).
-    async fn post_as<T: serde::de::DeserializeOwned>(
-        &self,
-        path: &str,
-        body: &Value,
-        with_token: bool,
-    ) -> Result<T, EtcdError> {
-        let shown = self.endpoint().to_owned();
-        let limit = if path == "/v3/kv/range" { RANGE_TIMEOUT } else { REQUEST_TIMEOUT };
-        let timeout = || EtcdError::Timeout { endpoint: shown.clone(), path: path.to_owned(), secs: limit.as_secs() };
-        let work = async {
-            let pooled = self.inner.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
-            let mut conn = match pooled {
-                Some(mut c) if !c.is_closed() => match c.ready().await {
-                    Ok(()) => c,
-                    Err(_) => self.open().await?,
-                },
-                _ => self.open().await?,
-            };
-            let resp = conn
-                .send_request(self.request(path, body, with_token))
-                .await
-                .map_err(|e| hyper_error(&shown, path, &e))?;
-            let status = resp.status();
-            let limited = http_body_util::Limited::new(resp.into_body(), MAX_REPLY);
-            let bytes = limited
-                .collect()
-                .await
-                .map_err(|e| EtcdError::Http {
-                    endpoint: shown.clone(),
-                    reason: format!("{path}: reading the reply: {e}"),
-                })?
-                .to_bytes();
-            if !conn.is_closed() {
-                self.inner.idle.lock().unwrap_or_else(|e| e.into_inner()).push(conn);
-            }
-            if bytes.starts_with(b"CommonName of client") {
+            if stream.get_ref().1.alpn_protocol() != Some(b"h2") {
                 return Err(EtcdError::Tls {
-                    endpoint: shown.clone(),
-                    reason: "the member refuses client certificates with a CommonName on its JSON gateway \
-                             (etcd 3.4 and later): give --etcd-cert a certificate without CN (a role is reached \
-                             through --etcd-user)"
-                        .into(),
+                    endpoint: shown,
+                    reason: "the member did not agree to HTTP/2 (ALPN h2): is it etcd's client port?".into(),
                 });
             }
-            let not_json = |e: serde_json::Error| EtcdError::Http {
-                endpoint: shown.clone(),
-                reason: format!(
-                    "{path}: HTTP {status}, not etcd's JSON ({e}): {}",
-                    String::from_utf8_lossy(&bytes[..bytes.len().min(200)]).escape_debug()
-                ),
-            };
-            if !status.is_success() {
-                let v: Value = serde_json::from_slice(&bytes).map_err(not_json)?;
-                return Err(server_error(&shown, path, &v));
-            }
-            serde_json::from_slice(&bytes).map_err(not_json)
-        };
-        tokio::time::timeout(limit, work).await.map_err(|_| timeout())?
+            handshake(hyper_util::rt::TokioIo::new(stream), &shown).await
+        } else {
+            handshake(hyper_util::rt::TokioIo::new(tcp), &shown).await
+        }
     }
 
-    /// `/v3/kv/range` (the answer decoded straight into its types: a page of thousands of
-    /// keys is the hot path of `check` at scale).
-    pub async fn range(&self, r: &Range) -> Result<RangeResponse, EtcdError> {
-        let body = r.json();
-        let raw: RawRange = match self.post_as("/v3/kv/range", &body, true).await {
+    /// Forget the connection (after a failure on it: the next request opens another).
+    async fn drop_conn(&self) {
+        *self.inner.conn.lock().await = None;
+    }
+
+    fn request(&self, path: &str, body: Bytes, with_token: bool) -> hyper::Request<Full<Bytes>> {
+        let ep = &self.inner.endpoint;
+        let scheme = if self.inner.tls.is_some() { "https" } else { "http" };
+        let host = if ep.host.contains(':') { format!("[{}]", ep.host) } else { ep.host.clone() };
+        let mut req = hyper::Request::post(format!("{scheme}://{host}:{}{path}", ep.port))
+            .header(hyper::header::CONTENT_TYPE, "application/grpc")
+            .header(hyper::header::TE, "trailers");
+        if with_token {
+            if let Some(t) = self.inner.token.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+                req = req.header("token", t.as_str());
+            }
+        }
+        req.body(Full::new(body)).unwrap_or_else(|_| hyper::Request::new(Full::default()))
+    }
+
+    /// Send one request message on a new stream; the answer's head (a gRPC error carried
+    /// in the headers already refused).
+    async fn start(
+        &self,
+        path: &str,
+        body: Bytes,
+        with_token: bool,
+    ) -> Result<(Conn, hyper::Response<hyper::body::Incoming>), EtcdError> {
+        let shown = self.endpoint();
+        let mut conn = self.conn().await?;
+        let sent = async {
+            conn.send.ready().await?;
+            conn.send.send_request(self.request(path, body, with_token)).await
+        }
+        .await;
+        let resp = match sent {
+            Ok(r) => r,
+            Err(e) => {
+                self.drop_conn().await;
+                let mine = hyper_error(shown, path, &e);
+                if matches!(mine, EtcdError::Tls { .. }) {
+                    return Err(mine);
+                }
+                // A request cancelled because the connection ended: why it ended.
+                return Err(match conn.failure().await {
+                    Some(why @ EtcdError::Tls { .. }) => why,
+                    // TLS 1.3 refuses a missing client certificate after the handshake: the
+                    // member's alert is often lost as it closes the connection.
+                    Some(EtcdError::Http { reason, .. }) if self.inner.tls.is_some() && !self.inner.client_cert => {
+                        EtcdError::Tls {
+                            endpoint: shown.to_owned(),
+                            reason: format!(
+                                "the member closed the connection after the TLS handshake ({e}: {reason}): does it \
+                                 require a client certificate (--etcd-cert, --etcd-key)?"
+                            ),
+                        }
+                    }
+                    Some(EtcdError::Http { reason, .. }) => {
+                        EtcdError::Http { endpoint: shown.to_owned(), reason: format!("{path}: {e}: {reason}") }
+                    }
+                    _ => mine,
+                });
+            }
+        };
+        if let Some((code, message)) = grpc_status(resp.headers()).filter(|(c, _)| *c != 0) {
+            return Err(EtcdError::Server { endpoint: shown.to_owned(), path: path.to_owned(), code, message });
+        }
+        if !resp.status().is_success() {
+            return Err(EtcdError::Http {
+                endpoint: shown.to_owned(),
+                reason: format!("{path}: HTTP {}, not a gRPC answer (is this etcd's client port?)", resp.status()),
+            });
+        }
+        Ok((conn, resp))
+    }
+
+    /// One request, one answer.
+    async fn unary_once<Q: prost::Message, R: prost::Message + Default>(
+        &self,
+        path: &str,
+        req: &Q,
+        with_token: bool,
+    ) -> Result<R, EtcdError> {
+        let shown = self.endpoint();
+        let limit = if path == method::RANGE { RANGE_TIMEOUT } else { REQUEST_TIMEOUT };
+        let http = |reason: String| EtcdError::Http { endpoint: shown.to_owned(), reason: format!("{path}: {reason}") };
+        let work = async {
+            let (_conn, resp) = self.start(path, framed(req), with_token).await?;
+            let mut body = resp.into_body();
+            let mut buf = BytesMut::new();
+            let mut status = None;
+            while let Some(frame) = body.frame().await {
+                let frame = frame.map_err(|e| hyper_error(shown, path, &e))?;
+                match frame.into_data() {
+                    Ok(d) => {
+                        if buf.len() + d.len() > MAX_REPLY + 5 {
+                            return Err(http(format!("answer too large (more than {MAX_REPLY} bytes)")));
+                        }
+                        buf.extend_from_slice(&d);
+                    }
+                    Err(f) => status = f.trailers_ref().and_then(grpc_status),
+                }
+            }
+            match status {
+                Some((0, _)) => {}
+                Some((code, message)) => {
+                    return Err(EtcdError::Server { endpoint: shown.to_owned(), path: path.to_owned(), code, message })
+                }
+                None => return Err(http("the answer ended without a gRPC status".into())),
+            }
+            let msg =
+                take_message(&mut buf).map_err(http)?.ok_or_else(|| http("an answer without a message".into()))?;
+            R::decode(msg).map_err(|e| http(format!("not etcd's answer: {e}")))
+        };
+        tokio::time::timeout(limit, work).await.map_err(|_| EtcdError::Timeout {
+            endpoint: shown.to_owned(),
+            path: path.to_owned(),
+            secs: limit.as_secs(),
+        })?
+    }
+
+    /// One request, one answer; an expired token is renewed once.
+    async fn unary<Q: prost::Message, R: prost::Message + Default>(&self, path: &str, req: &Q) -> Result<R, EtcdError> {
+        match self.unary_once(path, req, true).await {
             Err(e) if e.is_invalid_token() && self.inner.user.is_some() => {
                 self.authenticate().await?;
-                self.post_as("/v3/kv/range", &body, true).await?
+                self.unary_once(path, req, true).await
             }
-            r => r?,
-        };
-        let kvs = raw
-            .kvs
-            .into_iter()
-            .map(|kv| {
-                Ok(KeyValue {
-                    key: decode(&kv.key)?,
-                    value: decode(&kv.value)?,
-                    mod_revision: kv.mod_revision.0,
-                    create_revision: kv.create_revision.0,
-                    version: kv.version.0,
-                    lease: kv.lease.0,
-                })
-            })
-            .collect::<Result<Vec<_>, String>>()
-            .map_err(|e| self.bad_reply("/v3/kv/range", e))?;
-        Ok(RangeResponse { revision: raw.header.revision.0, kvs, more: raw.more, count: raw.count.0 })
+            r => r,
+        }
     }
 
-    /// `/v3/kv/put`.
+    /// `KV.Range`.
+    pub async fn range(&self, r: &Range) -> Result<RangeResponse, EtcdError> {
+        let r: pb::RangeResponse = self.unary(method::RANGE, &r.pb()).await?;
+        Ok(r.into())
+    }
+
+    /// `KV.Put`: the revision written.
     pub async fn put(&self, key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>, lease: i64) -> Result<i64, EtcdError> {
-        let (key, value): (Vec<u8>, Vec<u8>) = (key.into(), value.into());
-        let mut body = json!({"key": b64(&key), "value": b64(&value)});
-        if lease != 0 {
-            body["lease"] = lease.to_string().into();
-        }
-        let v = self.call("/v3/kv/put", &body).await?;
-        Ok(int(&v["header"]["revision"]))
+        let req = pb::PutRequest { key: key.into(), value: value.into(), lease };
+        let r: pb::HeaderOnly = self.unary(method::PUT, &req).await?;
+        Ok(r.header.map_or(0, |h| h.revision))
     }
 
-    /// `/v3/kv/deleterange` of one key, or of `[key, range_end)`; how many were deleted.
+    /// `KV.DeleteRange` of one key, or of `[key, range_end)`; how many were deleted.
     pub async fn delete(&self, key: &[u8], range_end: &[u8]) -> Result<i64, EtcdError> {
-        let mut body = json!({"key": b64(key)});
-        if !range_end.is_empty() {
-            body["range_end"] = b64(range_end).into();
-        }
-        let v = self.call("/v3/kv/deleterange", &body).await?;
-        Ok(int(&v["deleted"]))
+        let req = pb::DeleteRangeRequest { key: key.to_vec(), range_end: range_end.to_vec() };
+        let r: pb::DeleteRangeResponse = self.unary(method::DELETE_RANGE, &req).await?;
+        Ok(r.deleted)
     }
 
-    /// `/v3/kv/txn`.
+    /// `KV.Txn`.
     pub async fn txn(&self, t: &Txn) -> Result<TxnResponse, EtcdError> {
-        let v = self.call("/v3/kv/txn", &t.json()).await?;
-        let mut ranges = Vec::new();
-        for r in v["responses"].as_array().into_iter().flatten() {
-            if let Some(rr) = r.get("response_range") {
-                ranges.push(range_from(rr).map_err(|e| self.bad_reply("/v3/kv/txn", e))?);
-            }
-        }
+        let r: pb::TxnResponse = self.unary(method::TXN, &t.pb()).await?;
         Ok(TxnResponse {
-            succeeded: v["succeeded"].as_bool().unwrap_or(false),
-            revision: int(&v["header"]["revision"]),
-            ranges,
+            succeeded: r.succeeded,
+            revision: r.header.map_or(0, |h| h.revision),
+            ranges: r
+                .responses
+                .into_iter()
+                .filter_map(|op| match op.response {
+                    Some(pb::Response::Range(rr)) => Some(rr.into()),
+                    _ => None,
+                })
+                .collect(),
         })
     }
 
-    /// `/v3/lease/grant`: a new lease's id.
+    /// `Lease.LeaseGrant`: a new lease's id.
     pub async fn lease_grant(&self, ttl_secs: i64) -> Result<i64, EtcdError> {
-        let v = self.call("/v3/lease/grant", &json!({"TTL": ttl_secs.to_string()})).await?;
-        if let Some(e) = v["error"].as_str().filter(|e| !e.is_empty()) {
-            return Err(self.bad_reply("/v3/lease/grant", e.to_owned()));
+        let r: pb::LeaseGrantResponse =
+            self.unary(method::LEASE_GRANT, &pb::LeaseGrantRequest { ttl: ttl_secs, id: 0 }).await?;
+        if !r.error.is_empty() {
+            return Err(EtcdError::Server {
+                endpoint: self.endpoint().to_owned(),
+                path: method::LEASE_GRANT.into(),
+                code: 2,
+                message: r.error,
+            });
         }
-        Ok(int(&v["ID"]))
+        Ok(r.id)
     }
 
-    /// `/v3/lease/keepalive` once: the lease's remaining TTL (0: it expired or was revoked).
+    /// `Lease.LeaseKeepAlive` once: the lease's remaining TTL (0: it expired or was revoked).
     pub async fn lease_keep_alive(&self, id: i64) -> Result<i64, EtcdError> {
-        let v = self.call("/v3/lease/keepalive", &json!({"ID": id.to_string()})).await?;
-        if let Some(e) = v.get("error") {
-            return Err(server_error(self.endpoint(), "/v3/lease/keepalive", e));
-        }
-        Ok(int(&v["result"]["TTL"]))
+        let r: pb::LeaseKeepAliveResponse = self.unary(method::LEASE_KEEP_ALIVE, &pb::LeaseIdRequest { id }).await?;
+        Ok(r.ttl)
     }
 
-    /// `/v3/lease/timetolive` with the keys: remaining TTL (-1: no such lease) and its keys.
+    /// `Lease.LeaseTimeToLive` with the keys: remaining TTL (-1: no such lease) and its keys.
     pub async fn lease_keys(&self, id: i64) -> Result<(i64, Vec<Vec<u8>>), EtcdError> {
-        let v = self.call("/v3/lease/timetolive", &json!({"ID": id.to_string(), "keys": true})).await?;
-        let keys = v["keys"]
-            .as_array()
-            .map(|a| a.iter().map(unb64).collect::<Result<Vec<_>, _>>())
-            .transpose()
-            .map_err(|e| self.bad_reply("/v3/lease/timetolive", e))?
-            .unwrap_or_default();
-        Ok((int(&v["TTL"]), keys))
+        let r: pb::LeaseTimeToLiveResponse =
+            self.unary(method::LEASE_TIME_TO_LIVE, &pb::LeaseTimeToLiveRequest { id, keys: true }).await?;
+        Ok((r.ttl, r.keys))
     }
 
-    /// `/v3/lease/revoke` (a lease already gone is not an error).
+    /// `Lease.LeaseRevoke` (a lease already gone is not an error).
     pub async fn lease_revoke(&self, id: i64) -> Result<(), EtcdError> {
-        match self.call("/v3/lease/revoke", &json!({"ID": id.to_string()})).await {
+        match self.unary::<_, pb::HeaderOnly>(method::LEASE_REVOKE, &pb::LeaseIdRequest { id }).await {
             Err(EtcdError::Server { message, .. }) if message.contains("lease not found") => Ok(()),
             r => r.map(drop),
         }
     }
 
-    /// `/v3/maintenance/status`: the database size in bytes.
+    /// `Maintenance.Status`: the database size in bytes.
     pub async fn db_size(&self) -> Result<i64, EtcdError> {
-        let v = self.call("/v3/maintenance/status", &json!({})).await?;
-        Ok(int(&v["dbSize"]).max(int(&v["db_size"])))
+        let r: pb::StatusResponse = self.unary(method::STATUS, &pb::Empty {}).await?;
+        Ok(r.db_size)
     }
 
-    /// `/v3/watch` of `[key, range_end)` (empty: the key alone) from the next revision.
+    /// `Watch.Watch` of `[key, range_end)` (empty: the key alone) from the next revision.
     pub async fn watch(&self, key: &[u8], range_end: &[u8]) -> Result<Watch, EtcdError> {
-        let shown = self.endpoint().to_owned();
-        let mut create = json!({"key": b64(key)});
-        if !range_end.is_empty() {
-            create["range_end"] = b64(range_end).into();
-        }
-        let body = json!({ "create_request": create });
-        let mut conn = self.open().await?;
-        let resp = tokio::time::timeout(REQUEST_TIMEOUT, conn.send_request(self.request("/v3/watch", &body, true)))
-            .await
-            .map_err(|_| EtcdError::Timeout {
-                endpoint: shown.clone(),
-                path: "/v3/watch".into(),
-                secs: REQUEST_TIMEOUT.as_secs(),
-            })?
-            .map_err(|e| hyper_error(&shown, "/v3/watch", &e))?;
-        // The connection ends with the stream; keep driving it from the body.
-        let mut w = Watch { body: resp.into_body(), buf: Vec::new(), endpoint: shown };
-        // The first line confirms the watch ("created"); events follow.
-        loop {
-            if w.buf.contains(&b'\n') {
-                break;
+        let req = pb::WatchRequest {
+            create_request: Some(pb::WatchCreateRequest {
+                key: key.to_vec(),
+                range_end: range_end.to_vec(),
+                start_revision: 0,
+            }),
+        };
+        let started = async {
+            match self.start(method::WATCH, framed(&req), true).await {
+                Err(e) if e.is_invalid_token() && self.inner.user.is_some() => {
+                    self.authenticate().await?;
+                    self.start(method::WATCH, framed(&req), true).await
+                }
+                r => r,
             }
-            match tokio::time::timeout(REQUEST_TIMEOUT, w.body.frame()).await {
-                Ok(Some(Ok(f))) => {
-                    if let Ok(d) = f.into_data() {
-                        w.buf.extend_from_slice(&d);
-                    }
+        };
+        let timeout = || EtcdError::Timeout {
+            endpoint: self.endpoint().to_owned(),
+            path: method::WATCH.into(),
+            secs: REQUEST_TIMEOUT.as_secs(),
+        };
+        let (conn, resp) = tokio::time::timeout(REQUEST_TIMEOUT, started).await.map_err(|_| timeout())??;
+        let mut w =
+            Watch { body: resp.into_body(), buf: BytesMut::new(), endpoint: self.endpoint().to_owned(), _conn: conn };
+        // The first answer confirms the watch ("created"); events follow.
+        let first = async {
+            loop {
+                if let Some(msg) = take_message(&mut w.buf).map_err(|e| w.bad(e))? {
+                    return Ok(msg);
                 }
-                Ok(Some(Err(e))) => {
-                    return Err(EtcdError::Http { endpoint: w.endpoint.clone(), reason: e.to_string() })
-                }
-                Ok(None) => {
-                    return Err(EtcdError::Http {
-                        endpoint: w.endpoint.clone(),
-                        reason: "watch: the stream ended at once".into(),
-                    })
-                }
-                Err(_) => {
-                    return Err(EtcdError::Timeout {
-                        endpoint: w.endpoint.clone(),
-                        path: "/v3/watch".into(),
-                        secs: REQUEST_TIMEOUT.as_secs(),
-                    })
+                match w.body.frame().await {
+                    Some(Ok(f)) => match f.into_data() {
+                        Ok(d) => w.buf.extend_from_slice(&d),
+                        Err(f) => {
+                            if let Some((code, message)) = f.trailers_ref().and_then(grpc_status).filter(|s| s.0 != 0) {
+                                return Err(EtcdError::Server {
+                                    endpoint: w.endpoint.clone(),
+                                    path: method::WATCH.into(),
+                                    code,
+                                    message,
+                                });
+                            }
+                            return Err(w.bad("the stream ended at once".into()));
+                        }
+                    },
+                    Some(Err(e)) => return Err(w.bad(e.to_string())),
+                    None => return Err(w.bad("the stream ended at once".into())),
                 }
             }
-        }
-        let nl = w.buf.iter().position(|&b| b == b'\n').unwrap_or(0);
-        let first: Vec<u8> = w.buf.drain(..=nl).collect();
-        let v: Value = serde_json::from_slice(&first).unwrap_or(Value::Null);
-        if let Some(e) = v.get("error") {
-            return Err(server_error(&w.endpoint, "/v3/watch", e));
-        }
-        if v["result"]["created"] != true {
-            return Err(EtcdError::Http {
-                endpoint: w.endpoint.clone(),
-                reason: format!("/v3/watch: not created: {}", String::from_utf8_lossy(&first).escape_debug()),
-            });
+        };
+        let msg = tokio::time::timeout(REQUEST_TIMEOUT, first).await.map_err(|_| timeout())??;
+        let r = pb::WatchResponse::decode(msg).map_err(|e| w.bad(format!("a watch answer: {e}")))?;
+        if !r.created || r.canceled {
+            return Err(w.bad(format!("not created: {}", r.cancel_reason)));
         }
         Ok(w)
     }
 
-    fn bad_reply(&self, path: &str, reason: String) -> EtcdError {
-        EtcdError::Http { endpoint: self.endpoint().to_owned(), reason: format!("{path}: {reason}") }
-    }
-
     // --- Authentication and roles (`capsd fleet grant-*`) ---
 
-    /// `/v3/auth/user/add` (an existing user keeps its password: `user/changepw` is used).
+    /// `Auth.UserAdd` (an existing user gets this password: `Auth.UserChangePassword`).
     pub async fn user_add(&self, name: &str, password: &str) -> Result<(), EtcdError> {
-        match self.call("/v3/auth/user/add", &json!({"name": name, "password": password})).await {
+        let req = pb::NamePassword { name: name.to_owned(), password: password.to_owned() };
+        match self.unary::<_, pb::HeaderOnly>(method::USER_ADD, &req).await {
             Err(EtcdError::Server { message, .. }) if message.contains("already exists") => {
-                self.call("/v3/auth/user/changepw", &json!({"name": name, "password": password})).await.map(drop)
+                self.unary::<_, pb::HeaderOnly>(method::USER_CHANGE_PASSWORD, &req).await.map(drop)
             }
             r => r.map(drop),
         }
     }
 
-    /// `/v3/auth/role/add` (an existing role is not an error).
+    /// `Auth.RoleAdd` (an existing role is not an error).
     pub async fn role_add(&self, name: &str) -> Result<(), EtcdError> {
-        match self.call("/v3/auth/role/add", &json!({"name": name})).await {
+        let req = pb::NamePassword { name: name.to_owned(), password: String::new() };
+        match self.unary::<_, pb::HeaderOnly>(method::ROLE_ADD, &req).await {
             Err(EtcdError::Server { message, .. }) if message.contains("already exists") => Ok(()),
             r => r.map(drop),
         }
     }
 
-    /// `/v3/auth/role/grant` of `[key, range_end)` (empty: the key alone).
+    /// `Auth.RoleGrantPermission` of `[key, range_end)` (empty: the key alone).
     pub async fn role_grant(&self, role: &str, perm: Perm, key: &[u8], range_end: &[u8]) -> Result<(), EtcdError> {
-        let mut p = json!({"permType": perm.as_str(), "key": b64(key)});
-        if !range_end.is_empty() {
-            p["range_end"] = b64(range_end).into();
-        }
-        self.call("/v3/auth/role/grant", &json!({"name": role, "perm": p})).await.map(drop)
+        let req = pb::AuthRoleGrantPermissionRequest {
+            name: role.to_owned(),
+            perm: Some(pb::Permission { perm_type: perm.code(), key: key.to_vec(), range_end: range_end.to_vec() }),
+        };
+        self.unary::<_, pb::HeaderOnly>(method::ROLE_GRANT_PERMISSION, &req).await.map(drop)
     }
 
-    /// `/v3/auth/user/grant`.
+    /// `Auth.UserGrantRole`.
     pub async fn user_grant_role(&self, user: &str, role: &str) -> Result<(), EtcdError> {
-        self.call("/v3/auth/user/grant", &json!({"user": user, "role": role})).await.map(drop)
+        let req = pb::AuthUserGrantRoleRequest { user: user.to_owned(), role: role.to_owned() };
+        self.unary::<_, pb::HeaderOnly>(method::USER_GRANT_ROLE, &req).await.map(drop)
+    }
+
+    /// `Auth.AuthEnable` (needs a user `root` with role `root`).
+    pub async fn auth_enable(&self) -> Result<(), EtcdError> {
+        self.unary::<_, pb::HeaderOnly>(method::AUTH_ENABLE, &pb::Empty {}).await.map(drop)
     }
 }
 
@@ -977,11 +1371,12 @@ pub enum Perm {
 }
 
 impl Perm {
-    fn as_str(self) -> &'static str {
+    /// authpb.Permission.Type.
+    fn code(self) -> i32 {
         match self {
-            Perm::Read => "READ",
-            Perm::Write => "WRITE",
-            Perm::ReadWrite => "READWRITE",
+            Perm::Read => 0,
+            Perm::Write => 1,
+            Perm::ReadWrite => 2,
         }
     }
 }
@@ -990,21 +1385,37 @@ async fn handshake<I>(io: I, shown: &str) -> Result<Conn, EtcdError>
 where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
-    let (sender, conn) = hyper::client::conn::http1::handshake(io)
+    let (sender, conn) = hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+        // Large windows and frames: a range page of thousands of keys streams without
+        // waiting on window updates.
+        .initial_stream_window_size(8 << 20)
+        .initial_connection_window_size(16 << 20)
+        .max_frame_size(1 << 20)
+        .handshake(io)
         .await
-        .map_err(|e| EtcdError::Http { endpoint: shown.to_owned(), reason: format!("HTTP handshake: {e}") })?;
+        .map_err(|e| EtcdError::Http { endpoint: shown.to_owned(), reason: format!("HTTP/2 handshake: {e}") })?;
+    let (tx, ended) = tokio::sync::watch::channel(None);
+    let shown = shown.to_owned();
     tokio::spawn(async move {
-        let _ = conn.await;
+        let why = match conn.await {
+            Ok(()) => EtcdError::Http { endpoint: shown, reason: "the connection was closed".into() },
+            Err(e) => hyper_error(&shown, "", &e),
+        };
+        let _ = tx.send(Some(why));
     });
-    Ok(sender)
+    Ok(Conn { send: sender, ended })
 }
 
-/// An HTTP exchange's failure; a TLS alert (a client certificate refused after the
 /// handshake, as TLS 1.3 reports it) is named as TLS.
 fn hyper_error(endpoint: &str, path: &str, e: &hyper::Error) -> EtcdError {
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(s) = source {
         if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            if io.get_ref().is_some_and(|i| i.is::<rustls::Error>()) {
+                return EtcdError::Tls { endpoint: endpoint.to_owned(), reason: tls_reason(io) };
+            }
+        }
+        if let Some(io) = s.downcast_ref::<h2::Error>().and_then(h2::Error::get_io) {
             if io.get_ref().is_some_and(|i| i.is::<rustls::Error>()) {
                 return EtcdError::Tls { endpoint: endpoint.to_owned(), reason: tls_reason(io) };
             }
@@ -1059,6 +1470,39 @@ mod tests {
         for bad in ["http://nohost", "ftp://x:1/y:z", "host:port"] {
             assert!(parse_endpoint(bad).unwrap_err().to_string().contains(bad), "{bad}");
         }
+    }
+
+    #[test]
+    fn grpc_messages_are_framed_and_read_back_whole_only() {
+        let req = pb::RangeRequest { key: b"/capsd/refs/".to_vec(), limit: 7, keys_only: true, ..Default::default() };
+        let framed = framed(&req);
+        assert_eq!(framed[0], 0, "not compressed");
+        assert_eq!(u32::from_be_bytes([framed[1], framed[2], framed[3], framed[4]]) as usize, framed.len() - 5);
+        // Arriving in pieces: nothing until the message is whole, then exactly it.
+        let mut buf = BytesMut::new();
+        for (i, b) in framed.iter().enumerate() {
+            assert!(take_message(&mut buf).unwrap().is_none(), "{i}");
+            buf.extend_from_slice(&[*b]);
+        }
+        let msg = take_message(&mut buf).unwrap().unwrap();
+        assert_eq!(pb::RangeRequest::decode(msg).unwrap(), req);
+        assert!(buf.is_empty());
+        // A compressed message (never asked for) and one above the limit are refused.
+        let mut buf = BytesMut::from(&[1u8, 0, 0, 0, 1, 0][..]);
+        assert!(take_message(&mut buf).unwrap_err().contains("compressed"));
+        let mut buf = BytesMut::from(&[0u8, 0xff, 0xff, 0xff, 0xff][..]);
+        assert!(take_message(&mut buf).unwrap_err().contains("too large"));
+    }
+
+    #[test]
+    fn grpc_status_and_its_percent_encoded_message_are_read() {
+        let mut h = hyper::HeaderMap::new();
+        assert_eq!(grpc_status(&h), None);
+        h.insert("grpc-status", "7".parse().unwrap());
+        h.insert("grpc-message", "etcdserver: permission denied %E2%9C%93 100%".parse().unwrap());
+        assert_eq!(grpc_status(&h), Some((7, "etcdserver: permission denied \u{2713} 100%".to_owned())));
+        let e = EtcdError::Server { endpoint: "e".into(), path: "p".into(), code: 7, message: "m".into() };
+        assert!(e.is_permission_denied());
     }
 
     #[test]

@@ -32,8 +32,8 @@
 //! Nothing read is trusted ([`store`]): a document is used only when its SHA-256 is its key;
 //! a damaged record, reference or document is reported against its host (or as junk) and
 //! left out, and the rest of the fleet is answered. A host that publishes no usable document
-//! for the query a domain needs is `unknown`, never "no". etcd is reached through its JSON
-//! gateway ([`etcd`]), over TLS with client certificates and users where configured; the
+//! for the query a domain needs is `unknown`, never "no". etcd is reached through its gRPC
+//! API ([`etcd`]), over TLS with client certificates and users where configured; the
 //! per-host roles of [`grant`] let a host write only its own keys.
 
 pub mod analysis;
@@ -49,7 +49,7 @@ use serde::{Deserialize, Serialize};
 pub use analysis::{HostVerdict, Selection};
 pub use etcd::{Client, EtcdConfig, EtcdError};
 pub use publish::{Content, PublishConfig, Publisher};
-pub use store::{connect, gc, Scope, Snapshot};
+pub use store::{connect, gc, Docs, Scope, Snapshot};
 
 /// Why a fleet operation failed.
 #[derive(Debug, thiserror::Error)]

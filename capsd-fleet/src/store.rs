@@ -8,7 +8,7 @@
 //! rest of the fleet is answered. Ranges are read in pages that shrink when a page is too
 //! large for a reply, down to one key; a value too large even alone is reported and skipped.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
 use capsd_core::DomainCapabilities;
@@ -18,6 +18,9 @@ use crate::{content_hash, FleetError, HostRecord, Layout, QueryKey};
 
 /// Largest host record believed (an agent's is a few hundred bytes).
 pub const MAX_RECORD: usize = 64 << 10;
+/// Bytes a page of a range aims at: below gRPC's customary 4 MiB message limit (etcd's own
+/// server sends more, but a smaller answer is less to hold at once).
+pub const PAGE_BYTES: usize = 3 << 20;
 /// Largest document believed (libvirt's are tens of KiB; etcd's default request limit is 1.5 MiB).
 pub const MAX_DOCUMENT: usize = 4 << 20;
 
@@ -41,7 +44,69 @@ pub struct Host {
     /// Why the record is not usable (damaged, too large): the host is listed, never believed.
     pub damaged: Option<String>,
     /// Query → content hash (the references read).
-    pub docs: BTreeMap<QueryKey, String>,
+    pub docs: Docs,
+}
+
+/// A host's references, query → content hash, in query order: a sorted vector (a host has
+/// one to a few dozen; a `BTreeMap` would allocate a whole node, about 1 KiB, per host, which
+/// at 100,000 hosts was most of `check`'s memory and time). Read like a map.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Docs(Vec<(QueryKey, String)>);
+
+impl Docs {
+    pub fn new() -> Docs {
+        Docs::default()
+    }
+    fn find(&self, q: &QueryKey) -> Result<usize, usize> {
+        self.0.binary_search_by(|(k, _)| k.cmp(q))
+    }
+    pub fn get(&self, q: &QueryKey) -> Option<&String> {
+        self.find(q).ok().map(|i| &self.0[i].1)
+    }
+    pub fn contains_key(&self, q: &QueryKey) -> bool {
+        self.find(q).is_ok()
+    }
+    /// Set `q`'s hash; the one it replaces.
+    pub fn insert(&mut self, q: QueryKey, hash: String) -> Option<String> {
+        match self.find(&q) {
+            Ok(i) => Some(std::mem::replace(&mut self.0[i].1, hash)),
+            Err(i) => {
+                self.0.insert(i, (q, hash));
+                None
+            }
+        }
+    }
+    pub fn iter(&self) -> impl Iterator<Item = (&QueryKey, &String)> {
+        self.0.iter().map(|(q, h)| (q, h))
+    }
+    pub fn keys(&self) -> impl Iterator<Item = &QueryKey> {
+        self.0.iter().map(|(q, _)| q)
+    }
+    pub fn values(&self) -> impl Iterator<Item = &String> {
+        self.0.iter().map(|(_, h)| h)
+    }
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl FromIterator<(QueryKey, String)> for Docs {
+    fn from_iter<I: IntoIterator<Item = (QueryKey, String)>>(iter: I) -> Docs {
+        let mut d = Docs::new();
+        for (q, h) in iter {
+            d.insert(q, h);
+        }
+        d
+    }
+}
+
+impl<const N: usize> From<[(QueryKey, String); N]> for Docs {
+    fn from(a: [(QueryKey, String); N]) -> Docs {
+        a.into_iter().collect()
+    }
 }
 
 /// Something under the prefix that was left out, and why.
@@ -93,10 +158,34 @@ impl Snapshot {
             Scope::All => true,
             Scope::Query { records, .. } => *records,
         };
-        // Host records (or their ids alone) first; they fix the revision.
+        // One revision for everything read: the current one.
         let hosts_prefix = layout.hosts();
-        let (kvs, revision) = range_all(client, &mut s.problems, &hosts_prefix, 0, !records).await?;
-        s.revision = revision;
+        s.revision =
+            client.range(&Range::key(hosts_prefix.clone())).await.map_err(|e| FleetError::etcd("", e))?.revision;
+        // The references the question needs: everything, or the query's own range
+        // `P/refs/VIRTTYPE/ARCH/MACHINE/` (without an arch: that range of each arch an agent
+        // publishes, then of any other arch a host record names).
+        let first_arches: Vec<String> = match scope {
+            Scope::Query { arch: Some(a), .. } => vec![a.clone()],
+            _ => crate::ARCHES.iter().map(|a| (*a).to_owned()).collect(),
+        };
+        let refs_prefixes: Vec<String> = match scope {
+            Scope::All => vec![layout.refs()],
+            Scope::Query { virt_type, machine, .. } => first_arches
+                .iter()
+                .map(|a| layout.refs_of(virt_type, Some(a), Some(machine_segment(machine.as_deref()))))
+                .collect(),
+        };
+        // Host records (or their ids alone) and the references, read at once (streams of one
+        // connection; etcd serves them in parallel).
+        let mut p_hosts = Vec::new();
+        let (hosts, refs) = tokio::join!(
+            range_all(client, &mut p_hosts, &hosts_prefix, s.revision, !records),
+            range_many(client, refs_prefixes, s.revision)
+        );
+        let ((kvs, _), (refs, p_refs)) = (hosts?, refs?);
+        s.problems.extend(p_hosts);
+        s.problems.extend(p_refs);
         for kv in kvs {
             s.stored_bytes += (kv.key.len() + kv.value.len()) as u64;
             let key = kv.key_str().into_owned();
@@ -105,7 +194,7 @@ impl Snapshot {
                 s.problems.push(Problem { key, host: None, reason: "not a host record key (bad host id)".into() });
                 continue;
             }
-            let mut host = Host { record: bare_record(id), damaged: None, docs: BTreeMap::new() };
+            let mut host = Host { record: bare_record(id), damaged: None, docs: Docs::new() };
             if records {
                 match parse_record(id, &kv.value) {
                     Ok(r) => host.record = r,
@@ -121,20 +210,39 @@ impl Snapshot {
             }
             s.hosts.insert(id.to_owned(), host);
         }
-        let refs_prefix = match scope {
-            Scope::All => layout.refs(),
-            Scope::Query { virt_type, arch, machine, .. } => {
-                layout.refs_of(virt_type, arch.as_deref(), machine.as_deref().map(|m| machine_segment(Some(m))))
-            }
-        };
-        s.read_refs(client, layout, &refs_prefix).await?;
-        // A machine named that is not an alias a host publishes (a canonical name such as
-        // pc-q35-7.2): those hosts' documents of the same virt type and arch are candidates.
-        if let Scope::Query { virt_type, arch: Some(arch), machine: Some(m), .. } = scope {
-            let exact = QueryKey { virt_type: virt_type.clone(), arch: arch.clone(), machine: Some(m.clone()) };
-            if s.hosts.values().any(|h| h.damaged.is_none() && !h.docs.contains_key(&exact)) {
-                let wider = layout.refs_of(virt_type, Some(arch), None);
-                s.read_refs(client, layout, &wider).await?;
+        s.add_refs(layout, refs);
+        if let Scope::Query { virt_type, arch, machine, .. } = scope {
+            let arch_of = |h: &Host| arch.clone().unwrap_or_else(|| h.record.cpu.arch.clone());
+            let usable = |a: &String| QueryKey::new(virt_type, a, None).is_ok();
+            // A host record naming an arch none of the ranges read covers.
+            let extra: BTreeSet<String> = s
+                .hosts
+                .values()
+                .filter(|h| h.damaged.is_none())
+                .map(arch_of)
+                .filter(|a| usable(a) && !first_arches.contains(a))
+                .collect();
+            let mseg = machine_segment(machine.as_deref());
+            s.read_many(client, layout, extra.iter().map(|a| layout.refs_of(virt_type, Some(a), Some(mseg))).collect())
+                .await?;
+            // A machine named that is not an alias a host publishes (a canonical name such
+            // as pc-q35-7.2): that host's documents of the same virt type and arch are
+            // candidates.
+            if let Some(m) = machine {
+                let wider: BTreeSet<String> = s
+                    .hosts
+                    .values()
+                    .filter(|h| h.damaged.is_none())
+                    .filter(|h| {
+                        let exact =
+                            QueryKey { virt_type: virt_type.clone(), arch: arch_of(h), machine: Some(m.clone()) };
+                        !h.docs.contains_key(&exact)
+                    })
+                    .map(arch_of)
+                    .filter(usable)
+                    .collect();
+                s.read_many(client, layout, wider.iter().map(|a| layout.refs_of(virt_type, Some(a), None)).collect())
+                    .await?;
             }
         }
         if scope == &Scope::All {
@@ -154,8 +262,18 @@ impl Snapshot {
         Ok(s)
     }
 
-    async fn read_refs(&mut self, client: &Client, layout: &Layout, prefix: &str) -> Result<(), FleetError> {
-        let (kvs, _) = range_all(client, &mut self.problems, prefix, self.revision, false).await?;
+    async fn read_many(&mut self, client: &Client, layout: &Layout, prefixes: Vec<String>) -> Result<(), FleetError> {
+        if prefixes.is_empty() {
+            return Ok(());
+        }
+        let (kvs, problems) = range_many(client, prefixes, self.revision).await?;
+        self.problems.extend(problems);
+        self.add_refs(layout, kvs);
+        Ok(())
+    }
+
+    /// Take references read (checked: key layout, host id, a hash as value) into the hosts.
+    fn add_refs(&mut self, layout: &Layout, kvs: Vec<etcd::KeyValue>) {
         let refs = layout.refs();
         for kv in kvs {
             self.stored_bytes += (kv.key.len() + kv.value.len()) as u64;
@@ -191,7 +309,6 @@ impl Snapshot {
                 h.docs.insert(q, hash);
             }
         }
-        Ok(())
     }
 
     /// Fetch the documents with these hashes (those not fetched yet), checking each
@@ -309,9 +426,10 @@ fn check_document(key: &str, hash: &str, value: &[u8]) -> Doc {
     }
 }
 
-/// Every key under `prefix` at `revision` (0: the current one), in pages; returns the
-/// revision read. A page too large for a reply is read again in smaller pages, down to one
-/// key; a key whose value is too large alone is reported in `problems` and skipped.
+/// Every key under `prefix` at `revision` (0: the current one), in pages sized by bytes
+/// (about [`PAGE_BYTES`] each, from the size of the keys read so far); returns the revision
+/// read. A page too large for a reply is read again in smaller pages, down to one key; a key
+/// whose value is too large alone is reported in `problems` and skipped.
 pub(crate) async fn range_all(
     client: &Client,
     problems: &mut Vec<Problem>,
@@ -321,8 +439,10 @@ pub(crate) async fn range_all(
 ) -> Result<(Vec<etcd::KeyValue>, i64), FleetError> {
     /// Keys per page at first: references and records are small (a few hundred bytes, so
     /// a page is a few MiB). Large pages also matter to etcd 3.4, which walks the whole
-    /// range's index for every page.
+    /// rest of the range's index for every page.
     const PAGE: i64 = 10_000;
+    /// Most keys per page however small they are.
+    const MAX_PAGE: i64 = 100_000;
     let end = etcd::prefix_end(prefix.as_bytes());
     let mut from = prefix.as_bytes().to_vec();
     let mut revision = revision;
@@ -370,12 +490,49 @@ pub(crate) async fn range_all(
         from = last.key.clone();
         from.push(0);
         let more = r.more;
+        // The next page: about PAGE_BYTES at this page's bytes per key.
+        let bytes: usize = r.kvs.iter().map(|kv| kv.key.len() + kv.value.len() + 32).sum();
+        page = ((PAGE_BYTES * r.kvs.len() / bytes.max(1)) as i64).clamp(1, MAX_PAGE);
         out.extend(r.kvs);
         if !more {
             break;
         }
     }
     Ok((out, revision))
+}
+
+/// Every key under each of `prefixes` at `revision`, the ranges read at once (see
+/// [`range_all`]); keys in the order of `prefixes`, then of the keys.
+async fn range_many(
+    client: &Client,
+    prefixes: Vec<String>,
+    revision: i64,
+) -> Result<(Vec<etcd::KeyValue>, Vec<Problem>), FleetError> {
+    let mut set = tokio::task::JoinSet::new();
+    for (i, prefix) in prefixes.into_iter().enumerate() {
+        let c = client.clone();
+        set.spawn(async move {
+            let mut problems = Vec::new();
+            let r = range_all(&c, &mut problems, &prefix, revision, false).await;
+            (i, r.map(|(kvs, _)| (kvs, problems)))
+        });
+    }
+    let mut parts = Vec::new();
+    while let Some(j) = set.join_next().await {
+        let (i, r) = j.map_err(|e| FleetError::Invalid {
+            what: "etcd read",
+            value: String::new(),
+            reason: format!("a range's task failed: {e}"),
+        })?;
+        parts.push((i, r?));
+    }
+    parts.sort_by_key(|(i, _)| *i);
+    let (mut kvs, mut problems) = (Vec::new(), Vec::new());
+    for (_, (k, p)) in parts {
+        kvs.extend(k);
+        problems.extend(p);
+    }
+    Ok((kvs, problems))
 }
 
 /// How many keys are under `prefix` and their keys' and values' bytes (for measurements).

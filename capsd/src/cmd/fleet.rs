@@ -409,21 +409,42 @@ pub(super) fn check(
     let hosts_can_run: Vec<&str> = verdicts.iter().filter(can_run).map(|h| h.host.as_str()).collect();
     let code = if hosts_can_run.is_empty() { 1 } else { 0 };
     if json {
-        let v = serde_json::json!({
-            "domain": name,
-            "revision": snap.revision,
-            "hosts": verdicts,
-            "can_run": hosts_can_run,
-            "summary": {
-                "supported": count(Verdict::Supported),
-                "unsupported": count(Verdict::Unsupported),
-                "unknown": count(Verdict::Unknown),
+        // Written straight from the verdicts (a JSON tree of 100,000 hosts' verdicts first
+        // would be hundreds of MB).
+        #[derive(serde::Serialize)]
+        struct Summary {
+            supported: usize,
+            unsupported: usize,
+            unknown: usize,
+        }
+        #[derive(serde::Serialize)]
+        struct Out<'a> {
+            domain: &'a str,
+            revision: i64,
+            hosts: &'a [capsd_fleet::HostVerdict],
+            can_run: &'a [&'a str],
+            summary: Summary,
+        }
+        let out = Out {
+            domain: name,
+            revision: snap.revision,
+            hosts: &verdicts,
+            can_run: &hosts_can_run,
+            summary: Summary {
+                supported: count(Verdict::Supported),
+                unsupported: count(Verdict::Unsupported),
+                unknown: count(Verdict::Unknown),
             },
-        });
-        return Ok((serde_json::to_string_pretty(&v)? + "\n", code));
+        };
+        // Straight to standard output: at 100,000 hosts the text is tens of MB.
+        let mut w = std::io::BufWriter::new(std::io::stdout().lock());
+        serde_json::to_writer_pretty(&mut w, &out).context("writing to standard output")?;
+        w.write_all(b"\n").and_then(|()| w.flush()).context("writing to standard output")?;
+        return Ok((String::new(), code));
     }
-    let mut out = String::new();
+    let mut w = std::io::BufWriter::new(std::io::stdout().lock());
     for h in &verdicts {
+        let mut out = String::new();
         out.push_str(&format!("{:<24} {:<12} {}", esc(&h.host), h.verdict.as_str(), h.query.as_deref().unwrap_or("-")));
         if let Some(f) = &h.finding {
             out.push_str(&format!("  {} = {} by {}", esc(&f.path), esc(&f.value), esc(&f.capability)));
@@ -435,15 +456,17 @@ pub(super) fn check(
             out.push_str(&format!("  {}", esc(n)));
         }
         out.push('\n');
+        w.write_all(out.as_bytes()).context("writing to standard output")?;
     }
-    out.push_str(&format!(
+    w.flush().context("writing to standard output")?;
+    let out = format!(
         "{name}: {} host(s) can run it; {} host(s): {} supported, {} unsupported, {} unknown\n",
         hosts_can_run.len(),
         verdicts.len(),
         count(Verdict::Supported),
         count(Verdict::Unsupported),
         count(Verdict::Unknown)
-    ));
+    );
     Ok((out, code))
 }
 

@@ -516,7 +516,7 @@ fn the_fleet_page_reads_a_tls_cluster_as_a_read_only_user() {
         root.user_add("root", "root-pw").await.unwrap();
         root.role_add("root").await.unwrap();
         root.user_grant_role("root", "root").await.unwrap();
-        root.call("/v3/auth/enable", &json!({})).await.unwrap();
+        root.auth_enable().await.unwrap();
     });
     std::fs::write(certs.path().join("root-pw"), "root-pw\n").unwrap();
     std::fs::write(certs.path().join("page-pw"), "page-pw\n").unwrap();
@@ -549,15 +549,18 @@ fn the_fleet_page_reads_a_tls_cluster_as_a_read_only_user() {
     // The server, as the reader.
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("page.sock");
-    let mut child = Command::new(CAPSD)
-        .args(["fleet", "--etcd", &ep])
-        .args(tls_args("page"))
-        .arg("serve")
-        .arg("--socket")
-        .arg(&socket)
-        .stdin(Stdio::null())
-        .spawn()
-        .unwrap();
+    // Killed however the test ends (a server left running holds the test's output open).
+    let mut child = KillOnDrop(
+        Command::new(CAPSD)
+            .args(["fleet", "--etcd", &ep])
+            .args(tls_args("page"))
+            .arg("serve")
+            .arg("--socket")
+            .arg(&socket)
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     let get = |method: &str, target: &str, body: &[u8]| -> Option<Resp> {
         let u = std::os::unix::net::UnixStream::connect(&socket).ok()?;
         request(u, method, target, &[], body).ok()
@@ -570,7 +573,7 @@ fn the_fleet_page_reads_a_tls_cluster_as_a_read_only_user() {
             }
             get("GET", &format!("/api/wait?after={}", r.json()["revision"]), b"");
         } else {
-            assert!(child.try_wait().unwrap().is_none(), "capsd fleet serve exited");
+            assert!(child.0.try_wait().unwrap().is_none(), "capsd fleet serve exited");
             std::thread::sleep(Duration::from_millis(50));
         }
         assert!(t.elapsed() < Duration::from_secs(90), "tls-host not listed within 90 s");
@@ -586,8 +589,17 @@ fn the_fleet_page_reads_a_tls_cluster_as_a_read_only_user() {
         .unwrap();
     let want: Value = serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {o:?}"));
     assert_eq!(r.json()["hosts"], want["hosts"], "{}", r.text());
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(child);
+}
+
+/// A child process killed and reaped when dropped.
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 // --- The page in a real browser. ---

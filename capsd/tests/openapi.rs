@@ -32,8 +32,14 @@ use agent_support::{connect_tcp, free_port, token_file, Agent, Resp};
 use serde_json::Value;
 
 /// Documented statuses no request from outside can cause, with the reason.
-const NOT_PROVOKED: [(&str, &str, &str); 2] = [
+const NOT_PROVOKED: [(&str, &str, &str); 4] = [
     ("*", "500", "an internal failure (a driver's I/O error, a listing thread that died) has no outside cause"),
+    (
+        "/v1/explain",
+        "404",
+        "the qemu driver calls what a query names and QEMU lacks invalid input (400); not-supported is a KVM query on a host whose QEMU could not use KVM",
+    ),
+    ("/v1/explain", "501", "the qemu driver is built into the capsd the tests run, and usable where they run"),
     (
         "/v1/drivers",
         "504",
@@ -426,6 +432,18 @@ fn a_client_driven_by_the_description_gets_what_it_describes_from_every_route() 
     assert_eq!((r.status, r.json()["error"].as_str()), (400, Some("invalid-parameter")), "{}", r.body);
     let r = c.call(Via::Unix(&a), "GET", dc, &format!("emulatorbin={}", enc(failing.to_str().unwrap())), &[]);
     assert_eq!((r.status, r.json()["error"].as_str()), (502, Some("probe-failed")), "{}", r.body);
+    // The same causes for /v1/explain (qemu only).
+    let ex = "/v1/explain";
+    let r = c.call(Via::Unix(&a), "GET", ex, "emulatorbin=%2Fbin%2Fsh", &[]);
+    assert_eq!((r.status, r.json()["error"].as_str()), (403, Some("emulator-not-allowed")), "{}", r.body);
+    let r = c.call(Via::Unix(&a), "GET", ex, &format!("emulatorbin={}", enc(failing.to_str().unwrap())), &[]);
+    assert_eq!((r.status, r.json()["error"].as_str()), (502, Some("probe-failed")), "{}", r.body);
+    let r = c.call(Via::Unix(&a), "GET", ex, "driver=test", &[]);
+    assert_eq!((r.status, r.json()["parameter"].as_str()), (400, Some("driver")), "{}", r.body);
+    if live_support::live() {
+        let r = c.call(Via::Unix(&a), "GET", ex, "select=no-such-element", &[]);
+        assert_eq!((r.status, r.json()["parameter"].as_str()), (400, Some("select")), "{}", r.body);
+    }
     // xen answers only on a Xen host (501 elsewhere).
     let xen = c.call(Via::Unix(&a), "GET", dc, "driver=xen", &[]);
     if std::path::Path::new("/sys/hypervisor/type").exists() {
@@ -458,6 +476,9 @@ fn a_client_driven_by_the_description_gets_what_it_describes_from_every_route() 
         &["--emulator", hanging.to_str().unwrap(), "--request-timeout-ms", "300"],
     );
     let r = c.call(Via::Unix(&b), "GET", dc, &format!("emulatorbin={}", enc(hanging.to_str().unwrap())), &[]);
+    assert_eq!((r.status, r.json()["error"].as_str()), (504, Some("timeout")), "{}", r.body);
+    let r =
+        c.call(Via::Unix(&b), "GET", "/v1/explain", &format!("emulatorbin={}", enc(hanging.to_str().unwrap())), &[]);
     assert_eq!((r.status, r.json()["error"].as_str()), (504, Some("timeout")), "{}", r.body);
     drop(b);
 

@@ -288,7 +288,7 @@ async fn fleet(args: Args) -> Result<ExitCode> {
             let need = capsd_fleet::analysis::needed(&snap, &sel, domain.virt_type(), domain.arch(), domain.machine())?;
             snap.fetch(&client, &layout, need).await?;
             warn_problems(&snap, json);
-            check(&snap, &name, &domain, &sel, strict, json)?
+            check(&snap, &name, &domain, &sel, strict, json, &mut std::io::BufWriter::new(std::io::stdout().lock()))?
         }
         Command::Baseline { select, query } => {
             let sel = select.selection()?;
@@ -383,8 +383,10 @@ fn hosts(snap: &Snapshot, sel: &Selection, json: bool) -> Result<String> {
     Ok(out)
 }
 
-/// Per-host verdicts as `fleet check` prints them (text or JSON) and its exit status; the
-/// fleet page (`fleet_serve`) answers with this JSON.
+/// Per-host verdicts as `fleet check` prints them (text or JSON), written to `w` as they
+/// are made (standard output for the command: at 100,000 hosts the text is tens of MB), and
+/// the summary line still to print and the exit status; the fleet page (`fleet_serve`)
+/// answers with this JSON, written to a buffer.
 pub(super) fn check(
     snap: &Snapshot,
     name: &str,
@@ -392,6 +394,7 @@ pub(super) fn check(
     sel: &Selection,
     strict: bool,
     json: bool,
+    w: &mut dyn Write,
 ) -> Result<(String, u8)> {
     // Only the analysis's own refusal is the domain's fault; a store problem is not.
     let verdicts = capsd_fleet::analysis::check(snap, domain, sel).map_err(|e| match e {
@@ -436,13 +439,10 @@ pub(super) fn check(
                 unknown: count(Verdict::Unknown),
             },
         };
-        // Straight to standard output: at 100,000 hosts the text is tens of MB.
-        let mut w = std::io::BufWriter::new(std::io::stdout().lock());
-        serde_json::to_writer_pretty(&mut w, &out).context("writing to standard output")?;
-        w.write_all(b"\n").and_then(|()| w.flush()).context("writing to standard output")?;
+        serde_json::to_writer_pretty(&mut *w, &out).context("writing the verdicts")?;
+        w.write_all(b"\n").and_then(|()| w.flush()).context("writing the verdicts")?;
         return Ok((String::new(), code));
     }
-    let mut w = std::io::BufWriter::new(std::io::stdout().lock());
     for h in &verdicts {
         let mut out = String::new();
         out.push_str(&format!("{:<24} {:<12} {}", esc(&h.host), h.verdict.as_str(), h.query.as_deref().unwrap_or("-")));
@@ -456,9 +456,9 @@ pub(super) fn check(
             out.push_str(&format!("  {}", esc(n)));
         }
         out.push('\n');
-        w.write_all(out.as_bytes()).context("writing to standard output")?;
+        w.write_all(out.as_bytes()).context("writing the verdicts")?;
     }
-    w.flush().context("writing to standard output")?;
+    w.flush().context("writing the verdicts")?;
     let out = format!(
         "{name}: {} host(s) can run it; {} host(s): {} supported, {} unsupported, {} unknown\n",
         hosts_can_run.len(),

@@ -793,13 +793,14 @@ async fn api_check(State(shared): State<Arc<Shared>>, uri: Uri, body: Body) -> R
         .map_err(|e| ApiError::bad(e.to_string()))?;
     snap.fetch(&shared.client, &shared.layout, need).await.map_err(store_error)?;
     let (snap, out) = tokio::task::spawn_blocking(move || {
-        let out = super::fleet::check(&snap, "domain", &domain, &sel, strict, true);
+        let mut json = Vec::new();
+        let out = super::fleet::check(&snap, "domain", &domain, &sel, strict, true, &mut json).map(|_| json);
         (snap, out)
     })
     .await
     .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
     shared.offer(snap);
-    let (text, _) = out.map_err(|e| ApiError::bad(format!("{e:#}")))?;
+    let text = out.map_err(|e| ApiError::bad(format!("{e:#}")))?;
     let mut r =
         ([(header::CONTENT_TYPE, "application/json"), (header::CACHE_CONTROL, "no-store")], text).into_response();
     secure_headers(r.headers_mut());

@@ -448,13 +448,7 @@ async fn domcapabilities(
     };
     if let Some(requested) = query.emulator.as_deref().filter(|_| registry::reads_emulator(&driver_name)) {
         // What runs is the resolved file the policy allowed, whatever a link points to later.
-        let allowed = agent.policy.check(requested).map_err(|why| {
-            let mut e =
-                ApiError::new(StatusCode::FORBIDDEN, "emulator-not-allowed", format!("parameter 'emulatorbin': {why}"));
-            e.body["parameter"] = json!("emulatorbin");
-            e.body["value"] = json!(requested.display().to_string());
-            e
-        })?;
+        let allowed = allowed_emulator(&agent, requested)?;
         query.emulator = Some(allowed);
     }
     let key = DocKey { driver: driver_name, query };
@@ -520,13 +514,7 @@ async fn explain(
         ));
     };
     if let Some(requested) = query.emulator.as_deref() {
-        let allowed = agent.policy.check(requested).map_err(|why| {
-            let mut e =
-                ApiError::new(StatusCode::FORBIDDEN, "emulator-not-allowed", format!("parameter 'emulatorbin': {why}"));
-            e.body["parameter"] = json!("emulatorbin");
-            e.body["value"] = json!(requested.display().to_string());
-            e
-        })?;
+        let allowed = allowed_emulator(&agent, requested)?;
         query.emulator = Some(allowed);
     }
     let work = async {
@@ -553,6 +541,18 @@ async fn explain(
     let mut body = json!({ "selections": selections }).to_string();
     body.push('\n');
     Ok(([(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], body).into_response())
+}
+
+/// The file the agent runs for a requested `emulatorbin` (the resolved file its policy
+/// allowed, whatever a link points to later), or 403 naming the parameter.
+fn allowed_emulator(agent: &Agent, requested: &Path) -> Result<PathBuf, ApiError> {
+    agent.policy.check(requested).map_err(|why| {
+        let mut e =
+            ApiError::new(StatusCode::FORBIDDEN, "emulator-not-allowed", format!("parameter 'emulatorbin': {why}"));
+        e.body["parameter"] = json!("emulatorbin");
+        e.body["value"] = json!(requested.display().to_string());
+        e
+    })
 }
 
 /// `Capsd-Libvirt-Version` (the release the document is for), `Capsd-Libvirt-Rules` (the

@@ -246,8 +246,16 @@ impl QemuDriver {
             if suffices(&d) {
                 return Ok((d, vec![Accel::Tcg]));
             }
-            let tcg = self.probe_now(binary, ProbeOptions { only: Some(Accel::Tcg), ..opts.clone() })?;
-            d.runs.extend(tcg.runs);
+            match self.probe_now(binary, ProbeOptions { only: Some(Accel::Tcg), ..opts.clone() }) {
+                Ok(tcg) => d.runs.extend(tcg.runs),
+                // As when both runs start together (`probe::probe_runs`): a TCG run that fails
+                // beside a KVM run that worked is a KVM-only build (Debian's
+                // qemu-system-x86_64-microvm), and its transcript is left out.
+                Err(e) if d.runs.contains_key(&Accel::Kvm) => {
+                    tracing::info!(error = %e, "no TCG run for this binary (built without TCG?)");
+                }
+                Err(e) => return Err(e),
+            }
             Ok((d, Vec::new()))
         };
         let Some(cache) = &self.cache else {

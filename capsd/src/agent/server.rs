@@ -42,7 +42,7 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
-use capsd_core::{DriverError, Query};
+use capsd_core::{DomainCapsDriver, DriverError, Query};
 use serde_json::json;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -424,28 +424,9 @@ async fn domcapabilities(
     headers: HeaderMap,
     params: Result<QueryParams<Vec<(String, String)>>, QueryRejection>,
 ) -> Result<Response, ApiError> {
-    let QueryParams(params) = params.map_err(|e| {
-        ApiError::new(StatusCode::BAD_REQUEST, "invalid-parameter", format!("cannot read the query string: {e}"))
-    })?;
+    let params = query_pairs(params)?;
     let (driver_name, mut query) = parse_query(&params)?;
-    let driver = match agent.registry.all().iter().find(|d| d.name() == driver_name) {
-        Some(d) => d.clone(),
-        None if IN_TREE.contains(&driver_name.as_str()) => {
-            return Err(ApiError::new(
-                StatusCode::NOT_IMPLEMENTED,
-                "driver-not-built-in",
-                format!("driver '{driver_name}' is not built into this capsd (rebuild with --features {driver_name})"),
-            ))
-        }
-        None => {
-            let have: Vec<&str> = agent.registry.all().iter().map(|d| d.name()).collect();
-            return Err(ApiError::bad_parameter(
-                "driver",
-                &driver_name,
-                &format!("unknown driver; drivers here: {}", have.join(", ")),
-            ));
-        }
-    };
+    let driver = driver_named(&agent, &driver_name)?;
     if let Some(requested) = query.emulator.as_deref().filter(|_| registry::reads_emulator(&driver_name)) {
         // What runs is the resolved file the policy allowed, whatever a link points to later.
         let allowed = allowed_emulator(&agent, requested)?;
@@ -494,9 +475,7 @@ async fn explain(
     State(agent): State<Arc<Agent>>,
     params: Result<QueryParams<Vec<(String, String)>>, QueryRejection>,
 ) -> Result<Response, ApiError> {
-    let QueryParams(params) = params.map_err(|e| {
-        ApiError::new(StatusCode::BAD_REQUEST, "invalid-parameter", format!("cannot read the query string: {e}"))
-    })?;
+    let params = query_pairs(params)?;
     let (selectors, rest): (Vec<_>, Vec<_>) = params.into_iter().partition(|(k, _)| k == "select");
     let selectors: Vec<String> = selectors.into_iter().map(|(_, v)| v).collect();
     for s in &selectors {
@@ -506,13 +485,7 @@ async fn explain(
     if driver_name != "qemu" {
         return Err(ApiError::bad_parameter("driver", &driver_name, "only the qemu driver records evidence"));
     }
-    let Some(driver) = agent.registry.all().iter().find(|d| d.name() == "qemu").cloned() else {
-        return Err(ApiError::new(
-            StatusCode::NOT_IMPLEMENTED,
-            "driver-not-built-in",
-            "driver 'qemu' is not built into this capsd (rebuild with --features qemu)".to_owned(),
-        ));
-    };
+    let driver = driver_named(&agent, "qemu")?;
     if let Some(requested) = query.emulator.as_deref() {
         let allowed = allowed_emulator(&agent, requested)?;
         query.emulator = Some(allowed);
@@ -541,6 +514,33 @@ async fn explain(
     let mut body = json!({ "selections": selections }).to_string();
     body.push('\n');
     Ok(([(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], body).into_response())
+}
+
+/// A route's query parameters in order, or 400 when the query string cannot be read.
+fn query_pairs(
+    params: Result<QueryParams<Vec<(String, String)>>, QueryRejection>,
+) -> Result<Vec<(String, String)>, ApiError> {
+    let QueryParams(params) = params.map_err(|e| {
+        ApiError::new(StatusCode::BAD_REQUEST, "invalid-parameter", format!("cannot read the query string: {e}"))
+    })?;
+    Ok(params)
+}
+
+/// The registered driver called `name`: 501 for an in-tree driver this build leaves out,
+/// 400 naming the parameter for a name nobody knows.
+fn driver_named(agent: &Agent, name: &str) -> Result<Arc<dyn DomainCapsDriver>, ApiError> {
+    if let Some(d) = agent.registry.all().iter().find(|d| d.name() == name) {
+        return Ok(d.clone());
+    }
+    if IN_TREE.contains(&name) {
+        return Err(ApiError::new(
+            StatusCode::NOT_IMPLEMENTED,
+            "driver-not-built-in",
+            format!("driver '{name}' is not built into this capsd (rebuild with --features {name})"),
+        ));
+    }
+    let have: Vec<&str> = agent.registry.all().iter().map(|d| d.name()).collect();
+    Err(ApiError::bad_parameter("driver", name, &format!("unknown driver; drivers here: {}", have.join(", "))))
 }
 
 /// The file the agent runs for a requested `emulatorbin` (the resolved file its policy

@@ -24,6 +24,17 @@ static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[derive(Debug, Parser)]
 #[command(name = "capsd", version = VERSION, long_version = long_version(), about, long_about = None)]
 pub(crate) struct Cli {
+    #[command(flatten)]
+    globals: Globals,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+// The options every subcommand takes (no doc comment: a flattened struct's would become the
+// command's about text).
+#[derive(Debug, clap::Args)]
+struct Globals {
     /// Directory of out-of-tree driver plugins to load (shared libraries).
     #[arg(long, global = true, env = "CAPSD_PLUGIN_DIR")]
     plugin_dir: Option<PathBuf>,
@@ -48,9 +59,43 @@ pub(crate) struct Cli {
     /// Log verbosity: -v info, -vv debug (or RUST_LOG for fine-grained filters).
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     verbose: u8,
+}
+
+/// The parser of `capsd [OPTIONS] domcapabilities ...` alone: the same global options and the
+/// same subcommand as [`Cli`], without the other subcommands. Building every subcommand's
+/// arguments, with their help texts, was most of the heap a warm `capsd domcapabilities`
+/// touched and a quarter of its instructions (issue 21). It has no help or version of its
+/// own: whatever it does not parse cleanly (help, version, an error, another subcommand) is
+/// parsed again by [`Cli`], which answers exactly as before.
+#[derive(Debug, Parser)]
+#[command(name = "capsd", disable_help_flag = true, disable_help_subcommand = true)]
+struct DomCapsCli {
+    #[command(flatten)]
+    globals: Globals,
 
     #[command(subcommand)]
-    command: Command,
+    command: DomCapsCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum DomCapsCommand {
+    // Named as in `Command::DomCapabilities`; a test compares the two parsers.
+    #[command(name = "domcapabilities", alias = "domcaps", disable_help_flag = true)]
+    DomCapabilities(cmd::domcaps::Args),
+}
+
+impl DomCapsCli {
+    /// `args` parsed as [`Cli`] would parse them, when they run `domcapabilities` and parse
+    /// without an error, help or version; `None` otherwise (then [`Cli`] parses them).
+    fn parse_from<I, T>(args: I) -> Option<Cli>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        let parsed = DomCapsCli::try_parse_from(args).ok()?;
+        let DomCapsCommand::DomCapabilities(a) = parsed.command;
+        Some(Cli { globals: parsed.globals, command: Command::DomCapabilities(a) })
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -110,21 +155,30 @@ fn long_version() -> &'static str {
 const GENERATE_ASSETS: &str = "generate-assets";
 
 fn main() -> ExitCode {
-    let assets = cmd::assets::Args::augment_args(clap::Command::new(GENERATE_ASSETS).hide(true));
-    let matches = Cli::command().subcommand(assets).get_matches();
-    let parsed = match matches.subcommand() {
-        Some((GENERATE_ASSETS, m)) => {
-            return finish(cmd::assets::Args::from_arg_matches(m).map_err(Into::into).and_then(cmd::assets::run))
+    let cli = match DomCapsCli::parse_from(std::env::args_os()) {
+        Some(cli) => cli,
+        None => {
+            let assets = cmd::assets::Args::augment_args(clap::Command::new(GENERATE_ASSETS).hide(true));
+            let matches = Cli::command().subcommand(assets).get_matches();
+            let parsed = match matches.subcommand() {
+                Some((GENERATE_ASSETS, m)) => {
+                    return finish(
+                        cmd::assets::Args::from_arg_matches(m).map_err(Into::into).and_then(cmd::assets::run),
+                    )
+                }
+                _ => Cli::from_arg_matches(&matches),
+            };
+            parsed.unwrap_or_else(|e| e.exit())
         }
-        _ => Cli::from_arg_matches(&matches),
     };
-    let cli = parsed.unwrap_or_else(|e| e.exit());
-    init_tracing(cli.verbose);
-    let cache_dir = if cli.no_cache { None } else { cli.cache_dir.or_else(registry::default_cache_dir) };
+    let cli_globals = cli.globals;
+    init_tracing(cli_globals.verbose);
+    let cache_dir =
+        if cli_globals.no_cache { None } else { cli_globals.cache_dir.or_else(registry::default_cache_dir) };
     let ctx = cmd::Context {
-        plugin_dir: cli.plugin_dir,
+        plugin_dir: cli_globals.plugin_dir,
         cache_dir,
-        plugin_timeout: std::time::Duration::from_millis(cli.plugin_timeout_ms),
+        plugin_timeout: std::time::Duration::from_millis(cli_globals.plugin_timeout_ms),
     };
     // The agent and the fleet page handle their signals themselves, the plugin helper needs no cleanup; every other
     // command removes its probes on them. `domcapabilities`, which starts no thread before it
@@ -170,16 +224,78 @@ fn finish(result: anyhow::Result<ExitCode>) -> ExitCode {
 /// coloured only when stderr is a terminal (not in a journal or a log file).
 fn init_tracing(verbose: u8) {
     use std::io::IsTerminal;
+    use tracing_subscriber::filter::LevelFilter;
     use tracing_subscriber::EnvFilter;
-    let default = match verbose {
-        0 => "warn",
-        1 => "info",
-        _ => "debug",
+    let level = match verbose {
+        0 => LevelFilter::WARN,
+        1 => LevelFilter::INFO,
+        _ => LevelFilter::DEBUG,
     };
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+    let ansi = std::io::stderr().is_terminal();
+    // Without RUST_LOG the filter is one level for every target: a plain level filter says
+    // that, without building an `EnvFilter` (its directives and their tables) on every run.
+    match std::env::var_os(EnvFilter::DEFAULT_ENV) {
+        None => tracing_subscriber::fmt().with_max_level(level).with_writer(std::io::stderr).with_ansi(ansi).init(),
+        Some(_) => {
+            let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level.to_string()));
+            tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi).init()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What `capsd ARGS` parses to, as text, or the kind of error or display it gives.
+    fn full(args: &[&str]) -> Result<String, clap::error::ErrorKind> {
+        let assets = cmd::assets::Args::augment_args(clap::Command::new(GENERATE_ASSETS).hide(true));
+        let m = Cli::command().subcommand(assets).try_get_matches_from(args).map_err(|e| e.kind())?;
+        Cli::from_arg_matches(&m).map(|c| format!("{c:?}")).map_err(|e| e.kind())
+    }
+
+    #[test]
+    fn the_domcapabilities_parser_agrees_with_the_whole_one() {
+        Cli::command().debug_assert();
+        DomCapsCli::command().debug_assert();
+        let taken: &[&[&str]] = &[
+            &["capsd", "domcapabilities"],
+            &["capsd", "domcaps"],
+            &["capsd", "--cache-dir", "/c", "domcapabilities", "--format", "json"],
+            &["capsd", "domcapabilities", "--cache-dir=/c", "-vv", "--no-cache"],
+            &["capsd", "-v", "domcaps", "--arch", "aarch64", "--machine", "virt", "--virttype", "qemu"],
+            &["capsd", "domcapabilities", "--emulatorbin", "/usr/bin/qemu-system-x86_64", "--libvirt-version", "10.0"],
+            &["capsd", "--plugin-dir", "/p", "--plugin-timeout-ms", "9", "domcapabilities", "--driver", "test"],
+            &["capsd", "domcapabilities", "--replay", "/r", "--host-facts", "/f", "--cpu-blockers"],
+        ];
+        for args in taken {
+            let warm = DomCapsCli::parse_from(args.iter()).map(|c| format!("{c:?}"));
+            assert_eq!(warm, Some(full(args).unwrap()), "{args:?}");
+        }
+        // Everything else is left to the whole parser, which answers as it always did.
+        let left: &[&[&str]] = &[
+            &["capsd"],
+            &["capsd", "--help"],
+            &["capsd", "-V"],
+            &["capsd", "--version", "domcapabilities"],
+            &["capsd", "domcapabilities", "--help"],
+            &["capsd", "domcaps", "-h"],
+            &["capsd", "help", "domcapabilities"],
+            &["capsd", "domcapabilities", "--bogus"],
+            &["capsd", "domcapabilities", "extra"],
+            &["capsd", "domcapabilities", "--host-facts", "/f"],
+            &["capsd", "domcapabilities", "--replay", "/r", "--fixtures", "/d"],
+            &["capsd", "domcapabilities", "--format", "yaml"],
+            &["capsd", "--plugin-timeout-ms", "0", "domcapabilities"],
+            &["capsd", "--cache-dir", "domcapabilities"],
+            &["capsd", "domcapbilities"],
+            &["capsd", "drivers"],
+            &["capsd", "fmt", "domcapabilities"],
+            &["capsd", "generate-assets", "--man", "/m"],
+        ];
+        for args in left {
+            assert!(DomCapsCli::parse_from(args.iter()).is_none(), "{args:?}");
+            assert!(!full(args).is_ok_and(|c| c.contains("DomCapabilities")), "{args:?}");
+        }
+    }
 }

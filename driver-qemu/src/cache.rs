@@ -532,6 +532,10 @@ enum FileProblem {
     /// The record was stored before a run the lookup needs was probed ([`Header::pending`]).
     #[error("the {0} run was not probed yet")]
     Incomplete(&'static str),
+    /// The record lacks answers its own host facts make derivation read
+    /// ([`crate::cpu::lacks_cpu_models`]).
+    #[error("its record lacks {0}")]
+    Lacks(&'static str),
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -793,7 +797,7 @@ impl ProbeCache {
                 Some(data)
             }
             Err(FileProblem::Absent) => None,
-            Err(e @ FileProblem::Incomplete(_)) => {
+            Err(e @ (FileProblem::Incomplete(_) | FileProblem::Lacks(_))) => {
                 tracing::info!(file = %file.display(), problem = %e, "probe cache entry lacks a run; probing");
                 None
             }
@@ -1006,7 +1010,11 @@ fn read_file(dir: &File, name: &str, key: &CacheKey, runs: Runs<'_>) -> Result<(
         return Err(FileProblem::Damaged(format!("larger than {MAX_FILE} bytes")));
     }
     // `size` fits in memory: it is at most MAX_FILE.
-    decode(&f, usize::try_from(size).unwrap_or(usize::MAX), key, runs)
+    let (data, complete) = decode(&f, usize::try_from(size).unwrap_or(usize::MAX), key, runs)?;
+    if crate::cpu::lacks_cpu_models(&data) {
+        return Err(FileProblem::Lacks("QEMU's definition of every x86 CPU model"));
+    }
+    Ok((data, complete))
 }
 
 /// Why a cache directory or file with this status is not ours to trust, `None` when it is:

@@ -24,6 +24,7 @@ fn opts() -> ProbeOptions {
         },
         no_kvm: true,
         only: None,
+        all_cpu_models: false,
     }
 }
 

@@ -19,8 +19,8 @@
 //! stays in the compact form of [`compact`] (length-prefixed, so loading steps over it) and
 //! is decoded on first read ([`crate::probe_data::Reply`]), or read in place without a tree
 //! ([`crate::probe_data::View`], for the QMP schema and the QOM type list). An x86_64 probe
-//! is 1.3 MB (640 KB per run, most of it `query-qmp-schema` and per-model CPU expansions
-//! that a query with libvirt's cpu_map never reads): building and freeing every tree cost
+//! is 1.3 MB (640 KB per run, most of it `query-qmp-schema` and, probed without libvirt's
+//! cpu_map only, per-model CPU expansions): building and freeing every tree cost
 //! about 8 ms per warm lookup; decoding what derivation reads costs about 1 ms.
 //!
 //! # When an entry is stale

@@ -19,8 +19,8 @@
 //! stays in the compact form of [`compact`] (length-prefixed, so loading steps over it) and
 //! is decoded on first read ([`crate::probe_data::Reply`]), or read in place without a tree
 //! ([`crate::probe_data::View`], for the QMP schema and the QOM type list). An x86_64 probe
-//! is 1.3 MB (640 KB per run, most of it `query-qmp-schema` and per-model CPU expansions
-//! that a query with libvirt's cpu_map never reads): building and freeing every tree cost
+//! is 1.3 MB (640 KB per run, most of it `query-qmp-schema` and, probed without libvirt's
+//! cpu_map only, per-model CPU expansions): building and freeing every tree cost
 //! about 8 ms per warm lookup; decoding what derivation reads costs about 1 ms.
 //!
 //! # When an entry is stale
@@ -532,6 +532,10 @@ enum FileProblem {
     /// The record was stored before a run the lookup needs was probed ([`Header::pending`]).
     #[error("the {0} run was not probed yet")]
     Incomplete(&'static str),
+    /// The record lacks answers its own host facts make derivation read
+    /// ([`crate::cpu::lacks_cpu_models`]).
+    #[error("its record lacks {0}")]
+    Lacks(&'static str),
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -793,7 +797,7 @@ impl ProbeCache {
                 Some(data)
             }
             Err(FileProblem::Absent) => None,
-            Err(e @ FileProblem::Incomplete(_)) => {
+            Err(e @ (FileProblem::Incomplete(_) | FileProblem::Lacks(_))) => {
                 tracing::info!(file = %file.display(), problem = %e, "probe cache entry lacks a run; probing");
                 None
             }
@@ -1006,7 +1010,11 @@ fn read_file(dir: &File, name: &str, key: &CacheKey, runs: Runs<'_>) -> Result<(
         return Err(FileProblem::Damaged(format!("larger than {MAX_FILE} bytes")));
     }
     // `size` fits in memory: it is at most MAX_FILE.
-    decode(&f, usize::try_from(size).unwrap_or(usize::MAX), key, runs)
+    let (data, complete) = decode(&f, usize::try_from(size).unwrap_or(usize::MAX), key, runs)?;
+    if crate::cpu::lacks_cpu_models(&data) {
+        return Err(FileProblem::Lacks("QEMU's definition of every x86 CPU model"));
+    }
+    Ok((data, complete))
 }
 
 /// Why a cache directory or file with this status is not ours to trust, `None` when it is:

@@ -330,7 +330,23 @@ fn map_unusable(data: &ProbeData, mode: &str) -> bool {
 /// x86 custom models when libvirt's cpu_map (its x86 part) is absent (see the module doc).
 /// Everything else a `kvm` query derives comes from the KVM run and the host facts.
 pub fn kvm_query_reads_tcg_run(data: &ProbeData) -> bool {
-    data.host.cpu_map.as_ref().and_then(|m| m.x86.as_ref()).is_none()
+    decodes_from_qemu_alone(&data.host)
+}
+
+/// Whether x86 CPU models are decoded from QEMU alone with these host facts (libvirt's
+/// cpu_map has no x86 part here): only then are QEMU's definitions of every model
+/// ([`plan::stage_models`]) read.
+pub fn decodes_from_qemu_alone(host: &crate::host::HostFacts) -> bool {
+    host.cpu_map.as_ref().and_then(|m| m.x86.as_ref()).is_none()
+}
+
+/// Whether `data` lacks what its own host facts make derivation read: QEMU's definitions
+/// of every x86 model ([`plan::models_probed`]) in some run, where the models are decoded
+/// from QEMU alone. A probe never produces such data (it asks them whenever the host
+/// facts it read beside the runs say so); a record probed with libvirt's cpu_map and then
+/// given other host facts would be one.
+pub fn lacks_cpu_models(data: &ProbeData) -> bool {
+    decodes_from_qemu_alone(&data.host) && data.runs.values().any(|t| !plan::models_probed(t))
 }
 
 /// host-model for a native guest: `None` (the mode omitted) when QEMU or libvirt's

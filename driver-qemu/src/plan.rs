@@ -16,15 +16,26 @@ pub use crate::qmp::Request;
 /// A stage: given the accelerator and the transcript so far, the commands to send next.
 pub type Stage = fn(Accel, &Transcript) -> Vec<Request>;
 
-/// All stages, in the order the probe runs them.
+/// All stages, in the order the probe runs them: [`common_stages`], then
+/// [`cpu_model_stages`].
 pub fn stages() -> Vec<Stage> {
-    vec![
-        base,
-        crate::derive::plan::stage_schema,
-        crate::derive::plan::stage_optional,
-        crate::cpu::plan::stage_host,
-        crate::cpu::plan::stage_models,
-    ]
+    let mut all = common_stages();
+    all.extend(cpu_model_stages());
+    all
+}
+
+/// The stages every probe runs.
+pub fn common_stages() -> Vec<Stage> {
+    vec![base, crate::derive::plan::stage_schema, crate::derive::plan::stage_optional, crate::cpu::plan::stage_host]
+}
+
+/// The stages only the CPU decoding from QEMU alone reads (QEMU's definition of every x86
+/// model, [`crate::cpu::decodes_from_qemu_alone`]): the probe runs them last, and only when
+/// the host facts say that decoding is needed or it is asked to
+/// ([`crate::probe::ProbeOptions::all_cpu_models`]). A transcript says whether they ran
+/// ([`crate::cpu::plan::models_probed`]).
+pub fn cpu_model_stages() -> Vec<Stage> {
+    vec![crate::cpu::plan::stage_models]
 }
 
 /// Commands every derivation needs first.

@@ -2,6 +2,12 @@
 //! TCG), the runs in parallel, run every stage of [`crate::plan::stages`] in each (a stage's
 //! commands are pipelined: all sent, then all replies read), and return the transcripts with
 //! the host facts as a [`ProbeData`]. [`probe_many`] probes several binaries at once.
+//!
+//! The stages only the CPU decoding from QEMU alone reads ([`crate::plan::cpu_model_stages`])
+//! run last, and only when the host facts, read beside the runs, say that decoding is needed
+//! (no x86 part in libvirt's cpu_map) or [`ProbeOptions::all_cpu_models`] asks them: with
+//! libvirt's cpu_map they are 55 questions nobody reads. A run reaching them waits for the
+//! host facts (read long before on any host seen).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -26,16 +32,55 @@ pub struct ProbeOptions {
     /// it). A run that fails then leaves no transcript and no error, except a TCG run
     /// alone, whose failure fails the probe as when both runs fail.
     pub only: Option<Accel>,
+    /// Ask QEMU's definition of every x86 CPU model even when libvirt's cpu_map is here (a
+    /// recording replayed on hosts without it: `cargo xtask record-qemu`).
+    pub all_cpu_models: bool,
+}
+
+/// Whether the runs ask the CPU model stages, decided once the host facts are read.
+#[derive(Default)]
+struct ModelsGate {
+    decided: std::sync::Mutex<Option<bool>>,
+    cv: std::sync::Condvar,
+}
+
+impl ModelsGate {
+    fn decide(&self, ask: bool) {
+        let mut d = self.decided.lock().unwrap_or_else(|e| e.into_inner());
+        d.get_or_insert(ask);
+        self.cv.notify_all();
+    }
+
+    fn wait(&self) -> bool {
+        let d = self.decided.lock().unwrap_or_else(|e| e.into_inner());
+        let d = self.cv.wait_while(d, |d| d.is_none()).unwrap_or_else(|e| e.into_inner());
+        d.unwrap_or(true)
+    }
+
+    /// Read the host facts and decide; decides "ask" if reading them panics.
+    fn read_host(&self, opts: &ProbeOptions) -> HostFacts {
+        struct AskUnlessDecided<'a>(&'a ModelsGate);
+        impl Drop for AskUnlessDecided<'_> {
+            fn drop(&mut self) {
+                self.0.decide(true);
+            }
+        }
+        let _unless = AskUnlessDecided(self);
+        let host = HostFacts::read();
+        self.decide(opts.all_cpu_models || crate::cpu::decodes_from_qemu_alone(&host));
+        host
+    }
 }
 
 /// Probe one binary, reading the host facts too.
 #[tracing::instrument(skip_all, fields(driver = "qemu", emulator = %binary.display()))]
 pub fn probe(binary: &Path, opts: &ProbeOptions) -> Result<ProbeData, DriverError> {
     crate::process::explain_probe_user();
+    let gate = ModelsGate::default();
     std::thread::scope(|s| {
-        let host = s.spawn(HostFacts::read);
+        let host = s.spawn(|| gate.read_host(opts));
         let kvm_usable = kvm_usable_by_probe(opts);
-        let runs = probe_runs(binary, kvm_usable, opts);
+        let runs = probe_runs(binary, kvm_usable, opts, &gate);
         let mut host = host
             .join()
             .map_err(|_| DriverError::probe_failed(binary.display().to_string(), "reading host facts panicked"))?;
@@ -56,14 +101,16 @@ pub fn probe_many(binaries: &[PathBuf], opts: &ProbeOptions) -> Vec<Result<Probe
     let next = std::sync::atomic::AtomicUsize::new(0);
     let slots: Vec<Slot> = binaries.iter().map(|_| std::sync::Mutex::new(None)).collect();
     let (next, slots_ref) = (&next, &slots);
+    let gate = ModelsGate::default();
+    let gate = &gate;
     let host = std::thread::scope(|s| {
-        let host = s.spawn(HostFacts::read);
+        let host = s.spawn(|| gate.read_host(opts));
         let pool: Vec<_> = (0..workers.min(binaries.len()))
             .map(|_| {
                 s.spawn(move || loop {
                     let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     let Some(b) = binaries.get(i) else { break };
-                    let r = probe_runs(b, kvm_usable, opts);
+                    let r = probe_runs(b, kvm_usable, opts, gate);
                     if let Ok(mut slot) = slots_ref[i].lock() {
                         *slot = Some(r);
                     }
@@ -108,13 +155,14 @@ fn probe_runs(
     binary: &Path,
     kvm_usable: bool,
     opts: &ProbeOptions,
+    gate: &ModelsGate,
 ) -> Result<BTreeMap<Accel, Transcript>, DriverError> {
     check_binary(binary, opts)?;
     let want_kvm = kvm_usable && !opts.no_kvm && opts.only != Some(Accel::Tcg);
     if opts.only == Some(Accel::Kvm) {
         let mut runs = BTreeMap::new();
         if want_kvm {
-            match run_one(binary, Accel::Kvm, opts) {
+            match run_one(binary, Accel::Kvm, opts, gate) {
                 Ok(t) => {
                     runs.insert(Accel::Kvm, t);
                 }
@@ -124,8 +172,8 @@ fn probe_runs(
         return Ok(runs);
     }
     let (kvm, tcg) = std::thread::scope(|s| {
-        let kvm = want_kvm.then(|| s.spawn(|| run_one(binary, Accel::Kvm, opts)));
-        let tcg = run_one(binary, Accel::Tcg, opts);
+        let kvm = want_kvm.then(|| s.spawn(|| run_one(binary, Accel::Kvm, opts, gate)));
+        let tcg = run_one(binary, Accel::Tcg, opts, gate);
         let kvm = kvm.map(|h| {
             h.join().unwrap_or_else(|_| Err(ProcessError::TempDir(std::io::Error::other("KVM probe thread panicked"))))
         });
@@ -200,23 +248,29 @@ fn check_binary(binary: &Path, opts: &ProbeOptions) -> Result<(), DriverError> {
 
 /// One QEMU process: start, connect, run every stage, kill. A run whose QMP session QEMU
 /// restarted midway ([`ProcessError::is_session_restart`]) is run once more in a new process.
-pub fn run_one(binary: &Path, accel: Accel, opts: &ProbeOptions) -> Result<Transcript, ProcessError> {
-    match run_once(binary, accel, opts) {
+fn run_one(binary: &Path, accel: Accel, opts: &ProbeOptions, gate: &ModelsGate) -> Result<Transcript, ProcessError> {
+    match run_once(binary, accel, opts, gate) {
         Err(e) if e.is_session_restart() => {
             tracing::warn!(binary = %binary.display(), ?accel, error = %e, "QEMU restarted its QMP session; probing again");
-            run_once(binary, accel, opts)
+            run_once(binary, accel, opts, gate)
         }
         other => other,
     }
 }
 
-fn run_once(binary: &Path, accel: Accel, opts: &ProbeOptions) -> Result<Transcript, ProcessError> {
+fn run_once(binary: &Path, accel: Accel, opts: &ProbeOptions, gate: &ModelsGate) -> Result<Transcript, ProcessError> {
     let t0 = Instant::now();
     let mut proc = ProbeProcess::start(binary, accel, &opts.process)?;
     let mut qmp = proc.connect(&opts.process)?;
     let started = t0.elapsed();
     let mut transcript = Transcript { greeting: qmp.greeting().clone(), exchanges: Vec::new() };
-    for stage in plan::stages() {
+    let mut stages = plan::common_stages();
+    let common = stages.len();
+    stages.extend(plan::cpu_model_stages());
+    for (i, stage) in stages.into_iter().enumerate() {
+        if i == common && !gate.wait() {
+            break;
+        }
         let reqs: Vec<Request> = stage(accel, &transcript)
             .into_iter()
             .filter(|r| transcript.exchange(&r.execute, r.arguments.as_ref()).is_none())

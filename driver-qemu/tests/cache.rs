@@ -1014,3 +1014,66 @@ fn an_answer_whose_derivation_warned_is_not_kept() {
         assert_eq!(derived, if kept { 1 } else { 2 }, "vCPU limit {limit:?}");
     }
 }
+
+/// An x86 probe whose runs asked `query-cpu-definitions` (two models) and expanded the
+/// models only when `models`; its host facts have libvirt's x86 cpu_map when `cpu_map`.
+fn x86_probe(binary: &Path, models: bool, cpu_map: bool) -> ProbeData {
+    use driver_qemu::cpu::plan::static_expansion_args;
+    let mut d = fake_probe(binary, "x86");
+    for t in d.runs.values_mut() {
+        t.exchanges.push(Exchange {
+            execute: "query-target".into(),
+            arguments: None,
+            reply: Reply::ok(json!({"arch": "x86_64"})),
+        });
+        t.exchanges.push(Exchange {
+            execute: "query-cpu-definitions".into(),
+            arguments: None,
+            reply: Reply::ok(json!([{"name": "qemu64"}, {"name": "EPYC"}, {"name": "max"}])),
+        });
+        if models {
+            for m in ["qemu64", "EPYC"] {
+                t.exchanges.push(Exchange {
+                    execute: "query-cpu-model-expansion".into(),
+                    arguments: Some(static_expansion_args(m, None)),
+                    reply: Reply::ok(json!({"model": {"name": m, "props": {}}})),
+                });
+            }
+        }
+    }
+    if cpu_map {
+        d.host.cpu_map = Some(driver_qemu::cpu::cpumap::CpuMap { x86: Some(Default::default()), ..Default::default() });
+    }
+    d
+}
+
+/// A probe with libvirt's x86 cpu_map skips QEMU's definition of every model; its record is
+/// served to lookups (whose host facts are the record's). A record lacking them whose host
+/// facts say the models are decoded from QEMU alone (which a probe never stores, but a
+/// record given other host facts would be) is never served: the lookup probes again.
+#[test]
+fn a_record_without_the_model_expansions_is_served_only_where_they_are_not_read() {
+    let w = World::new();
+    let n = AtomicUsize::new(0);
+    let lookup = |models, cpu_map| {
+        w.cache()
+            .get_or_probe(&w.binary, || {
+                n.fetch_add(1, Ordering::SeqCst);
+                Ok(x86_probe(&w.binary, models, cpu_map))
+            })
+            .unwrap()
+            .1
+    };
+    // With the map, no expansions: stored, then served from the file.
+    assert_eq!(lookup(false, true), CacheOutcome::Miss);
+    assert_eq!(lookup(false, true), CacheOutcome::Hit);
+    assert_eq!(n.load(Ordering::SeqCst), 1);
+    // Without the map and without the expansions: stored, never served.
+    w.cache().invalidate(&w.binary).unwrap();
+    assert_eq!(lookup(false, false), CacheOutcome::Miss);
+    assert_eq!(lookup(true, false), CacheOutcome::Miss);
+    assert_eq!(n.load(Ordering::SeqCst), 3);
+    // The record that has them is.
+    assert_eq!(lookup(true, false), CacheOutcome::Hit);
+    assert_eq!(n.load(Ordering::SeqCst), 3);
+}

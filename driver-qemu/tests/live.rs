@@ -227,3 +227,19 @@ fn fs_entry(dir: &Path, suffix: &str) -> PathBuf {
     assert_eq!(found.len(), 1, "{found:?}");
     found.into_iter().next().unwrap()
 }
+
+/// QEMU's definition of every x86 model is asked exactly when the host facts read beside the
+/// run say the models are decoded from QEMU alone (no x86 part in libvirt's cpu_map), or
+/// when `all_cpu_models` asks for it.
+#[test]
+fn the_model_expansions_are_probed_only_where_they_are_read() {
+    use driver_qemu::cpu::{decodes_from_qemu_alone, plan::models_probed};
+    let Some(bin) = live(X86) else { return };
+    let opts = ProbeOptions { only: Some(Accel::Tcg), ..Default::default() };
+    let data = probe(&bin, &opts).unwrap();
+    let tcg = data.run(Accel::Tcg).expect("a TCG run");
+    assert!(tcg.get("query-cpu-definitions").is_some());
+    assert_eq!(models_probed(tcg), decodes_from_qemu_alone(&data.host), "cpu_map: {:?}", data.host.cpu_map.is_some());
+    let all = probe(&bin, &ProbeOptions { all_cpu_models: true, ..opts }).unwrap();
+    assert!(models_probed(all.run(Accel::Tcg).expect("a TCG run")));
+}

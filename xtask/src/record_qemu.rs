@@ -86,7 +86,9 @@ pub fn run(args: &[String]) -> Result<()> {
     }
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
     let t0 = std::time::Instant::now();
-    let results = probe_many(&binaries, &ProbeOptions::default());
+    // Every model's QEMU definition: replays without libvirt's cpu_map decode from them.
+    let opts = ProbeOptions { all_cpu_models: true, ..ProbeOptions::default() };
+    let results = probe_many(&binaries, &opts);
     println!("probed {} binaries in {:.2?}", binaries.len(), t0.elapsed());
     let mut failed = 0;
     for (bin, r) in binaries.iter().zip(results) {

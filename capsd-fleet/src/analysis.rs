@@ -103,20 +103,18 @@ pub fn needed(
     arch: Option<&str>,
     machine: Option<&str>,
 ) -> Result<Vec<String>, FleetError> {
-    let mut out = std::collections::BTreeSet::new();
+    let mut out = std::collections::HashSet::new();
     for (_, host) in sel.apply(snap)? {
         let arch = arch.unwrap_or(&host.record.cpu.arch);
-        let exact =
-            QueryKey { virt_type: virt_type.to_owned(), arch: arch.to_owned(), machine: machine.map(str::to_owned) };
-        if let Some(h) = host.docs.get(&exact) {
-            out.insert(h.clone());
+        if let Some((_, h)) = host.docs.get_parts(virt_type, arch, machine) {
+            out.insert(h);
         } else if machine.is_some() {
-            out.extend(
-                host.docs.iter().filter(|(q, _)| q.virt_type == virt_type && q.arch == arch).map(|(_, h)| h.clone()),
-            );
+            out.extend(host.docs.iter().filter(|(q, _)| q.virt_type == virt_type && q.arch == arch).map(|(_, h)| h));
         }
     }
-    Ok(out.into_iter().collect())
+    let mut out: Vec<String> = out.into_iter().cloned().collect();
+    out.sort_unstable();
+    Ok(out)
 }
 
 /// What a host publishes for a question: the document's query and hash, nothing, or why
@@ -138,42 +136,58 @@ pub fn find_document(
     machine: Option<&str>,
 ) -> Result<Found, FleetError> {
     let host = snap.hosts.get(id).ok_or_else(|| FleetError::NoSuchHost(id.to_owned()))?;
+    Ok(match find(snap, host, virt_type, arch, machine) {
+        Find::Document(q, h) => Found::Document(q.clone(), h.clone()),
+        Find::Nothing => Found::Nothing,
+        Find::Unusable(why) => Found::Unusable(why),
+    })
+}
+
+/// [`find_document`] for a host at hand, borrowing the query and hash (asked once per host
+/// of a fleet).
+enum Find<'a> {
+    Document(&'a QueryKey, &'a String),
+    Nothing,
+    Unusable(String),
+}
+
+fn find<'a>(snap: &Snapshot, host: &'a Host, virt_type: &str, arch: Option<&str>, machine: Option<&str>) -> Find<'a> {
     if let Some(why) = &host.damaged {
-        return Ok(Found::Unusable(format!("its host record is not usable: {why}")));
+        return Find::Unusable(format!("its host record is not usable: {why}"));
     }
-    let arch = arch.unwrap_or(&host.record.cpu.arch).to_owned();
-    let exact = QueryKey { virt_type: virt_type.to_owned(), arch: arch.clone(), machine: machine.map(str::to_owned) };
-    if let Some(h) = host.docs.get(&exact) {
-        return Ok(match snap.document(h) {
-            Ok(_) => Found::Document(exact, h.clone()),
-            Err(e) => Found::Unusable(e.to_string()),
-        });
+    let arch = arch.unwrap_or(&host.record.cpu.arch);
+    if let Some((exact, h)) = host.docs.get_parts(virt_type, arch, machine) {
+        return match snap.document(h) {
+            Ok(_) => Find::Document(exact, h),
+            Err(e) => Find::Unusable(e.to_string()),
+        };
     }
-    let Some(m) = machine else { return Ok(Found::Nothing) };
+    let Some(m) = machine else { return Find::Nothing };
     let mut unusable = None;
     for (q, h) in host.docs.iter().filter(|(q, _)| q.virt_type == virt_type && q.arch == arch) {
         match snap.document(h) {
-            Ok(d) if d.machine.as_deref() == Some(m) => return Ok(Found::Document(q.clone(), h.clone())),
+            Ok(d) if d.machine.as_deref() == Some(m) => return Find::Document(q, h),
             Ok(_) => {}
             Err(e) => unusable = Some(e.to_string()),
         }
     }
-    Ok(unusable.map_or(Found::Nothing, Found::Unusable))
+    unusable.map_or(Find::Nothing, Find::Unusable)
 }
 
 /// Check `domain` on every selected host. Each distinct document is judged once.
 pub fn check(snap: &Snapshot, domain: &Domain, sel: &Selection) -> Result<Vec<HostVerdict>, FleetError> {
-    let ids: Vec<String> = sel.apply(snap)?.into_iter().map(|(id, _)| id.clone()).collect();
-    let mut out = Vec::with_capacity(ids.len());
-    let mut judged: std::collections::HashMap<String, (Verdict, Option<Finding>)> = std::collections::HashMap::new();
-    for id in ids {
-        let found = find_document(snap, &id, domain.virt_type(), domain.arch(), domain.machine())?;
-        let (q, hash) = match found {
-            Found::Document(q, h) => (q, h),
-            Found::Nothing => {
-                let arch = domain.arch().map_or_else(|| snap.hosts[&id].record.cpu.arch.clone(), str::to_owned);
+    let hosts = sel.apply(snap)?;
+    let mut out = Vec::with_capacity(hosts.len());
+    let mut judged: std::collections::HashMap<&str, (Verdict, Option<Finding>)> = std::collections::HashMap::new();
+    // The query's text, made once per query (hosts mostly share one).
+    let mut shown: Option<(&QueryKey, String)> = None;
+    for (id, host) in hosts {
+        let (q, hash) = match find(snap, host, domain.virt_type(), domain.arch(), domain.machine()) {
+            Find::Document(q, h) => (q, h),
+            Find::Nothing => {
+                let arch = domain.arch().unwrap_or(&host.record.cpu.arch);
                 out.push(HostVerdict {
-                    host: id,
+                    host: id.clone(),
                     verdict: Verdict::Unknown,
                     query: None,
                     finding: None,
@@ -186,9 +200,9 @@ pub fn check(snap: &Snapshot, domain: &Domain, sel: &Selection) -> Result<Vec<Ho
                 });
                 continue;
             }
-            Found::Unusable(why) => {
+            Find::Unusable(why) => {
                 out.push(HostVerdict {
-                    host: id,
+                    host: id.clone(),
                     verdict: Verdict::Unknown,
                     query: None,
                     finding: None,
@@ -197,10 +211,10 @@ pub fn check(snap: &Snapshot, domain: &Domain, sel: &Selection) -> Result<Vec<Ho
                 continue;
             }
         };
-        let (verdict, finding) = match judged.get(&hash) {
+        let (verdict, finding) = match judged.get(hash.as_str()) {
             Some(v) => v.clone(),
             None => {
-                let caps = snap.document(&hash)?;
+                let caps = snap.document(hash)?;
                 let report = capsd_analysis::check(domain, &caps)?;
                 let first = |v: Verdict| report.findings.iter().find(|f| f.verdict == v).cloned();
                 let v = if let Some(f) = first(Verdict::Unsupported) {
@@ -210,11 +224,19 @@ pub fn check(snap: &Snapshot, domain: &Domain, sel: &Selection) -> Result<Vec<Ho
                 } else {
                     (Verdict::Supported, None)
                 };
-                judged.insert(hash.clone(), v.clone());
+                judged.insert(hash.as_str(), v.clone());
                 v
             }
         };
-        out.push(HostVerdict { host: id, verdict, query: Some(q.to_string()), finding, note: None });
+        let query = match &shown {
+            Some((k, text)) if *k == q => text.clone(),
+            _ => {
+                let text = q.to_string();
+                shown = Some((q, text.clone()));
+                text
+            }
+        };
+        out.push(HostVerdict { host: id.clone(), verdict, query: Some(query), finding, note: None });
     }
     Ok(out)
 }
@@ -230,17 +252,16 @@ pub fn documents(
     arch: Option<&str>,
     machine: Option<&str>,
 ) -> Result<Documents, FleetError> {
-    let ids: Vec<String> = sel.apply(snap)?.into_iter().map(|(id, _)| id.clone()).collect();
     let mut have = Vec::new();
     let mut missing = Vec::new();
-    for id in ids {
-        match find_document(snap, &id, virt_type, arch, machine)? {
-            Found::Document(_, hash) => {
-                let d = snap.document(&hash)?;
-                have.push((id, d));
+    for (id, host) in sel.apply(snap)? {
+        match find(snap, host, virt_type, arch, machine) {
+            Find::Document(_, hash) => {
+                let d = snap.document(hash)?;
+                have.push((id.clone(), d));
             }
-            Found::Nothing => missing.push((id, "no document for the query".to_owned())),
-            Found::Unusable(why) => missing.push((id, why)),
+            Find::Nothing => missing.push((id.clone(), "no document for the query".to_owned())),
+            Find::Unusable(why) => missing.push((id.clone(), why)),
         }
     }
     Ok((have, missing))

@@ -200,6 +200,8 @@ pub mod pb {
         pub limit: i64,
         #[prost(int64, tag = "4")]
         pub revision: i64,
+        #[prost(bool, tag = "7")]
+        pub serializable: bool,
         #[prost(bool, tag = "8")]
         pub keys_only: bool,
         #[prost(bool, tag = "9")]
@@ -635,6 +637,9 @@ pub struct Range {
     pub revision: i64,
     pub keys_only: bool,
     pub count_only: bool,
+    /// Served by the member from its own state, without confirming with the cluster's
+    /// leader that it is current (etcd's `serializable`).
+    pub serializable: bool,
 }
 
 impl Range {
@@ -651,6 +656,7 @@ impl Range {
             range_end: self.range_end.clone(),
             limit: self.limit,
             revision: self.revision,
+            serializable: self.serializable,
             keys_only: self.keys_only,
             count_only: self.count_only,
         }
@@ -1145,6 +1151,12 @@ impl Client {
                     Ok(d) => {
                         if buf.len() + d.len() > MAX_REPLY + 5 {
                             return Err(http(format!("answer too large (more than {MAX_REPLY} bytes)")));
+                        }
+                        if buf.is_empty() && d.len() >= 5 {
+                            // The message's length is in its prefix: one allocation for a
+                            // range page of many MiB rather than doublings and copies.
+                            let len = u32::from_be_bytes([d[1], d[2], d[3], d[4]]) as usize;
+                            buf.reserve(len.min(MAX_REPLY) + 5);
                         }
                         buf.extend_from_slice(&d);
                     }

@@ -18,9 +18,14 @@ use crate::{content_hash, FleetError, HostRecord, Layout, QueryKey};
 
 /// Largest host record believed (an agent's is a few hundred bytes).
 pub const MAX_RECORD: usize = 64 << 10;
-/// Bytes a page of a range aims at: below gRPC's customary 4 MiB message limit (etcd's own
-/// server sends more, but a smaller answer is less to hold at once).
-pub const PAGE_BYTES: usize = 3 << 20;
+/// Bytes a page of a range aims at, well below the client's 64 MiB limit
+/// ([`etcd::MAX_REPLY`]; etcd's own server sends answers of any size). Every key of a range
+/// is kept until the range is read, so a page's size adds little to the peak; what it
+/// changes is the number of requests, and etcd 3.4 walks the whole rest of the range's
+/// index and lists its revisions for every page: reading the 100,000 references of one
+/// query of the bench fleet (`cargo xtask bench fleet --hosts 100000`) cost etcd 430-810 ms
+/// of CPU in pages of 10,000 keys, 170-210 ms in one page.
+pub const PAGE_BYTES: usize = 16 << 20;
 /// Largest document believed (libvirt's are tens of KiB; etcd's default request limit is 1.5 MiB).
 pub const MAX_DOCUMENT: usize = 4 << 20;
 
@@ -65,6 +70,15 @@ impl Docs {
     }
     pub fn contains_key(&self, q: &QueryKey) -> bool {
         self.find(q).is_ok()
+    }
+    /// The entry for virt type, arch and machine (`None`: the default) without building
+    /// a [`QueryKey`] (asked once per host of a fleet).
+    pub fn get_parts(&self, virt_type: &str, arch: &str, machine: Option<&str>) -> Option<(&QueryKey, &String)> {
+        let want = (virt_type, arch, machine);
+        self.0
+            .binary_search_by(|(k, _)| (k.virt_type.as_str(), k.arch.as_str(), k.machine.as_deref()).cmp(&want))
+            .ok()
+            .map(|i| (&self.0[i].0, &self.0[i].1))
     }
     /// Set `q`'s hash; the one it replaces.
     pub fn insert(&mut self, q: QueryKey, hash: String) -> Option<String> {
@@ -186,6 +200,8 @@ impl Snapshot {
         let ((kvs, _), (refs, p_refs)) = (hosts?, refs?);
         s.problems.extend(p_hosts);
         s.problems.extend(p_refs);
+        // Keys come in order: the map is built at once from them (full nodes, no splits).
+        let mut hosts = Vec::with_capacity(kvs.len());
         for kv in kvs {
             s.stored_bytes += (kv.key.len() + kv.value.len()) as u64;
             let key = kv.key_str().into_owned();
@@ -208,8 +224,9 @@ impl Snapshot {
                     }
                 }
             }
-            s.hosts.insert(id.to_owned(), host);
+            hosts.push((id.to_owned(), host));
         }
+        s.hosts = hosts.into_iter().collect();
         s.add_refs(layout, refs);
         if let Scope::Query { virt_type, arch, machine, .. } = scope {
             let arch_of = |h: &Host| arch.clone().unwrap_or_else(|| h.record.cpu.arch.clone());
@@ -234,9 +251,8 @@ impl Snapshot {
                     .values()
                     .filter(|h| h.damaged.is_none())
                     .filter(|h| {
-                        let exact =
-                            QueryKey { virt_type: virt_type.clone(), arch: arch_of(h), machine: Some(m.clone()) };
-                        !h.docs.contains_key(&exact)
+                        let arch = arch.as_deref().unwrap_or(&h.record.cpu.arch);
+                        h.docs.get_parts(virt_type, arch, Some(m)).is_none()
                     })
                     .map(arch_of)
                     .filter(usable)
@@ -275,38 +291,62 @@ impl Snapshot {
     /// Take references read (checked: key layout, host id, a hash as value) into the hosts.
     fn add_refs(&mut self, layout: &Layout, kvs: Vec<etcd::KeyValue>) {
         let refs = layout.refs();
+        // A range holds one query's references (or a few, in key order): its key segment is
+        // parsed once, not per host.
+        let mut last: Option<(Vec<u8>, QueryKey)> = None;
         for kv in kvs {
             self.stored_bytes += (kv.key.len() + kv.value.len()) as u64;
-            let key = kv.key_str().into_owned();
-            let rest = key[refs.len().min(key.len())..].to_owned();
-            let Some((q, id)) = rest.rsplit_once('/') else {
-                self.problems.push(Problem { key, host: None, reason: "not a reference key".into() });
+            let rest = kv.key.get(refs.len()..).filter(|_| kv.key.starts_with(refs.as_bytes())).unwrap_or(&[]);
+            let split = rest.iter().rposition(|&b| b == b'/').map(|i| (&rest[..i], &rest[i + 1..]));
+            let Some((q_bytes, id_bytes)) = split else {
+                self.problems.push(Problem {
+                    key: kv.key_str().into_owned(),
+                    host: None,
+                    reason: "not a reference key".into(),
+                });
                 continue;
             };
-            let q = match QueryKey::parse(q) {
-                Ok(q) if crate::validate_host_id(id).is_ok() => q,
+            let id = String::from_utf8_lossy(id_bytes);
+            let q = match &last {
+                Some((b, q)) if b.as_slice() == q_bytes => Ok(q.clone()),
+                _ => QueryKey::parse(&String::from_utf8_lossy(q_bytes)),
+            };
+            let q = match q {
+                Ok(q) if crate::validate_host_id(&id).is_ok() => q,
                 Ok(_) => {
-                    self.problems.push(Problem { key, host: None, reason: "not a reference key (bad host id)".into() });
+                    self.problems.push(Problem {
+                        key: kv.key_str().into_owned(),
+                        host: None,
+                        reason: "not a reference key (bad host id)".into(),
+                    });
                     continue;
                 }
                 Err(e) => {
-                    self.problems.push(Problem { key, host: Some(id.to_owned()), reason: e.to_string() });
+                    self.problems.push(Problem {
+                        key: kv.key_str().into_owned(),
+                        host: Some(id.into_owned()),
+                        reason: e.to_string(),
+                    });
                     continue;
                 }
             };
-            let hash = String::from_utf8_lossy(&kv.value).into_owned();
-            if !is_hash(&hash) {
+            if last.as_ref().is_none_or(|(b, _)| b.as_slice() != q_bytes) {
+                last = Some((q_bytes.to_vec(), q.clone()));
+            }
+            if !is_hash_bytes(&kv.value) {
+                let hash = String::from_utf8_lossy(&kv.value);
                 let shown: String = hash.chars().take(80).collect();
                 self.problems.push(Problem {
-                    key,
-                    host: Some(id.to_owned()),
+                    key: kv.key_str().into_owned(),
+                    host: Some(id.into_owned()),
                     reason: format!("not a document hash ({} bytes: {})", kv.value.len(), shown.escape_debug()),
                 });
                 continue;
             }
             // References of a host whose record is not (or no longer) there are left out.
-            if let Some(h) = self.hosts.get_mut(id) {
-                h.docs.insert(q, hash);
+            if let Some(h) = self.hosts.get_mut(id.as_ref()) {
+                // 64 ASCII hex digits: UTF-8.
+                h.docs.insert(q, String::from_utf8_lossy(&kv.value).into_owned());
             }
         }
     }
@@ -329,7 +369,7 @@ impl Snapshot {
             for hash in chunk {
                 let (c, key, hash, rev) = (client.clone(), layout.doc(hash), hash.clone(), self.revision);
                 set.spawn(async move {
-                    let r = c.range(&Range { revision: rev, ..Range::key(key.clone()) }).await;
+                    let r = c.range(&at_revision(Range::key(key.clone()), rev)).await;
                     (hash, key, r)
                 });
             }
@@ -406,7 +446,11 @@ fn machine_segment(m: Option<&str>) -> &str {
 
 /// 64 lowercase hex digits.
 fn is_hash(s: &str) -> bool {
-    s.len() == 64 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    is_hash_bytes(s.as_bytes())
+}
+
+fn is_hash_bytes(s: &[u8]) -> bool {
+    s.len() == 64 && s.iter().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(b))
 }
 
 fn check_document(key: &str, hash: &str, value: &[u8]) -> Doc {
@@ -426,6 +470,19 @@ fn check_document(key: &str, hash: &str, value: &[u8]) -> Doc {
     }
 }
 
+/// `r` read at `revision` (the one a linearizable read of this client's member answered
+/// first: [`Snapshot::read`]'s, or [`range_all`]'s first page), served by the member alone
+/// (`serializable`). A linearizable read asks the cluster's leader whether the member is
+/// current, a round of messages per request; at a fixed revision there is nothing to ask:
+/// the keys at a revision never change, and a member that has not applied it yet (a
+/// lagging follower) refuses the request ("required revision is a future revision")
+/// rather than answer from older state. The first read, which picks the revision, stays
+/// linearizable, so the fleet is read as of when the command started, on one member as on
+/// three; a compacted revision is refused either way.
+fn at_revision(r: Range, revision: i64) -> Range {
+    Range { revision, serializable: revision != 0, ..r }
+}
+
 /// Every key under `prefix` at `revision` (0: the current one), in pages sized by bytes
 /// (about [`PAGE_BYTES`] each, from the size of the keys read so far); returns the revision
 /// read. A page too large for a reply is read again in smaller pages, down to one key; a key
@@ -442,16 +499,18 @@ pub(crate) async fn range_all(
     /// rest of the range's index for every page.
     const PAGE: i64 = 10_000;
     /// Most keys per page however small they are.
-    const MAX_PAGE: i64 = 100_000;
+    const MAX_PAGE: i64 = 250_000;
     let end = etcd::prefix_end(prefix.as_bytes());
     let mut from = prefix.as_bytes().to_vec();
     let mut revision = revision;
-    let mut page = if keys_only { 10 * PAGE } else { PAGE };
+    let mut page = if keys_only { MAX_PAGE } else { PAGE };
     let first_page = page;
     let mut out = Vec::new();
     loop {
-        let r =
-            Range { key: from.clone(), range_end: end.clone(), limit: page, revision, keys_only, count_only: false };
+        let r = at_revision(
+            Range { key: from.clone(), range_end: end.clone(), limit: page, keys_only, ..Range::default() },
+            revision,
+        );
         let r = match client.range(&r).await {
             Ok(r) => r,
             Err(e) if too_large(&e) && page > 1 => {
@@ -461,14 +520,10 @@ pub(crate) async fn range_all(
             }
             Err(e) if too_large(&e) => {
                 // One value too large alone: name its key, skip it.
-                let k = Range {
-                    key: from.clone(),
-                    range_end: end.clone(),
-                    limit: 1,
+                let k = at_revision(
+                    Range { key: from.clone(), range_end: end.clone(), limit: 1, keys_only: true, ..Range::default() },
                     revision,
-                    keys_only: true,
-                    count_only: false,
-                };
+                );
                 let r = client.range(&k).await.map_err(|e| FleetError::etcd("", e))?;
                 let Some(kv) = r.kvs.into_iter().next() else { break };
                 problems.push(Problem {
@@ -617,6 +672,51 @@ mod tests {
             Doc::Bad(r) => assert!(r.contains("P/docs/x") && r.contains("does not match its hash"), "{r}"),
             Doc::Ok(_) => panic!("a forged document was believed"),
         }
+    }
+
+    #[test]
+    fn docs_are_found_by_their_parts_as_by_their_key() {
+        let keys = ["kvm/x86_64/@default", "kvm/x86_64/pc", "kvm/x86_64/q35", "kvm/i686/pc", "qemu/x86_64/@default"];
+        let docs: Docs = keys.iter().map(|k| (QueryKey::parse(k).unwrap(), format!("h-{k}"))).collect();
+        for k in keys.iter().chain(&["kvm/aarch64/virt", "kvm/x86_64/virt", "qemu/x86_64/q35", "kvm/i686/@default"]) {
+            let q = QueryKey::parse(k).unwrap();
+            let found = docs.get_parts(&q.virt_type, &q.arch, q.machine.as_deref());
+            assert_eq!(found.map(|(_, h)| h), docs.get(&q), "{k}");
+            assert_eq!(found.map(|(fq, _)| fq), docs.get(&q).map(|_| &q), "{k}");
+        }
+    }
+
+    #[test]
+    fn references_are_checked_one_by_one_in_a_range_of_one_query() {
+        let layout = Layout::new("/p").unwrap();
+        let mut s = Snapshot::default();
+        for id in ["a", "b"] {
+            s.hosts.insert(id.into(), Host { record: bare_record(id), damaged: None, docs: Docs::new() });
+        }
+        let (h1, h2) = ("1".repeat(64), "2".repeat(64));
+        let kv = |k: &str, v: &str| etcd::KeyValue { key: k.into(), value: v.into(), ..Default::default() };
+        s.add_refs(
+            &layout,
+            vec![
+                kv("/p/refs/kvm/x86_64/q35/a", &h1),
+                kv("/p/refs/kvm/x86_64/q35/b", "not a hash"),
+                kv("/p/refs/kvm/x86_64/q35/bad id", &h1),
+                kv("/p/refs/kvm/x86_64/q35/c", &h1),
+                kv("/p/refs/kvm/x86 64/q35/a", &h2),
+                kv("/p/refs/kvm/x86_64/@default/b", &h2),
+                kv("/p/refs/junk", &h2),
+            ],
+        );
+        let q35 = QueryKey::parse("kvm/x86_64/q35").unwrap();
+        let default = QueryKey::parse("kvm/x86_64/@default").unwrap();
+        assert_eq!(s.hosts["a"].docs, Docs::from([(q35, h1)]));
+        assert_eq!(s.hosts["b"].docs, Docs::from([(default, h2)]));
+        let problems: Vec<&str> = s.problems.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(
+            problems,
+            ["/p/refs/kvm/x86_64/q35/b", "/p/refs/kvm/x86_64/q35/bad id", "/p/refs/kvm/x86 64/q35/a", "/p/refs/junk"]
+        );
+        assert_eq!(s.problems[0].host.as_deref(), Some("b"));
     }
 
     #[test]

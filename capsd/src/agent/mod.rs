@@ -55,9 +55,9 @@ pub struct DocKey {
 pub struct Doc {
     pub xml: Bytes,
     pub json: Bytes,
-    /// The libvirt release it was printed for and by which release's rules (qemu), said in
-    /// the answer's headers.
-    pub libvirt: Option<crate::registry::LibvirtRules>,
+    /// The answer's headers naming the libvirt release it was printed for and by which
+    /// release's rules (qemu), made when it was kept.
+    pub headers: Vec<(axum::http::HeaderName, axum::http::HeaderValue)>,
     /// The watch generation it was derived in.
     generation: u64,
 }
@@ -255,8 +255,10 @@ impl Agent {
             let mut w = self.watched.lock().unwrap_or_else(|e| e.into_inner());
             w.entry(p).or_insert_with_key(|p| file_stamp(p));
         }
-        let libvirt = crate::registry::libvirt_rules(&key.driver, &key.query);
-        let doc = Arc::new(Doc { xml, json, libvirt, generation });
+        let headers = crate::registry::libvirt_rules(&key.driver, &key.query)
+            .map(|l| server::libvirt_headers(&l))
+            .unwrap_or_default();
+        let doc = Arc::new(Doc { xml, json, headers, generation });
         let now = self.clock.fetch_add(1, Ordering::Relaxed);
         let evicted = self.docs.write().unwrap_or_else(|e| e.into_inner()).insert(key, doc.clone(), now, &self.limits);
         self.metrics.evictions.fetch_add(evicted as u64, Ordering::Relaxed);
@@ -446,7 +448,7 @@ mod tests {
             Arc::new(Doc {
                 xml: Bytes::from_static(b"<x/>"),
                 json: Bytes::from_static(b"{}"),
-                libvirt: None,
+                headers: Vec::new(),
                 generation: 0,
             })
         };

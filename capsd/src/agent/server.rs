@@ -38,7 +38,7 @@ use anyhow::{bail, Context as _, Result};
 use axum::body::Body;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query as QueryParams, Request, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
@@ -443,8 +443,8 @@ async fn domcapabilities(
         (doc.xml.clone(), "application/xml")
     };
     let mut resp = ([(header::CONTENT_TYPE, HeaderValue::from_static(ctype))], Body::from(body)).into_response();
-    if let Some(l) = &doc.libvirt {
-        libvirt_headers(resp.headers_mut(), l);
+    for (name, value) in &doc.headers {
+        resp.headers_mut().insert(name.clone(), value.clone());
     }
     Ok(resp)
 }
@@ -558,18 +558,21 @@ fn allowed_emulator(agent: &Agent, requested: &Path) -> Result<PathBuf, ApiError
 /// `Capsd-Libvirt-Version` (the release the document is for), `Capsd-Libvirt-Rules` (the
 /// release whose rules it follows) and, for a release newer than every one capsd knows, a
 /// `Warning` (RFC 9111's code 299, persistent) saying later changes are unknown.
-fn libvirt_headers(h: &mut HeaderMap, l: &registry::LibvirtRules) {
+/// Made once, when the document is kept: a warm answer clones them (reference counts).
+pub(super) fn libvirt_headers(l: &registry::LibvirtRules) -> Vec<(HeaderName, HeaderValue)> {
     let value = |s: &str| HeaderValue::from_str(s).ok();
+    let mut h = Vec::with_capacity(3);
     if let Some(v) = value(&l.target) {
-        h.insert("capsd-libvirt-version", v);
+        h.push((HeaderName::from_static("capsd-libvirt-version"), v));
     }
     if let Some(v) = value(&l.rules) {
-        h.insert("capsd-libvirt-rules", v);
+        h.push((HeaderName::from_static("capsd-libvirt-rules"), v));
     }
     if let Some(v) = l.warning.as_deref().and_then(|w| value(&format!("299 capsd \"{}\"", w.replace(['"', '\\'], "'"))))
     {
-        h.insert(header::WARNING, v);
+        h.push((header::WARNING, v));
     }
+    h
 }
 
 /// How the Unix socket is set up.

@@ -14,6 +14,13 @@
 //! 4. The agent's resident memory (`VmRSS`): idle after start-up and the warm-up request,
 //!    right after the load, and 30 s later (`CAPSD_BENCH_SETTLE_SECONDS`).
 //!
+//! 5. The peer of the load figures, while the agent settles: capsd's `bench-peer` example,
+//!    the smallest hyper server on the same runtime and allocator answering the same bytes,
+//!    under the same load from the same client on the same cores. What the agent cannot beat
+//!    on this machine without leaving hyper; the summary prints the agent's rate beside it.
+//!    `CAPSD_BENCH_THREADS=N` gives both servers N async worker threads (default: one per
+//!    CPU, the agent's default).
+//!
 //! Uses the release build of `capsd` (built first); like `bench qemu`, a debug xtask re-runs
 //! itself with `--release` for the in-process figures (`CAPSD_BENCH_IN_PLACE=1` measures
 //! the current build). Targets (issue 21), on the 2-core reference machine: warm CLI median
@@ -38,6 +45,22 @@ pub(super) fn env_num<T: std::str::FromStr>(name: &str, default: T) -> T {
 
 pub(super) fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_owned).unwrap_or_else(|| PathBuf::from("."))
+}
+
+/// Build capsd's `bench-peer` example (release) and return its path.
+fn build_peer() -> Result<PathBuf> {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let st = Command::new(cargo)
+        .current_dir(workspace_root())
+        .args(["build", "--release", "--quiet", "--package", "capsd", "--example", "bench-peer"])
+        .status()
+        .context("building capsd's bench-peer example")?;
+    if !st.success() {
+        bail!("cargo build --release -p capsd --example bench-peer failed: {st}");
+    }
+    let target =
+        std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| workspace_root().join("target"));
+    Ok(target.join("release/examples/bench-peer"))
 }
 
 pub(crate) fn build_capsd() -> Result<PathBuf> {
@@ -181,11 +204,14 @@ fn bench(capsd: &Path, dir: &Path) -> Result<()> {
     let token_file = dir.join("token");
     std::fs::write(&token_file, &token)?;
     std::fs::set_permissions(&token_file, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+    let threads: Option<usize> = std::env::var("CAPSD_BENCH_THREADS").ok().and_then(|v| v.parse().ok());
+    let thread_args: Vec<String> = threads.map(|n| vec!["--threads".to_owned(), n.to_string()]).unwrap_or_default();
     let child = Command::new(bin)
         .args(["--cache-dir", cache_s, "serve", "--socket"])
         .arg(&socket)
         .args(["--listen", &tcp.to_string(), "--token-file"])
         .arg(&token_file)
+        .args(&thread_args)
         .stdout(Stdio::null())
         .spawn()
         .context("starting capsd serve")?;
@@ -199,6 +225,7 @@ fn bench(capsd: &Path, dir: &Path) -> Result<()> {
         std::thread::sleep(Duration::from_millis(20));
     }
     let mut idle_rss = None;
+    let mut agent_rate = 0.0;
     let connections: usize = env_num("CAPSD_BENCH_CONNECTIONS", 4);
     let seconds: f64 = env_num("CAPSD_BENCH_SECONDS", 5.0_f64).clamp(0.1, 60.0);
     let max_requests: u64 = env_num("CAPSD_BENCH_REQUESTS", 500_000).min(5_000_000);
@@ -239,6 +266,7 @@ fn bench(capsd: &Path, dir: &Path) -> Result<()> {
         );
         if name == "unix" {
             let (rate, p99) = (r.rate(), r.quantile_us(0.99));
+            agent_rate = rate;
             summary.push(format!(
                 "agent over the Unix socket, {connections} connections: {rate:.0} req/s, p99 {p99} us | target >= 100000 req/s, p99 <= 500 us: {}",
                 verdict(rate >= 100_000.0 && p99 <= 500)
@@ -247,8 +275,57 @@ fn bench(capsd: &Path, dir: &Path) -> Result<()> {
     }
     let after = rss_kib(server_pid);
     let settle: u64 = env_num("CAPSD_BENCH_SETTLE_SECONDS", 30);
-    std::thread::sleep(Duration::from_secs(settle));
+    let settling = Instant::now();
+    // The peer runs while the agent settles (its own process; the agent is idle meanwhile).
+    let body = dir.join("body.xml");
+    std::fs::write(&body, &Command::new(bin).args(&cli[1..]).output()?.stdout)?;
+    let peer_socket = dir.join("peer.sock");
+    let mut peer_cmd = Command::new(build_peer()?);
+    peer_cmd.arg(&peer_socket).arg(&body);
+    if let Some(n) = threads {
+        peer_cmd.arg(n.to_string());
+    }
+    let peer = Server(peer_cmd.stdout(Stdio::null()).spawn().context("starting bench-peer")?);
+    let t = Instant::now();
+    while std::os::unix::net::UnixStream::connect(&peer_socket).is_err() {
+        if t.elapsed() > Duration::from_secs(20) {
+            bail!("bench-peer did not listen on {} within 20 s", peer_socket.display());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let target = Target::Unix(peer_socket.clone());
+    let load_of = |connections, duration, max_requests| Load {
+        target: target.clone(),
+        path: QUERY.into(),
+        connections,
+        duration,
+        max_requests,
+        token: None,
+    };
+    load::run(&load_of(1, Duration::from_secs(30), 1))?;
+    let r = load::run(&load_of(connections, Duration::from_secs_f64(seconds), max_requests))?;
+    drop(peer);
+    println!(
+        "bench agent: peer (bench-peer: minimal hyper server, same body) over unix, {connections} connections, {:.1} s: {} requests ({} errors), {:.0} req/s, p50 {} us, p99 {} us, max {} us, body {} bytes",
+        r.elapsed.as_secs_f64(),
+        r.requests,
+        r.errors,
+        r.rate(),
+        r.quantile_us(0.5),
+        r.quantile_us(0.99),
+        r.quantile_us(1.0),
+        r.body_bytes
+    );
+    summary.push(format!(
+        "peer over the Unix socket (minimal hyper server, same client, same cores): {:.0} req/s, p99 {} us | agent/peer {:.2}",
+        r.rate(),
+        r.quantile_us(0.99),
+        agent_rate / r.rate()
+    ));
+    std::thread::sleep(Duration::from_secs(settle).saturating_sub(settling.elapsed()));
     let settled = rss_kib(server_pid);
+    // At least `settle` (more when the peer's run took longer).
+    let settle = settling.elapsed().as_secs();
     let mb = |k: Option<u64>| k.map_or_else(|| "?".to_owned(), |k| format!("{:.1} MB", k as f64 / 1024.0));
     println!(
         "bench agent: serve RSS idle {}, after the load {}, {settle} s later {}",

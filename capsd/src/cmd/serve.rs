@@ -186,13 +186,6 @@ fn default_socket() -> Result<PathBuf> {
 pub fn run(ctx: &super::Context, args: Args) -> Result<ExitCode> {
     // First, while this is the only thread: it removes the variables from the environment.
     let inherited = activation::take().context("socket activation")?;
-    // No transparent huge pages for the agent: mimalloc asks for them on its arena, and a
-    // 2 MiB page backs a few KiB in use (idle RSS after one warm request: 27 MB with them,
-    // 19.7 MB from here on; the pages start-up faulted before this stay huge). Inherited by
-    // the probes and plugin helpers it starts, none of which needs them.
-    if let Err(e) = nix::sys::prctl::set_thp_disable(true) {
-        tracing::debug!(error = %e, "cannot turn transparent huge pages off");
-    }
     if !inherited.is_empty() && (args.socket.is_some() || !args.listen.is_empty()) {
         anyhow::bail!(
             "systemd passed {} listening socket(s) (LISTEN_FDS): --socket and --listen cannot be used as well; \

@@ -49,33 +49,29 @@ pub(super) fn workspace_root() -> PathBuf {
 
 /// Build capsd's `bench-peer` example (release) and return its path.
 fn build_peer() -> Result<PathBuf> {
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let st = Command::new(cargo)
-        .current_dir(workspace_root())
-        .args(["build", "--release", "--quiet", "--package", "capsd", "--example", "bench-peer"])
-        .status()
-        .context("building capsd's bench-peer example")?;
-    if !st.success() {
-        bail!("cargo build --release -p capsd --example bench-peer failed: {st}");
-    }
-    let target =
-        std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| workspace_root().join("target"));
-    Ok(target.join("release/examples/bench-peer"))
+    build_release(&["--example", "bench-peer"], "release/examples/bench-peer")
 }
 
 pub(crate) fn build_capsd() -> Result<PathBuf> {
+    build_release(&[], "release/capsd")
+}
+
+/// `cargo build --release -p capsd` with `extra` arguments; the path of `built` under the
+/// target directory.
+fn build_release(extra: &[&str], built: &str) -> Result<PathBuf> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let st = Command::new(cargo)
         .current_dir(workspace_root())
         .args(["build", "--release", "--quiet", "--package", "capsd"])
+        .args(extra)
         .status()
-        .context("building capsd --release")?;
+        .with_context(|| format!("building capsd --release {}", extra.join(" ")))?;
     if !st.success() {
-        bail!("cargo build --release -p capsd failed: {st}");
+        bail!("cargo build --release -p capsd {} failed: {st}", extra.join(" "));
     }
     let target =
         std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| workspace_root().join("target"));
-    Ok(target.join("release/capsd"))
+    Ok(target.join(built))
 }
 
 /// Median and p99 of `runs` whole-process runs of `cmd` (output discarded).
@@ -254,15 +250,8 @@ fn bench(capsd: &Path, dir: &Path) -> Result<()> {
             token: Some(token.clone()),
         })?;
         println!(
-            "bench agent: serve over {name}, {connections} connections, {:.1} s: {} requests ({} errors), {:.0} req/s, p50 {} us, p99 {} us, max {} us, body {} bytes (targets over unix: p99 <= 500 us, >= 100000 req/s)",
-            r.elapsed.as_secs_f64(),
-            r.requests,
-            r.errors,
-            r.rate(),
-            r.quantile_us(0.5),
-            r.quantile_us(0.99),
-            r.quantile_us(1.0),
-            r.body_bytes
+            "bench agent: serve over {name}, {connections} connections, {} (targets over unix: p99 <= 500 us, >= 100000 req/s)",
+            r.summary()
         );
         if name == "unix" {
             let (rate, p99) = (r.rate(), r.quantile_us(0.99));
@@ -306,15 +295,8 @@ fn bench(capsd: &Path, dir: &Path) -> Result<()> {
     let r = load::run(&load_of(connections, Duration::from_secs_f64(seconds), max_requests))?;
     drop(peer);
     println!(
-        "bench agent: peer (bench-peer: minimal hyper server, same body) over unix, {connections} connections, {:.1} s: {} requests ({} errors), {:.0} req/s, p50 {} us, p99 {} us, max {} us, body {} bytes",
-        r.elapsed.as_secs_f64(),
-        r.requests,
-        r.errors,
-        r.rate(),
-        r.quantile_us(0.5),
-        r.quantile_us(0.99),
-        r.quantile_us(1.0),
-        r.body_bytes
+        "bench agent: peer (bench-peer: minimal hyper server, same body) over unix, {connections} connections, {}",
+        r.summary()
     );
     summary.push(format!(
         "peer over the Unix socket (minimal hyper server, same client, same cores): {:.0} req/s, p99 {} us | agent/peer {:.2}",

@@ -55,6 +55,21 @@ impl Report {
         let i = ((self.latencies_us.len() - 1) as f64 * q).round() as usize;
         self.latencies_us[i]
     }
+
+    /// The run in one line: duration, requests, errors, rate, latency quantiles, body size.
+    pub fn summary(&self) -> String {
+        format!(
+            "{:.1} s: {} requests ({} errors), {:.0} req/s, p50 {} us, p99 {} us, max {} us, body {} bytes",
+            self.elapsed.as_secs_f64(),
+            self.requests,
+            self.errors,
+            self.rate(),
+            self.quantile_us(0.5),
+            self.quantile_us(0.99),
+            self.quantile_us(1.0),
+            self.body_bytes
+        )
+    }
 }
 
 trait Stream: Read + Write {}

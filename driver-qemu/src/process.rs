@@ -5,12 +5,9 @@
 //! on every path including panics (see [`crate::spawn`]: a PID namespace where the kernel
 //! allows one, else the process group).
 //!
-//! Differences from libvirt, on purpose: no `-daemonize`/pidfile (we own the child), the
-//! QMP socket is bound and listening before QEMU starts and handed to it as its descriptor 3
-//! (`-chardev socket,fd=3,server=on`, as libvirt hands guests their monitor), so capsd
-//! connects at once and reads the greeting the moment QEMU sends it instead of polling
-//! for the socket; and one accelerator per process (`accel=kvm` or `accel=tcg`) so that
-//! the KVM and TCG probes can run at the same time.
+//! Differences from libvirt, on purpose: no `-daemonize`/pidfile (we own the child and poll
+//! for the socket instead), and one accelerator per process (`accel=kvm` or `accel=tcg`)
+//! so that the KVM and TCG probes can run at the same time.
 //!
 //! Privileges ([`choose_probe_user`]): when capsd runs as root, probes run as the user and
 //! group libvirt runs QEMU as (`user`/`group` of `/etc/libvirt/qemu.conf`, default
@@ -63,9 +60,9 @@ pub enum ProcessError {
         #[source]
         source: std::io::Error,
     },
-    #[error("{binary} exited ({status}) before its QMP greeting{}", stderr_suffix(.stderr))]
+    #[error("{binary} exited ({status}) before its QMP socket was ready{}", stderr_suffix(.stderr))]
     ExitedEarly { binary: PathBuf, status: String, stderr: String },
-    #[error("{binary} did not send its QMP greeting within {timeout:?}{}", stderr_suffix(.stderr))]
+    #[error("{binary} did not open its QMP socket within {timeout:?}{}", stderr_suffix(.stderr))]
     StartTimeout { binary: PathBuf, timeout: Duration, stderr: String },
     #[error("{binary}: {source}{}", stderr_suffix(.stderr))]
     Qmp {
@@ -411,12 +408,8 @@ fn remove_abandoned_dirs(root: &Path) {
     }
 }
 
-/// The descriptor the listening QMP socket has in the probe.
-const QMP_FD: i32 = 3;
-
-/// The arguments of a capability probe run: libvirt's probe command line, with the QMP
-/// monitor on the listening socket at descriptor [`QMP_FD`] instead of a path QEMU binds.
-pub fn probe_args(accel: Accel) -> Vec<String> {
+/// The arguments of a capability probe run.
+pub fn probe_args(accel: Accel, socket: &Path) -> Vec<String> {
     let accel = match accel {
         Accel::Kvm => "kvm",
         Accel::Tcg => "tcg",
@@ -428,10 +421,8 @@ pub fn probe_args(accel: Accel) -> Vec<String> {
         "-nographic".into(),
         "-machine".into(),
         format!("none,accel={accel}"),
-        "-chardev".into(),
-        format!("socket,id=qmp,fd={QMP_FD},server=on,wait=off"),
-        "-mon".into(),
-        "chardev=qmp,mode=control".into(),
+        "-qmp".into(),
+        format!("unix:{},server=on,wait=off", socket.display()),
     ]
 }
 
@@ -457,10 +448,7 @@ impl ProbeProcess {
         std::fs::DirBuilder::new().create(&run).map_err(ProcessError::TempDir)?;
         std::fs::set_permissions(&run, std::os::unix::fs::PermissionsExt::from_mode(0o700))
             .map_err(ProcessError::TempDir)?;
-        // Bound and listening before QEMU starts: a connection waits in its backlog until
-        // QEMU accepts it. QEMU holds the only listening descriptor once ours is closed
-        // (after the spawn), so a QEMU that dies resets the connection.
-        let listener = std::os::unix::net::UnixListener::bind(run.join("qmp.sock")).map_err(ProcessError::TempDir)?;
+        let socket = run.join("qmp.sock");
         let stderr = File::create(dir.path().join("stderr")).map_err(ProcessError::TempDir)?;
         let as_user = opts.user.as_ref().filter(|_| nix::unistd::geteuid().is_root());
         if let Some(u) = as_user {
@@ -474,16 +462,15 @@ impl ProbeProcess {
         let spec = crate::spawn::Spec {
             program: binary,
             program_fd: opts.exec.as_deref().map(AsRawFd::as_raw_fd),
-            args: &probe_args(accel),
+            args: &probe_args(accel, &socket),
             env: &env,
             cwd: &run,
             stderr: &stderr,
             creds: creds.as_ref(),
-            pass_fd: Some(listener.as_raw_fd()),
+            pass_fd: None,
         };
         let child =
             crate::spawn::spawn(&spec).map_err(|source| ProcessError::Spawn { binary: binary.to_owned(), source })?;
-        drop(listener);
         static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let live_id = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         state.probes.insert(live_id, (child.emulator_pid(), child.pid(), dir.path().to_owned()));
@@ -515,27 +502,12 @@ impl ProbeProcess {
             .unwrap_or_default()
     }
 
-    /// Connect to the QMP socket, wait for QEMU's greeting (until the start timeout, or
-    /// until QEMU exits) and complete the QMP handshake.
+    /// Wait for the QMP socket and complete the QMP handshake.
     pub fn connect(&mut self, opts: &ProcessOptions) -> Result<QmpClient, ProcessError> {
-        let start = Instant::now();
         let socket = self.dir.path().join("run/qmp.sock");
-        // Refused when the emulator has already exited (closing the only listening
-        // descriptor), which the loop then reports.
-        let stream = UnixStream::connect(&socket);
-        // Wake as soon as the greeting arrives; every slice, see whether QEMU is still there.
-        let slice = Duration::from_millis(10);
-        let mut exited = stream.is_err();
-        loop {
-            let left = opts.start_timeout.saturating_sub(start.elapsed());
-            if left.is_zero() {
-                self.kill();
-                return Err(ProcessError::StartTimeout {
-                    binary: self.binary.clone(),
-                    timeout: opts.start_timeout,
-                    stderr: self.stderr(),
-                });
-            }
+        let start = Instant::now();
+        let mut pause = Duration::from_micros(500);
+        let stream = loop {
             if let Some(status) = self.child.try_wait() {
                 return Err(ProcessError::ExitedEarly {
                     binary: self.binary.clone(),
@@ -543,24 +515,22 @@ impl ProbeProcess {
                     stderr: self.stderr(),
                 });
             }
-            let stream = match &stream {
-                Ok(s) if !exited => s,
-                // Refused, closed or reset: QEMU is on its way out.
-                _ => {
-                    std::thread::sleep(Duration::from_millis(1));
-                    continue;
+            match UnixStream::connect(&socket) {
+                Ok(s) => break s,
+                Err(_) if start.elapsed() < opts.start_timeout => {
+                    std::thread::sleep(pause);
+                    pause = (pause * 2).min(Duration::from_millis(10));
                 }
-            };
-            stream.set_read_timeout(Some(left.min(slice))).map_err(ProcessError::TempDir)?;
-            match peek(stream) {
-                Ok(0) => exited = true,
-                Ok(_) => break,
-                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(_) => exited = true,
+                Err(_) => {
+                    self.kill();
+                    return Err(ProcessError::StartTimeout {
+                        binary: self.binary.clone(),
+                        timeout: opts.start_timeout,
+                        stderr: self.stderr(),
+                    });
+                }
             }
-        }
-        let stream = stream.map_err(ProcessError::TempDir)?;
+        };
         QmpClient::handshake(stream, opts.qmp).map_err(|source| self.qmp_error(source))
     }
 
@@ -574,19 +544,6 @@ impl ProbeProcess {
     /// Kill the probe (and all it started) and reap it. Idempotent.
     pub fn kill(&mut self) {
         self.child.kill();
-    }
-}
-
-/// Wait for a byte on `stream` (up to its read timeout) without consuming it: how many
-/// bytes are there (0: closed).
-fn peek(stream: &UnixStream) -> std::io::Result<usize> {
-    let mut byte = 0u8;
-    // SAFETY: `recv` writes at most 1 byte into `byte`, which outlives the call; the
-    // descriptor is `stream`'s, open for the duration of the borrow.
-    let n = unsafe { nix::libc::recv(stream.as_raw_fd(), std::ptr::addr_of_mut!(byte).cast(), 1, nix::libc::MSG_PEEK) };
-    match usize::try_from(n) {
-        Ok(n) => Ok(n),
-        Err(_) => Err(std::io::Error::last_os_error()),
     }
 }
 
@@ -653,13 +610,12 @@ mod tests {
 
     #[test]
     fn args_match_libvirt_probe_shape() {
-        let a = probe_args(Accel::Tcg);
+        let a = probe_args(Accel::Tcg, Path::new("/x/qmp.sock"));
         assert_eq!(
             a.join(" "),
-            "-S -no-user-config -nodefaults -nographic -machine none,accel=tcg \
-             -chardev socket,id=qmp,fd=3,server=on,wait=off -mon chardev=qmp,mode=control"
+            "-S -no-user-config -nodefaults -nographic -machine none,accel=tcg -qmp unix:/x/qmp.sock,server=on,wait=off"
         );
-        assert!(probe_args(Accel::Kvm).contains(&"none,accel=kvm".to_owned()));
+        assert!(probe_args(Accel::Kvm, Path::new("/s")).contains(&"none,accel=kvm".to_owned()));
     }
 
     #[test]

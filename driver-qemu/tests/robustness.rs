@@ -1,5 +1,5 @@
 //! Robustness of the probe against binaries that are not a well-behaved QEMU: one that
-//! hangs without accepting on its QMP socket, one that accepts and never speaks, one that
+//! hangs before opening its QMP socket, one that opens it and never speaks, one that
 //! crashes, one that crashes mid-session, one that answers garbage, and files that are not
 //! programs. Each must give a clear error (naming the binary, and the QMP command where
 //! there is one) within a bounded time, and leave no process behind, grandchildren
@@ -35,15 +35,17 @@ fn script(dir: &Path, name: &str, body: &str) -> PathBuf {
     p
 }
 
-/// A python3 fake QEMU: finds the listening QMP socket's descriptor in `-chardev
-/// socket,...,fd=N,...`, accepts, then runs `BEHAVIOUR` with `c` the connection.
+/// A python3 fake QEMU: finds the socket path in `-qmp unix:PATH,...`, listens, accepts,
+/// then runs `BEHAVIOUR` with `c` the connection.
 fn fake_qmp(behaviour: &str) -> String {
     format!(
         r#"#!/usr/bin/env python3
 import socket, sys, time, os
-arg = sys.argv[sys.argv.index('-chardev') + 1]
-fd = int([o[len('fd='):] for o in arg.split(',') if o.startswith('fd=')][0])
-s = socket.socket(fileno=fd)
+arg = sys.argv[sys.argv.index('-qmp') + 1]
+path = arg[len('unix:'):].split(',')[0]
+s = socket.socket(socket.AF_UNIX)
+s.bind(path)
+s.listen(1)
 c, _ = s.accept()
 {behaviour}
 "#
@@ -92,17 +94,17 @@ fn misbehaving_binaries_fail_clearly_and_leave_nothing_behind() {
     let d = dir.path();
     let marker = d.display().to_string();
 
-    // Never accepts on the socket; forks a grandchild that would outlive it.
+    // Never opens the socket; forks a grandchild that would outlive it.
     let hung = script(
         d,
         "hung-qemu",
         &format!("#!/bin/sh\npython3 -c 'import time; time.sleep(1000)' {marker} &\nexec sleep 1000\n"),
     );
-    expect_err(&hung, &["did not send its QMP greeting within"]);
+    expect_err(&hung, &["did not open its QMP socket"]);
 
-    // Accepts, never greets.
+    // Opens the socket, never greets.
     let silent = script(d, "silent-qemu", &fake_qmp("time.sleep(1000)"));
-    expect_err(&silent, &["did not send its QMP greeting within"]);
+    expect_err(&silent, &["timed out", "greeting"]);
 
     // Greets, accepts capabilities, then never answers the first probe command.
     let mute = script(

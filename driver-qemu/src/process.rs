@@ -80,15 +80,6 @@ pub enum ProcessError {
 }
 
 impl ProcessError {
-    /// QEMU exited before its QMP greeting: it refused to start with the accelerator asked
-    /// (built without it, or KVM for a foreign architecture). The only failure of a run that
-    /// says something about the accelerator: a timeout, a broken QMP session or a failure to
-    /// start the process says only that this probe failed (on a loaded host, a KVM run that
-    /// timed out once was taken for "no KVM", and the answer changed to TCG's).
-    pub fn refused_accel(&self) -> bool {
-        matches!(self, ProcessError::ExitedEarly { .. })
-    }
-
     /// QEMU began a second QMP session on the probe's connection (a greeting came where a
     /// reply was due): seen once on a loaded host with a GLib assertion on QEMU's stderr. The
     /// binary is fine; a new process answers.
@@ -587,26 +578,6 @@ pub fn owner_gone(name: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn only_a_qemu_that_exited_at_start_refused_its_accelerator() {
-        let bin = PathBuf::from("/usr/bin/qemu-system-x86_64");
-        let exited = ProcessError::ExitedEarly {
-            binary: bin.clone(),
-            status: "exit status: 1".into(),
-            stderr: "invalid accelerator kvm".into(),
-        };
-        assert!(exited.refused_accel());
-        let not = [
-            ProcessError::StartTimeout { binary: bin.clone(), timeout: Duration::from_secs(10), stderr: String::new() },
-            ProcessError::Spawn { binary: bin, source: std::io::Error::other("no") },
-            ProcessError::TempDir(std::io::Error::other("full")),
-            ProcessError::Aborted,
-        ];
-        for e in not {
-            assert!(!e.refused_accel(), "{e}");
-        }
-    }
 
     #[test]
     fn args_match_libvirt_probe_shape() {

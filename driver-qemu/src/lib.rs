@@ -246,16 +246,16 @@ impl QemuDriver {
             if suffices(&d) {
                 return Ok((d, vec![Accel::Tcg]));
             }
-            match self.probe_now(binary, ProbeOptions { only: Some(Accel::Tcg), ..opts.clone() }) {
-                Ok(tcg) => d.runs.extend(tcg.runs),
-                // As when both runs start together (`probe::probe_runs`): a TCG run that fails
-                // beside a KVM run that worked is a KVM-only build (Debian's
-                // qemu-system-x86_64-microvm), and its transcript is left out.
-                Err(e) if d.runs.contains_key(&Accel::Kvm) => {
-                    tracing::info!(error = %e, "no TCG run for this binary (built without TCG?)");
-                }
-                Err(e) => return Err(e),
+            // QEMU refused KVM (a foreign architecture): both runs as usual, so that a binary
+            // that refuses both fails with its own words.
+            if !d.runs.contains_key(&Accel::Kvm) {
+                return self.probe_now(binary, opts.clone()).map(|d| (d, Vec::new()));
             }
+            // As when both runs start together (`probe::probe_runs`): QEMU refusing TCG beside
+            // a KVM run that worked is a KVM-only build (Debian's qemu-system-x86_64-microvm),
+            // and the TCG run is left out; any other failure of it fails the probe.
+            let tcg = self.probe_now(binary, ProbeOptions { only: Some(Accel::Tcg), ..opts.clone() })?;
+            d.runs.extend(tcg.runs);
             Ok((d, Vec::new()))
         };
         let Some(cache) = &self.cache else {

@@ -29,8 +29,8 @@ pub struct ProbeOptions {
     pub no_kvm: bool,
     /// Run this accelerator alone (when it is usable): what a query needs first, the other
     /// run left for later ([`crate::QemuDriver`] asks for it only when derivation needs
-    /// it). A run that fails then leaves no transcript and no error, except a TCG run
-    /// alone, whose failure fails the probe as when both runs fail.
+    /// it). QEMU refusing that accelerator leaves no transcript and no error (the caller
+    /// decides what that means beside what it has); any other failure fails the probe.
     pub only: Option<Accel>,
     /// Ask QEMU's definition of every x86 CPU model even when libvirt's cpu_map is here (a
     /// recording replayed on hosts without it: `cargo xtask record-qemu`).
@@ -147,10 +147,13 @@ pub fn probe_many(binaries: &[PathBuf], opts: &ProbeOptions) -> Vec<Result<Probe
         .collect()
 }
 
-/// The KVM and TCG runs of one binary, in parallel. A run that fails while the other
-/// succeeds means this binary cannot use that accelerator here (KVM: a foreign architecture;
-/// TCG: a KVM-only build such as Debian's `qemu-system-x86_64-microvm`): its transcript is
-/// left out. When both fail, the probe fails with the TCG run's error.
+/// The KVM and TCG runs of one binary, in parallel. A run whose QEMU refused to start with
+/// its accelerator ([`ProcessError::refused_accel`]) while the other succeeds means this
+/// binary cannot use that accelerator here (KVM: a foreign architecture; TCG: a KVM-only
+/// build such as Debian's `qemu-system-x86_64-microvm`): its transcript is left out. Any
+/// other failure of a run (a timeout, a broken QMP session, a crash) fails the probe: what
+/// could not be probed is not a "no". When both fail, the probe fails with the TCG run's
+/// error.
 fn probe_runs(
     binary: &Path,
     kvm_usable: bool,
@@ -159,14 +162,17 @@ fn probe_runs(
 ) -> Result<BTreeMap<Accel, Transcript>, DriverError> {
     check_binary(binary, opts)?;
     let want_kvm = kvm_usable && !opts.no_kvm && opts.only != Some(Accel::Tcg);
-    if opts.only == Some(Accel::Kvm) {
+    // One run only: a refusal leaves it out (the caller knows what else it has), any other
+    // failure fails the probe.
+    if let Some(accel) = opts.only {
         let mut runs = BTreeMap::new();
-        if want_kvm {
-            match run_one(binary, Accel::Kvm, opts, gate) {
+        if accel == Accel::Tcg || want_kvm {
+            match run_one(binary, accel, opts, gate) {
                 Ok(t) => {
-                    runs.insert(Accel::Kvm, t);
+                    runs.insert(accel, t);
                 }
-                Err(e) => tracing::info!(error = %e, "no KVM run for this binary"),
+                Err(e) if e.refused_accel() => tracing::info!(error = %e, ?accel, "QEMU refused this accelerator"),
+                Err(e) => return Err(DriverError::probe_failed(binary.display().to_string(), e.to_string())),
             }
         }
         return Ok(runs);
@@ -200,9 +206,14 @@ fn probe_runs(
         (Some(e), _) if runs.is_empty() => {
             return Err(DriverError::probe_failed(binary.display().to_string(), e.to_string()));
         }
-        (Some(e), None) => tracing::info!(error = %e, "no TCG run for this binary (built without TCG?)"),
-        (None, Some(e)) => tracing::info!(error = %e, "no KVM run for this binary"),
-        _ => {}
+        (Some(e), None) if e.refused_accel() => {
+            tracing::info!(error = %e, "no TCG run for this binary (built without TCG?)")
+        }
+        (None, Some(e)) if e.refused_accel() => tracing::info!(error = %e, "no KVM run for this binary"),
+        (Some(e), _) | (_, Some(e)) => {
+            return Err(DriverError::probe_failed(binary.display().to_string(), e.to_string()));
+        }
+        (None, None) => {}
     }
     Ok(runs)
 }

@@ -60,8 +60,10 @@ pub enum ProcessError {
         #[source]
         source: std::io::Error,
     },
-    #[error("{binary} exited ({status}) before its QMP socket was ready{}", stderr_suffix(.stderr))]
-    ExitedEarly { binary: PathBuf, status: String, stderr: String },
+    /// QEMU ended before its QMP greeting (before or after opening its socket). `code` is
+    /// its exit code, `None` when a signal ended it.
+    #[error("{binary} exited ({status}) before its QMP greeting{}", stderr_suffix(.stderr))]
+    ExitedEarly { binary: PathBuf, status: String, code: Option<i32>, stderr: String },
     #[error("{binary} did not open its QMP socket within {timeout:?}{}", stderr_suffix(.stderr))]
     StartTimeout { binary: PathBuf, timeout: Duration, stderr: String },
     #[error("{binary}: {source}{}", stderr_suffix(.stderr))]
@@ -80,6 +82,16 @@ pub enum ProcessError {
 }
 
 impl ProcessError {
+    /// QEMU refused to start with the accelerator asked (built without it, or KVM for a
+    /// foreign architecture): it exited with a code of its own before its QMP greeting. This
+    /// is the only failure of a run that says something about the accelerator. A timeout, a
+    /// broken QMP session with QEMU still running, a signal or a failure to start the process
+    /// say only that this probe failed: on a loaded host a KVM run that timed out was once
+    /// taken for "no KVM", and the answer silently became TCG's.
+    pub fn refused_accel(&self) -> bool {
+        matches!(self, ProcessError::ExitedEarly { code: Some(_), .. })
+    }
+
     /// QEMU began a second QMP session on the probe's connection (a greeting came where a
     /// reply was due): seen once on a loaded host with a GLib assertion on QEMU's stderr. The
     /// binary is fine; a new process answers.
@@ -417,6 +429,10 @@ pub fn probe_args(accel: Accel, socket: &Path) -> Vec<String> {
     ]
 }
 
+/// How long a QEMU that closed its QMP connection before the greeting is given to be seen
+/// exiting before the failure counts as a broken session (see `handshake_error`).
+const EXIT_GRACE: Duration = Duration::from_secs(5);
+
 impl ProbeProcess {
     /// Start `binary` for probing with `accel`.
     pub fn start(binary: &Path, accel: Accel, opts: &ProcessOptions) -> Result<ProbeProcess, ProcessError> {
@@ -500,11 +516,7 @@ impl ProbeProcess {
         let mut pause = Duration::from_micros(500);
         let stream = loop {
             if let Some(status) = self.child.try_wait() {
-                return Err(ProcessError::ExitedEarly {
-                    binary: self.binary.clone(),
-                    status: status.to_string(),
-                    stderr: self.stderr(),
-                });
+                return Err(self.exited_early(status));
             }
             match UnixStream::connect(&socket) {
                 Ok(s) => break s,
@@ -522,7 +534,41 @@ impl ProbeProcess {
                 }
             }
         };
-        QmpClient::handshake(stream, opts.qmp).map_err(|source| self.qmp_error(source))
+        QmpClient::handshake(stream, opts.qmp).map_err(|source| self.handshake_error(source))
+    }
+
+    fn exited_early(&self, status: std::process::ExitStatus) -> ProcessError {
+        use std::os::unix::process::ExitStatusExt;
+        ProcessError::ExitedEarly {
+            binary: self.binary.clone(),
+            status: status.to_string(),
+            code: status.code().filter(|_| status.signal().is_none()),
+            stderr: self.stderr(),
+        }
+    }
+
+    /// A handshake that failed because QEMU closed the connection: QEMU opens its QMP
+    /// socket before it sets up its accelerator, so one that refuses the accelerator resets
+    /// a connection made in between. Its exit is reaped a moment after the socket closes
+    /// (later still through a PID namespace's leader, on a loaded host): wait for it a
+    /// bounded time. Exited: [`ProcessError::ExitedEarly`]. Still running (or any other
+    /// failure): a QMP error, and the process is killed.
+    fn handshake_error(&mut self, source: QmpClientError) -> ProcessError {
+        if matches!(source, QmpClientError::Io { .. } | QmpClientError::Eof { .. }) {
+            let deadline = Instant::now() + EXIT_GRACE;
+            let mut pause = Duration::from_micros(200);
+            loop {
+                if let Some(status) = self.child.try_wait() {
+                    return self.exited_early(status);
+                }
+                if Instant::now() >= deadline {
+                    break;
+                }
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_millis(20));
+            }
+        }
+        self.qmp_error(source)
     }
 
     /// Wrap a QMP failure with this process's identity and stderr (killing it first so that
@@ -578,6 +624,36 @@ pub fn owner_gone(name: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_qemu_that_exited_with_a_code_before_its_greeting_refused_its_accelerator() {
+        let bin = PathBuf::from("/usr/bin/qemu-system-x86_64");
+        let exited = |code| ProcessError::ExitedEarly {
+            binary: bin.clone(),
+            status: "exit status: 1".into(),
+            code,
+            stderr: "invalid accelerator kvm".into(),
+        };
+        assert!(exited(Some(1)).refused_accel());
+        let not = [
+            exited(None),
+            ProcessError::StartTimeout { binary: bin.clone(), timeout: Duration::from_secs(10), stderr: String::new() },
+            ProcessError::Qmp {
+                binary: bin.clone(),
+                source: QmpClientError::Timeout {
+                    during: "waiting for the QMP greeting".into(),
+                    timeout: Duration::ZERO,
+                },
+                stderr: String::new(),
+            },
+            ProcessError::Spawn { binary: bin.clone(), source: std::io::Error::other("no") },
+            ProcessError::TempDir(std::io::Error::other("full")),
+            ProcessError::Aborted,
+        ];
+        for e in not {
+            assert!(!e.refused_accel(), "{e}");
+        }
+    }
 
     #[test]
     fn args_match_libvirt_probe_shape() {

@@ -103,15 +103,20 @@ c_answers() {
             # which qemu-system-i386 does not run): the agent must refuse it the same way.
             msg=$(sed -n 's/.*"message":"\([^"]*\)".*/\1/p' "$W/agent.xml")
             if [ "$code" = 200 ] || [ -z "$msg" ] || ! grep -qF -- "$msg" "$W/cli.err"; then
-                echo "$e: root's CLI failed ($(cat "$W/cli.err")) but the agent answered $code: $(head -c 600 "$W/agent.xml")"
+                explain "$e: root's CLI failed ($(cat "$W/cli.err")) but the agent answered $code: $(head -c 600 "$W/agent.xml")"
                 return 1
             fi
             echo "note $e: refused alike by the service ($code) and root's CLI: $msg" >&2
             continue
         fi
-        [ "$code" = 200 ] || { echo "$e: agent answered $code: $(head -c 600 "$W/agent.xml")"; return 1; }
-        cmp -s "$W/agent.xml" "$W/cli.xml" ||
-            { echo "$e: the service's answer differs from root's CLI:"; diff "$W/cli.xml" "$W/agent.xml" | head -n 20; return 1; }
+        [ "$code" = 200 ] || { explain "$e: agent answered $code: $(head -c 600 "$W/agent.xml")"; return 1; }
+        # On a difference, the service's journal says what its probe met (a failed run is
+        # logged there with QEMU's words).
+        cmp -s "$W/agent.xml" "$W/cli.xml" || {
+            diff "$W/cli.xml" "$W/agent.xml" | head -n 20
+            explain "$e: the service's answer differs from root's CLI (diff above; < CLI, > service)"
+            return 1
+        }
         docs=$((docs + 1))
         echo "note $e: service = root's CLI ($(wc -c <"$W/cli.xml") bytes)" >&2
     done

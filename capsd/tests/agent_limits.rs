@@ -196,7 +196,7 @@ fn a_request_past_its_time_gets_504_and_the_agent_goes_on() {
     let emu = fake_emulator(dir.path(), "exec sleep 30");
     let a = Agent::start_in(dir, &["--emulator", emu.to_str().unwrap(), "--request-timeout-ms", "500"]);
     let r = a.get(&format!("/v1/domcapabilities?emulatorbin={}", emu.display().to_string().replace('/', "%2F")));
-    // 504, not the 502 the probe itself ends with after its 10 s wait for QMP: the answer
+    // 504, not the 502 the probe itself ends with after its 30 s wait for QMP: the answer
     // did not wait for the probe.
     assert_eq!(r.status, 504, "{}", r.body);
     let j = r.json();

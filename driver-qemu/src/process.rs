@@ -323,7 +323,9 @@ fn conf_value(text: &str, key: &str) -> Option<String> {
 /// How probe processes are started.
 #[derive(Debug, Clone)]
 pub struct ProcessOptions {
-    /// Longest wait for the QMP socket to accept a connection.
+    /// Longest wait for the QMP socket to accept a connection. Default 30 s, libvirt's own
+    /// wait for a monitor: a probe that gives up sooner than libvirt fails on a loaded host
+    /// (a KVM run nested in a TCG guest under a CPU hog took longer than 10 s).
     pub start_timeout: Duration,
     /// QMP timeouts once connected.
     pub qmp: Timeouts,
@@ -340,7 +342,7 @@ pub struct ProcessOptions {
 impl Default for ProcessOptions {
     fn default() -> Self {
         ProcessOptions {
-            start_timeout: Duration::from_secs(10),
+            start_timeout: Duration::from_secs(30),
             qmp: Timeouts::default(),
             user: None,
             temp_root: None,

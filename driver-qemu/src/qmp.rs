@@ -63,7 +63,9 @@ pub struct Timeouts {
 
 impl Default for Timeouts {
     fn default() -> Self {
-        Timeouts { per_command: Duration::from_secs(10), overall: Duration::from_secs(60) }
+        // libvirt waits for a probe's replies without a limit; the agent answers 504 after its
+        // own request timeout (60 s) whatever these are.
+        Timeouts { per_command: Duration::from_secs(30), overall: Duration::from_secs(60) }
     }
 }
 

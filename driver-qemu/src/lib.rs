@@ -242,20 +242,31 @@ impl QemuDriver {
         // The KVM run first; the TCG run only when the answer needs it. Returns the data and
         // the runs left unprobed.
         let kvm_first = || -> Result<(ProbeData, Vec<Accel>), DriverError> {
-            let mut d = self.probe_now(binary, ProbeOptions { only: Some(Accel::Kvm), ..opts.clone() })?;
+            let partial = |accel| self.probe_now(binary, ProbeOptions { only: Some(accel), ..opts.clone() });
+            // Any failure of a run alone (QEMU refusing KVM for a foreign architecture, or TCG
+            // as a KVM-only build does, or a timeout) is judged by both runs together, whose
+            // rules (`probe::probe_runs`) tell a refusal from a failure.
+            let both = |why: Option<DriverError>| {
+                if let Some(e) = why {
+                    tracing::info!(error = %e, "probing both runs together");
+                }
+                self.probe_now(binary, opts.clone()).map(|d| (d, Vec::new()))
+            };
+            let mut d = match partial(Accel::Kvm) {
+                Ok(d) => d,
+                Err(e) => return both(Some(e)),
+            };
             if suffices(&d) {
                 return Ok((d, vec![Accel::Tcg]));
             }
-            // QEMU refused KVM (a foreign architecture): both runs as usual, so that a binary
-            // that refuses both fails with its own words.
+            // No KVM run (KVM not usable by the probe): both runs as usual.
             if !d.runs.contains_key(&Accel::Kvm) {
-                return self.probe_now(binary, opts.clone()).map(|d| (d, Vec::new()));
+                return both(None);
             }
-            // As when both runs start together (`probe::probe_runs`): QEMU refusing TCG beside
-            // a KVM run that worked is a KVM-only build (Debian's qemu-system-x86_64-microvm),
-            // and the TCG run is left out; any other failure of it fails the probe.
-            let tcg = self.probe_now(binary, ProbeOptions { only: Some(Accel::Tcg), ..opts.clone() })?;
-            d.runs.extend(tcg.runs);
+            match partial(Accel::Tcg) {
+                Ok(tcg) => d.runs.extend(tcg.runs),
+                Err(e) => return both(Some(e)),
+            }
             Ok((d, Vec::new()))
         };
         let Some(cache) = &self.cache else {

@@ -29,8 +29,9 @@ pub struct ProbeOptions {
     pub no_kvm: bool,
     /// Run this accelerator alone (when it is usable): what a query needs first, the other
     /// run left for later ([`crate::QemuDriver`] asks for it only when derivation needs
-    /// it). QEMU refusing that accelerator leaves no transcript and no error (the caller
-    /// decides what that means beside what it has); any other failure fails the probe.
+    /// it). Any failure of that run fails the probe, QEMU refusing the accelerator included
+    /// (only both runs together decide that a refusal means "not here"); without usable KVM a
+    /// KVM run alone gives no transcript.
     pub only: Option<Accel>,
     /// Ask QEMU's definition of every x86 CPU model even when libvirt's cpu_map is here (a
     /// recording replayed on hosts without it: `cargo xtask record-qemu`).
@@ -162,18 +163,15 @@ fn probe_runs(
 ) -> Result<BTreeMap<Accel, Transcript>, DriverError> {
     check_binary(binary, opts)?;
     let want_kvm = kvm_usable && !opts.no_kvm && opts.only != Some(Accel::Tcg);
-    // One run only: a refusal leaves it out (the caller knows what else it has), any other
-    // failure fails the probe.
+    // One run only: any failure fails the probe, a refusal included (the caller knows what
+    // else it has, and probes both runs when it needs their rules). Without usable KVM, a
+    // KVM run alone is no run.
     if let Some(accel) = opts.only {
         let mut runs = BTreeMap::new();
         if accel == Accel::Tcg || want_kvm {
-            match run_one(binary, accel, opts, gate) {
-                Ok(t) => {
-                    runs.insert(accel, t);
-                }
-                Err(e) if e.refused_accel() => tracing::info!(error = %e, ?accel, "QEMU refused this accelerator"),
-                Err(e) => return Err(DriverError::probe_failed(binary.display().to_string(), e.to_string())),
-            }
+            let t = run_one(binary, accel, opts, gate)
+                .map_err(|e| DriverError::probe_failed(binary.display().to_string(), e.to_string()))?;
+            runs.insert(accel, t);
         }
         return Ok(runs);
     }
@@ -202,7 +200,11 @@ fn probe_runs(
         None => None,
     };
     match (tcg_err, kvm_err) {
-        // Neither accelerator works: the binary is broken (or not QEMU).
+        // Neither accelerator works: the binary is broken (or not QEMU). A KVM run that
+        // failed beside a TCG refusal (a KVM-only build) is the error to show.
+        (Some(t), Some(k)) if !k.refused_accel() && t.refused_accel() => {
+            return Err(DriverError::probe_failed(binary.display().to_string(), k.to_string()));
+        }
         (Some(e), _) if runs.is_empty() => {
             return Err(DriverError::probe_failed(binary.display().to_string(), e.to_string()));
         }

@@ -83,13 +83,15 @@ pub enum ProcessError {
 
 impl ProcessError {
     /// QEMU refused to start with the accelerator asked (built without it, or KVM for a
-    /// foreign architecture): it exited with a code of its own before its QMP greeting. This
-    /// is the only failure of a run that says something about the accelerator. A timeout, a
-    /// broken QMP session with QEMU still running, a signal or a failure to start the process
-    /// say only that this probe failed: on a loaded host a KVM run that timed out was once
-    /// taken for "no KVM", and the answer silently became TCG's.
+    /// foreign architecture): it exited with code 1, QEMU's code for a failed
+    /// initialisation, before its QMP greeting. This is the only failure of a run that says
+    /// something about the accelerator. A timeout, a broken QMP session with QEMU still
+    /// running, a signal, an exit 0 (QEMU ended by SIGTERM, as `systemctl stop` sends it),
+    /// 127 (the probe's leader failing; an abort as PID 1 where no fault follows) or a
+    /// failure to start the process say only that this probe failed: on a loaded host a KVM
+    /// run that timed out was once taken for "no KVM", and the answer silently became TCG's.
     pub fn refused_accel(&self) -> bool {
-        matches!(self, ProcessError::ExitedEarly { code: Some(_), .. })
+        matches!(self, ProcessError::ExitedEarly { code: Some(1), .. })
     }
 
     /// QEMU began a second QMP session on the probe's connection (a greeting came where a
@@ -552,14 +554,19 @@ impl ProbeProcess {
         }
     }
 
-    /// A handshake that failed because QEMU closed the connection: QEMU opens its QMP
-    /// socket before it sets up its accelerator, so one that refuses the accelerator resets
-    /// a connection made in between. Its exit is reaped a moment after the socket closes
-    /// (later still through a PID namespace's leader, on a loaded host): wait for it a
-    /// bounded time. Exited: [`ProcessError::ExitedEarly`]. Still running (or any other
-    /// failure): a QMP error, and the process is killed.
+    /// A handshake that failed because QEMU closed the connection before its greeting: QEMU
+    /// opens its QMP socket before it sets up its accelerator, so one that refuses the
+    /// accelerator resets a connection made in between. Its exit is reaped a moment after
+    /// the socket closes (later still through a PID namespace's leader, on a loaded host):
+    /// wait for it a bounded time. Exited: [`ProcessError::ExitedEarly`]. Still running, a
+    /// failure after the greeting, or any other failure: a QMP error, and the process is
+    /// killed.
     fn handshake_error(&mut self, source: QmpClientError) -> ProcessError {
-        if matches!(source, QmpClientError::Io { .. } | QmpClientError::Eof { .. }) {
+        let before_greeting = match &source {
+            QmpClientError::Io { during, .. } | QmpClientError::Eof { during } => during == crate::qmp::GREETING,
+            _ => false,
+        };
+        if before_greeting {
             let deadline = Instant::now() + EXIT_GRACE;
             let mut pause = Duration::from_micros(200);
             loop {
@@ -631,7 +638,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn only_a_qemu_that_exited_with_a_code_before_its_greeting_refused_its_accelerator() {
+    fn only_a_qemu_that_exited_with_code_1_before_its_greeting_refused_its_accelerator() {
         let bin = PathBuf::from("/usr/bin/qemu-system-x86_64");
         let exited = |code| ProcessError::ExitedEarly {
             binary: bin.clone(),
@@ -642,6 +649,8 @@ mod tests {
         assert!(exited(Some(1)).refused_accel());
         let not = [
             exited(None),
+            exited(Some(0)),
+            exited(Some(127)),
             ProcessError::StartTimeout { binary: bin.clone(), timeout: Duration::from_secs(10), stderr: String::new() },
             ProcessError::Qmp {
                 binary: bin.clone(),

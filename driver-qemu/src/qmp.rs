@@ -52,6 +52,9 @@ pub enum QmpClientError {
     Command { command: String, class: String, desc: String },
 }
 
+/// The `during` of an error met before QEMU's greeting arrived.
+pub const GREETING: &str = "waiting for the QMP greeting";
+
 /// Timeouts of a session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Timeouts {
@@ -100,15 +103,10 @@ impl QmpClient {
             greeting: Value::Null,
             line: String::new(),
         };
-        let g = c.read_message("waiting for the QMP greeting")?;
+        let g = c.read_message(GREETING)?;
         match g.get("QMP") {
             Some(q) => c.greeting = q.clone(),
-            None => {
-                return Err(QmpClientError::Garbage {
-                    during: "waiting for the QMP greeting".into(),
-                    line: g.to_string(),
-                })
-            }
+            None => return Err(QmpClientError::Garbage { during: GREETING.into(), line: g.to_string() }),
         }
         c.execute(&Request::new("qmp_capabilities")).and_then(|e| match e.reply.into_result() {
             Ok(_) => Ok(()),

@@ -335,9 +335,12 @@ fn pass_on_exit(child: Pid) -> ! {
         }
     };
     if let Some(sig) = st.signal() {
-        // SAFETY: resets one signal's disposition, unblocks all and raises it in this
-        // single-threaded process; _exit follows for a signal that does not end it.
+        // SAFETY: marks this process not dumpable (a crashed emulator's signal raised again
+        // here must not dump a core of this fork of capsd, nor take the time to), resets one
+        // signal's disposition, unblocks all and raises it in this single-threaded process;
+        // _exit follows for a signal that does not end it.
         unsafe {
+            libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0);
             libc::signal(sig, libc::SIG_DFL);
             let mut none: libc::sigset_t = std::mem::zeroed();
             libc::sigemptyset(&mut none);

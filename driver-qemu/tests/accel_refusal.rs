@@ -61,9 +61,9 @@ fn wrapper(dir: &Path, name: &str, real: &Path, kvm_body: &str) -> PathBuf {
     p
 }
 
-/// Python that opens the QMP socket named in the arguments, lets a client connect, then runs
-/// `then`.
-fn listen_then(then: &str) -> String {
+/// Python that opens the QMP socket named in the arguments, lets a client connect, touches
+/// `marker` (so that a test knows the connection happened), then runs `then`.
+fn listen_then(marker: &Path, then: &str) -> String {
     format!(
         "exec python3 -c '
 import socket, sys, time, os
@@ -73,8 +73,10 @@ s = socket.socket(socket.AF_UNIX)
 s.bind(path)
 s.listen(1)
 c, _ = s.accept()
+open(\"{}\", \"w\").close()
 {then}
-' \"$@\""
+' \"$@\"",
+        marker.display()
     )
 }
 
@@ -87,31 +89,51 @@ fn only_qemu_refusing_kvm_leaves_the_kvm_run_out() {
     // Refusals: exits before opening its socket, and exits after a client connected (the
     // client sees the connection reset or closed, as with a real QEMU for a foreign
     // architecture). The probe answers with the TCG run alone.
+    let connected = d.join("connected");
     let refusals = [
-        wrapper(d, "refuses-at-once", &real, "echo 'invalid accelerator kvm' >&2\nexit 1"),
-        wrapper(
-            d,
-            "refuses-after-connect",
-            &real,
-            &listen_then("sys.stderr.write(\"invalid accelerator kvm\\n\"); os._exit(1)"),
+        (wrapper(d, "refuses-at-once", &real, "echo 'invalid accelerator kvm' >&2\nexit 1"), None),
+        (
+            wrapper(
+                d,
+                "refuses-after-connect",
+                &real,
+                &listen_then(&connected, "sys.stderr.write(\"invalid accelerator kvm\\n\"); os._exit(1)"),
+            ),
+            Some(&connected),
         ),
     ];
-    for bin in &refusals {
+    for (bin, marker) in &refusals {
         let data = probe(bin, &opts()).unwrap_or_else(|e| panic!("{}: {e}", bin.display()));
         assert!(data.host.kvm_usable);
         assert!(data.run(Accel::Tcg).is_some(), "{}: no TCG run", bin.display());
         assert!(data.run(Accel::Kvm).is_none(), "{}: a KVM run although QEMU refused KVM", bin.display());
+        if let Some(m) = marker {
+            assert!(m.exists(), "{}: the probe never connected before QEMU exited", bin.display());
+        }
     }
 
     // Failures: the KVM run hangs before its socket, hangs after a client connected, or is
     // crashes. The probe fails, naming the binary; it never answers with TCG's run.
+    let m = |name: &str| d.join(format!("{name}.connected"));
+    let greets = r#"c.sendall(b"{\"QMP\": {\"version\": {}, \"capabilities\": []}}\r\n")"#;
     let failures = [
         (wrapper(d, "hangs", &real, "exec sleep 1000"), "did not open its QMP socket"),
-        (wrapper(d, "silent", &real, &listen_then("time.sleep(1000)")), "greeting"),
+        (wrapper(d, "silent", &real, &listen_then(&m("silent"), "time.sleep(1000)")), "greeting"),
+        // Exit 0: what QEMU does when SIGTERM ends it (as `systemctl stop` sends it).
+        (wrapper(d, "terminated", &real, "exit 0"), "exit status: 0"),
+        // Greets, then exits 1 before answering qmp_capabilities: past the greeting, no
+        // refusal.
+        (
+            wrapper(d, "exits-after-greeting", &real, &listen_then(&m("greeting"), &format!("{greets}; os._exit(1)"))),
+            "qmp_capabilities",
+        ),
         // A fault (the emulator may be PID 1 of its own namespace, which signals it sends
         // itself do not end).
         (wrapper(d, "crashes", &real, "exec python3 -c 'import ctypes; ctypes.string_at(0)'"), "signal"),
-        (wrapper(d, "crashes-after-connect", &real, &listen_then("import ctypes; ctypes.string_at(0)")), "signal"),
+        (
+            wrapper(d, "crashes-after-connect", &real, &listen_then(&m("crash"), "import ctypes; ctypes.string_at(0)")),
+            "signal",
+        ),
     ];
     for (bin, why) in &failures {
         let e = probe(bin, &opts()).map(|d| d.runs.keys().copied().collect::<Vec<_>>());
@@ -122,6 +144,9 @@ fn only_qemu_refusing_kvm_leaves_the_kvm_run_out() {
         assert!(msg.contains(&bin.display().to_string()), "{msg}");
         assert!(msg.contains(why), "{}: {msg:?} does not say {why:?}", bin.display());
     }
+    for name in ["silent", "greeting", "crash"] {
+        assert!(m(name).exists(), "{name}: the probe never connected to the fake");
+    }
 }
 
 /// The driver's KVM query starts the KVM run alone first: a hung KVM run fails the query
@@ -131,7 +156,10 @@ fn a_kvm_query_fails_when_its_kvm_run_fails() {
     let Some(real) = prerequisites() else { return };
     let dir = tempfile::Builder::new().prefix("capsd-accel-").tempdir().unwrap();
     let d = dir.path();
-    let driver = QemuDriver::new().with_probe_options(opts());
+    // Probing as root (the test's user, whose access to /dev/kvm `prerequisites` checked),
+    // not as the probe user a root driver picks.
+    let root = driver_qemu::process::ProbeUser::from_name("root").unwrap();
+    let driver = QemuDriver::new().with_probe_options(opts()).with_probe_user(root);
     let query = |bin: &Path| Query {
         emulator: Some(bin.to_owned()),
         virt_type: Some("kvm".into()),

@@ -60,9 +60,10 @@ pub enum ProcessError {
         #[source]
         source: std::io::Error,
     },
-    /// QEMU ended before its QMP greeting (before or after opening its socket). `code` is
+    /// QEMU ended before its QMP session was set up (before or after opening its socket,
+    /// before or after its greeting). `code` is
     /// its exit code, `None` when a signal ended it.
-    #[error("{binary} exited ({status}) before its QMP greeting{}", stderr_suffix(.stderr))]
+    #[error("{binary} exited ({status}) before its QMP session was set up{}", stderr_suffix(.stderr))]
     ExitedEarly { binary: PathBuf, status: String, code: Option<i32>, stderr: String },
     #[error("{binary} did not open its QMP socket within {timeout:?}{}", stderr_suffix(.stderr))]
     StartTimeout { binary: PathBuf, timeout: Duration, stderr: String },
@@ -83,8 +84,8 @@ pub enum ProcessError {
 
 impl ProcessError {
     /// QEMU refused to start with the accelerator asked (built without it, or KVM for a
-    /// foreign architecture): it exited with code 1, QEMU's code for a failed
-    /// initialisation, before its QMP greeting. This is the only failure of a run that says
+    /// foreign architecture, or its accelerator module missing): it exited with code 1,
+    /// QEMU's code for a failed initialisation, before its QMP session was set up. This is the only failure of a run that says
     /// something about the accelerator. A timeout, a broken QMP session with QEMU still
     /// running, a signal, an exit 0 (QEMU ended by SIGTERM, as `systemctl stop` sends it),
     /// 127 (the probe's leader failing; an abort as PID 1 where no fault follows) or a
@@ -554,19 +555,18 @@ impl ProbeProcess {
         }
     }
 
-    /// A handshake that failed because QEMU closed the connection before its greeting: QEMU
-    /// opens its QMP socket before it sets up its accelerator, so one that refuses the
-    /// accelerator resets a connection made in between. Its exit is reaped a moment after
+    /// A handshake that failed because QEMU closed the connection: QEMU opens its QMP socket
+    /// before it sets up its accelerator, so one that refuses the accelerator resets a
+    /// connection made in between. Its exit is reaped a moment after
     /// the socket closes (later still through a PID namespace's leader, on a loaded host):
-    /// wait for it a bounded time. Exited: [`ProcessError::ExitedEarly`]. Still running, a
-    /// failure after the greeting, or any other failure: a QMP error, and the process is
-    /// killed.
+    /// wait for it a bounded time. Exited: [`ProcessError::ExitedEarly`]. Still running, or
+    /// any other failure: a QMP error, and the process is killed.
     fn handshake_error(&mut self, source: QmpClientError) -> ProcessError {
-        let before_greeting = match &source {
-            QmpClientError::Io { during, .. } | QmpClientError::Eof { during } => during == crate::qmp::GREETING,
-            _ => false,
-        };
-        if before_greeting {
+        // Also past the greeting, while `qmp_capabilities` is answered: Debian's QEMU loads
+        // its TCG accelerator module there, and one that cannot ("could not load module for
+        // type 'tcg-accel-ops'") exits 1 after greeting, seen for a copy of the binary
+        // outside /usr/bin.
+        if matches!(source, QmpClientError::Io { .. } | QmpClientError::Eof { .. }) {
             let deadline = Instant::now() + EXIT_GRACE;
             let mut pause = Duration::from_micros(200);
             loop {

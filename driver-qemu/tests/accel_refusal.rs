@@ -90,6 +90,7 @@ fn only_qemu_refusing_kvm_leaves_the_kvm_run_out() {
     // client sees the connection reset or closed, as with a real QEMU for a foreign
     // architecture). The probe answers with the TCG run alone.
     let connected = d.join("connected");
+    let greeted = d.join("greeted");
     let refusals = [
         (wrapper(d, "refuses-at-once", &real, "echo 'invalid accelerator kvm' >&2\nexit 1"), None),
         (
@@ -100,6 +101,20 @@ fn only_qemu_refusing_kvm_leaves_the_kvm_run_out() {
                 &listen_then(&connected, "sys.stderr.write(\"invalid accelerator kvm\\n\"); os._exit(1)"),
             ),
             Some(&connected),
+        ),
+        // Greets, then exits 1 before answering qmp_capabilities, as Debian's QEMU does when
+        // it cannot load its TCG accelerator module.
+        (
+            wrapper(
+                d,
+                "refuses-after-greeting",
+                &real,
+                &listen_then(
+                    &greeted,
+                    "c.sendall(b\"{\\\"QMP\\\": {\\\"version\\\": {}, \\\"capabilities\\\": []}}\\r\\n\"); os._exit(1)",
+                ),
+            ),
+            Some(&greeted),
         ),
     ];
     for (bin, marker) in &refusals {
@@ -121,11 +136,10 @@ fn only_qemu_refusing_kvm_leaves_the_kvm_run_out() {
         (wrapper(d, "silent", &real, &listen_then(&m("silent"), "time.sleep(1000)")), "greeting"),
         // Exit 0: what QEMU does when SIGTERM ends it (as `systemctl stop` sends it).
         (wrapper(d, "terminated", &real, "exit 0"), "exit status: 0"),
-        // Greets, then exits 1 before answering qmp_capabilities: past the greeting, no
-        // refusal.
+        // Greets, then exits 0 (as on SIGTERM) before answering qmp_capabilities.
         (
-            wrapper(d, "exits-after-greeting", &real, &listen_then(&m("greeting"), &format!("{greets}; os._exit(1)"))),
-            "qmp_capabilities",
+            wrapper(d, "ends-after-greeting", &real, &listen_then(&m("greeting"), &format!("{greets}; os._exit(0)"))),
+            "exit status: 0",
         ),
         // A fault (the emulator may be PID 1 of its own namespace, which signals it sends
         // itself do not end).

@@ -61,8 +61,7 @@ pub enum ProcessError {
         source: std::io::Error,
     },
     /// QEMU ended before its QMP session was set up (before or after opening its socket,
-    /// before or after its greeting). `code` is
-    /// its exit code, `None` when a signal ended it.
+    /// before or after its greeting). `code` is its exit code, `None` when a signal ended it.
     #[error("{binary} exited ({status}) before its QMP session was set up{}", stderr_suffix(.stderr))]
     ExitedEarly { binary: PathBuf, status: String, code: Option<i32>, stderr: String },
     #[error("{binary} did not open its QMP socket within {timeout:?}{}", stderr_suffix(.stderr))]
@@ -85,8 +84,8 @@ pub enum ProcessError {
 impl ProcessError {
     /// QEMU refused to start with the accelerator asked (built without it, or KVM for a
     /// foreign architecture, or its accelerator module missing): it exited with code 1,
-    /// QEMU's code for a failed initialisation, before its QMP session was set up. This is the only failure of a run that says
-    /// something about the accelerator. A timeout, a broken QMP session with QEMU still
+    /// QEMU's code for a failed initialisation, before its QMP session was set up. This is
+    /// the only failure of a run that says something about the accelerator. A timeout, a broken QMP session with QEMU still
     /// running, a signal, an exit 0 (QEMU ended by SIGTERM, as `systemctl stop` sends it),
     /// 127 (the probe's leader failing; an abort as PID 1 where no fault follows) or a
     /// failure to start the process say only that this probe failed: on a loaded host a KVM
@@ -328,7 +327,7 @@ fn conf_value(text: &str, key: &str) -> Option<String> {
 pub struct ProcessOptions {
     /// Longest wait for the QMP socket to accept a connection. Default 30 s, libvirt's own
     /// wait for a monitor: a probe that gives up sooner than libvirt fails on a loaded host
-    /// (a KVM run nested in a TCG guest under a CPU hog took longer than 10 s).
+    /// (the likely cause of a KVM run lost in a loaded TCG guest, with 10 s).
     pub start_timeout: Duration,
     /// QMP timeouts once connected.
     pub qmp: Timeouts,
@@ -434,7 +433,7 @@ pub fn probe_args(accel: Accel, socket: &Path) -> Vec<String> {
     ]
 }
 
-/// How long a QEMU that closed its QMP connection before the greeting is given to be seen
+/// How long a QEMU that closed its QMP connection during the handshake is given to be seen
 /// exiting before the failure counts as a broken session (see `handshake_error`).
 const EXIT_GRACE: Duration = Duration::from_secs(5);
 
@@ -557,9 +556,9 @@ impl ProbeProcess {
 
     /// A handshake that failed because QEMU closed the connection: QEMU opens its QMP socket
     /// before it sets up its accelerator, so one that refuses the accelerator resets a
-    /// connection made in between. Its exit is reaped a moment after
-    /// the socket closes (later still through a PID namespace's leader, on a loaded host):
-    /// wait for it a bounded time. Exited: [`ProcessError::ExitedEarly`]. Still running, or
+    /// connection made in between. Its exit is reaped a moment after the socket closes
+    /// (later still through a PID namespace's leader, on a loaded host): wait for it a
+    /// bounded time. Exited: [`ProcessError::ExitedEarly`]. Still running, or
     /// any other failure: a QMP error, and the process is killed.
     fn handshake_error(&mut self, source: QmpClientError) -> ProcessError {
         // Also past the greeting, while `qmp_capabilities` is answered: Debian's QEMU loads

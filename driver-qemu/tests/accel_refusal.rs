@@ -61,6 +61,9 @@ fn wrapper(dir: &Path, name: &str, real: &Path, kvm_body: &str) -> PathBuf {
     p
 }
 
+/// Python sending a QMP greeting on the connection `c`.
+const GREETS: &str = r#"c.sendall(b"{\"QMP\": {\"version\": {}, \"capabilities\": []}}\r\n")"#;
+
 /// Python that opens the QMP socket named in the arguments, lets a client connect, touches
 /// `marker` (so that a test knows the connection happened), then runs `then`.
 fn listen_then(marker: &Path, then: &str) -> String {
@@ -105,15 +108,7 @@ fn only_qemu_refusing_kvm_leaves_the_kvm_run_out() {
         // Greets, then exits 1 before answering qmp_capabilities, as Debian's QEMU does when
         // it cannot load its TCG accelerator module.
         (
-            wrapper(
-                d,
-                "refuses-after-greeting",
-                &real,
-                &listen_then(
-                    &greeted,
-                    "c.sendall(b\"{\\\"QMP\\\": {\\\"version\\\": {}, \\\"capabilities\\\": []}}\\r\\n\"); os._exit(1)",
-                ),
-            ),
+            wrapper(d, "refuses-after-greeting", &real, &listen_then(&greeted, &format!("{GREETS}; os._exit(1)"))),
             Some(&greeted),
         ),
     ];
@@ -130,7 +125,6 @@ fn only_qemu_refusing_kvm_leaves_the_kvm_run_out() {
     // Failures: the KVM run hangs before its socket, hangs after a client connected, or is
     // crashes. The probe fails, naming the binary; it never answers with TCG's run.
     let m = |name: &str| d.join(format!("{name}.connected"));
-    let greets = r#"c.sendall(b"{\"QMP\": {\"version\": {}, \"capabilities\": []}}\r\n")"#;
     let failures = [
         (wrapper(d, "hangs", &real, "exec sleep 1000"), "did not open its QMP socket"),
         (wrapper(d, "silent", &real, &listen_then(&m("silent"), "time.sleep(1000)")), "greeting"),
@@ -138,7 +132,7 @@ fn only_qemu_refusing_kvm_leaves_the_kvm_run_out() {
         (wrapper(d, "terminated", &real, "exit 0"), "exit status: 0"),
         // Greets, then exits 0 (as on SIGTERM) before answering qmp_capabilities.
         (
-            wrapper(d, "ends-after-greeting", &real, &listen_then(&m("greeting"), &format!("{greets}; os._exit(0)"))),
+            wrapper(d, "ends-after-greeting", &real, &listen_then(&m("greeting"), &format!("{GREETS}; os._exit(0)"))),
             "exit status: 0",
         ),
         // A fault (the emulator may be PID 1 of its own namespace, which signals it sends

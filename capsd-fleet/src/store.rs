@@ -140,8 +140,11 @@ pub enum Scope {
     All,
     /// The references for one virt type (and arch, and machine when given): `check`, `baseline`.
     /// `records`: read the host records too (needed for selectors and a domain without arch);
-    /// without, hosts are known by id alone.
-    Query { virt_type: String, arch: Option<String>, machine: Option<String>, records: bool },
+    /// without, hosts are known by id alone. `prefetch`: fetch the documents the query's
+    /// references name as soon as the references are read, while the host records (or ids)
+    /// still come (for a question about every host, which needs nearly all of them;
+    /// [`Snapshot::fetch`] then takes those it is asked for).
+    Query { virt_type: String, arch: Option<String>, machine: Option<String>, records: bool, prefetch: bool },
 }
 
 /// A document as fetched.
@@ -162,6 +165,9 @@ pub struct Snapshot {
     /// Bytes of keys and values read.
     pub stored_bytes: u64,
     docs: HashMap<String, Doc>,
+    /// Documents fetched ahead ([`Scope::Query`]'s `prefetch`), not yet asked for: their
+    /// problems are reported only when [`Snapshot::fetch`] takes them.
+    prefetched: HashMap<String, (String, Doc)>,
 }
 
 impl Snapshot {
@@ -191,13 +197,30 @@ impl Snapshot {
                 .collect(),
         };
         // Host records (or their ids alone) and the references, read at once (streams of one
-        // connection; etcd serves them in parallel).
+        // connection; etcd serves them in parallel), then, when asked, the documents the
+        // references name while the hosts still come.
+        let prefetch = matches!(scope, Scope::Query { prefetch: true, .. });
+        let refs_then_docs = async {
+            let (refs, problems) = range_many(client, refs_prefixes, s.revision).await?;
+            let docs = if prefetch {
+                let hashes: BTreeSet<&[u8]> =
+                    refs.iter().map(|kv| &kv.value[..]).filter(|v| is_hash_bytes(v)).collect();
+                // 64 ASCII hex digits: UTF-8.
+                let hashes = hashes.into_iter().map(|h| String::from_utf8_lossy(h).into_owned()).collect();
+                fetch_documents(client, layout, s.revision, hashes).await?
+            } else {
+                Vec::new()
+            };
+            Ok::<_, FleetError>((refs, problems, docs))
+        };
         let mut p_hosts = Vec::new();
-        let (hosts, refs) = tokio::join!(
-            range_all(client, &mut p_hosts, &hosts_prefix, s.revision, !records),
-            range_many(client, refs_prefixes, s.revision)
-        );
-        let ((kvs, _), (refs, p_refs)) = (hosts?, refs?);
+        let (hosts, refs) =
+            tokio::join!(range_all(client, &mut p_hosts, &hosts_prefix, s.revision, !records), refs_then_docs);
+        let ((kvs, _), (refs, p_refs, docs)) = (hosts?, refs?);
+        for f in docs {
+            s.stored_bytes += f.bytes;
+            s.prefetched.insert(f.hash, (f.key, f.doc));
+        }
         s.problems.extend(p_hosts);
         s.problems.extend(p_refs);
         // Keys come in order: the map is built at once from them (full nodes, no splits).
@@ -226,8 +249,10 @@ impl Snapshot {
             }
             hosts.push((id.to_owned(), host));
         }
+        // References come in host order within each query's range, as the hosts do: each is
+        // matched by stepping through the hosts' vector, before the map is built.
+        add_refs(&mut s.problems, &mut s.stored_bytes, layout, refs, &mut SortedHosts { v: &mut hosts, next: 0 });
         s.hosts = hosts.into_iter().collect();
-        s.add_refs(layout, refs);
         if let Scope::Query { virt_type, arch, machine, .. } = scope {
             let arch_of = |h: &Host| arch.clone().unwrap_or_else(|| h.record.cpu.arch.clone());
             let usable = |a: &String| QueryKey::new(virt_type, a, None).is_ok();
@@ -284,71 +309,8 @@ impl Snapshot {
         }
         let (kvs, problems) = range_many(client, prefixes, self.revision).await?;
         self.problems.extend(problems);
-        self.add_refs(layout, kvs);
+        add_refs(&mut self.problems, &mut self.stored_bytes, layout, kvs, &mut self.hosts);
         Ok(())
-    }
-
-    /// Take references read (checked: key layout, host id, a hash as value) into the hosts.
-    fn add_refs(&mut self, layout: &Layout, kvs: Vec<etcd::KeyValue>) {
-        let refs = layout.refs();
-        // A range holds one query's references (or a few, in key order): its key segment is
-        // parsed once, not per host.
-        let mut last: Option<(Vec<u8>, QueryKey)> = None;
-        for kv in kvs {
-            self.stored_bytes += (kv.key.len() + kv.value.len()) as u64;
-            let rest = kv.key.get(refs.len()..).filter(|_| kv.key.starts_with(refs.as_bytes())).unwrap_or(&[]);
-            let split = rest.iter().rposition(|&b| b == b'/').map(|i| (&rest[..i], &rest[i + 1..]));
-            let Some((q_bytes, id_bytes)) = split else {
-                self.problems.push(Problem {
-                    key: kv.key_str().into_owned(),
-                    host: None,
-                    reason: "not a reference key".into(),
-                });
-                continue;
-            };
-            let id = String::from_utf8_lossy(id_bytes);
-            let q = match &last {
-                Some((b, q)) if b.as_slice() == q_bytes => Ok(q.clone()),
-                _ => QueryKey::parse(&String::from_utf8_lossy(q_bytes)),
-            };
-            let q = match q {
-                Ok(q) if crate::validate_host_id(&id).is_ok() => q,
-                Ok(_) => {
-                    self.problems.push(Problem {
-                        key: kv.key_str().into_owned(),
-                        host: None,
-                        reason: "not a reference key (bad host id)".into(),
-                    });
-                    continue;
-                }
-                Err(e) => {
-                    self.problems.push(Problem {
-                        key: kv.key_str().into_owned(),
-                        host: Some(id.into_owned()),
-                        reason: e.to_string(),
-                    });
-                    continue;
-                }
-            };
-            if last.as_ref().is_none_or(|(b, _)| b.as_slice() != q_bytes) {
-                last = Some((q_bytes.to_vec(), q.clone()));
-            }
-            if !is_hash_bytes(&kv.value) {
-                let hash = String::from_utf8_lossy(&kv.value);
-                let shown: String = hash.chars().take(80).collect();
-                self.problems.push(Problem {
-                    key: kv.key_str().into_owned(),
-                    host: Some(id.into_owned()),
-                    reason: format!("not a document hash ({} bytes: {})", kv.value.len(), shown.escape_debug()),
-                });
-                continue;
-            }
-            // References of a host whose record is not (or no longer) there are left out.
-            if let Some(h) = self.hosts.get_mut(id.as_ref()) {
-                // 64 ASCII hex digits: UTF-8.
-                h.docs.insert(q, String::from_utf8_lossy(&kv.value).into_owned());
-            }
-        }
     }
 
     /// Fetch the documents with these hashes (those not fetched yet), checking each
@@ -359,35 +321,25 @@ impl Snapshot {
         layout: &Layout,
         hashes: impl IntoIterator<Item = String>,
     ) -> Result<(), FleetError> {
-        let want: Vec<String> = {
-            let mut seen = HashSet::new();
-            hashes.into_iter().filter(|h| !self.docs.contains_key(h) && seen.insert(h.clone())).collect()
-        };
-        // A few at a time: they are tens of KiB each.
-        for chunk in want.chunks(16) {
-            let mut set = tokio::task::JoinSet::new();
-            for hash in chunk {
-                let (c, key, hash, rev) = (client.clone(), layout.doc(hash), hash.clone(), self.revision);
-                set.spawn(async move {
-                    let r = c.range(&at_revision(Range::key(key.clone()), rev)).await;
-                    (hash, key, r)
-                });
+        let mut want = Vec::new();
+        let mut got = Vec::new();
+        let mut seen = HashSet::new();
+        for h in hashes {
+            if self.docs.contains_key(&h) || !seen.insert(h.clone()) {
+                continue;
             }
-            while let Some(j) = set.join_next().await {
-                let Ok((hash, key, r)) = j else { continue };
-                let r = r.map_err(|e| FleetError::etcd("", e))?;
-                let doc = match r.kvs.into_iter().next() {
-                    None => Doc::Bad(format!("document {key} is referenced but not stored")),
-                    Some(kv) => {
-                        self.stored_bytes += (kv.key.len() + kv.value.len()) as u64;
-                        check_document(&key, &hash, &kv.value)
-                    }
-                };
-                if let Doc::Bad(reason) = &doc {
-                    self.problems.push(Problem { key, host: None, reason: reason.clone() });
-                }
-                self.docs.insert(hash, doc);
+            match self.prefetched.remove(&h) {
+                Some((key, doc)) => got.push(Fetched { hash: h, key, doc, bytes: 0 }),
+                None => want.push(h),
             }
+        }
+        got.extend(fetch_documents(client, layout, self.revision, want).await?);
+        for f in got {
+            self.stored_bytes += f.bytes;
+            if let Doc::Bad(reason) = &f.doc {
+                self.problems.push(Problem { key: f.key, host: None, reason: reason.clone() });
+            }
+            self.docs.insert(f.hash, f.doc);
         }
         Ok(())
     }
@@ -412,6 +364,174 @@ impl Snapshot {
     pub fn fetched(&self) -> usize {
         self.docs.len()
     }
+}
+
+/// Where [`add_refs`] finds a host by id.
+trait HostIndex {
+    fn host_mut(&mut self, id: &str) -> Option<&mut Host>;
+}
+
+impl HostIndex for BTreeMap<String, Host> {
+    fn host_mut(&mut self, id: &str) -> Option<&mut Host> {
+        self.get_mut(id)
+    }
+}
+
+/// Hosts in id order, searched from the one after the last found (references of one query
+/// come in id order too).
+struct SortedHosts<'a> {
+    v: &'a mut Vec<(String, Host)>,
+    next: usize,
+}
+
+impl HostIndex for SortedHosts<'_> {
+    fn host_mut(&mut self, id: &str) -> Option<&mut Host> {
+        let i = match self.v.get(self.next) {
+            Some((k, _)) if k == id => self.next,
+            _ => self.v.binary_search_by(|(k, _)| k.as_str().cmp(id)).ok()?,
+        };
+        self.next = i + 1;
+        Some(&mut self.v[i].1)
+    }
+}
+
+/// Take references read (checked: key layout, host id, a hash as value) into the hosts.
+fn add_refs(
+    problems: &mut Vec<Problem>,
+    stored_bytes: &mut u64,
+    layout: &Layout,
+    kvs: Vec<etcd::KeyValue>,
+    hosts: &mut impl HostIndex,
+) {
+    let refs = layout.refs();
+    // A range holds one query's references (or a few, in key order): its key segment is
+    // parsed once, not per host.
+    let mut last: Option<(Vec<u8>, QueryKey)> = None;
+    for kv in kvs {
+        *stored_bytes += (kv.key.len() + kv.value.len()) as u64;
+        let rest = kv.key.get(refs.len()..).filter(|_| kv.key.starts_with(refs.as_bytes())).unwrap_or(&[]);
+        let split = rest.iter().rposition(|&b| b == b'/').map(|i| (&rest[..i], &rest[i + 1..]));
+        let Some((q_bytes, id_bytes)) = split else {
+            problems.push(Problem { key: kv.key_str().into_owned(), host: None, reason: "not a reference key".into() });
+            continue;
+        };
+        let id = match std::str::from_utf8(id_bytes) {
+            Ok(id) => std::borrow::Cow::Borrowed(id),
+            Err(_) => String::from_utf8_lossy(id_bytes),
+        };
+        let q = match &last {
+            Some((b, q)) if b.as_slice() == q_bytes => Ok(q.clone()),
+            _ => QueryKey::parse(&String::from_utf8_lossy(q_bytes)),
+        };
+        let q = match q {
+            Ok(q) if crate::validate_host_id(&id).is_ok() => q,
+            Ok(_) => {
+                problems.push(Problem {
+                    key: kv.key_str().into_owned(),
+                    host: None,
+                    reason: "not a reference key (bad host id)".into(),
+                });
+                continue;
+            }
+            Err(e) => {
+                problems.push(Problem {
+                    key: kv.key_str().into_owned(),
+                    host: Some(id.into_owned()),
+                    reason: e.to_string(),
+                });
+                continue;
+            }
+        };
+        if last.as_ref().is_none_or(|(b, _)| b.as_slice() != q_bytes) {
+            last = Some((q_bytes.to_vec(), q.clone()));
+        }
+        if !is_hash_bytes(&kv.value) {
+            let hash = String::from_utf8_lossy(&kv.value);
+            let shown: String = hash.chars().take(80).collect();
+            problems.push(Problem {
+                key: kv.key_str().into_owned(),
+                host: Some(id.into_owned()),
+                reason: format!("not a document hash ({} bytes: {})", kv.value.len(), shown.escape_debug()),
+            });
+            continue;
+        }
+        // References of a host whose record is not (or no longer) there are left out.
+        if let Some(h) = hosts.host_mut(&id) {
+            // 64 ASCII hex digits: UTF-8.
+            h.docs.insert(q, String::from_utf8(kv.value).unwrap_or_default());
+        }
+    }
+}
+
+/// A document fetched and checked: its hash, key, what it is, bytes read.
+struct Fetched {
+    hash: String,
+    key: String,
+    doc: Doc,
+    bytes: u64,
+}
+
+/// Fetch the documents with these hashes at `revision` (many requests in flight on the one
+/// connection), then check and parse them on as many threads as there are CPUs (parsing is
+/// most of the work: a few hundred documents of tens of KiB each).
+async fn fetch_documents(
+    client: &Client,
+    layout: &Layout,
+    revision: i64,
+    hashes: Vec<String>,
+) -> Result<Vec<Fetched>, FleetError> {
+    /// Requests in flight at once.
+    const IN_FLIGHT: usize = 64;
+    let mut raw: Vec<(String, String, Option<Vec<u8>>)> = Vec::with_capacity(hashes.len());
+    for chunk in hashes.chunks(IN_FLIGHT) {
+        let mut set = tokio::task::JoinSet::new();
+        for hash in chunk {
+            let (c, key, hash) = (client.clone(), layout.doc(hash), hash.clone());
+            set.spawn(async move {
+                let r = c.range(&at_revision(Range::key(key.clone()), revision)).await;
+                (hash, key, r)
+            });
+        }
+        while let Some(j) = set.join_next().await {
+            let (hash, key, r) = j.map_err(|e| FleetError::Invalid {
+                what: "etcd read",
+                value: String::new(),
+                reason: format!("a document's task failed: {e}"),
+            })?;
+            let r = r.map_err(|e| FleetError::etcd("", e))?;
+            raw.push((hash, key, r.kvs.into_iter().next().map(|kv| kv.value)));
+        }
+    }
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 8);
+    let per = raw.len().div_ceil(workers).max(1);
+    let mut parts = Vec::new();
+    while !raw.is_empty() {
+        let part: Vec<_> = raw.drain(..per.min(raw.len())).collect();
+        parts.push(tokio::task::spawn_blocking(move || {
+            part.into_iter()
+                .map(|(hash, key, value)| match value {
+                    None => Fetched {
+                        doc: Doc::Bad(format!("document {key} is referenced but not stored")),
+                        hash,
+                        key,
+                        bytes: 0,
+                    },
+                    Some(v) => {
+                        Fetched { doc: check_document(&key, &hash, &v), bytes: (key.len() + v.len()) as u64, hash, key }
+                    }
+                })
+                .collect::<Vec<_>>()
+        }));
+    }
+    let mut out = Vec::new();
+    for p in parts {
+        out.extend(p.await.map_err(|e| FleetError::Invalid {
+            what: "documents",
+            value: String::new(),
+            reason: format!("checking documents failed: {e}"),
+        })?);
+    }
+    Ok(out)
 }
 
 fn bare_record(id: &str) -> HostRecord {
@@ -688,35 +808,59 @@ mod tests {
 
     #[test]
     fn references_are_checked_one_by_one_in_a_range_of_one_query() {
+        // Both ways of finding a host: the map (a later read) and the sorted vector stepped
+        // through (the first read), which must also find hosts out of order ("a" again after
+        // "c", a host without a reference in between).
         let layout = Layout::new("/p").unwrap();
-        let mut s = Snapshot::default();
-        for id in ["a", "b"] {
-            s.hosts.insert(id.into(), Host { record: bare_record(id), damaged: None, docs: Docs::new() });
-        }
         let (h1, h2) = ("1".repeat(64), "2".repeat(64));
         let kv = |k: &str, v: &str| etcd::KeyValue { key: k.into(), value: v.into(), ..Default::default() };
-        s.add_refs(
-            &layout,
+        let refs = || {
             vec![
                 kv("/p/refs/kvm/x86_64/q35/a", &h1),
                 kv("/p/refs/kvm/x86_64/q35/b", "not a hash"),
                 kv("/p/refs/kvm/x86_64/q35/bad id", &h1),
                 kv("/p/refs/kvm/x86_64/q35/c", &h1),
+                kv("/p/refs/kvm/x86_64/q35/e", &h2),
                 kv("/p/refs/kvm/x86 64/q35/a", &h2),
                 kv("/p/refs/kvm/x86_64/@default/b", &h2),
+                kv("/p/refs/kvm/x86_64/pc/a", &h2),
                 kv("/p/refs/junk", &h2),
-            ],
+            ]
+        };
+        let host = |id: &str| (id.to_owned(), Host { record: bare_record(id), damaged: None, docs: Docs::new() });
+        let mut by_map = Snapshot { hosts: ["a", "b", "d", "e"].into_iter().map(host).collect(), ..Default::default() };
+        add_refs(&mut by_map.problems, &mut by_map.stored_bytes, &layout, refs(), &mut by_map.hosts);
+        let mut by_vec = Snapshot::default();
+        let mut v: Vec<_> = ["a", "b", "d", "e"].into_iter().map(host).collect();
+        add_refs(
+            &mut by_vec.problems,
+            &mut by_vec.stored_bytes,
+            &layout,
+            refs(),
+            &mut SortedHosts { v: &mut v, next: 0 },
         );
-        let q35 = QueryKey::parse("kvm/x86_64/q35").unwrap();
-        let default = QueryKey::parse("kvm/x86_64/@default").unwrap();
-        assert_eq!(s.hosts["a"].docs, Docs::from([(q35, h1)]));
-        assert_eq!(s.hosts["b"].docs, Docs::from([(default, h2)]));
-        let problems: Vec<&str> = s.problems.iter().map(|p| p.key.as_str()).collect();
-        assert_eq!(
-            problems,
-            ["/p/refs/kvm/x86_64/q35/b", "/p/refs/kvm/x86_64/q35/bad id", "/p/refs/kvm/x86 64/q35/a", "/p/refs/junk"]
-        );
-        assert_eq!(s.problems[0].host.as_deref(), Some("b"));
+        by_vec.hosts = v.into_iter().collect();
+        let q = |s: &str| QueryKey::parse(s).unwrap();
+        for s in [by_map, by_vec] {
+            assert_eq!(
+                s.hosts["a"].docs,
+                Docs::from([(q("kvm/x86_64/q35"), h1.clone()), (q("kvm/x86_64/pc"), h2.clone())])
+            );
+            assert_eq!(s.hosts["b"].docs, Docs::from([(q("kvm/x86_64/@default"), h2.clone())]));
+            assert!(s.hosts["d"].docs.is_empty());
+            assert_eq!(s.hosts["e"].docs, Docs::from([(q("kvm/x86_64/q35"), h2.clone())]));
+            let problems: Vec<&str> = s.problems.iter().map(|p| p.key.as_str()).collect();
+            assert_eq!(
+                problems,
+                [
+                    "/p/refs/kvm/x86_64/q35/b",
+                    "/p/refs/kvm/x86_64/q35/bad id",
+                    "/p/refs/kvm/x86 64/q35/a",
+                    "/p/refs/junk"
+                ]
+            );
+            assert_eq!(s.problems[0].host.as_deref(), Some("b"));
+        }
     }
 
     #[test]

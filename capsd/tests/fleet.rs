@@ -541,6 +541,8 @@ fn forged_documents_and_bad_keys_are_reported_and_the_rest_is_answered() {
     let b = verdict("host-b");
     assert_eq!(b["verdict"], "unknown", "{b}");
     assert!(b["note"].as_str().unwrap().contains(&doc_key), "{b}");
+    // Named once, though check fetches the documents ahead while it reads the hosts.
+    assert_eq!(String::from_utf8_lossy(&o.stderr).lines().filter(|l| l.contains(&doc_key)).count(), 1, "{o:?}");
     assert!(verdict("host-a")["query"].is_string(), "host A is not answered: {v}");
 
     // Hostile keys, as any host with write access could put them.
@@ -564,6 +566,11 @@ fn forged_documents_and_bad_keys_are_reported_and_the_rest_is_answered() {
     raw.put("/capsd/hosts/ghost", record_json("ghost", "x")).unwrap();
     let missing = "0".repeat(64);
     raw.put("/capsd/refs/kvm/x86_64/q35/ghost", missing.clone()).unwrap();
+    // A reference of a host without a record, to another document that is not stored: left
+    // out with its host, so nothing says its document is missing (check fetches documents
+    // ahead; one no host listed refers to is not reported).
+    let unlisted = "e".repeat(64);
+    raw.put("/capsd/refs/kvm/x86_64/q35/nobody", unlisted.clone()).unwrap();
     // A malformed reference, an oversized one, junk.
     raw.put("/capsd/refs/kvm/x86_64/q35/host-a-evil", "not a hash").unwrap();
     raw.put("/capsd/refs/kvm/x86_64/q35/bloat-0", big(1_000_000, b'a')).unwrap();
@@ -604,6 +611,8 @@ fn forged_documents_and_bad_keys_are_reported_and_the_rest_is_answered() {
     assert_eq!(ghost["verdict"], "unknown", "{ghost}");
     assert!(ghost["note"].as_str().unwrap().contains(&missing), "{ghost}");
     assert!(!String::from_utf8_lossy(&o.stderr).contains("not a usable domain definition"), "{o:?}");
+    assert!(!String::from_utf8_lossy(&o.stderr).contains(&unlisted), "{o:?}");
+    assert!(v["hosts"].as_array().unwrap().iter().all(|h| h["host"] != "nobody"), "{v}");
     let o = fleet(&ep, &["check", spice.to_str().unwrap()]);
     no_raw_control("fleet check's text", &o.stdout);
     assert_eq!(fleet(&ep, &["diff", "host-a", "host-b", "--machine", "q35"]).status.code(), Some(2));

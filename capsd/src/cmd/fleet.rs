@@ -283,6 +283,7 @@ async fn fleet(args: Args) -> Result<ExitCode> {
                 arch: domain.arch().map(str::to_owned),
                 machine: domain.machine().map(str::to_owned),
                 records: domain.arch().is_none() || !sel.selectors.is_empty(),
+                prefetch: sel.hosts.is_empty() && sel.selectors.is_empty(),
             };
             let mut snap = Snapshot::read(&client, &layout, &scope).await?;
             let need = capsd_fleet::analysis::needed(&snap, &sel, domain.virt_type(), domain.arch(), domain.machine())?;
@@ -297,6 +298,7 @@ async fn fleet(args: Args) -> Result<ExitCode> {
                 arch: query.arch.clone(),
                 machine: query.machine.clone(),
                 records: query.arch.is_none() || !sel.selectors.is_empty(),
+                prefetch: sel.hosts.is_empty() && sel.selectors.is_empty(),
             };
             let mut snap = Snapshot::read(&client, &layout, &scope).await?;
             fetch_needed(&client, &layout, &mut snap, &sel, &query, json).await?;

@@ -161,7 +161,11 @@ fn publish_options(args: &Args, state_dir: Option<&std::path::Path>) -> Result<O
         ttl: Duration::from_secs(args.etcd_ttl),
         take_over: args.take_over,
     };
-    Ok(Some(crate::agent::publish::Options { config, driver: args.publish_driver.clone() }))
+    Ok(Some(crate::agent::publish::Options {
+        config,
+        driver: args.publish_driver.clone(),
+        retry: crate::agent::publish::RETRY_FIRST,
+    }))
 }
 
 fn parse_mode(s: &str) -> Result<u32, String> {

@@ -66,32 +66,25 @@ pub async fn run(
     let mut seen = None;
     let mut inputs_changed_ms = None;
     let mut refusal = publisher.refused.clone();
-    // When to ask again the queries that failed, and the delay after that.
-    let mut retry: Option<tokio::time::Instant> = None;
-    let mut delay = opts.retry;
+    // When to ask again the queries that failed, and the delay that led there.
+    let mut retry: Option<(tokio::time::Instant, Duration)> = None;
     loop {
         let g = agent.generation();
-        let due = retry.is_some_and(|at| tokio::time::Instant::now() >= at);
+        let due = retry.is_some_and(|(at, _)| tokio::time::Instant::now() >= at);
         if seen != Some(g) || due {
             if seen.is_some() && seen != Some(g) {
                 inputs_changed_ms = Some(capsd_fleet::now_ms());
             }
-            if due && seen == Some(g) {
-                tracing::info!(after_ms = delay.as_millis() as u64, "etcd: asking again the queries that failed");
+            if let Some((_, after)) = retry.filter(|_| due && seen == Some(g)) {
+                tracing::info!(after_ms = after.as_millis() as u64, "etcd: asking again the queries that failed");
             }
             seen = Some(g);
             let failed = collect(&agent, &opts, &publisher, &stop, inputs_changed_ms).await;
-            retry = match (failed, retry) {
-                (0, _) => {
-                    delay = opts.retry;
-                    None
-                }
-                (_, None) => Some(tokio::time::Instant::now() + delay),
-                (_, Some(_)) => {
-                    delay = (delay * 2).min(RETRY_MAX.max(opts.retry));
-                    Some(tokio::time::Instant::now() + delay)
-                }
-            };
+            // The first failure waits `opts.retry`, each one after it twice the delay before.
+            retry = (failed > 0).then(|| {
+                let d = retry.map_or(opts.retry, |(_, d)| (d * 2).min(RETRY_MAX.max(opts.retry)));
+                (tokio::time::Instant::now() + d, d)
+            });
         }
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_millis(100)) => {}

@@ -19,6 +19,42 @@ use clap::{Args as _, CommandFactory, FromArgMatches, Parser, Subcommand};
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// mimalloc's settings, made before its first allocation (see [`allocator`]).
+#[used]
+#[link_section = ".preinit_array"]
+static CONFIGURE_ALLOCATOR: extern "C" fn() = allocator::configure;
+
+/// What mimalloc is told before it starts. Its first allocation reserves an arena of
+/// `arena_reserve` (1 GiB by default) and sets up that arena's bitmaps: about 36 page faults
+/// on every run of a CLI that allocates well under 1 MiB. A smaller first arena costs the
+/// agent nothing (mimalloc reserves further arenas as it needs them, each larger).
+///
+/// It runs from `.preinit_array`: before every constructor of the executable, mimalloc's
+/// initialisation (which reads its options) among them. Environment variables
+/// (`MIMALLOC_ARENA_RESERVE`) are not consulted for what is set here.
+mod allocator {
+    use std::ffi::{c_int, c_long};
+
+    /// `mi_option_arena_reserve` in `mimalloc.h` (mimalloc keeps each option's number: retired
+    /// options keep their slots). In KiB. A test reads it back through mimalloc.
+    pub(crate) const ARENA_RESERVE: c_int = 23;
+    /// The first arena's size, KiB.
+    pub(crate) const ARENA_RESERVE_KIB: c_long = 16 * 1024;
+
+    extern "C" {
+        fn mi_option_set(option: c_int, value: c_long);
+        #[cfg(test)]
+        pub(crate) fn mi_option_get(option: c_int) -> c_long;
+    }
+
+    pub(crate) extern "C" fn configure() {
+        // SAFETY: mi_option_set stores a value in mimalloc's static option table; it takes
+        // any option number (out of range: ignored) and allocates nothing. Nothing runs
+        // concurrently this early (no thread exists yet).
+        unsafe { mi_option_set(ARENA_RESERVE, ARENA_RESERVE_KIB) };
+    }
+}
+
 /// capsd answers what this host's hypervisors can do, as libvirt's `<domainCapabilities>`
 /// document, from real probing of the host.
 #[derive(Debug, Parser)]
@@ -154,7 +190,30 @@ fn long_version() -> &'static str {
 /// `Cli::command()`, which they are written from, does not list it.
 const GENERATE_ASSETS: &str = "generate-assets";
 
-fn main() -> ExitCode {
+fn main() {
+    exit_now(run())
+}
+
+/// Ends the process with `code` once standard output is flushed, without libc's `exit`:
+/// every command has dropped what it owns (files, helper processes, runtimes) when it
+/// returns, and what `exit` would still do is the allocator's collection of every page it
+/// holds, returned to the kernel page by page (about 0.2 ms of a warm `domcapabilities`,
+/// issue 21) for a process that is about to end. A flush that fails is ignored, as at a
+/// normal exit.
+fn exit_now(code: ExitCode) -> ! {
+    use std::io::Write;
+    let _ = std::io::stdout().lock().flush();
+    let status = exit_status(code);
+    // SAFETY: `_exit` ends the process at once; no Rust state is used after it.
+    unsafe { nix::libc::_exit(status) }
+}
+
+/// The number `code` stands for (an `ExitCode` does not tell it otherwise).
+fn exit_status(code: ExitCode) -> i32 {
+    (0..=u8::MAX).find(|n| ExitCode::from(*n) == code).map_or(1, i32::from)
+}
+
+fn run() -> ExitCode {
     let cli = match DomCapsCli::parse_from(std::env::args_os()) {
         Some(cli) => cli,
         None => {
@@ -246,6 +305,24 @@ fn init_tracing(verbose: u8) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_allocator_is_configured_before_it_starts() {
+        // The test harness is this executable too: its `.preinit_array` ran, and the number
+        // set is the arena option's (a wrong number would leave mimalloc's 1 GiB default).
+        // SAFETY: reads one entry of mimalloc's option table.
+        let kib = unsafe { allocator::mi_option_get(allocator::ARENA_RESERVE) };
+        assert_eq!(kib, allocator::ARENA_RESERVE_KIB);
+    }
+
+    #[test]
+    fn exit_codes_keep_their_numbers() {
+        assert_eq!(exit_status(ExitCode::SUCCESS), 0);
+        assert_eq!(exit_status(ExitCode::FAILURE), 1);
+        for n in [2u8, 3, 64, 255] {
+            assert_eq!(exit_status(ExitCode::from(n)), i32::from(n));
+        }
+    }
 
     /// What `capsd ARGS` parses to, as text, or the kind of error or display it gives.
     fn full(args: &[&str]) -> Result<String, clap::error::ErrorKind> {

@@ -134,6 +134,81 @@ impl DomCapsCli {
     }
 }
 
+/// The environment variables clap reads for the global options: while any is set, clap
+/// parses (so that its rules for them, empty values included, stay the only ones).
+const GLOBAL_ENV: [&str; 3] = ["CAPSD_PLUGIN_DIR", "CAPSD_PLUGIN_TIMEOUT_MS", "CAPSD_CACHE_DIR"];
+
+/// `capsd [GLOBALS] domcapabilities [OPTIONS]` read without clap, for the command line a
+/// warm query has: long options as `--name VALUE` or `--name=VALUE`, `-v`/`-vv`/`--verbose`,
+/// each option at most once. Building even [`DomCapsCli`]'s parser was about a tenth of a
+/// warm `capsd domcapabilities` (issue 21). `None` for anything clap might read another way
+/// (help, version, another subcommand, a value that starts with `-` or is empty, a repeated
+/// option, the options with rules between them, a global option's environment variable set
+/// (`env_set`), anything not UTF-8): then clap parses, and a test holds that whatever this
+/// takes, clap reads the same.
+fn parse_plain<I>(args: I, env_set: impl Fn(&str) -> bool) -> Option<Cli>
+where
+    I: IntoIterator<Item = std::ffi::OsString>,
+{
+    if GLOBAL_ENV.iter().any(|v| env_set(v)) {
+        return None;
+    }
+    let mut globals =
+        Globals { plugin_dir: None, plugin_timeout_ms: 5000, cache_dir: None, no_cache: false, verbose: 0 };
+    let mut timeout_given = false;
+    let mut own: Option<cmd::domcaps::PlainArgs> = None;
+    let mut tokens = args.into_iter().skip(1);
+    while let Some(token) = tokens.next() {
+        let token = token.into_string().ok()?;
+        if own.is_none() && (token == "domcapabilities" || token == "domcaps") {
+            own = Some(cmd::domcaps::PlainArgs::new());
+            continue;
+        }
+        if let Some(vs) = token.strip_prefix('-').filter(|v| !v.is_empty() && v.bytes().all(|b| b == b'v')) {
+            globals.verbose += u8::try_from(vs.len()).ok()?;
+            if globals.verbose > 8 {
+                return None;
+            }
+            continue;
+        }
+        let (name, inline) = match token.strip_prefix("--")?.split_once('=') {
+            Some((n, v)) => (n.to_owned(), Some(v.to_owned())),
+            None => (token[2..].to_owned(), None),
+        };
+        let global_value = matches!(name.as_str(), "plugin-dir" | "plugin-timeout-ms" | "cache-dir");
+        let value = if global_value || cmd::domcaps::PlainArgs::takes_value(&name) {
+            let v = match inline {
+                Some(v) => v,
+                None => tokens.next()?.into_string().ok()?,
+            };
+            if v.is_empty() || v.starts_with('-') {
+                return None;
+            }
+            Some(v)
+        } else if inline.is_some() {
+            return None;
+        } else {
+            None
+        };
+        match (name.as_str(), value) {
+            ("plugin-dir", Some(v)) if globals.plugin_dir.is_none() => globals.plugin_dir = Some(v.into()),
+            ("cache-dir", Some(v)) if globals.cache_dir.is_none() => globals.cache_dir = Some(v.into()),
+            ("plugin-timeout-ms", Some(v)) if !timeout_given && v.bytes().all(|b| b.is_ascii_digit()) => {
+                globals.plugin_timeout_ms = v.parse().ok().filter(|ms| (1..=3_600_000).contains(ms))?;
+                timeout_given = true;
+            }
+            ("no-cache", None) if !globals.no_cache => globals.no_cache = true,
+            ("verbose", None) if globals.verbose < 8 => globals.verbose += 1,
+            (name, value) => {
+                if !own.as_mut()?.take(name, value.as_deref()) {
+                    return None;
+                }
+            }
+        }
+    }
+    Some(Cli { globals, command: Command::DomCapabilities(own?.finish()) })
+}
+
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Print the domain capabilities for an emulator, arch, machine and virt type.
@@ -214,7 +289,8 @@ fn exit_status(code: ExitCode) -> i32 {
 }
 
 fn run() -> ExitCode {
-    let cli = match DomCapsCli::parse_from(std::env::args_os()) {
+    let plain = parse_plain(std::env::args_os(), |v| std::env::var_os(v).is_some());
+    let cli = match plain.or_else(|| DomCapsCli::parse_from(std::env::args_os())) {
         Some(cli) => cli,
         None => {
             let assets = cmd::assets::Args::augment_args(clap::Command::new(GENERATE_ASSETS).hide(true));
@@ -329,6 +405,123 @@ mod tests {
         let assets = cmd::assets::Args::augment_args(clap::Command::new(GENERATE_ASSETS).hide(true));
         let m = Cli::command().subcommand(assets).try_get_matches_from(args).map_err(|e| e.kind())?;
         Cli::from_arg_matches(&m).map(|c| format!("{c:?}")).map_err(|e| e.kind())
+    }
+
+    fn plain(args: &[&str]) -> Option<String> {
+        parse_plain(args.iter().map(std::ffi::OsString::from), |_| false).map(|c| format!("{c:?}"))
+    }
+
+    #[test]
+    fn the_plain_parser_reads_what_clap_reads() {
+        let taken: &[&[&str]] = &[
+            &["capsd", "domcapabilities"],
+            &["capsd", "domcaps"],
+            &["capsd", "--cache-dir", "/c", "domcapabilities", "--format", "json"],
+            &["capsd", "domcapabilities", "--cache-dir=/c", "-vv", "--no-cache"],
+            &["capsd", "-v", "domcaps", "--arch", "aarch64", "--machine", "virt", "--virttype", "qemu"],
+            &["capsd", "domcapabilities", "--emulatorbin", "/usr/bin/qemu-system-x86_64", "--libvirt-version", "10.0"],
+            &["capsd", "--plugin-dir", "/p", "--plugin-timeout-ms", "9", "domcapabilities", "--driver", "test"],
+            &["capsd", "domcapabilities", "--emulatorbin=/e", "--virttype=kvm", "--cpu-blockers", "--verbose", "-v"],
+        ];
+        for args in taken {
+            assert_eq!(plain(args), Some(full(args).unwrap()), "{args:?}");
+        }
+        let left: &[&[&str]] = &[
+            &["capsd"],
+            &["capsd", "-V"],
+            &["capsd", "domcapabilities", "--help"],
+            &["capsd", "domcaps", "-h"],
+            &["capsd", "domcapabilities", "--arch", "x86_64", "--arch", "aarch64"],
+            &["capsd", "domcapabilities", "--arch", "-x"],
+            &["capsd", "domcapabilities", "--arch="],
+            &["capsd", "domcapabilities", "--no-cache=true"],
+            &["capsd", "domcapabilities", "--format", "xml"],
+            &["capsd", "domcapabilities", "--replay", "/r"],
+            &["capsd", "domcapabilities", "--fixtures", "/d", "--driver", "test"],
+            &["capsd", "--plugin-timeout-ms", "+5", "domcapabilities"],
+            &["capsd", "--plugin-timeout-ms", "0", "domcapabilities"],
+            &["capsd", "--arch", "x86_64", "domcapabilities"],
+            &["capsd", "domcapabilities", "--", "--arch"],
+            &["capsd", "domcapabilities", "extra"],
+            &["capsd", "drivers"],
+        ];
+        for args in left {
+            assert_eq!(plain(args), None, "{args:?}");
+        }
+        // A global option's environment variable leaves the line to clap.
+        let args = ["capsd", "domcapabilities"].map(std::ffi::OsString::from);
+        assert!(parse_plain(args.clone(), |v| v == "CAPSD_CACHE_DIR").is_none());
+        assert!(parse_plain(args, |_| false).is_some());
+
+        // Whatever it takes of many command lines made of these words, clap reads the same
+        // (and it takes a good share of them: otherwise this would test nothing).
+        let words = [
+            "domcapabilities",
+            "domcaps",
+            "drivers",
+            "--arch",
+            "x86_64",
+            "--arch=aarch64",
+            "--arch=",
+            "-v",
+            "-vv",
+            "-vx",
+            "--verbose",
+            "--no-cache",
+            "--no-cache=1",
+            "--cache-dir",
+            "/c",
+            "--cache-dir=/d",
+            "--format",
+            "json",
+            "xml",
+            "--format=json",
+            "--emulatorbin",
+            "/e",
+            "--machine",
+            "q35",
+            "--virttype",
+            "kvm",
+            "--cpu-blockers",
+            "--driver",
+            "test",
+            "qemu",
+            "--plugin-timeout-ms",
+            "9",
+            "0",
+            "+5",
+            "--plugin-dir",
+            "--libvirt-version",
+            "10.0",
+            "--",
+            "-x",
+            "",
+            "--help",
+            "-h",
+            "--replay",
+            "--fixtures",
+        ];
+        let mut seed: u64 = 0x2545_f491_4f6c_dd1d;
+        let mut next = |n: usize| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            usize::try_from(seed % n as u64).unwrap()
+        };
+        let mut agreed = 0;
+        for _ in 0..4000 {
+            let len = 1 + next(6);
+            let mut args = vec!["capsd"];
+            for i in 0..len {
+                // Mostly a subcommand first, so that many lines are domcapabilities ones.
+                args.push(if i == 0 && next(4) > 0 { "domcapabilities" } else { words[next(words.len())] });
+            }
+            if let Some(p) = plain(&args) {
+                assert_eq!(Ok(p), full(&args), "{args:?}");
+                agreed += 1;
+            }
+        }
+        assert!(agreed > 400, "only {agreed} lines taken");
     }
 
     #[test]

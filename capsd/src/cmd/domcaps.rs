@@ -160,3 +160,69 @@ fn replay(args: Args) -> Result<ExitCode> {
 fn replay(_args: Args) -> Result<ExitCode> {
     anyhow::bail!("--replay needs the qemu driver, which this capsd was built without")
 }
+
+/// `domcapabilities`' own options in their plain forms, for the warm path's parser
+/// (`parse_plain` in main.rs), which leaves to clap every command line it might read
+/// differently.
+#[derive(Debug)]
+pub(crate) struct PlainArgs(Args);
+
+impl PlainArgs {
+    /// Every option at its default.
+    pub(crate) fn new() -> Self {
+        PlainArgs(Args {
+            driver: "qemu".to_owned(),
+            emulatorbin: None,
+            arch: None,
+            machine: None,
+            virttype: None,
+            libvirt_version: None,
+            format: Format::Xml,
+            fixtures: None,
+            replay: None,
+            host_facts: None,
+            cpu_blockers: false,
+        })
+    }
+
+    /// Whether `name` is one of the options taken here that takes a value.
+    pub(crate) fn takes_value(name: &str) -> bool {
+        matches!(name, "driver" | "emulatorbin" | "arch" | "machine" | "virttype" | "libvirt-version" | "format")
+    }
+
+    /// Take `--name VALUE` (`value` is `Some`) or the flag `--name`; `false` when `name`
+    /// is not taken here, is given twice, or has a value clap might read otherwise. The
+    /// options with rules between them (`--fixtures`, `--replay`, `--host-facts`) are not
+    /// taken: clap checks those. Neither is an option spelling its default (`--driver
+    /// qemu`, `--format xml`), which cannot be told from its absence here when repeated.
+    pub(crate) fn take(&mut self, name: &str, value: Option<&str>) -> bool {
+        fn once<T>(slot: &mut Option<T>, v: T) -> bool {
+            slot.replace(v).is_none()
+        }
+        let a = &mut self.0;
+        match (name, value) {
+            ("driver", Some(v)) if a.driver == "qemu" && v != "qemu" => {
+                v.clone_into(&mut a.driver);
+                true
+            }
+            ("emulatorbin", Some(v)) => once(&mut a.emulatorbin, PathBuf::from(v)),
+            ("arch", Some(v)) => once(&mut a.arch, v.to_owned()),
+            ("machine", Some(v)) => once(&mut a.machine, v.to_owned()),
+            ("virttype", Some(v)) => once(&mut a.virttype, v.to_owned()),
+            ("libvirt-version", Some(v)) => once(&mut a.libvirt_version, v.to_owned()),
+            ("format", Some("json")) if a.format == Format::Xml => {
+                a.format = Format::Json;
+                true
+            }
+            ("cpu-blockers", None) if !a.cpu_blockers => {
+                a.cpu_blockers = true;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    pub(crate) fn finish(self) -> Args {
+        self.0
+    }
+}

@@ -1,5 +1,10 @@
 //! capsd: the command-line tool and host agent. Each subcommand lives in its own module under
 //! `cmd/`; driver selection (cargo features, plugins) lives in `registry`.
+//!
+//! The process starts at [`main`], a C entry point, not at std's: see [`startup`].
+#![cfg_attr(not(test), no_main)]
+// The unit tests' harness has std's entry point, which calls none of `main`'s callees.
+#![cfg_attr(test, allow(dead_code))]
 
 mod agent;
 mod cmd;
@@ -265,8 +270,50 @@ fn long_version() -> &'static str {
 /// `Cli::command()`, which they are written from, does not list it.
 const GENERATE_ASSETS: &str = "generate-assets";
 
-fn main() {
-    exit_now(run())
+/// The entry point libc calls. std's own (`lang_start`) would first find the main thread's
+/// stack by reading `/proc/self/maps` and set up a handler that names a stack overflow:
+/// about a tenth of a warm `capsd domcapabilities` (issue 21). What else it does, [`startup`]
+/// does; a panic ends the process with status 101, as under std's entry point.
+#[cfg(not(test))]
+#[no_mangle]
+extern "C" fn main(_argc: std::ffi::c_int, _argv: *const *const std::ffi::c_char) -> std::ffi::c_int {
+    startup::prepare();
+    // std reads the arguments by itself (glibc hands them to its initialiser too).
+    let code = std::panic::catch_unwind(run).unwrap_or(ExitCode::from(101));
+    exit_now(code)
+}
+
+/// What std's entry point does before `main` that capsd needs, without the rest.
+///
+/// - Standard input, output and error that are closed get `/dev/null`: a file capsd opens
+///   later must never become its standard output (capsd runs as root).
+/// - `SIGPIPE` is ignored: writing to a closed pipe or socket is an error (`EPIPE`) that the
+///   code handles, not the end of the process. (std still restores it to the default in the
+///   children it starts, as before.)
+///
+/// Left out: the handler that prints "has overflowed its stack" (an overflow still ends
+/// the process, by `SIGSEGV`, without that line), and the main thread's name ("main") in
+/// panic messages.
+mod startup {
+    use nix::fcntl::{fcntl, open, FcntlArg, OFlag};
+    use nix::sys::signal::{signal, SigHandler, Signal};
+    use nix::sys::stat::Mode;
+
+    pub(crate) fn prepare() {
+        for fd in 0..=2 {
+            if fcntl(fd, FcntlArg::F_GETFD) == Err(nix::errno::Errno::EBADF) {
+                // The lowest free descriptor: this one.
+                match open("/dev/null", OFlag::O_RDWR, Mode::empty()) {
+                    Ok(got) if got == fd => {}
+                    _ => std::process::abort(),
+                }
+            }
+        }
+        // SAFETY: SIG_IGN runs no code of ours; no other thread exists yet.
+        if unsafe { signal(Signal::SIGPIPE, SigHandler::SigIgn) }.is_err() {
+            std::process::abort();
+        }
+    }
 }
 
 /// Ends the process with `code` once standard output is flushed, without libc's `exit`:

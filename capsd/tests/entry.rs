@@ -43,3 +43,18 @@ fn a_closed_pipe_is_an_error_not_a_signal() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("writing to standard output") && err.contains("Broken pipe"), "{err}");
 }
+
+/// The unwinder is linked in (`libgcc_eh`, see main.rs): the executable does not load
+/// `libgcc_s.so.1` at start.
+#[test]
+fn the_executable_does_not_need_libgcc_s() {
+    let out = Command::new("readelf")
+        .args(["--dynamic", env!("CARGO_BIN_EXE_capsd")])
+        .output()
+        .expect("running readelf (binutils, installed with gcc)");
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let needed: Vec<&str> = text.lines().filter(|l| l.contains("(NEEDED)")).collect();
+    assert!(needed.iter().any(|l| l.contains("libc.so")), "{text}");
+    assert!(!needed.iter().any(|l| l.contains("libgcc_s")), "{needed:?}");
+}

@@ -374,7 +374,9 @@ fn dir_listing(dir: &Path) -> Option<Vec<FileStamp>> {
 }
 
 /// The lines of the first processor in `/proc/cpuinfo` that identify the CPU and its
-/// microcode. Reads only the first 16 KiB (the first processor's block).
+/// microcode. Reads until the first processor's block has ended (the kernel writes the
+/// text of each processor as it is read: reading 16 KiB at once had it write several), at
+/// most 16 KiB.
 fn cpu_signature(path: &Path) -> Vec<String> {
     const KEYS: [&str; 9] = [
         "vendor_id",
@@ -387,24 +389,37 @@ fn cpu_signature(path: &Path) -> Vec<String> {
         "CPU implementer",
         "address sizes",
     ];
-    let mut buf = Vec::with_capacity(16 * 1024);
-    let Ok(f) = File::open(path) else { return Vec::new() };
-    if f.take(16 * 1024).read_to_end(&mut buf).is_err() {
-        return Vec::new();
-    }
-    let text = String::from_utf8_lossy(&buf);
-    let mut out = Vec::new();
-    for line in text.lines() {
-        if line.trim().is_empty() && !out.is_empty() {
-            break;
-        }
-        if let Some((k, v)) = line.split_once(':') {
-            if KEYS.contains(&k.trim()) {
-                out.push(format!("{}={}", k.trim(), v.trim()));
+    // The wanted lines of `text`, and whether the first block ended in it.
+    let parse = |text: &str| {
+        let mut out = Vec::new();
+        for line in text.lines() {
+            if line.trim().is_empty() && !out.is_empty() {
+                return (out, true);
+            }
+            if let Some((k, v)) = line.split_once(':') {
+                if KEYS.contains(&k.trim()) {
+                    out.push(format!("{}={}", k.trim(), v.trim()));
+                }
             }
         }
+        (out, false)
+    };
+    const MAX: usize = 16 * 1024;
+    let mut buf = vec![0u8; MAX];
+    let Ok(mut f) = File::open(path) else { return Vec::new() };
+    let mut len = 0;
+    loop {
+        let n = match f.read(&mut buf[len..(len + 4096).min(MAX)]) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(_) => return Vec::new(),
+        };
+        len += n;
+        let (out, ended) = parse(&String::from_utf8_lossy(&buf[..len]));
+        if ended || n == 0 || len == MAX {
+            return out;
+        }
     }
-    out
 }
 
 /// Counters of every cache in this process (the agent's `/metrics`).
@@ -1423,5 +1438,26 @@ mod tests {
         .unwrap();
         let s = cpu_signature(&p);
         assert_eq!(s, vec!["vendor_id=GenuineIntel", "model=85", "microcode=0x5003", "flags=fpu vmx"]);
+    }
+
+    /// Read a few KiB at a time, the first block is the same whether it ends early, late
+    /// (past several reads), after leading blank lines, or not at all within 16 KiB.
+    #[test]
+    fn cpu_signature_is_the_first_block_however_long() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("cpuinfo");
+        let long_flags = "f ".repeat(3000);
+        let block = format!("vendor_id\t: AuthenticAMD\nflags\t\t: {long_flags}\nmicrocode\t: 0x1\n");
+        fs::write(&p, format!("\n\n{block}\nvendor_id\t: Other\n")).unwrap();
+        let s = cpu_signature(&p);
+        assert_eq!(s.len(), 3, "{:?}", s.iter().map(|l| &l[..l.len().min(20)]).collect::<Vec<_>>());
+        assert_eq!((s[0].as_str(), s[2].as_str()), ("vendor_id=AuthenticAMD", "microcode=0x1"));
+        assert_eq!(s[1], format!("flags={}", long_flags.trim()));
+        // Never ending within 16 KiB: what the first 16 KiB hold, as before.
+        fs::write(&p, format!("vendor_id\t: X\nflags\t\t: {}\n", "g ".repeat(10_000))).unwrap();
+        let s = cpu_signature(&p);
+        assert_eq!(s[0], "vendor_id=X");
+        assert_eq!(s.len(), 2);
+        assert!(s[1].starts_with("flags=g g") && s[1].len() < 16 * 1024, "{}", s[1].len());
     }
 }

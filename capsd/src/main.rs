@@ -45,8 +45,8 @@ static CONFIGURE_ALLOCATOR: extern "C" fn() = allocator::configure;
 /// agent nothing (mimalloc reserves further arenas as it needs them, each larger).
 ///
 /// It runs from `.preinit_array`: before every constructor of the executable, mimalloc's
-/// initialisation (which reads its options) among them. Environment variables
-/// (`MIMALLOC_ARENA_RESERVE`) are not consulted for what is set here.
+/// initialisation (which reads its options) among them. It sets the default: an
+/// environment variable (`MIMALLOC_ARENA_RESERVE`) still overrides it.
 mod allocator {
     use std::ffi::{c_int, c_long};
 
@@ -57,16 +57,16 @@ mod allocator {
     pub(crate) const ARENA_RESERVE_KIB: c_long = 16 * 1024;
 
     extern "C" {
-        fn mi_option_set(option: c_int, value: c_long);
+        fn mi_option_set_default(option: c_int, value: c_long);
         #[cfg(test)]
         pub(crate) fn mi_option_get(option: c_int) -> c_long;
     }
 
     pub(crate) extern "C" fn configure() {
-        // SAFETY: mi_option_set stores a value in mimalloc's static option table; it takes
-        // any option number (out of range: ignored) and allocates nothing. Nothing runs
-        // concurrently this early (no thread exists yet).
-        unsafe { mi_option_set(ARENA_RESERVE, ARENA_RESERVE_KIB) };
+        // SAFETY: mi_option_set_default stores a value in mimalloc's static option table;
+        // it takes any option number (out of range: ignored) and allocates nothing. Nothing
+        // runs concurrently this early (no thread exists yet).
+        unsafe { mi_option_set_default(ARENA_RESERVE, ARENA_RESERVE_KIB) };
     }
 }
 
@@ -171,6 +171,9 @@ where
     let mut globals =
         Globals { plugin_dir: None, plugin_timeout_ms: 5000, cache_dir: None, no_cache: false, verbose: 0 };
     let mut timeout_given = false;
+    // `-v` counted before and after the subcommand: clap keeps the subcommand's count when
+    // both are given, so such a line is left to clap.
+    let (mut v_before, mut v_after) = (0u8, 0u8);
     let mut own: Option<cmd::domcaps::PlainArgs> = None;
     let mut tokens = args.into_iter().skip(1);
     while let Some(token) = tokens.next() {
@@ -180,10 +183,8 @@ where
             continue;
         }
         if let Some(vs) = token.strip_prefix('-').filter(|v| !v.is_empty() && v.bytes().all(|b| b == b'v')) {
-            globals.verbose += u8::try_from(vs.len()).ok()?;
-            if globals.verbose > 8 {
-                return None;
-            }
+            let count = if own.is_none() { &mut v_before } else { &mut v_after };
+            *count = count.checked_add(u8::try_from(vs.len()).ok()?).filter(|n| *n <= 8)?;
             continue;
         }
         let (name, inline) = match token.strip_prefix("--")?.split_once('=') {
@@ -213,7 +214,10 @@ where
                 timeout_given = true;
             }
             ("no-cache", None) if !globals.no_cache => globals.no_cache = true,
-            ("verbose", None) if globals.verbose < 8 => globals.verbose += 1,
+            ("verbose", None) => {
+                let count = if own.is_none() { &mut v_before } else { &mut v_after };
+                *count = count.checked_add(1).filter(|n| *n <= 8)?;
+            }
             (name, value) => {
                 if !own.as_mut()?.take(name, value.as_deref()) {
                     return None;
@@ -221,6 +225,10 @@ where
             }
         }
     }
+    if v_before > 0 && v_after > 0 {
+        return None;
+    }
+    globals.verbose = v_before + v_after;
     Some(Cli { globals, command: Command::DomCapabilities(own?.finish()) })
 }
 
@@ -497,6 +505,7 @@ mod tests {
             &["capsd", "domcapabilities", "--emulatorbin", "/usr/bin/qemu-system-x86_64", "--libvirt-version", "10.0"],
             &["capsd", "--plugin-dir", "/p", "--plugin-timeout-ms", "9", "domcapabilities", "--driver", "test"],
             &["capsd", "domcapabilities", "--emulatorbin=/e", "--virttype=kvm", "--cpu-blockers", "--verbose", "-v"],
+            &["capsd", "-vv", "--verbose", "domcapabilities"],
         ];
         for args in taken {
             assert_eq!(plain(args), Some(full(args).unwrap()), "{args:?}");
@@ -519,10 +528,18 @@ mod tests {
             &["capsd", "domcapabilities", "--", "--arch"],
             &["capsd", "domcapabilities", "extra"],
             &["capsd", "drivers"],
+            // clap keeps the subcommand's count of a global flag given on both sides.
+            &["capsd", "-v", "domcapabilities", "-v"],
+            &["capsd", "-vv", "domcaps", "--verbose"],
+            &["capsd", "--verbose", "domcapabilities", "-vvv"],
+            // More than 8 (no wrapping around).
+            &["capsd", "domcapabilities", "-vvvvv", "-vvvv"],
         ];
         for args in left {
             assert_eq!(plain(args), None, "{args:?}");
         }
+        let many_v = format!("-{}", "v".repeat(255));
+        assert_eq!(plain(&["capsd", "domcapabilities", "-v", &many_v]), None);
         // A global option's environment variable leaves the line to clap.
         let args = ["capsd", "domcapabilities"].map(std::ffi::OsString::from);
         assert!(parse_plain(args.clone(), |v| v == "CAPSD_CACHE_DIR").is_none());
@@ -589,7 +606,11 @@ mod tests {
             let mut args = vec!["capsd"];
             for i in 0..len {
                 // Mostly a subcommand first, so that many lines are domcapabilities ones.
-                args.push(if i == 0 && next(4) > 0 { "domcapabilities" } else { words[next(words.len())] });
+                args.push(if i == 1 && next(3) == 0 || i == 0 && next(3) > 0 {
+                    "domcapabilities"
+                } else {
+                    words[next(words.len())]
+                });
             }
             if let Some(p) = plain(&args) {
                 assert_eq!(Ok(p), full(&args), "{args:?}");

@@ -415,8 +415,12 @@ fn cpu_signature(path: &Path) -> Vec<String> {
             Err(_) => return Vec::new(),
         };
         len += n;
-        let (out, ended) = parse(&String::from_utf8_lossy(&buf[..len]));
-        if ended || n == 0 || len == MAX {
+        let last = n == 0 || len == MAX;
+        // Whole lines only until the last read: a line cut by a read is not taken for what
+        // its start looks like (blank, or a key with part of its value).
+        let whole = if last { len } else { buf[..len].iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1) };
+        let (out, ended) = parse(&String::from_utf8_lossy(&buf[..whole]));
+        if ended || last {
             return out;
         }
     }
@@ -1453,6 +1457,11 @@ mod tests {
         assert_eq!(s.len(), 3, "{:?}", s.iter().map(|l| &l[..l.len().min(20)]).collect::<Vec<_>>());
         assert_eq!((s[0].as_str(), s[2].as_str()), ("vendor_id=AuthenticAMD", "microcode=0x1"));
         assert_eq!(s[1], format!("flags={}", long_flags.trim()));
+        // A read that ends inside a line starting with blanks does not end the block there.
+        let head = "vendor_id\t: Y\n";
+        let pad = format!("pad\t: {}\n", "p".repeat(4094 - head.len() - 7));
+        fs::write(&p, format!("{head}{pad} \tfoo\t: bar\nmicrocode\t: 0x2\n\nvendor_id\t: Z\n")).unwrap();
+        assert_eq!(cpu_signature(&p), vec!["vendor_id=Y", "microcode=0x2"]);
         // Never ending within 16 KiB: what the first 16 KiB hold, as before.
         fs::write(&p, format!("vendor_id\t: X\nflags\t\t: {}\n", "g ".repeat(10_000))).unwrap();
         let s = cpu_signature(&p);

@@ -494,20 +494,24 @@ mod tests {
         parse_plain(args.iter().map(std::ffi::OsString::from), |_| false).map(|c| format!("{c:?}"))
     }
 
+    /// Lines a warm query has, which both the plain parser and `DomCapsCli` take.
+    const WARM_LINES: &[&[&str]] = &[
+        &["capsd", "domcapabilities"],
+        &["capsd", "domcaps"],
+        &["capsd", "--cache-dir", "/c", "domcapabilities", "--format", "json"],
+        &["capsd", "domcapabilities", "--cache-dir=/c", "-vv", "--no-cache"],
+        &["capsd", "-v", "domcaps", "--arch", "aarch64", "--machine", "virt", "--virttype", "qemu"],
+        &["capsd", "domcapabilities", "--emulatorbin", "/usr/bin/qemu-system-x86_64", "--libvirt-version", "10.0"],
+        &["capsd", "--plugin-dir", "/p", "--plugin-timeout-ms", "9", "domcapabilities", "--driver", "test"],
+    ];
+
     #[test]
     fn the_plain_parser_reads_what_clap_reads() {
-        let taken: &[&[&str]] = &[
-            &["capsd", "domcapabilities"],
-            &["capsd", "domcaps"],
-            &["capsd", "--cache-dir", "/c", "domcapabilities", "--format", "json"],
-            &["capsd", "domcapabilities", "--cache-dir=/c", "-vv", "--no-cache"],
-            &["capsd", "-v", "domcaps", "--arch", "aarch64", "--machine", "virt", "--virttype", "qemu"],
-            &["capsd", "domcapabilities", "--emulatorbin", "/usr/bin/qemu-system-x86_64", "--libvirt-version", "10.0"],
-            &["capsd", "--plugin-dir", "/p", "--plugin-timeout-ms", "9", "domcapabilities", "--driver", "test"],
+        let more: &[&[&str]] = &[
             &["capsd", "domcapabilities", "--emulatorbin=/e", "--virttype=kvm", "--cpu-blockers", "--verbose", "-v"],
             &["capsd", "-vv", "--verbose", "domcapabilities"],
         ];
-        for args in taken {
+        for args in WARM_LINES.iter().chain(more) {
             assert_eq!(plain(args), Some(full(args).unwrap()), "{args:?}");
         }
         let left: &[&[&str]] = &[
@@ -624,17 +628,9 @@ mod tests {
     fn the_domcapabilities_parser_agrees_with_the_whole_one() {
         Cli::command().debug_assert();
         DomCapsCli::command().debug_assert();
-        let taken: &[&[&str]] = &[
-            &["capsd", "domcapabilities"],
-            &["capsd", "domcaps"],
-            &["capsd", "--cache-dir", "/c", "domcapabilities", "--format", "json"],
-            &["capsd", "domcapabilities", "--cache-dir=/c", "-vv", "--no-cache"],
-            &["capsd", "-v", "domcaps", "--arch", "aarch64", "--machine", "virt", "--virttype", "qemu"],
-            &["capsd", "domcapabilities", "--emulatorbin", "/usr/bin/qemu-system-x86_64", "--libvirt-version", "10.0"],
-            &["capsd", "--plugin-dir", "/p", "--plugin-timeout-ms", "9", "domcapabilities", "--driver", "test"],
-            &["capsd", "domcapabilities", "--replay", "/r", "--host-facts", "/f", "--cpu-blockers"],
-        ];
-        for args in taken {
+        let more: &[&[&str]] =
+            &[&["capsd", "domcapabilities", "--replay", "/r", "--host-facts", "/f", "--cpu-blockers"]];
+        for args in WARM_LINES.iter().chain(more) {
             let warm = DomCapsCli::parse_from(args.iter()).map(|c| format!("{c:?}"));
             assert_eq!(warm, Some(full(args).unwrap()), "{args:?}");
         }

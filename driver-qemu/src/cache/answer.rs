@@ -55,19 +55,17 @@ fn key_bytes(value: &impl Hash) -> Vec<u8> {
     sink.0
 }
 
-/// Whether `stored` begins with what [`key_bytes`] gives for `value`, preceded by its
-/// length as [`header_bytes`] writes it; the rest of `stored` when it does. Compared as the
-/// value is fed, without building the bytes (a warm lookup's key is about 16 KiB).
-fn strip_key_part<'a>(stored: &'a [u8], value: &impl Hash) -> Option<&'a [u8]> {
-    struct Count(u64);
-    impl Hasher for Count {
-        fn finish(&self) -> u64 {
-            0
-        }
-        fn write(&mut self, bytes: &[u8]) {
-            self.0 += bytes.len() as u64;
-        }
-    }
+/// The first length-prefixed part of `stored`, as [`header_bytes`] writes each, and what
+/// follows it; `None` when `stored` is too short.
+fn split_part(stored: &[u8]) -> Option<(&[u8], &[u8])> {
+    let (len, rest) = stored.split_first_chunk::<8>()?;
+    let len = usize::try_from(u64::from_le_bytes(*len)).ok()?;
+    (len <= rest.len()).then(|| rest.split_at(len))
+}
+
+/// Whether `part` is exactly what [`key_bytes`] gives for `value`, compared as the value
+/// is fed, without building those bytes (a warm lookup's key is about 16 KiB).
+fn same_key_bytes(part: &[u8], value: &impl Hash) -> bool {
     struct Compare<'a> {
         rest: &'a [u8],
         same: bool,
@@ -83,21 +81,20 @@ fn strip_key_part<'a>(stored: &'a [u8], value: &impl Hash) -> Option<&'a [u8]> {
             }
         }
     }
-    let mut count = Count(0);
-    value.hash(&mut count);
-    let rest = stored.strip_prefix(&count.0.to_le_bytes()[..])?;
-    let mut cmp = Compare { rest, same: true };
+    let mut cmp = Compare { rest: part, same: true };
     value.hash(&mut cmp);
-    cmp.same.then_some(cmp.rest)
+    cmp.same && cmp.rest.is_empty()
 }
 
 /// Whether `stored` is exactly the header [`header_bytes`] would make of these.
 fn header_matches(stored: &[u8], query: &str, probe_file: &FileStamp, key: &CacheKey) -> bool {
-    let q = query.as_bytes();
-    let Some(rest) = stored.strip_prefix(&(q.len() as u64).to_le_bytes()[..]).and_then(|r| r.strip_prefix(q)) else {
-        return false;
-    };
-    strip_key_part(rest, probe_file).and_then(|rest| strip_key_part(rest, key)).is_some_and(<[u8]>::is_empty)
+    let parts = (|| {
+        let (q, rest) = split_part(stored)?;
+        let (p, rest) = split_part(rest)?;
+        let (k, rest) = split_part(rest)?;
+        rest.is_empty().then_some((q, p, k))
+    })();
+    parts.is_some_and(|(q, p, k)| q == query.as_bytes() && same_key_bytes(p, probe_file) && same_key_bytes(k, key))
 }
 
 /// The answer file of `query` for `binary`: `<probe entry stem>-<hash of the query>.answer`.

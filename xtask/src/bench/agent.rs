@@ -155,6 +155,15 @@ fn installed_copy(built: &Path, dir: &Path) -> Result<PathBuf> {
     Ok(to)
 }
 
+/// Run `cli` (a `capsd ... domcapabilities` line) once, so that its cache is filled.
+fn fill_cache(cli: &[&str]) -> Result<()> {
+    let out = Command::new(cli[0]).args(&cli[1..]).output().with_context(|| format!("running {}", cli[0]))?;
+    if !out.status.success() {
+        bail!("capsd domcapabilities failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(())
+}
+
 fn bench(built: &Path, dir: &Path) -> Result<()> {
     let runs: usize = env_num("CAPSD_BENCH_RUNS", 200).max(1);
     let capsd = &installed_copy(built, dir)?;
@@ -165,10 +174,7 @@ fn bench(built: &Path, dir: &Path) -> Result<()> {
 
     // Fill the cache (a real probe), then time warm runs.
     let t = Instant::now();
-    let out = Command::new(bin).args(&cli[1..]).output()?;
-    if !out.status.success() {
-        bail!("capsd domcapabilities failed: {}", String::from_utf8_lossy(&out.stderr));
-    }
+    fill_cache(&cli)?;
     println!("bench agent: cold capsd domcapabilities (probe, cache filled): {:.0?}", t.elapsed());
     let cpu = |c: Option<Duration>| c.map_or_else(|| "?".to_owned(), |c| format!("{c:.2?}"));
     let (c50, c99, ccpu) = time_process_cpu(&cli, runs)?;
@@ -181,10 +187,7 @@ fn bench(built: &Path, dir: &Path) -> Result<()> {
     let built_s = built.to_str().context("capsd path is not UTF-8")?;
     let built_cli =
         [built_s, "--cache-dir", built_cache.to_str().context("temp path is not UTF-8")?, "domcapabilities"];
-    let out = Command::new(built_s).args(&built_cli[1..]).output()?;
-    if !out.status.success() {
-        bail!("capsd domcapabilities failed: {}", String::from_utf8_lossy(&out.stderr));
-    }
+    fill_cache(&built_cli)?;
     let (b50, b99, _) = time_process_cpu(&built_cli, runs)?;
     println!(
         "bench agent: the same from the build output {}, not installed: median {b50:.2?} p99 {b99:.2?}",
